@@ -1,0 +1,53 @@
+//! Command-line front end: one subcommand per user task, each in its own file. Library code
+//! returns typed errors; this layer turns them into messages and exit codes.
+
+mod testenv;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Promote applications from a Kosmos member cluster into the control plane, and roll them back.
+#[derive(Debug, Parser)]
+#[command(name = "kpromote", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start local Kubernetes clusters built from upstream sources (for trying kpromote and tests).
+    Testenv(testenv::Args),
+}
+
+/// Parses the command line, runs the command and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let outcome = match cli.command {
+        Command::Testenv(args) => testenv::run(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: human-readable on a terminal, JSON lines otherwise (Jobs, controllers), so
+/// log collectors get structured fields. `RUST_LOG` overrides the default `info` level.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.compact().init();
+    } else {
+        builder.json().init();
+    }
+}

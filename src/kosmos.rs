@@ -1,0 +1,35 @@
+//! The names Kosmos gives meaning to. One home for every label, taint and naming rule that the
+//! Kosmos clustertree controllers read, so promote, rollback and the tests agree on them.
+
+/// Label Kosmos puts on a pod it manages from the control plane. The clustertree pod controllers
+/// only update or delete a member pod that carries it, so rollback removes it before deleting the
+/// control-plane twin.
+pub const POD_LABEL: &str = "kosmos-io/pod";
+/// Value of [`POD_LABEL`] on a managed pod.
+pub const POD_LABEL_VALUE: &str = "true";
+/// Label and taint key of a virtual node standing for a member cluster.
+pub const NODE_KEY: &str = "kosmos.io/node";
+/// Value of the [`NODE_KEY`] label and taint.
+pub const NODE_VALUE: &str = "true";
+/// Effect of the virtual node's taint: ordinary workloads never schedule onto it.
+pub const NODE_TAINT_EFFECT: &str = "NoSchedule";
+/// Annotation on a virtual node naming the member cluster it stands for.
+pub const OWNED_BY_CLUSTER_ANNOTATION: &str = "kosmos-io/owned-by-cluster";
+/// Prefix of a virtual node's name, followed by the member cluster's name (Kosmos leaf mode `ALL`).
+pub const NODE_NAME_PREFIX: &str = "kosmos-";
+
+/// Name of the virtual node that stands for member cluster `cluster_name` in the control plane.
+#[must_use]
+pub fn virtual_node_name(cluster_name: &str) -> String {
+    format!("{NODE_NAME_PREFIX}{cluster_name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_node_name_is_prefixed() {
+        assert_eq!(virtual_node_name("member-cluster1"), "kosmos-member-cluster1");
+    }
+}

@@ -1,0 +1,18 @@
+//! kpromote moves running applications from a Kosmos member cluster into the Kosmos control plane
+//! ("promote") without restarting a pod, and rolls them back from the archive it made.
+//!
+//! The crate is split by domain concept:
+//! - [`archive`]: the versioned, checksummed archive format (no Kubernetes client, no network).
+//! - [`resources`]: group-resource names, discovery, and what a user's resource names resolve to.
+//! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
+//! - [`restore`]: the restore order and the per-object transforms, each with its reason.
+//! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
+//! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
+//!   tests and the demo.
+
+pub mod archive;
+pub mod backup;
+pub mod kosmos;
+pub mod resources;
+pub mod restore;
+pub mod testenv;

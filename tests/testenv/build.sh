@@ -12,7 +12,9 @@ bin="$cache/$version-$key/bin"
 tools=(kube-apiserver kube-controller-manager kubectl etcd)
 
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
-if have_all; then echo "$bin"; exit 0; fi
+# `current` points at the build matching this checkout; kpromote's launcher looks there first.
+publish() { ln -sfn "$version-$key" "$cache/current"; echo "$bin"; }
+if have_all; then publish; exit 0; fi
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 mkdir -p "$bin.tmp"
@@ -27,4 +29,4 @@ go build -p "$(nproc)" -ldflags "$ldflags" -o "$bin.tmp/" \
   k8s.io/kubernetes/cmd/kubectl >&2
 go build -p "$(nproc)" -ldflags "-s -w" -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3 >&2
 rm -rf "$bin" && mv "$bin.tmp" "$bin"
-echo "$bin"
+publish

@@ -1,0 +1,26 @@
+//! Helpers shared by the cluster test binaries.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
+/// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for
+/// it explicitly rather than sleeping.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,6 +1,7 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod demo;
 mod testenv;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the main job end to end on two local clusters: the design's nginx example is
+    /// promoted from the member into the control plane, then rolled back.
+    Demo(demo::Args),
     /// Start local Kubernetes clusters built from upstream sources (for trying kpromote and tests).
     Testenv(testenv::Args),
 }
@@ -25,6 +29,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Testenv(args) => testenv::run(args),
     };
     match outcome {

@@ -6,6 +6,7 @@
 //! - [`resources`]: group-resource names, discovery, and what a user's resource names resolve to.
 //! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
 //! - [`restore`]: the restore order and the per-object transforms, each with its reason.
+//! - [`policy`]: the `PromotePolicy` API users apply.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
 //!   tests and the demo.
@@ -13,6 +14,7 @@
 pub mod archive;
 pub mod backup;
 pub mod kosmos;
+pub mod policy;
 pub mod resources;
 pub mod restore;
 pub mod testenv;

@@ -1,6 +1,7 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod crd;
 mod demo;
 mod testenv;
 
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the CRDs kpromote installs (PromotePolicy, and Kosmos Cluster for setups without Kosmos).
+    Crd(crd::Args),
     /// Run the main job end to end on two local clusters: the design's nginx example is
     /// promoted from the member into the control plane, then rolled back.
     Demo(demo::Args),
@@ -29,6 +32,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
+        Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Testenv(args) => testenv::run(args),
     };

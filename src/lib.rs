@@ -7,12 +7,14 @@
 //! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
 //! - [`restore`]: the restore order and the per-object transforms, each with its reason.
 //! - [`policy`]: the `PromotePolicy` API users apply.
+//! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
 //!   tests and the demo.
 
 pub mod archive;
 pub mod backup;
+pub mod journal;
 pub mod kosmos;
 pub mod policy;
 pub mod resources;

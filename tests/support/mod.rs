@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 /// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
 /// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for
 /// it explicitly rather than sleeping.
+/// Applications the tests promote.
+pub mod apps;
+
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,

@@ -20,7 +20,7 @@ async fn rich_namespace_builds_with_the_real_controllers() {
     // web 1, rolling 2, shop 1
     assert_eq!(snap.replicasets.len(), 4, "{:#?}", snap.replicasets);
     assert!(
-        snap.revisions.len() >= 1,
+        !snap.revisions.is_empty(),
         "the StatefulSet has a ControllerRevision"
     );
     assert!(snap.pods.values().all(|(_, restarts, _)| *restarts == 0));

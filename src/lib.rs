@@ -2,6 +2,7 @@
 //! ("promote") without restarting a pod, and rolls them back from the archive it made.
 //!
 //! The crate is split by domain concept:
+//! - [`access`]: reaching clusters (kubeconfig, context, Kosmos `Cluster` objects).
 //! - [`archive`]: the versioned, checksummed archive format (no Kubernetes client, no network).
 //! - [`resources`]: group-resource names, discovery, and what a user's resource names resolve to.
 //! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
@@ -12,6 +13,7 @@
 //! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
 //!   tests and the demo.
 
+pub mod access;
 pub mod archive;
 pub mod backup;
 pub mod journal;

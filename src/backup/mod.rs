@@ -2,5 +2,8 @@
 //! on, into an archive.
 //!
 //! - [`dependencies`]: which cluster-scoped objects a namespaced object pulls in, and why.
+//! - [`lister`]: lists one resource type page by page as a stream, surviving continue token
+//!   expiry.
 
 pub mod dependencies;
+pub mod lister;

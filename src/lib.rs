@@ -7,12 +7,16 @@
 //! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
 //! - [`restore`]: the restore order and the per-object transforms, each with its reason.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
+//! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
+//! - [`ownership`]: who owns whom, from ownerReferences; restore goes bottom-up, detach top-down.
 //! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
 //!   tests and the demo.
 
 pub mod archive;
 pub mod backup;
 pub mod kosmos;
+pub mod object;
+pub mod ownership;
 pub mod resources;
 pub mod restore;
 pub mod testenv;

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod archive;
 pub mod backup;
+pub mod engine;
 pub mod journal;
 pub mod kosmos;
 pub mod object;

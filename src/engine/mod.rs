@@ -1,0 +1,3 @@
+//! The promote and rollback engine.
+
+pub mod live;

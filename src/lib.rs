@@ -24,6 +24,7 @@ pub mod kosmos;
 pub mod object;
 pub mod ownership;
 pub mod policy;
+pub mod precheck;
 pub mod resources;
 pub mod restore;
 pub mod testenv;

@@ -1164,10 +1164,10 @@ mod tests {
                         prop_assert!(at < owner_at, "{} (level {}) not before its owner {} (level {})", k, at, owner, owner_at);
                     }
                 }
-                if let Some(ns) = &k.namespace {
-                    if let Some(ns_at) = plan.level_of(&ObjectKey::cluster("", "namespaces", ns)) {
-                        prop_assert!(ns_at < at, "{} not after its namespace", k);
-                    }
+                if let Some(ns) = &k.namespace
+                    && let Some(ns_at) = plan.level_of(&ObjectKey::cluster("", "namespaces", ns))
+                {
+                    prop_assert!(ns_at < at, "{} not after its namespace", k);
                 }
                 if Phase::of(k) != Phase::CustomResourceDefinitions {
                     let crd = ObjectKey::cluster(CRD_GROUP, CRD_RESOURCE, &format!("{}.{}", k.resource, k.group));

@@ -430,7 +430,9 @@ impl TransformContext {
         }
     }
 
-    /// Records that the object archived with `old_uid` now exists in the target as `new_uid`.
+    /// Records that the object archived with `old_uid` now exists in the target as `new_uid`:
+    /// created, merged into, or found already there (an object that existed before promote is
+    /// an owner like any other).
     pub fn record_created(&mut self, old_uid: &str, new_uid: &str) {
         self.pending_uids.remove(old_uid);
         self.uid_map.insert(old_uid.to_owned(), new_uid.to_owned());

@@ -60,7 +60,7 @@ impl ObjectRecord {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .ok_or_else(|| OwnershipError::Malformed {
-                    key: key.clone(),
+                    key: Box::new(key.clone()),
                     reason: format!("no {field}"),
                 })
         };
@@ -74,7 +74,7 @@ impl ObjectRecord {
         let owner_references: Vec<OwnerReference> = match object.pointer("/metadata/ownerReferences") {
             None | Some(Value::Null) => Vec::new(),
             Some(refs) => serde_json::from_value(refs.clone()).map_err(|e| OwnershipError::Malformed {
-                key: key.clone(),
+                key: Box::new(key.clone()),
                 reason: format!("metadata.ownerReferences: {e}"),
             })?,
         };
@@ -84,7 +84,7 @@ impl ObjectRecord {
             .find(|r| r.api_version.is_empty() || r.kind.is_empty() || r.name.is_empty() || r.uid.is_empty())
         {
             return Err(OwnershipError::Malformed {
-                key,
+                key: Box::new(key),
                 reason: format!(
                     "an ownerReference lacks apiVersion, kind, name or uid: {:?}/{:?} {:?} (uid {:?})",
                     bad.api_version, bad.kind, bad.name, bad.uid
@@ -162,16 +162,16 @@ pub enum DanglingReason {
 pub enum OwnershipError {
     /// Two records have the same key.
     #[error("{0} appears twice")]
-    DuplicateKey(ObjectKey),
+    DuplicateKey(Box<ObjectKey>),
     /// Two records have the same UID; UIDs identify owners, so the graph would be ambiguous.
     #[error("{first} and {second} have the same uid {uid}")]
     DuplicateUid {
         /// The shared UID.
         uid: String,
         /// The first object with it (in key order).
-        first: ObjectKey,
+        first: Box<ObjectKey>,
         /// The second object with it.
-        second: ObjectKey,
+        second: Box<ObjectKey>,
     },
     /// The ownerReferences form a cycle; no order puts every dependent before its owner.
     #[error("ownership cycle: {}", cycle_text(.objects))]
@@ -183,7 +183,7 @@ pub enum OwnershipError {
     #[error("{key}: {reason}")]
     Malformed {
         /// The object.
-        key: ObjectKey,
+        key: Box<ObjectKey>,
         /// What is wrong.
         reason: String,
     },
@@ -231,15 +231,15 @@ impl OwnershipGraph {
         let mut by_uid: BTreeMap<String, usize> = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
             if index.insert(record.key.clone(), i).is_some() {
-                return Err(OwnershipError::DuplicateKey(record.key.clone()));
+                return Err(OwnershipError::DuplicateKey(Box::new(record.key.clone())));
             }
             if let Some(uid) = &record.uid
                 && let Some(&first) = by_uid.get(uid)
             {
                 return Err(OwnershipError::DuplicateUid {
                     uid: uid.clone(),
-                    first: records[first].key.clone(),
-                    second: record.key.clone(),
+                    first: Box::new(records[first].key.clone()),
+                    second: Box::new(record.key.clone()),
                 });
             }
             if let Some(uid) = &record.uid {
@@ -776,7 +776,7 @@ pub(crate) mod tests {
             record("pods/a/x", "Pod", "2", &[]),
         ])
         .expect_err("dup key");
-        assert_eq!(err, OwnershipError::DuplicateKey(key("pods/a/x")));
+        assert_eq!(err, OwnershipError::DuplicateKey(Box::new(key("pods/a/x"))));
         let err = OwnershipGraph::build([
             record("pods/a/x", "Pod", "1", &[]),
             record("pods/a/y", "Pod", "1", &[]),

@@ -1017,6 +1017,63 @@ mod tests {
     }
 
     #[test]
+    fn kosmos_daemonsets_and_cronjobs_not_detached() {
+        // Kosmos detached only StatefulSets, Deployments, ReplicaSets and the direct owners of
+        // StatefulSets and Deployments: a DaemonSet or CronJob kept running its controller in
+        // the member next to its copy in the control plane.
+        let g = OwnershipGraph::build([
+            record("daemonsets.apps/shop/agent", "DaemonSet", "ds", &[]),
+            record(
+                "pods/shop/agent-x",
+                "Pod",
+                "p",
+                &[("apps/v1", "DaemonSet", "ds:agent")],
+            ),
+            record("cronjobs.batch/shop/nightly", "CronJob", "cj", &[]),
+        ])
+        .expect("graph");
+        let plan = DetachPlan::build(&g, &BTreeSet::new());
+        assert_eq!(
+            plan.objects().cloned().collect::<Vec<_>>(),
+            [
+                key("daemonsets.apps/shop/agent"),
+                key("cronjobs.batch/shop/nightly")
+            ]
+        );
+    }
+
+    #[test]
+    fn kosmos_only_direct_owners_of_workloads_detached() {
+        // Kosmos appended only the direct owners of StatefulSets and Deployments. An operator
+        // two levels up kept running and re-created what it lost.
+        let g = OwnershipGraph::build([
+            record("platforms.example.com/shop/p", "Platform", "pl", &[]),
+            record(
+                "apps.example.com/shop/a",
+                "App",
+                "app",
+                &[("example.com/v1", "Platform", "pl:p")],
+            ),
+            record(
+                "deployments.apps/shop/web",
+                "Deployment",
+                "dep",
+                &[("example.com/v1", "App", "app:a")],
+            ),
+        ])
+        .expect("graph");
+        let plan = DetachPlan::build(&g, &BTreeSet::new());
+        assert_eq!(
+            plan.objects().cloned().collect::<Vec<_>>(),
+            [
+                key("platforms.example.com/shop/p"),
+                key("apps.example.com/shop/a"),
+                key("deployments.apps/shop/web")
+            ]
+        );
+    }
+
+    #[test]
     fn kosmos_rollback_deletes_preexisting_cluster_objects() {
         // Kosmos's rollback deleted every backed-up object from the control plane, shared
         // ClusterRoles included. The teardown holds only what the caller says promote created.
@@ -1164,10 +1221,10 @@ mod tests {
                         prop_assert!(at < owner_at, "{} (level {}) not before its owner {} (level {})", k, at, owner, owner_at);
                     }
                 }
-                if let Some(ns) = &k.namespace {
-                    if let Some(ns_at) = plan.level_of(&ObjectKey::cluster("", "namespaces", ns)) {
-                        prop_assert!(ns_at < at, "{} not after its namespace", k);
-                    }
+                if let Some(ns) = &k.namespace
+                    && let Some(ns_at) = plan.level_of(&ObjectKey::cluster("", "namespaces", ns))
+                {
+                    prop_assert!(ns_at < at, "{} not after its namespace", k);
                 }
                 if Phase::of(k) != Phase::CustomResourceDefinitions {
                     let crd = ObjectKey::cluster(CRD_GROUP, CRD_RESOURCE, &format!("{}.{}", k.resource, k.group));

@@ -170,7 +170,10 @@ impl<W: Write> FrameEncoder<W> {
             Codec::Gzip => {
                 let level = flate2::Compression::new(compression.level.clamp(0, 9).unsigned_abs());
                 Ok(FrameEncoder::Gzip(
-                    flate2::GzBuilder::new().mtime(0).operating_system(255).write(out, level),
+                    flate2::GzBuilder::new()
+                        .mtime(0)
+                        .operating_system(255)
+                        .write(out, level),
                 ))
             }
         }
@@ -382,10 +385,12 @@ impl FrameSeq {
             return Ok(false);
         };
         let section = Section::new(Arc::clone(&self.file), offset, len);
-        let decoder = FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section))
-            .map_err(|e| ArchiveError::Decompress {
-                entry: self.what.to_owned(),
-                source: e,
+        let decoder =
+            FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section)).map_err(|e| {
+                ArchiveError::Decompress {
+                    entry: self.what.to_owned(),
+                    source: e,
+                }
             })?;
         self.current = Some((decoder, offset));
         Ok(true)
@@ -696,7 +701,9 @@ impl FrameSource for Pumped {
         // Drain whatever is left of the frame (callers normally stop exactly at its end).
         let mut scratch = [0u8; 4096];
         while !self.at_frame_end && !self.done {
-            let n = self.read(&mut scratch).map_err(|e| ArchiveError::from_decode(e, location::FRAME_A))?;
+            let n = self
+                .read(&mut scratch)
+                .map_err(|e| ArchiveError::from_decode(e, location::FRAME_A))?;
             if n == 0 {
                 break;
             }

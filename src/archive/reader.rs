@@ -144,7 +144,14 @@ impl VerifyReport {
         self.is_ok() && self.anchored && self.kind == ArchiveKind::Kpromote
     }
 
-    fn from_problems(kind: ArchiveKind, codec: Codec, anchored: bool, checked: u64, problems: Problems, warnings: Vec<String>) -> Self {
+    fn from_problems(
+        kind: ArchiveKind,
+        codec: Codec,
+        anchored: bool,
+        checked: u64,
+        problems: Problems,
+        warnings: Vec<String>,
+    ) -> Self {
         VerifyReport {
             kind,
             codec,
@@ -232,9 +239,14 @@ impl ArchiveReader {
             .map_err(|e| ArchiveError::io(&path, e))?;
         let mut warnings = Vec::new();
         let inner = match Locator::from_tail(codec, &tail) {
-            Tail::Found(locator) => {
-                Inner::Kpromote(Box::new(open_located(&file, len, codec, &locator, &options, &mut warnings)?))
-            }
+            Tail::Found(locator) => Inner::Kpromote(Box::new(open_located(
+                &file,
+                len,
+                codec,
+                &locator,
+                &options,
+                &mut warnings,
+            )?)),
             Tail::Damaged(reason) => {
                 return Err(ArchiveError::BadLocator {
                     entry: location::LOCATOR.to_owned(),
@@ -358,7 +370,9 @@ impl ArchiveReader {
                     done: false,
                 }))
             }
-            Inner::Velero { .. } => Ok(Records(RecordsInner::Velero(Box::new(self.objects_in(Range::All, false)?)))),
+            Inner::Velero { .. } => Ok(Records(RecordsInner::Velero(Box::new(
+                self.objects_in(Range::All, false)?,
+            )))),
         }
     }
 
@@ -397,7 +411,9 @@ impl ArchiveReader {
         let mut objects = self.objects_in(Range::Exact(path.to_owned()), true)?;
         match objects.next() {
             Some(Ok(object)) if object.record.path == path => Ok(object),
-            Some(Err(ArchiveError::MissingEntry { entry })) if entry == path => Err(ArchiveError::NotFound { entry }),
+            Some(Err(ArchiveError::MissingEntry { entry })) if entry == path => {
+                Err(ArchiveError::NotFound { entry })
+            }
             Some(Err(e)) => Err(e),
             Some(Ok(_)) | None => Err(ArchiveError::NotFound {
                 entry: path.to_owned(),
@@ -428,7 +444,14 @@ impl ArchiveReader {
                 if !state.anchored {
                     warnings.push("the manifest is not anchored by a locator".to_owned());
                 }
-                VerifyReport::from_problems(ArchiveKind::Kpromote, self.codec, state.anchored, checked, problems, warnings)
+                VerifyReport::from_problems(
+                    ArchiveKind::Kpromote,
+                    self.codec,
+                    state.anchored,
+                    checked,
+                    problems,
+                    warnings,
+                )
             }
             Inner::Velero { .. } => {
                 let input = BufReader::with_capacity(256 * 1024, self.whole_file());
@@ -444,7 +467,14 @@ impl ArchiveReader {
                     Err(e) => {
                         let mut problems = Problems::new(self.options.max_problems);
                         problems.push(e);
-                        VerifyReport::from_problems(ArchiveKind::Velero, self.codec, false, 0, problems, warnings)
+                        VerifyReport::from_problems(
+                            ArchiveKind::Velero,
+                            self.codec,
+                            false,
+                            0,
+                            problems,
+                            warnings,
+                        )
                     }
                 }
             }
@@ -485,7 +515,9 @@ impl ArchiveReader {
             return Err(first);
         }
         match outcome.kind {
-            ScanKind::Velero { objects: Some(sorted) } => Ok(sorted),
+            ScanKind::Velero {
+                objects: Some(sorted),
+            } => Ok(sorted),
             _ => Err(ArchiveError::NotAnArchive {
                 entry: location::START.to_owned(),
                 reason: "the file changed while it was read".to_owned(),
@@ -538,7 +570,13 @@ impl ArchiveReader {
             location::FRAME_A,
             pump,
         )?;
-        let entries = EntrySide::new(source, selected, self.options.max_entry_bytes, range.clone(), keep_body);
+        let entries = EntrySide::new(
+            source,
+            selected,
+            self.options.max_entry_bytes,
+            range.clone(),
+            keep_body,
+        );
         let index = self.index_side(state, pump)?;
         Ok(Join::new(index, entries, range))
     }
@@ -804,7 +842,10 @@ impl Iterator for Objects {
                 }
                 return Some(
                     serde_json::from_slice::<IndexRecord>(&item.line)
-                        .map(|record| ArchiveObject { record, json: item.body })
+                        .map(|record| ArchiveObject {
+                            record,
+                            json: item.body,
+                        })
                         .map_err(|e| ArchiveError::InvalidRecord {
                             entry: item.path,
                             reason: e.to_string(),

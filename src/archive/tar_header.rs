@@ -224,7 +224,13 @@ pub fn parse_block(block: &[u8; BLOCK_SIZE]) -> Result<Block, String> {
     let signed: i64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if CHKSUM.contains(&i) { 32 } else { i64::from(b as i8) })
+        .map(|(i, &b)| {
+            if CHKSUM.contains(&i) {
+                32
+            } else {
+                i64::from(b as i8)
+            }
+        })
         .sum();
     if recorded != unsigned && i64::try_from(recorded).ok() != Some(signed) {
         return Err(format!(
@@ -435,7 +441,10 @@ mod tests {
             records.extend_from_slice(format!("{len}{body}").as_bytes());
         }
         let parsed = parse_pax(&records).expect("parses");
-        assert_eq!(parsed.path.as_deref(), Some(&b"resources/pods/cluster/x.json"[..]));
+        assert_eq!(
+            parsed.path.as_deref(),
+            Some(&b"resources/pods/cluster/x.json"[..])
+        );
         assert_eq!(parsed.size, Some(100));
         assert!(parse_pax(b"99 path=x\n").is_err());
     }

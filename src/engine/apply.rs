@@ -76,14 +76,15 @@ impl Restorer<'_> {
                 tokio::time::sleep(self.opts.settle).await;
             }
             let snapshot = ctx.clone();
-            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(level.objects.iter())
-                .map(|key| {
-                    let snapshot = &snapshot;
-                    async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
-                })
-                .buffer_unordered(self.opts.concurrency)
-                .collect()
-                .await;
+            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> =
+                futures::stream::iter(level.objects.iter())
+                    .map(|key| {
+                        let snapshot = &snapshot;
+                        async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
+                    })
+                    .buffer_unordered(self.opts.concurrency)
+                    .collect()
+                    .await;
             let mut first_error = None;
             for (key, result) in results {
                 match result {
@@ -112,16 +113,26 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    async fn restore_one(&self, key: &ObjectKey, ctx: &TransformContext, report: &Mutex<Report>) -> Result<Outcome, EngineError> {
+    async fn restore_one(
+        &self,
+        key: &ObjectKey,
+        ctx: &TransformContext,
+        report: &Mutex<Report>,
+    ) -> Result<Outcome, EngineError> {
         let name = key.to_string();
         if let Some(outcome) = self.journaled(&name) {
             return Ok(outcome);
         }
         let archived = &self.inv.objects[key];
-        let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform { key: key.clone(), source })?;
+        let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform {
+            key: key.clone(),
+            source,
+        })?;
         let outcome = match prepared {
             Prepared::Skip(reason) => {
-                lock_report(report).skipped.insert(name.clone(), reason.reason().to_owned());
+                lock_report(report)
+                    .skipped
+                    .insert(name.clone(), reason.reason().to_owned());
                 Outcome::Skipped
             }
             Prepared::Merge(merge) => {
@@ -145,10 +156,14 @@ impl Restorer<'_> {
                 let outcome = match self.target.create(&api, key, &object).await {
                     Ok(created) => Outcome::Created(created.metadata.uid.unwrap_or_default()),
                     Err(LiveError::AlreadyExists { .. }) => {
-                        let live = self.target.get_opt(&api, key).await?.ok_or_else(|| LiveError::NotFound {
-                            cluster: self.target.role.clone(),
-                            key: key.clone(),
-                        })?;
+                        let live =
+                            self.target
+                                .get_opt(&api, key)
+                                .await?
+                                .ok_or_else(|| LiveError::NotFound {
+                                    cluster: self.target.role.clone(),
+                                    key: key.clone(),
+                                })?;
                         let uid = live.metadata.uid.clone().unwrap_or_default();
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                         if self.stamp && stamped_by(&live, &self.inv.archive_id) {
@@ -160,7 +175,9 @@ impl Restorer<'_> {
                     Err(e) => return Err(e.into()),
                 };
                 if let (Outcome::Created(_), Some(status)) = (&outcome, &creation.status) {
-                    self.target.merge_patch_status(&api, key, &json!({ "status": status })).await?;
+                    self.target
+                        .merge_patch_status(&api, key, &json!({ "status": status }))
+                        .await?;
                 }
                 for dropped in &creation.owner_references.dropped {
                     lock_report(report).warnings.push(format!(
@@ -190,8 +207,15 @@ impl Restorer<'_> {
     /// The outcome an earlier attempt journaled for this object, if it finished.
     fn journaled(&self, name: &str) -> Option<Outcome> {
         let journal = lock(self.journal);
-        let record = journal.get(self.step, name).filter(|r| r.state == crate::journal::State::Done)?;
-        let uid = record.data.get("uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let record = journal
+            .get(self.step, name)
+            .filter(|r| r.state == crate::journal::State::Done)?;
+        let uid = record
+            .data
+            .get("uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         Some(match record.data.get("outcome").and_then(Value::as_str) {
             Some("created") => Outcome::Created(uid),
             Some("existed") => Outcome::Existed(uid),
@@ -203,10 +227,17 @@ impl Restorer<'_> {
     /// Points every archived dependent of `owners` at its owner's UID in the target, as the
     /// archive recorded it. The target's controllers adopt by selector too; this makes the
     /// ownership exact for kinds no controller adopts (a custom resource owning a Deployment).
-    async fn adopt_dependents(&self, owners: &[ObjectKey], ctx: &TransformContext, report: &Mutex<Report>) -> Result<(), EngineError> {
+    async fn adopt_dependents(
+        &self,
+        owners: &[ObjectKey],
+        ctx: &TransformContext,
+        report: &Mutex<Report>,
+    ) -> Result<(), EngineError> {
         let mut pairs = Vec::new();
         for owner in owners {
-            let Some(owner_uid) = self.inv.uid(owner) else { continue };
+            let Some(owner_uid) = self.inv.uid(owner) else {
+                continue;
+            };
             if ctx.new_uid(owner_uid).is_none() {
                 continue;
             }
@@ -215,7 +246,13 @@ impl Restorer<'_> {
                     .inv
                     .graph
                     .record(dependent)
-                    .map(|r| r.owner_references.iter().filter(|o| o.uid == owner_uid).cloned().collect())
+                    .map(|r| {
+                        r.owner_references
+                            .iter()
+                            .filter(|o| o.uid == owner_uid)
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if !refs.is_empty() {
                     pairs.push((dependent.clone(), owner.clone(), refs));
@@ -223,7 +260,9 @@ impl Restorer<'_> {
             }
         }
         let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
-            .map(|(dependent, owner, refs)| async move { self.adopt(&dependent, &owner, &refs, ctx, report).await })
+            .map(|(dependent, owner, refs)| async move {
+                self.adopt(&dependent, &owner, &refs, ctx, report).await
+            })
             .buffer_unordered(self.opts.concurrency)
             .collect()
             .await;
@@ -253,8 +292,10 @@ impl Restorer<'_> {
                 // It existed before promote: left as it was.
                 break;
             }
-            let adoption = adoption_patch(&live, refs, ctx)
-                .map_err(|source| EngineError::Transform { key: dependent.clone(), source })?;
+            let adoption = adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
+                key: dependent.clone(),
+                source,
+            })?;
             for conflict in &adoption.conflicts {
                 lock_report(report).warnings.push(format!(
                     "{dependent}: already controlled by another owner; not adding {} {}",
@@ -279,11 +320,17 @@ impl Restorer<'_> {
     async fn wait(&self, wait: WaitPoint, objects: &[ObjectKey]) -> Result<(), EngineError> {
         match wait {
             WaitPoint::CrdsEstablished => {
-                for key in objects.iter().filter(|k| k.is("apiextensions.k8s.io", "customresourcedefinitions")) {
+                for key in objects
+                    .iter()
+                    .filter(|k| k.is("apiextensions.k8s.io", "customresourcedefinitions"))
+                {
                     self.wait_for(key, "the CRD to be Established", |obj| {
-                        obj.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
-                            cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True")
-                        })
+                        obj.pointer("/status/conditions")
+                            .and_then(Value::as_array)
+                            .is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+                            })
                     })
                     .await?;
                 }
@@ -300,7 +347,12 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    async fn wait_for(&self, key: &ObjectKey, what: &str, ready: impl Fn(&Value) -> bool) -> Result<(), EngineError> {
+    async fn wait_for(
+        &self,
+        key: &ObjectKey,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Result<(), EngineError> {
         let api = self.target.api_for(key, &self.inv.objects[key])?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -310,7 +362,13 @@ impl Restorer<'_> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(LiveError::Timeout { cluster: self.target.role.clone(), key: key.clone(), what: what.into(), seconds: 60 }.into());
+                return Err(LiveError::Timeout {
+                    cluster: self.target.role.clone(),
+                    key: key.clone(),
+                    what: what.into(),
+                    seconds: 60,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

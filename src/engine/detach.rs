@@ -79,13 +79,22 @@ async fn detach_one(
             if live.metadata.generation.is_some() && live.metadata.generation != archived_generation {
                 return Err(EngineError::ChangedSinceBackup {
                     key: key.clone(),
-                    detail: format!("generation {archived_generation:?} is now {:?}", live.metadata.generation),
+                    detail: format!(
+                        "generation {archived_generation:?} is now {:?}",
+                        live.metadata.generation
+                    ),
                 });
             }
             lock(journal).begin(STEP_DETACH, &name, json!({ "uid": uid }))?;
             member.delete(&api, key, uid, DeleteParams::orphan()).await?;
             member
-                .wait_gone(&api, key, uid, opts.gc_timeout, "the garbage collector to orphan its dependents")
+                .wait_gone(
+                    &api,
+                    key,
+                    uid,
+                    opts.gc_timeout,
+                    "the garbage collector to orphan its dependents",
+                )
                 .await?;
         }
     }
@@ -127,9 +136,9 @@ pub async fn mark_pods(
                             }
                             lock_report(report).marked.push(name.clone());
                         }
-                        _ => lock_report(report)
-                            .warnings
-                            .push(format!("pod {name} is gone from the member since the backup; not marked")),
+                        _ => lock_report(report).warnings.push(format!(
+                            "pod {name} is gone from the member since the backup; not marked"
+                        )),
                     }
                     lock(journal).done(STEP_MARK, &name, Value::Null)?;
                 }
@@ -164,4 +173,3 @@ pub async fn detached_owners(
     }
     Ok(absent)
 }
-

@@ -15,6 +15,26 @@ use crate::restore::transform::{Prepared, Target, TransformContext, prepare};
 /// works from the archive alone.
 pub const STAMP_ANNOTATION: &str = "kpromote.kosmos.io/archive";
 
+/// Why an archive cannot be worked from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InventoryError {
+    /// The archive is damaged, altered or of an unknown version.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// The archive cannot be verified (no manifest: e.g. a Velero tarball).
+    #[error(
+        "{path} cannot be verified (no kpromote manifest); promote and rollback only use verified archives"
+    )]
+    Unverifiable {
+        /// The archive.
+        path: std::path::PathBuf,
+    },
+    /// The objects' ownerReferences are inconsistent.
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+}
+
 /// The archived objects of one run.
 #[derive(Debug)]
 pub struct Inventory {
@@ -33,20 +53,62 @@ impl Inventory {
     /// A malformed object or an ownership cycle.
     pub fn new(archive_id: &str, objects: BTreeMap<ObjectKey, Value>) -> Result<Self, OwnershipError> {
         let graph = OwnershipGraph::from_objects(objects.iter().map(|(k, v)| (k.clone(), v)))?;
-        Ok(Self { archive_id: archive_id.to_owned(), objects, graph })
+        Ok(Self {
+            archive_id: archive_id.to_owned(),
+            objects,
+            graph,
+        })
+    }
+
+    /// Reads every object of a verified kpromote archive (each entry's SHA-256 is checked as it
+    /// is read). A Velero tarball or an archive whose manifest cannot be anchored is refused:
+    /// promote and rollback act only on what they can prove unaltered.
+    ///
+    /// # Errors
+    /// Archive errors (corruption, tampering, unsupported version), malformed objects.
+    pub fn from_archive(path: &std::path::Path) -> Result<Self, InventoryError> {
+        use crate::archive::{ArchiveKind, ArchiveReader};
+        let reader = ArchiveReader::open(path)?;
+        if reader.kind() != ArchiveKind::Kpromote || !reader.is_anchored() {
+            return Err(InventoryError::Unverifiable {
+                path: path.to_owned(),
+            });
+        }
+        let archive_id = reader
+            .manifest_sha256()
+            .ok_or_else(|| InventoryError::Unverifiable {
+                path: path.to_owned(),
+            })?;
+        let mut objects = BTreeMap::new();
+        for object in reader.objects()? {
+            let object = object?;
+            let value = object.value()?;
+            let r = &object.record;
+            let key = match &r.namespace {
+                Some(ns) => ObjectKey::namespaced(&r.group, &r.resource, ns, &r.name),
+                None => ObjectKey::cluster(&r.group, &r.resource, &r.name),
+            };
+            objects.insert(key, value);
+        }
+        Ok(Self::new(&archive_id, objects)?)
     }
 
     /// The archived UID of `key`.
     #[must_use]
     pub fn uid(&self, key: &ObjectKey) -> Option<&str> {
-        self.objects.get(key).and_then(|o| o.pointer("/metadata/uid")).and_then(Value::as_str)
+        self.objects
+            .get(key)
+            .and_then(|o| o.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
     }
 
     /// Objects the control-plane restore skips (completed pods and jobs, token secrets, …).
     /// They are never detached either: nothing would take their place.
     #[must_use]
     pub fn skipped_by_restore(&self, cluster_name: &str) -> BTreeSet<ObjectKey> {
-        let target = Target::ControlPlane { cluster_name: cluster_name.to_owned() };
+        let target = Target::ControlPlane {
+            cluster_name: cluster_name.to_owned(),
+        };
         let ctx = TransformContext::for_control_plane(self.objects.values());
         self.objects
             .iter()
@@ -73,7 +135,9 @@ pub fn stamped_by(live: &Value, archive_id: &str) -> bool {
 /// Adds the stamp of `archive_id` to an object about to be created.
 pub fn stamp(object: &mut Value, archive_id: &str) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
         if !annotations.is_object() {
             *annotations = Value::Object(serde_json::Map::new());
         }

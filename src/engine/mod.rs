@@ -131,7 +131,9 @@ pub enum EngineError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// A member object changed after the backup; promoting the archive would undo the change.
-    #[error("{key} changed in the member after the backup ({detail}); nothing more was detached — run promote again to take a fresh backup")]
+    #[error(
+        "{key} changed in the member after the backup ({detail}); nothing more was detached — run promote again to take a fresh backup"
+    )]
     ChangedSinceBackup {
         /// The object.
         key: ObjectKey,

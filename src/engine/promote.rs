@@ -30,20 +30,36 @@ pub async fn promote(
     on_progress: Option<&ProgressFn>,
 ) -> Result<Report, EngineError> {
     let report = Mutex::new(Report::default());
-    let outcome = steps(member, control_plane, inv, cluster_name, journal, opts, &report, on_progress).await;
+    let outcome = steps(
+        member,
+        control_plane,
+        inv,
+        cluster_name,
+        journal,
+        opts,
+        &report,
+        on_progress,
+    )
+    .await;
     match (outcome, rollback_journal) {
         (Ok(()), _) => {
-            let mut report = report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut report = report
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             report.sort();
             Ok(report)
         }
         (Err(cause), Some(rj)) => {
             tracing::error!(error = %cause, "promote failed; rolling back");
-            let rollback = super::rollback::rollback(member, control_plane, inv, cluster_name, rj, opts, on_progress)
-                .await
-                .map(|_| ())
-                .map_err(Box::new);
-            Err(EngineError::RolledBack { cause: Box::new(cause), rollback })
+            let rollback =
+                super::rollback::rollback(member, control_plane, inv, cluster_name, rj, opts, on_progress)
+                    .await
+                    .map(|_| ())
+                    .map_err(Box::new);
+            Err(EngineError::RolledBack {
+                cause: Box::new(cause),
+                rollback,
+            })
         }
         (Err(cause), None) => Err(cause),
     }
@@ -69,8 +85,10 @@ async fn steps(
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());
     // Owners an earlier attempt already created keep their UIDs.
     for record in lock(journal).records(STEP_RESTORE) {
-        if let (Ok(key), Some(uid)) = (record.key.parse(), record.data.get("uid").and_then(serde_json::Value::as_str))
-            && let Some(old) = inv.uid(&key)
+        if let (Ok(key), Some(uid)) = (
+            record.key.parse(),
+            record.data.get("uid").and_then(serde_json::Value::as_str),
+        ) && let Some(old) = inv.uid(&key)
         {
             ctx.record_created(old, uid);
         }
@@ -78,7 +96,9 @@ async fn steps(
     let restorer = Restorer {
         target: control_plane,
         inv,
-        kind: Target::ControlPlane { cluster_name: cluster_name.to_owned() },
+        kind: Target::ControlPlane {
+            cluster_name: cluster_name.to_owned(),
+        },
         journal,
         opts,
         step: STEP_RESTORE,

@@ -67,7 +67,9 @@ pub async fn rollback(
     restorer.run(&plan, &mut ctx, &report, on_progress).await?;
 
     teardown(control_plane, inv, journal, opts, &report, on_progress).await?;
-    let mut report = report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut report = report
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     report.sort();
     Ok(report)
 }
@@ -102,12 +104,23 @@ async fn unmark_member_pods(
 }
 
 /// The archived objects that exist in the control plane with this archive's stamp.
-async fn stamped_in_control_plane(cp: &LiveCluster, inv: &Inventory, opts: &EngineOptions) -> Result<BTreeSet<ObjectKey>, EngineError> {
+async fn stamped_in_control_plane(
+    cp: &LiveCluster,
+    inv: &Inventory,
+    opts: &EngineOptions,
+) -> Result<BTreeSet<ObjectKey>, EngineError> {
     let found: Vec<Option<ObjectKey>> = futures::stream::iter(inv.objects.iter())
         .map(|(key, archived)| async move {
             let api = cp.api_for(key, archived)?;
             Ok::<_, EngineError>(match cp.get_opt(&api, key).await {
-                Ok(Some(live)) if stamped_by(&serde_json::to_value(&live).unwrap_or(Value::Null), &inv.archive_id) => Some(key.clone()),
+                Ok(Some(live))
+                    if stamped_by(
+                        &serde_json::to_value(&live).unwrap_or(Value::Null),
+                        &inv.archive_id,
+                    ) =>
+                {
+                    Some(key.clone())
+                }
                 Ok(_) => None,
                 // A type the control plane does not serve (its CRD is gone): nothing of it there.
                 Err(e) if matches!(&e, super::LiveError::Refused { code: 404, .. }) => None,
@@ -166,27 +179,54 @@ async fn remove(
     let uid = live.metadata.uid.clone();
     let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
     if !stamped_by(&live_json, &inv.archive_id) {
-        lock(journal).done(STEP_TEARDOWN, &name, json!({ "kept": "not created by this promotion" }))?;
+        lock(journal).done(
+            STEP_TEARDOWN,
+            &name,
+            json!({ "kept": "not created by this promotion" }),
+        )?;
         return Ok(());
     }
     lock(journal).begin(STEP_TEARDOWN, &name, json!({ "uid": uid }))?;
     match step {
         TeardownStep::Owners => {
-            cp.delete(&api, key, uid.as_deref(), DeleteParams::orphan()).await?;
-            cp.wait_gone(&api, key, uid.as_deref(), opts.gc_timeout, "the garbage collector to orphan its dependents")
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::orphan())
                 .await?;
+            cp.wait_gone(
+                &api,
+                key,
+                uid.as_deref(),
+                opts.gc_timeout,
+                "the garbage collector to orphan its dependents",
+            )
+            .await?;
         }
         TeardownStep::Pods => {
             if let Some(patch) = pod_unmark_patch(archived, &live_json) {
                 cp.merge_patch(&api, key, &patch).await?;
             }
             // No kubelet confirms a graceful deletion of a pod bound to a virtual node.
-            cp.delete(&api, key, uid.as_deref(), DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
-                .await?;
+            cp.delete(
+                &api,
+                key,
+                uid.as_deref(),
+                DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await?;
         }
         TeardownStep::Namespaces => {
-            cp.delete(&api, key, uid.as_deref(), DeleteParams::background()).await?;
-            cp.wait_gone(&api, key, uid.as_deref(), opts.namespace_timeout, "the namespace to be deleted").await?;
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
+                .await?;
+            cp.wait_gone(
+                &api,
+                key,
+                uid.as_deref(),
+                opts.namespace_timeout,
+                "the namespace to be deleted",
+            )
+            .await?;
         }
         _ => {
             if key.is("", "persistentvolumes") {
@@ -194,7 +234,8 @@ async fn remove(
                 let retain = json!({ "spec": { "persistentVolumeReclaimPolicy": "Retain" } });
                 cp.merge_patch(&api, key, &retain).await?;
             }
-            cp.delete(&api, key, uid.as_deref(), DeleteParams::background()).await?;
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
+                .await?;
         }
     }
     lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;

@@ -7,6 +7,10 @@
 pub const POD_LABEL: &str = "kosmos-io/pod";
 /// Value of [`POD_LABEL`] on a managed pod.
 pub const POD_LABEL_VALUE: &str = "true";
+/// Label the Kosmos promote prototype put on control-plane pods (and its pod controller copied to
+/// member pods). Nothing in Kosmos reads it; kpromote never sets it, and rollback removes it where
+/// it finds it.
+pub const SYNCED_LABEL: &str = "kosmos-io/synced";
 /// Label and taint key of a virtual node standing for a member cluster.
 pub const NODE_KEY: &str = "kosmos.io/node";
 /// Value of the [`NODE_KEY`] label and taint.
@@ -15,6 +19,8 @@ pub const NODE_VALUE: &str = "true";
 pub const NODE_TAINT_EFFECT: &str = "NoSchedule";
 /// Annotation on a virtual node naming the member cluster it stands for.
 pub const OWNED_BY_CLUSTER_ANNOTATION: &str = "kosmos-io/owned-by-cluster";
+/// Operator of the toleration a pod bound to a virtual node carries: `kosmos.io/node=true`.
+pub const NODE_TOLERATION_OPERATOR: &str = "Equal";
 /// Prefix of a virtual node's name, followed by the member cluster's name (Kosmos leaf mode `ALL`).
 pub const NODE_NAME_PREFIX: &str = "kosmos-";
 

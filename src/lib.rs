@@ -10,15 +10,21 @@
 //! - [`policy`]: the `PromotePolicy` API users apply.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
+//! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
+//! - [`ownership`]: who owns whom, from ownerReferences; restore goes bottom-up, detach top-down.
 //! - [`testenv`]: real kube-apiserver / kube-controller-manager / etcd clusters on loopback, for
 //!   tests and the demo.
 
 pub mod access;
 pub mod archive;
 pub mod backup;
+pub mod engine;
 pub mod journal;
 pub mod kosmos;
+pub mod object;
+pub mod ownership;
 pub mod policy;
+pub mod precheck;
 pub mod resources;
 pub mod restore;
 pub mod testenv;

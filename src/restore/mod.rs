@@ -1,1 +1,34 @@
-//! Placeholder; filled by its issue.
+//! Restore: the order objects are created in, and what is changed in each object before it is
+//! created. Pure logic over `serde_json::Value`; the engine that talks to clusters calls it.
+//!
+//! - [`plan`]: [`plan::RestorePlan`] (bottom-up creation levels, each with its reason and wait
+//!   points), [`plan::DetachPlan`] (owners to delete in the member, top-down) and
+//!   [`plan::TeardownPlan`] (what rollback removes from the control plane).
+//! - [`transform`]: [`transform::prepare`] turns an archived object into what to create, merge
+//!   or skip in the target, with one table of stripped fields and one rule per kind, each with
+//!   its reason.
+
+//!
+//! # How the engine uses this
+//! Promote, after detach:
+//! 1. build an [`OwnershipGraph`](crate::ownership::OwnershipGraph) of the archive, then
+//!    [`plan::RestorePlan::build`] and
+//!    [`transform::TransformContext::for_control_plane`];
+//! 2. for each level, for each object: [`transform::prepare`] with
+//!    [`transform::Target::ControlPlane`]; create (or merge, or skip and report); record the new
+//!    UID with [`transform::TransformContext::record_created`]; write
+//!    [`transform::Creation::status`] through the status subresource when present;
+//! 3. after each level, send [`transform::adoption_patch`] for every deferred ownerReference
+//!    whose owner now exists; honour the level's [`plan::WaitPoint`].
+//!
+//! Detach, before: [`plan::DetachPlan::build`] with the keys `prepare` skips, delete each level
+//! with `propagationPolicy: Orphan`, then mark each member pod with
+//! [`transform::pod_mark_patch`].
+//!
+//! Rollback: [`plan::RestorePlan::build_for`] the detached keys with
+//! [`transform::TransformContext::for_member`] and [`transform::Target::Member`]; take the marks
+//! off with [`transform::pod_unmark_patch`]; remove what promote created in the control plane in
+//! [`plan::TeardownPlan`] order.
+
+pub mod plan;
+pub mod transform;

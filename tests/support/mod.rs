@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 /// it explicitly rather than sleeping.
 /// Applications the tests promote.
 pub mod apps;
+/// Archives written straight from a cluster.
+pub mod archiving;
 
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

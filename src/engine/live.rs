@@ -1,0 +1,363 @@
+//! Acting on one live cluster for the engine: the dynamic API of an archived object, typed
+//! outcomes for the API server's answers, retries for the transient ones, and waits.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::object::ObjectKey;
+
+/// Field manager of every write kpromote makes, visible in `managedFields`.
+pub const FIELD_MANAGER: &str = "kpromote";
+
+/// Transient failures (throttling, timeouts, a restarting API server) are retried this often.
+const ATTEMPTS: u32 = 5;
+
+/// How the API server answered, as far as the engine's decisions go.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LiveError {
+    /// The object is not there.
+    #[error("{key} not found in the {cluster}")]
+    NotFound {
+        /// Cluster role.
+        cluster: String,
+        /// The object.
+        key: ObjectKey,
+    },
+    /// Create met an existing object.
+    #[error("{key} already exists in the {cluster}")]
+    AlreadyExists {
+        /// Cluster role.
+        cluster: String,
+        /// The object.
+        key: ObjectKey,
+    },
+    /// A precondition (UID, resourceVersion) no longer holds: someone changed the object.
+    #[error("{key} in the {cluster} changed since it was read: {message}")]
+    Conflict {
+        /// Cluster role.
+        cluster: String,
+        /// The object.
+        key: ObjectKey,
+        /// The server's message.
+        message: String,
+    },
+    /// Any other refusal, with the server's words.
+    #[error("{verb} {key} in the {cluster}: {message} (HTTP {code})")]
+    Refused {
+        /// Cluster role.
+        cluster: String,
+        /// The verb.
+        verb: &'static str,
+        /// The object.
+        key: ObjectKey,
+        /// HTTP status code.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The cluster did not answer even after retries.
+    #[error("{verb} {key}: the {cluster} did not answer: {detail}")]
+    Unavailable {
+        /// Cluster role.
+        cluster: String,
+        /// The verb.
+        verb: &'static str,
+        /// The object.
+        key: ObjectKey,
+        /// The client's error.
+        detail: String,
+    },
+    /// A wait ran out.
+    #[error("timed out after {seconds}s waiting for {what} ({key} in the {cluster})")]
+    Timeout {
+        /// Cluster role.
+        cluster: String,
+        /// The object.
+        key: ObjectKey,
+        /// What was awaited.
+        what: String,
+        /// Seconds waited.
+        seconds: u64,
+    },
+    /// The archived object cannot be turned into a request (no apiVersion or kind).
+    #[error("{key}: {detail}")]
+    Malformed {
+        /// The object.
+        key: ObjectKey,
+        /// What is missing.
+        detail: String,
+    },
+}
+
+impl LiveError {
+    /// Whether the object was not found.
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+/// One cluster the engine acts on.
+#[derive(Clone)]
+pub struct LiveCluster {
+    /// `member` or `control plane`, for messages.
+    pub role: String,
+    /// The client.
+    pub client: Client,
+}
+
+impl std::fmt::Debug for LiveCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCluster")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveCluster {
+    /// Wraps a client.
+    #[must_use]
+    pub fn new(role: &str, client: Client) -> Self {
+        Self {
+            role: role.to_owned(),
+            client,
+        }
+    }
+
+    /// The dynamic API of `key` at `api_version`/`kind` (from the archived object).
+    #[must_use]
+    pub fn api(&self, key: &ObjectKey, api_version: &str, kind: &str) -> Api<DynamicObject> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        let ar = ApiResource {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            plural: key.resource.clone(),
+        };
+        match &key.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        }
+    }
+
+    /// The dynamic API for an archived object, reading its `apiVersion` and `kind`.
+    ///
+    /// # Errors
+    /// [`LiveError::Malformed`] when either is missing.
+    pub fn api_for(&self, key: &ObjectKey, object: &Value) -> Result<Api<DynamicObject>, LiveError> {
+        let field = |name: &str| {
+            object
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| LiveError::Malformed {
+                    key: key.clone(),
+                    detail: format!("no {name}"),
+                })
+        };
+        Ok(self.api(key, field("apiVersion")?, field("kind")?))
+    }
+
+    /// GET, with `None` for not found.
+    ///
+    /// # Errors
+    /// Refusals and unavailability.
+    pub async fn get_opt(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+    ) -> Result<Option<DynamicObject>, LiveError> {
+        match self.retry("get", key, || api.get(&key.name)).await {
+            Ok(obj) => Ok(Some(obj)),
+            Err(LiveError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// CREATE as [`FIELD_MANAGER`].
+    ///
+    /// # Errors
+    /// [`LiveError::AlreadyExists`], refusals, unavailability.
+    pub async fn create(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        object: &Value,
+    ) -> Result<DynamicObject, LiveError> {
+        let obj: DynamicObject =
+            serde_json::from_value(object.clone()).map_err(|e| LiveError::Malformed {
+                key: key.clone(),
+                detail: e.to_string(),
+            })?;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        self.retry("create", key, || api.create(&pp, &obj)).await
+    }
+
+    /// JSON merge patch of the object.
+    ///
+    /// # Errors
+    /// Refusals, unavailability, not found.
+    pub async fn merge_patch(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        patch: &Value,
+    ) -> Result<DynamicObject, LiveError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(patch);
+        self.retry("patch", key, || api.patch(&key.name, &pp, &patch))
+            .await
+    }
+
+    /// JSON merge patch of the status subresource.
+    ///
+    /// # Errors
+    /// Refusals, unavailability, not found.
+    pub async fn merge_patch_status(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        patch: &Value,
+    ) -> Result<DynamicObject, LiveError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(patch);
+        self.retry("patch status of", key, || {
+            api.patch_status(&key.name, &pp, &patch)
+        })
+        .await
+    }
+
+    /// DELETE with a propagation policy, only if the object still has `uid` (so an object
+    /// someone re-created meanwhile is never deleted). Not found counts as done.
+    ///
+    /// # Errors
+    /// [`LiveError::Conflict`] when the UID differs; refusals, unavailability.
+    pub async fn delete(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        uid: Option<&str>,
+        params: DeleteParams,
+    ) -> Result<(), LiveError> {
+        let mut dp = params;
+        if let Some(uid) = uid {
+            dp.preconditions = Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            });
+        }
+        match self.retry("delete", key, || api.delete(&key.name, &dp)).await {
+            Ok(_) | Err(LiveError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until `key` is gone, or holds another UID than `uid` (it was deleted and re-made).
+    ///
+    /// # Errors
+    /// [`LiveError::Timeout`] naming what was awaited.
+    pub async fn wait_gone(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        uid: Option<&str>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), LiveError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.get_opt(api, key).await? {
+                None => return Ok(()),
+                Some(obj) if uid.is_some() && obj.metadata.uid.as_deref() != uid => return Ok(()),
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(LiveError::Timeout {
+                    cluster: self.role.clone(),
+                    key: key.clone(),
+                    what: what.to_owned(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn retry<T, F, Fut>(&self, verb: &'static str, key: &ObjectKey, mut call: F) -> Result<T, LiveError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=ATTEMPTS {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) => {
+                    let classified = self.classify(verb, key, err);
+                    let transient = matches!(&classified, LiveError::Unavailable { .. })
+                        || matches!(&classified, LiveError::Refused { code, .. } if *code == 429 || *code >= 500);
+                    if !transient || attempt == ATTEMPTS {
+                        return Err(classified);
+                    }
+                    tracing::debug!(%key, verb, attempt, error = %classified, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    fn classify(&self, verb: &'static str, key: &ObjectKey, err: kube::Error) -> LiveError {
+        let cluster = self.role.clone();
+        match err {
+            kube::Error::Api(status) => {
+                let message = status.message.clone();
+                match (status.code, status.reason.as_str()) {
+                    (404, _) => LiveError::NotFound {
+                        cluster,
+                        key: key.clone(),
+                    },
+                    (409, "AlreadyExists") => LiveError::AlreadyExists {
+                        cluster,
+                        key: key.clone(),
+                    },
+                    (409, _) => LiveError::Conflict {
+                        cluster,
+                        key: key.clone(),
+                        message,
+                    },
+                    (code, _) => LiveError::Refused {
+                        cluster,
+                        verb,
+                        key: key.clone(),
+                        code,
+                        message,
+                    },
+                }
+            }
+            other => LiveError::Unavailable {
+                cluster,
+                verb,
+                key: key.clone(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}

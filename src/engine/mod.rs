@@ -1,0 +1,164 @@
+//! The promote and rollback engine.
+//!
+//! Promote: [`detach`](detach::detach) the workload owners in the member top-down with orphan
+//! propagation, [mark](detach::mark_pods) the pods as Kosmos-managed, then
+//! [rebuild](apply::Restorer) every archived object bottom-up in the control plane, rewriting
+//! ownerReferences to the new owners' UIDs. Rollback: take the marks off the member pods,
+//! re-create the detached owners in the member bottom-up so they re-adopt the running pods, and
+//! remove from the control plane exactly what promote created (the objects stamped with the
+//! archive's identity).
+//!
+//! # Guarantees
+//! - No pod is deleted or re-created in the member, and no pod template is changed anywhere.
+//! - Every step is journaled before and after it acts, and checks live state before acting, so
+//!   a run killed at any moment resumes with the same result.
+//! - Rollback needs only the archive: what promote created is recognised by its stamp.
+
+pub mod apply;
+pub mod detach;
+pub mod inventory;
+pub mod live;
+pub mod promote;
+pub mod rollback;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::journal::{Journal, JournalError};
+use crate::object::ObjectKey;
+use crate::ownership::OwnershipError;
+use crate::restore::plan::PlanError;
+use crate::restore::transform::TransformError;
+pub use inventory::{Inventory, STAMP_ANNOTATION};
+pub use live::{LiveCluster, LiveError};
+
+/// Knobs of a run.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Objects of one level created (or deleted) at once.
+    pub concurrency: usize,
+    /// Pause before creating a level of owners, so the target controller manager's informers
+    /// have seen the dependents created just before; an owner whose controller syncs before it
+    /// sees its pods would create new ones.
+    pub settle: Duration,
+    /// How long the garbage collector may take to orphan an owner's dependents.
+    pub gc_timeout: Duration,
+    /// How long a namespace may take to be deleted on rollback.
+    pub namespace_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            settle: Duration::from_secs(2),
+            gc_timeout: Duration::from_secs(120),
+            namespace_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Called with (step, items done, items total) as a run progresses.
+pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// What a run did, object by object.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    /// Owners deleted from the member (orphan propagation).
+    pub detached: Vec<String>,
+    /// Member pods marked Kosmos-managed.
+    pub marked: Vec<String>,
+    /// Objects created in the target.
+    pub created: Vec<String>,
+    /// Objects that already existed in the target and were left as they were.
+    pub existed: Vec<String>,
+    /// Objects merged into the target's own (the `default` ServiceAccount).
+    pub merged: Vec<String>,
+    /// Objects not restored, with the reason.
+    pub skipped: BTreeMap<String, String>,
+    /// Dependents whose ownerReferences were pointed at their re-created owners.
+    pub adopted: Vec<String>,
+    /// Member pods whose Kosmos marks were removed (rollback).
+    pub unmarked: Vec<String>,
+    /// Objects removed from the control plane (rollback).
+    pub deleted: Vec<String>,
+    /// Things a user should know that did not stop the run.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    fn sort(&mut self) {
+        for list in [
+            &mut self.detached,
+            &mut self.marked,
+            &mut self.created,
+            &mut self.existed,
+            &mut self.merged,
+            &mut self.adopted,
+            &mut self.unmarked,
+            &mut self.deleted,
+        ] {
+            list.sort();
+        }
+    }
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The cluster refused or did not answer.
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The journal could not be written; the run stopped before acting.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// An archived object cannot be restored.
+    #[error("{key}: {source}")]
+    Transform {
+        /// The object.
+        key: ObjectKey,
+        /// Why.
+        source: TransformError,
+    },
+    /// The archived objects' ownerReferences are inconsistent.
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+    /// A plan could not be made.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A member object changed after the backup; promoting the archive would undo the change.
+    #[error(
+        "{key} changed in the member after the backup ({detail}); nothing more was detached — run promote again to take a fresh backup"
+    )]
+    ChangedSinceBackup {
+        /// The object.
+        key: ObjectKey,
+        /// What changed.
+        detail: String,
+    },
+    /// Promote failed after it had changed the member; the automatic rollback ran.
+    #[error("promote failed: {cause}; {}", match .rollback { Ok(()) => "the automatic rollback restored the member and removed what promote created".to_owned(), Err(e) => format!("the automatic rollback failed too: {e}") })]
+    RolledBack {
+        /// Why promote failed.
+        cause: Box<EngineError>,
+        /// How the rollback went.
+        rollback: Result<(), Box<EngineError>>,
+    },
+}
+
+/// The journal as the concurrent steps share it.
+pub type SharedJournal = Arc<Mutex<Journal>>;
+
+fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn progress(progress: Option<&ProgressFn>, step: &str, done: u64, total: u64) {
+    if let Some(f) = progress {
+        f(step, done, total);
+    }
+}

@@ -2,7 +2,7 @@
 //! ([`open_lists`]), then draining the lists and fetching the dependencies ([`drain`]), handing
 //! each object to an optional sink (the archive writer; none for a dry run).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use crate::archive::{Inclusion, NewObject, ObjectKey, OwnerReference};
 use crate::resources::{ApiSurface, ExcludedResources, GroupResource, ServedResource, well_known};
 
-use super::dependencies::{ClusterObjectRef, DependencyCollector, ObjectRef, Reason};
+use super::dependencies::{
+    ClusterObjectRef, Dependency, DependencyCollector, ObjectRef, Reason, binding_subject_in, references,
+};
 use super::error::BackupError;
 use super::lister::{ListError, ListEvent, ListRequest, list_paged};
 use super::report::{
@@ -265,11 +267,29 @@ pub(crate) async fn drain(
     };
     let shared = &shared;
     let resource_versions = open.resource_versions;
-    stream::iter(open.lists)
-        .map(|list| drain_list(list, shared))
+    let included: BTreeSet<String> = prepared.namespaces.iter().cloned().collect();
+    let included = &included;
+    let mut found: Vec<(usize, ListDependencies)> = stream::iter(open.lists.into_iter().enumerate())
+        .map(|(index, list)| async move { drain_list(list, included, shared).await.map(|d| (index, d)) })
         .buffer_unordered(request.concurrency.max(1))
-        .try_collect::<()>()
+        .try_collect()
         .await?;
+    // Merged in list order (types, then namespaces, then the ClusterRoleBindings), whatever
+    // order the lists finished in: the reason kept for each dependency does not depend on
+    // timing, so the same cluster gives the same archive.
+    found.sort_by_key(|(index, _)| *index);
+    {
+        let mut state = shared.lock();
+        for (_, list) in found {
+            for (dependency, held) in list.found {
+                if held {
+                    state.collector.add_held(dependency);
+                } else {
+                    state.collector.add(dependency);
+                }
+            }
+        }
+    }
     fetch_dependencies(client, &prepared.surface, shared).await?;
 
     let state = std::mem::take(&mut *shared.lock());
@@ -298,8 +318,39 @@ pub(crate) async fn drain(
     })
 }
 
-async fn drain_list(mut list: OpenList, shared: &Shared<'_>) -> Result<(), DrainError> {
+/// The dependencies one list found, in the order found, each once (a later reason replaces an
+/// earlier one only when it requires the object and the earlier did not), with whether the
+/// object is held already (an accepted ClusterRoleBinding).
+#[derive(Default)]
+struct ListDependencies {
+    found: Vec<(Dependency, bool)>,
+    index: HashMap<ClusterObjectRef, usize>,
+}
+
+impl ListDependencies {
+    fn add(&mut self, dependency: Dependency, held: bool) {
+        match self.index.get(&dependency.target) {
+            Some(&i) => {
+                let existing = &mut self.found[i].0;
+                if existing.may_be_absent && !dependency.may_be_absent {
+                    *existing = dependency;
+                }
+            }
+            None => {
+                self.index.insert(dependency.target.clone(), self.found.len());
+                self.found.push((dependency, held));
+            }
+        }
+    }
+}
+
+async fn drain_list(
+    mut list: OpenList,
+    included: &BTreeSet<String>,
+    shared: &Shared<'_>,
+) -> Result<ListDependencies, DrainError> {
     let mut count = 0u64;
+    let mut found = ListDependencies::default();
     let what = match &list.namespace {
         Some(ns) => format!("{} in namespace {ns}", list.resource),
         None => format!("{} cluster-wide", list.resource),
@@ -336,24 +387,30 @@ async fn drain_list(mut list: OpenList, shared: &Shared<'_>) -> Result<(), Drain
             });
             continue;
         }
-        let inclusion = {
-            let mut state = shared.lock();
-            match list.role {
-                ListRole::Namespaced => {
-                    state.collector.observe(&list.resource, &value);
-                    *state.objects.entry(list.resource.clone()).or_default() += 1;
-                    Inclusion::Namespaced
-                }
-                ListRole::ClusterRoleBindings => {
-                    if !state.collector.consider_cluster_role_binding(&value) {
-                        continue;
-                    }
-                    let target = ClusterObjectRef::new(list.resource.clone(), reference.name.clone());
-                    state.present.insert(target.clone());
-                    inclusion_of(state.collector.reason_of(&target).map(|(r, _)| r))
-                }
+        let inclusion = match list.role {
+            ListRole::Namespaced => Inclusion::Namespaced,
+            ListRole::ClusterRoleBindings => {
+                let Some(reason) = binding_subject_in(&value, included) else {
+                    continue;
+                };
+                let target = ClusterObjectRef::new(list.resource.clone(), reference.name.clone());
+                shared.lock().present.insert(target.clone());
+                let inclusion = inclusion_of(Some(&reason));
+                let dependency = Dependency {
+                    target,
+                    reason,
+                    may_be_absent: false,
+                };
+                found.add(dependency, true);
+                inclusion
             }
         };
+        for dependency in references(&list.resource, &value) {
+            found.add(dependency, false);
+        }
+        if list.role == ListRole::Namespaced {
+            *shared.lock().objects.entry(list.resource.clone()).or_default() += 1;
+        }
         count += 1;
         let new = new_object(&list.resource, &object, &value, inclusion, shared.sink.is_some())?;
         shared.store(new).await?;
@@ -368,7 +425,7 @@ async fn drain_list(mut list: OpenList, shared: &Shared<'_>) -> Result<(), Drain
             done,
         },
     );
-    Ok(())
+    Ok(found)
 }
 
 /// A fetched dependency, or why there is none.

@@ -401,6 +401,20 @@ impl DependencyCollector {
         }
     }
 
+    /// Records `dependency` (found by [`references`] or [`binding_subject_in`] elsewhere, e.g. by a
+    /// task reading one list) and queues it for fetching if it is new. The same rules as
+    /// [`observe`](Self::observe): the first reason is kept unless a later one requires the
+    /// object and the first did not.
+    pub fn add(&mut self, dependency: Dependency) {
+        self.record(dependency, true);
+    }
+
+    /// Like [`add`](Self::add), for an object the caller already holds and writes itself (a
+    /// ClusterRoleBinding accepted from the cluster-wide list): recorded, never queued.
+    pub fn add_held(&mut self, dependency: Dependency) {
+        self.record(dependency, false);
+    }
+
     /// Decides whether ClusterRoleBinding `binding` belongs in the backup
     /// ([`binding_subject_in`]). If it does, records it (not queued: the caller already holds the
     /// object and writes it), queues its ClusterRole, and returns `true`.

@@ -34,7 +34,7 @@ pub enum BackupError {
     Discovery(#[source] DiscoveryError),
     /// Excluded resource type names that the server does not serve (or that are not
     /// namespaced types). Every bad name is listed.
-    #[error("excluded resource types: {0}")]
+    #[error("excluded resource types cannot be used (--exclude, excludedNamespaceScopedResources)")]
     InvalidExclusions(#[source] InvalidResourceNames),
     /// An included namespace does not exist.
     #[error(
@@ -104,8 +104,7 @@ pub enum BackupError {
     /// temporary file was removed and nothing exists under the final name.
     #[error(
         "writing the archive {path} failed; nothing was left under that name. Check the free space \
-         and permissions of {dir}",
-        dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+         and the permissions of its directory"
     )]
     Archive {
         /// The archive's final path.

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kpromote::access::ClusterClient;
 use kpromote::archive::{Codec, WriterOptions};
 use kpromote::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_OUTPUT_DIR};
@@ -117,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.dry_run {
             let plan = backup::plan(&member.client, &request).await;
             display.finish();
-            let plan = plan.context("dry run failed")?;
+            let plan = plan.map_err(|e| anyhow::anyhow!("dry run failed: {}", chain(&e)))?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
                 Output::Text => {
@@ -131,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             let report = backup::run(&member.client, &request).await;
             display.finish();
-            let report = report.context("backup failed")?;
+            let report = report.map_err(|e| anyhow::anyhow!("backup failed: {}", chain(&e)))?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => {
@@ -255,6 +254,22 @@ fn print_collected(c: &Collected) {
             println!("  {w}");
         }
     }
+}
+
+/// The error and its causes, each once: a cause whose text already ends the message before it
+/// (an I/O error quoted by the error wrapping it) is not repeated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -199,3 +199,240 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::api::storage::v1::StorageClass;
+
+    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
+    let cp_client = env.cluster("control-plane").client().await.unwrap();
+    let member_client = env.cluster("member").client().await.unwrap();
+    register_virtual_node(&cp_client, "member").await.unwrap();
+    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
+        .await
+        .unwrap();
+    // The shared ClusterRole exists in both clusters before promote.
+    apps::create(&member_client, apps::shared_reader_cluster_role()).await;
+    let preexisting = apps::create(&cp_client, apps::shared_reader_cluster_role()).await;
+    apps::create(
+        &member_client,
+        serde_json::json!({ "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": { "name": "kpromote-manual" }, "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "Immediate" }),
+    )
+    .await;
+    apps::rich_namespace(&member_client, &kubelet, "shop", 30080).await;
+    tokio::time::sleep(SETTLE).await;
+    let before = apps::snapshot(&member_client, "shop").await;
+    let sts_before = apps::statefulsets(&member_client, "shop").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_objects = [
+        ("", "persistentvolumes", "shop-db-pv-0"),
+        ("", "persistentvolumes", "shop-db-pv-1"),
+        ("storage.k8s.io", "storageclasses", "kpromote-manual"),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "shop-app-shared-reader",
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "kpromote-test-shared-reader",
+        ),
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "webapps.example.kpromote.io",
+        ),
+    ];
+    let path = archiving::archive(&member_client, &["shop"], &cluster_objects, dir.path()).await;
+    let inv = Inventory::from_archive(&path).unwrap();
+    let member = LiveCluster::new("member", member_client.clone());
+    let cp = LiveCluster::new("control plane", cp_client.clone());
+    let opts = EngineOptions::default();
+
+    let report = promote(
+        &member,
+        &cp,
+        &inv,
+        "member",
+        &journal(dir.path(), "p.journal", "promote"),
+        None,
+        &opts,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        report
+            .existed
+            .contains(&"clusterroles.rbac.authorization.k8s.io/kpromote-test-shared-reader".to_owned()),
+        "{report:#?}"
+    );
+    tokio::time::sleep(SETTLE).await;
+
+    // Member: every pod is the same pod, no restart; revisions untouched; owners gone.
+    let member_after = apps::snapshot(&member_client, "shop").await;
+    assert_eq!(member_after.pods, before.pods);
+    assert_eq!(member_after.revisions, before.revisions);
+    assert!(
+        member_after.replicasets.is_empty(),
+        "{:?}",
+        member_after.replicasets
+    );
+    assert!(apps::statefulsets(&member_client, "shop").await.is_empty());
+    assert!(
+        apps::webapps(&member_client, "shop")
+            .get_opt("shop")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Control plane: every pod, ReplicaSet and revision is a restored one; none controller-made.
+    let cp_snap = apps::snapshot(&cp_client, "shop").await;
+    assert_eq!(
+        cp_snap.pods.keys().collect::<Vec<_>>(),
+        before.pods.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cp_snap.replicasets.keys().collect::<Vec<_>>(),
+        before.replicasets.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cp_snap.revisions.keys().collect::<Vec<_>>(),
+        before.revisions.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        cp_snap.controller_created.is_empty(),
+        "controller-made objects: {:?}",
+        cp_snap.controller_created
+    );
+    assert!(cp_snap.pods.values().all(|(_, _, node)| node == "kosmos-member"));
+    // Exact owners: the StatefulSet owns its pods, the WebApp owns its Deployment.
+    let cp_sts = apps::statefulsets(&cp_client, "shop").await;
+    let db0 = Api::<Pod>::namespaced(cp_client.clone(), "shop")
+        .get("db-0")
+        .await
+        .unwrap();
+    assert_eq!(db0.metadata.owner_references.unwrap()[0].uid, cp_sts["db"]);
+    let cp_webapp = apps::webapps(&cp_client, "shop").get("shop").await.unwrap();
+    let cp_shop = Api::<Deployment>::namespaced(cp_client.clone(), "shop")
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        cp_shop.metadata.owner_references.unwrap()[0].uid,
+        cp_webapp.metadata.uid.unwrap()
+    );
+    let nodeport = Api::<Service>::namespaced(cp_client.clone(), "shop")
+        .get("web-nodeport")
+        .await
+        .unwrap();
+    assert_eq!(nodeport.spec.unwrap().ports.unwrap()[0].node_port, Some(30080));
+    wait_for(
+        "the restored claims to bind in the control plane",
+        Duration::from_secs(60),
+        || async {
+            let claims = Api::<PersistentVolumeClaim>::namespaced(cp_client.clone(), "shop")
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            claims
+                .items
+                .iter()
+                .all(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Rollback.
+    rollback(
+        &member,
+        &cp,
+        &inv,
+        "member",
+        &journal(dir.path(), "r.journal", "rollback"),
+        &opts,
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let rolled = apps::snapshot(&member_client, "shop").await;
+    assert_eq!(rolled.pods, before.pods, "same pods, same UIDs, no restarts");
+    assert_eq!(
+        rolled.revisions, before.revisions,
+        "the StatefulSet's revisions are the original ones"
+    );
+    assert_eq!(
+        rolled.replicasets.keys().collect::<Vec<_>>(),
+        before.replicasets.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        rolled
+            .controller_created
+            .iter()
+            .all(|n| before.controller_created.contains(n)),
+        "new controller-made objects: {:?}",
+        rolled.controller_created
+    );
+    let member_sts = apps::statefulsets(&member_client, "shop").await;
+    assert_ne!(member_sts["db"], sts_before["db"], "re-created");
+    let db0 = Api::<Pod>::namespaced(member_client.clone(), "shop")
+        .get("db-0")
+        .await
+        .unwrap();
+    assert_eq!(db0.metadata.owner_references.unwrap()[0].uid, member_sts["db"]);
+    let webapp = apps::webapps(&member_client, "shop").get("shop").await.unwrap();
+    let shop = Api::<Deployment>::namespaced(member_client.clone(), "shop")
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        shop.metadata.owner_references.unwrap()[0].uid,
+        webapp.metadata.uid.unwrap()
+    );
+
+    // The control plane holds nothing of the namespace; what existed before is still there.
+    wait_for(
+        "the control plane to hold nothing of shop",
+        Duration::from_secs(90),
+        || async {
+            Api::<Namespace>::all(cp_client.clone())
+                .get_opt("shop")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let role = Api::<ClusterRole>::all(cp_client.clone())
+        .get("kpromote-test-shared-reader")
+        .await
+        .unwrap();
+    assert_eq!(
+        role.metadata.uid, preexisting.metadata.uid,
+        "the pre-existing ClusterRole is untouched"
+    );
+    assert!(
+        Api::<ClusterRoleBinding>::all(cp_client.clone())
+            .get_opt("shop-app-shared-reader")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<StorageClass>::all(cp_client.clone())
+            .get_opt("kpromote-manual")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

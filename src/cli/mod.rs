@@ -4,6 +4,7 @@
 mod backup;
 mod crd;
 mod demo;
+mod engine;
 mod testenv;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,12 @@ enum Command {
     /// Run the main job end to end on two local clusters: the design's nginx example is
     /// promoted from the member into the control plane, then rolled back.
     Demo(demo::Args),
+    /// Promote namespaces of a member cluster into the Kosmos control plane, without restarting
+    /// a pod (resumes where an interrupted run stopped).
+    Promote(engine::PromoteArgs),
+    /// Roll a promotion back from its archive: the member's owners re-adopt the running pods and
+    /// the control plane loses exactly what promote created.
+    Rollback(engine::RollbackArgs),
     /// Start local Kubernetes clusters built from upstream sources (for trying kpromote and tests).
     Testenv(testenv::Args),
 }
@@ -39,6 +46,8 @@ pub fn main() -> ExitCode {
         Command::Backup(args) => backup::run(args),
         Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Promote(args) => engine::run_promote(args),
+        Command::Rollback(args) => engine::run_rollback(args),
         Command::Testenv(args) => testenv::run(args),
     };
     match outcome {

@@ -140,6 +140,15 @@ pub enum EngineError {
         /// What changed.
         detail: String,
     },
+    /// A deletion in the control plane waits on something outside kpromote (a finalizer whose
+    /// controller does not run there, for one).
+    #[error("{key} is not going away: {why}")]
+    Stuck {
+        /// The object.
+        key: ObjectKey,
+        /// What the cluster says it waits for.
+        why: String,
+    },
     /// Promote failed after it had changed the member; the automatic rollback ran.
     #[error("promote failed: {cause}; {}", match .rollback { Ok(()) => "the automatic rollback restored the member and removed what promote created".to_owned(), Err(e) => format!("the automatic rollback failed too: {e}") })]
     RolledBack {

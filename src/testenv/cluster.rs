@@ -12,7 +12,8 @@ use super::{Binaries, TestEnvError};
 
 /// Controllers the clusters run: everything kpromote's promises depend on (garbage collection,
 /// adoption by the workload controllers, namespace deletion, default ServiceAccounts and the
-/// root CA ConfigMap that admission and restore meet in real clusters, PV/PVC binding).
+/// root CA ConfigMap that admission and restore meet in real clusters, PV/PVC binding and the
+/// protection finalizers every real cluster's volumes carry).
 pub const CONTROLLERS: &[&str] = &[
     "garbage-collector-controller",
     "deployment-controller",
@@ -25,6 +26,8 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
     "persistentvolume-binder-controller",
+    "persistentvolumeclaim-protection-controller",
+    "persistentvolume-protection-controller",
 ];
 
 /// How long one cluster may take to become healthy (two cores, cold page cache).

@@ -24,7 +24,19 @@ pub async fn create(client: &Client, object: Value) -> DynamicObject {
     let obj: DynamicObject = serde_json::from_value(object).unwrap();
     let types = obj.types.clone().unwrap();
     let gvk = GroupVersionKind::try_from(&types).unwrap();
-    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    // Discovery lags a freshly Established CRD by a moment.
+    let mut attempt = 0;
+    let (ar, caps) = loop {
+        match kube::discovery::pinned_kind(client, &gvk).await {
+            Ok(found) => break found,
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("discovery of {gvk:?}: {e}"),
+        }
+    };
     let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
         (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
         _ => Api::all_with(client.clone(), &ar),

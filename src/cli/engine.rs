@@ -1,0 +1,281 @@
+//! `kpromote promote` and `kpromote rollback`: the engine at a terminal.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use kpromote::access::ClusterClient;
+use kpromote::engine::{EngineOptions, Inventory, LiveCluster, ProgressFn, Report, promote, rollback};
+use kpromote::journal::Journal;
+use kpromote::restore::plan::{DetachPlan, RestorePlan};
+
+/// How to reach the two clusters.
+#[derive(Debug, clap::Args)]
+pub struct Clusters {
+    /// Kubeconfig of the member cluster (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    member_kubeconfig: Option<PathBuf>,
+    /// Context of the member cluster in its kubeconfig.
+    #[arg(long, value_name = "NAME")]
+    member_context: Option<String>,
+    /// Kubeconfig of the Kosmos control plane (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    control_plane_kubeconfig: Option<PathBuf>,
+    /// Context of the control plane in its kubeconfig.
+    #[arg(long, value_name = "NAME")]
+    control_plane_context: Option<String>,
+    /// The member's Kosmos cluster name: its virtual node is `kosmos-<NAME>`.
+    #[arg(long, value_name = "NAME")]
+    cluster_name: String,
+}
+
+impl Clusters {
+    async fn connect(&self) -> anyhow::Result<(LiveCluster, LiveCluster)> {
+        let member = ClusterClient::connect(
+            "member",
+            self.member_kubeconfig.as_deref(),
+            self.member_context.as_deref(),
+        )
+        .await?;
+        let cp = ClusterClient::connect(
+            "control plane",
+            self.control_plane_kubeconfig.as_deref(),
+            self.control_plane_context.as_deref(),
+        )
+        .await?;
+        Ok((
+            LiveCluster::new("member", member.client),
+            LiveCluster::new("control plane", cp.client),
+        ))
+    }
+}
+
+/// Engine knobs shared by promote and rollback.
+#[derive(Debug, clap::Args)]
+pub struct Knobs {
+    /// Objects created or deleted at once within one level of the plan.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds to wait before creating a level of owners, so the target's controllers see the
+    /// dependents first.
+    #[arg(long, default_value_t = 2.0)]
+    settle_seconds: f64,
+    /// Print the report as JSON.
+    #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
+    output: String,
+}
+
+impl Knobs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            concurrency: self.concurrency.max(1),
+            settle: std::time::Duration::from_secs_f64(self.settle_seconds.max(0.0)),
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// Arguments of `kpromote promote`.
+#[derive(Debug, clap::Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    clusters: Clusters,
+    /// Promote from (or resume with) this archive instead of taking a new backup.
+    #[arg(long, value_name = "FILE")]
+    archive: PathBuf,
+    /// Print the plan (detach order, restore levels with their reasons, skips) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// On a failure after detach, leave things as they are instead of rolling back.
+    #[arg(long)]
+    no_auto_rollback: bool,
+    #[command(flatten)]
+    knobs: Knobs,
+}
+
+/// Arguments of `kpromote rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    clusters: Clusters,
+    /// The archive promote used (rollback needs nothing else).
+    #[arg(long, value_name = "FILE")]
+    archive: PathBuf,
+    /// Print what would be re-created and removed, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    knobs: Knobs,
+}
+
+/// The journal files of an archive: beside it, one per direction.
+#[must_use]
+pub fn journal_path(archive: &Path, direction: &str) -> PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(format!(".{direction}.journal"));
+    PathBuf::from(name)
+}
+
+fn open_journal(archive: &Path, direction: &str, inv: &Inventory) -> anyhow::Result<Arc<Mutex<Journal>>> {
+    let path = journal_path(archive, direction);
+    let journal = Journal::open(&path, &format!("{direction}:{}", inv.archive_id))?;
+    Ok(Arc::new(Mutex::new(journal)))
+}
+
+fn load(archive: &Path) -> anyhow::Result<Inventory> {
+    Inventory::from_archive(archive).with_context(|| format!("reading archive {}", archive.display()))
+}
+
+/// Runs `kpromote promote`.
+pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let inv = load(&args.archive)?;
+    if args.dry_run {
+        print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (member, cp) = args.clusters.connect().await?;
+        let journal = open_journal(&args.archive, "promote", &inv)?;
+        let rollback_journal = if args.no_auto_rollback {
+            None
+        } else {
+            Some(open_journal(&args.archive, "rollback", &inv)?)
+        };
+        let opts = args.knobs.options();
+        let progress = progress_printer();
+        let report = promote::promote(
+            &member,
+            &cp,
+            &inv,
+            &args.clusters.cluster_name,
+            &journal,
+            rollback_journal.as_ref(),
+            &opts,
+            Some(&progress),
+        )
+        .await?;
+        print_report("promoted", &report, &args.knobs.output)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs `kpromote rollback`.
+pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let inv = load(&args.archive)?;
+    if args.dry_run {
+        print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (member, cp) = args.clusters.connect().await?;
+        let journal = open_journal(&args.archive, "rollback", &inv)?;
+        let progress = progress_printer();
+        let report = rollback::rollback(
+            &member,
+            &cp,
+            &inv,
+            &args.clusters.cluster_name,
+            &journal,
+            &args.knobs.options(),
+            Some(&progress),
+        )
+        .await?;
+        print_report("rolled back", &report, &args.knobs.output)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The whole plan, in order, with the reason for each level.
+fn plan_text(inv: &Inventory, cluster_name: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let skipped = inv.skipped_by_restore(cluster_name);
+    let detach = DetachPlan::build(&inv.graph, &skipped);
+    let restore = RestorePlan::build(&inv.graph);
+    let mut out = String::new();
+    writeln!(out, "archive {} ({} objects)", inv.archive_id, inv.objects.len())?;
+    writeln!(
+        out,
+        "\ndetach in the member (top-down, propagationPolicy=Orphan):"
+    )?;
+    for (i, level) in detach.levels.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}. height {}: {}",
+            i + 1,
+            level.height,
+            join(&level.objects)
+        )?;
+    }
+    writeln!(out, "\nmark pods kosmos-io/pod=true in the member")?;
+    writeln!(out, "\nrestore into the control plane (bottom-up):")?;
+    for (i, level) in restore.levels.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}. {}\n     {}",
+            i + 1,
+            level.reason(),
+            join(&level.objects)
+        )?;
+    }
+    if !skipped.is_empty() {
+        writeln!(
+            out,
+            "\nnot restored: {}",
+            join(&skipped.into_iter().collect::<Vec<_>>())
+        )?;
+    }
+    Ok(out)
+}
+
+fn join(keys: &[kpromote::object::ObjectKey]) -> String {
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn progress_printer() -> ProgressFn {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    Arc::new(move |step: &str, done: u64, total: u64| {
+        if terminal {
+            eprint!("\r{step}: {done}/{total}   ");
+            if done == total {
+                eprintln!();
+            }
+        } else {
+            tracing::info!(step, done, total, "progress");
+        }
+    })
+}
+
+fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()> {
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let line = |label: &str, items: &[String]| {
+        if !items.is_empty() {
+            println!("{label} ({}): {}", items.len(), items.join(", "));
+        }
+    };
+    println!("{verb}");
+    line("detached", &report.detached);
+    line("marked", &report.marked);
+    line("created", &report.created);
+    line("already there, left as they were", &report.existed);
+    line("merged", &report.merged);
+    line("adopted", &report.adopted);
+    line("unmarked", &report.unmarked);
+    line("removed from the control plane", &report.deleted);
+    for (key, reason) in &report.skipped {
+        println!("skipped {key}: {reason}");
+    }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}

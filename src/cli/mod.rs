@@ -1,6 +1,7 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod backup;
 mod crd;
 mod demo;
 mod engine;
@@ -19,6 +20,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up namespaces of a cluster, and the cluster-scoped objects they depend on, into a
+    /// checksummed archive (`--dry-run` prints what would be collected).
+    Backup(backup::Args),
     /// Print the CRDs kpromote installs (PromotePolicy, and Kosmos Cluster for setups without Kosmos).
     Crd(crd::Args),
     /// Run the main job end to end on two local clusters: the design's nginx example is
@@ -39,6 +43,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
+        Command::Backup(args) => backup::run(args),
         Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Promote(args) => engine::run_promote(args),

@@ -27,11 +27,18 @@ use serde_json::json;
 mod support;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn build_namespace(client: &Client, kubelet: &FakeKubelet, deployments: usize, replicas: usize) {
-    support::apps::create(client, json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "bench" } })).await;
+    support::apps::create(
+        client,
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "bench" } }),
+    )
+    .await;
     let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "bench");
     for i in 0..deployments {
         let d = serde_json::from_value(json!({
@@ -40,7 +47,9 @@ async fn build_namespace(client: &Client, kubelet: &FakeKubelet, deployments: us
                       "template": { "metadata": { "labels": { "app": format!("app-{i:03}") } },
                                     "spec": { "containers": [{ "name": "main", "image": "nginx:1.25" }] } } } }))
         .expect("deployment");
-        api.create(&PostParams::default(), &d).await.expect("create deployment");
+        api.create(&PostParams::default(), &d)
+            .await
+            .expect("create deployment");
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
     let want = deployments * replicas;
@@ -65,26 +74,45 @@ async fn promote_timed(
     dir: &std::path::Path,
     run: &str,
 ) -> (f64, f64, usize) {
-    let journal = Arc::new(Mutex::new(Journal::open(&dir.join("promote.journal"), run).expect("journal")));
+    let journal = Arc::new(Mutex::new(
+        Journal::open(&dir.join("promote.journal"), run).expect("journal"),
+    ));
     let report = Mutex::new(Report::default());
     let skipped = inv.skipped_by_restore("member");
     let t = Instant::now();
-    detach(member, inv, &DetachPlan::build(&inv.graph, &skipped), &journal, opts, &report, None).await.expect("detach");
-    mark_pods(member, inv, &skipped, &journal, opts, &report, None).await.expect("mark");
+    detach(
+        member,
+        inv,
+        &DetachPlan::build(&inv.graph, &skipped),
+        &journal,
+        opts,
+        &report,
+        None,
+    )
+    .await
+    .expect("detach");
+    mark_pods(member, inv, &skipped, &journal, opts, &report, None)
+        .await
+        .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
     let plan = RestorePlan::build(&inv.graph);
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());
     let restorer = Restorer {
         target: cp,
         inv,
-        kind: Target::ControlPlane { cluster_name: "member".into() },
+        kind: Target::ControlPlane {
+            cluster_name: "member".into(),
+        },
         journal: &journal,
         opts,
         step: "restore",
         stamp: true,
     };
     let t = Instant::now();
-    restorer.run(&plan, &mut ctx, &report, None).await.expect("restore");
+    restorer
+        .run(&plan, &mut ctx, &report, None)
+        .await
+        .expect("restore");
     let restore_s = t.elapsed().as_secs_f64();
     let restored = report.into_inner().expect("report").created.len();
     (detach_s, restore_s, restored)

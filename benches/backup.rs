@@ -17,6 +17,8 @@
 //!   decoded into objects), one type after another, and with the backup's concurrency.
 //!
 //! The median of each is printed as a Markdown table for `benches/RESULTS.md`.
+//! `KPROMOTE_BENCH_LOG=kpromote=debug` passes that log filter to the backup and prints its log
+//! (phase timings).
 //!
 //! It is a `#[test]` marked `#[ignore]` rather than a `harness = false` bench so that it needs no
 //! entry in `Cargo.toml`; `cargo bench` lists it as ignored.
@@ -190,21 +192,28 @@ fn kubectl_dump(kubectl: &Path, kubeconfig: &Path, types: &[String], out: &Path)
     started.elapsed()
 }
 
-/// Runs `kpromote backup`; returns its wall time, peak RSS in KiB, and its stdout.
-fn kpromote_backup(kubeconfig: &Path, out: &Path, name: &str) -> (Duration, u64, String) {
+/// Runs `kpromote backup`; returns its wall time, peak RSS in KiB, CPU seconds, and its stdout.
+fn kpromote_backup(kubeconfig: &Path, out: &Path, name: &str) -> (Duration, u64, f64, String) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kpromote"))
         .args(["backup", "-n", NS, "--name", name, "--output-dir"])
         .arg(out)
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("KPROMOTE_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0u64;
+    let mut cpu = 0.0f64;
     let status = loop {
+        if let Some(c) = cpu_seconds(child.id()) {
+            cpu = c;
+        }
         if let Ok(text) = std::fs::read_to_string(&status_file)
             && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
         {
@@ -223,11 +232,45 @@ fn kpromote_backup(kubeconfig: &Path, out: &Path, name: &str) -> (Duration, u64,
     let elapsed = started.elapsed();
     let output = child.wait_with_output().unwrap();
     assert!(status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    if std::env::var_os("KPROMOTE_BENCH_LOG").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
     (
         elapsed,
         peak_kib,
+        cpu,
         String::from_utf8_lossy(&output.stdout).into_owned(),
     )
+}
+
+/// User + system CPU seconds of process `pid` so far (`/proc/<pid>/stat`, USER_HZ = 100).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The pid of the cluster's kube-apiserver, found by its certificate directory.
+fn apiserver_pid(cluster: &Cluster) -> u32 {
+    let cert_dir = format!("--cert-dir={}", cluster.dir().join("pki").display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let args: Vec<String> = raw
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.first().is_some_and(|a| a.ends_with("/kube-apiserver")) && args.contains(&cert_dir)
+            })
+        })
+        .expect("the cluster's kube-apiserver")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -286,74 +329,97 @@ async fn backup_throughput_and_memory() {
         bytes as f64 / 1048576.0
     );
 
-    let mut backup_s = Vec::new();
+    let api_pid = apiserver_pid(&cluster);
+    let own_pid = std::process::id();
+    // Per measurement: wall seconds, kube-apiserver CPU seconds, client CPU seconds.
+    let mut backup = Vec::new();
     let mut backup_kib = Vec::new();
-    let mut kubectl_s = Vec::new();
-    let mut raw_serial_s = Vec::new();
-    let mut raw_concurrent_s = Vec::new();
+    let mut kubectl_runs = Vec::new();
+    let mut raw_serial = Vec::new();
+    let mut raw_concurrent = Vec::new();
     let mut archive_bytes = 0;
     for round in 0..rounds {
         let out = work.path().join(format!("round-{round}"));
         std::fs::create_dir(&out).unwrap();
-        let (elapsed, kib, stdout) = kpromote_backup(&kubeconfig, &out, "bench.tar.zst");
+        let api_before = cpu_seconds(api_pid).unwrap();
+        let (elapsed, kib, cpu, stdout) = kpromote_backup(&kubeconfig, &out, "bench.tar.zst");
+        let api_cpu = cpu_seconds(api_pid).unwrap() - api_before;
         archive_bytes = std::fs::metadata(out.join("bench.tar.zst")).unwrap().len();
         eprintln!(
-            "round {round}: backup {:.2}s, VmHWM {} KiB; {}",
+            "round {round}: backup {:.2}s (cpu {cpu:.2}s, apiserver cpu {api_cpu:.2}s), VmHWM {kib} KiB; {}",
             elapsed.as_secs_f64(),
-            kib,
             stdout.lines().next().unwrap_or_default()
         );
-        backup_s.push(elapsed.as_secs_f64());
+        backup.push((elapsed.as_secs_f64(), api_cpu, cpu));
         backup_kib.push(kib as f64);
 
+        let api_before = cpu_seconds(api_pid).unwrap();
         let elapsed = kubectl_dump(&kubectl, &kubeconfig, &kubectl_types, &dump);
-        eprintln!("round {round}: kubectl {:.2}s", elapsed.as_secs_f64());
-        kubectl_s.push(elapsed.as_secs_f64());
+        let api_cpu = cpu_seconds(api_pid).unwrap() - api_before;
+        eprintln!(
+            "round {round}: kubectl {:.2}s (apiserver cpu {api_cpu:.2}s)",
+            elapsed.as_secs_f64()
+        );
+        kubectl_runs.push((elapsed.as_secs_f64(), api_cpu, f64::NAN));
 
-        let (o, _, elapsed) = raw_list_all(&client, &paths, 1).await;
-        assert_eq!(o, objects);
-        eprintln!("round {round}: raw LIST serial {:.2}s", elapsed.as_secs_f64());
-        raw_serial_s.push(elapsed.as_secs_f64());
-
-        let (o, _, elapsed) = raw_list_all(&client, &paths, kpromote::backup::DEFAULT_CONCURRENCY).await;
-        assert_eq!(o, objects);
-        eprintln!("round {round}: raw LIST concurrent {:.2}s", elapsed.as_secs_f64());
-        raw_concurrent_s.push(elapsed.as_secs_f64());
+        for (concurrency, runs) in [
+            (1, &mut raw_serial),
+            (kpromote::backup::DEFAULT_CONCURRENCY, &mut raw_concurrent),
+        ] {
+            let (api_before, own_before) = (cpu_seconds(api_pid).unwrap(), cpu_seconds(own_pid).unwrap());
+            let (o, _, elapsed) = raw_list_all(&client, &paths, concurrency).await;
+            let api_cpu = cpu_seconds(api_pid).unwrap() - api_before;
+            let own_cpu = cpu_seconds(own_pid).unwrap() - own_before;
+            assert_eq!(o, objects);
+            eprintln!(
+                "round {round}: raw LIST x{concurrency} {:.2}s (apiserver cpu {api_cpu:.2}s, client cpu {own_cpu:.2}s)",
+                elapsed.as_secs_f64()
+            );
+            runs.push((elapsed.as_secs_f64(), api_cpu, own_cpu));
+        }
     }
 
     let per_s = |s: f64| objects as f64 / s;
-    let (b, k, rs, rc) = (
-        median(backup_s),
-        median(kubectl_s),
-        median(raw_serial_s),
-        median(raw_concurrent_s),
-    );
+    let pick = |runs: &[(f64, f64, f64)], i: usize| median(runs.iter().map(|r| [r.0, r.1, r.2][i]).collect());
+    let b = pick(&backup, 0);
     let mib = median(backup_kib) / 1024.0;
     println!(
-        "\n| What ({objects} objects, {} types, {rounds} rounds, median) | Seconds | Objects/s | Backup is |",
+        "\n| {objects} objects, {} types; median of {rounds} rounds | Wall s | Objects/s | Backup is | apiserver CPU s | client CPU s |",
         types.len()
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     println!(
-        "| `kpromote backup` (whole process, archive {:.1} MiB) | {b:.2} | {:.0} | |",
+        "| `kpromote backup` (whole process; archive {:.1} MiB) | {b:.2} | {:.0} | | {:.2} | {:.2} |",
         archive_bytes as f64 / 1048576.0,
-        per_s(b)
+        per_s(b),
+        pick(&backup, 1),
+        pick(&backup, 2)
     );
+    let k = pick(&kubectl_runs, 0);
     println!(
-        "| serial `kubectl get <type> -o json` | {k:.2} | {:.0} | {:.1}× faster |",
+        "| serial `kubectl get <type> -o json` | {k:.2} | {:.0} | {:.1}× faster | {:.2} | |",
         per_s(k),
-        k / b
+        k / b,
+        pick(&kubectl_runs, 1)
     );
-    println!(
-        "| raw paginated LIST, one type at a time | {rs:.2} | {:.0} | {:.2}× its speed |",
-        per_s(rs),
-        rs / b
-    );
-    println!(
-        "| raw paginated LIST, {} at a time | {rc:.2} | {:.0} | {:.2}× its speed |",
-        kpromote::backup::DEFAULT_CONCURRENCY,
-        per_s(rc),
-        rc / b
-    );
+    for (label, runs) in [
+        ("raw paginated LIST, one type at a time".to_owned(), &raw_serial),
+        (
+            format!(
+                "raw paginated LIST, {} types at a time",
+                kpromote::backup::DEFAULT_CONCURRENCY
+            ),
+            &raw_concurrent,
+        ),
+    ] {
+        let r = pick(runs, 0);
+        println!(
+            "| {label} | {r:.2} | {:.0} | {:.2}× its speed | {:.2} | {:.2} |",
+            per_s(r),
+            r / b,
+            pick(runs, 1),
+            pick(runs, 2)
+        );
+    }
     println!("\nPeak memory of `kpromote backup` (VmHWM, median): {mib:.1} MiB");
 }

@@ -345,7 +345,7 @@ impl ListDependencies {
 }
 
 async fn drain_list(
-    mut list: OpenList,
+    list: OpenList,
     included: &BTreeSet<String>,
     shared: &Shared<'_>,
 ) -> Result<ListDependencies, DrainError> {
@@ -355,7 +355,8 @@ async fn drain_list(
         Some(ns) => format!("{} in namespace {ns}", list.resource),
         None => format!("{} cluster-wide", list.resource),
     };
-    while let Some(event) = list.stream.next().await {
+    let mut events = read_ahead(list.stream, shared.request.page_size);
+    while let Some(event) = events.next().await {
         let object = match event.map_err(BackupError::from_list)? {
             ListEvent::Snapshot {
                 resource_version,
@@ -421,6 +422,38 @@ async fn drain_list(
         },
     );
     Ok(found)
+}
+
+/// Reads `stream` on its own task, up to `depth` events ahead of the consumer: the next page is
+/// requested from the server (and decoded) while the objects of the current one are processed,
+/// instead of after. Memory: at most `depth` objects plus the page in flight, per list being
+/// drained.
+fn read_ahead<T: Send + 'static>(mut stream: BoxStream<'static, T>, depth: u32) -> BoxStream<'static, T> {
+    let depth = usize::try_from(depth).unwrap_or(usize::MAX).clamp(1, 1024);
+    let (tx, rx) = mpsc::channel(depth);
+    let reader = tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if tx.send(event).await.is_err() {
+                return; // the consumer stopped
+            }
+        }
+    });
+    // Dropping the consumer's stream ends the reader (its sends fail) — and aborting it makes
+    // that immediate even while it waits on the server.
+    let guard = AbortOnDrop(reader);
+    stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|event| (event, (rx, guard)))
+    })
+    .boxed()
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A fetched dependency, or why there is none.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt, stream};
-use kpromote::backup::lister::{ListError, ListEvent, ListRequest, list_json, list_paged, paginate};
+use kpromote::backup::lister::{ListError, ListEvent, ListRequest, list_paged, list_raw, paginate};
 use kpromote::resources::{ApiSurface, DiscoveryDocument, ExcludedResources, GroupResource, well_known};
 use kpromote::testenv::Cluster;
 use kube::Client;
@@ -288,23 +288,22 @@ async fn the_lister_pages_a_real_server_in_key_order_and_survives_an_expired_tok
         );
     }
 
-    // The JSON lister (what the backup uses) yields the same objects, typed, in the same order.
-    let json_keys: Vec<String> = list_json(
+    // The raw lister (what the backup uses) yields the same objects, byte for byte as the server
+    // encoded them plus the type fields, in the same order.
+    let raw: Vec<(String, serde_json::Value)> = list_raw(
         client.clone(),
         configmaps(&surface).in_namespace("ord").page_size(7),
     )
     .try_filter_map(|e| async move {
         Ok(match e {
             ListEvent::Object(o) => {
-                assert_eq!(
-                    (o["apiVersion"].as_str(), o["kind"].as_str()),
-                    (Some("v1"), Some("ConfigMap"))
-                );
-                Some(format!(
+                let value: serde_json::Value = serde_json::from_slice(o.json()).unwrap();
+                let key = format!(
                     "{}/{}",
-                    o["metadata"]["namespace"].as_str().unwrap(),
-                    o["metadata"]["name"].as_str().unwrap()
-                ))
+                    value["metadata"]["namespace"].as_str().unwrap(),
+                    value["metadata"]["name"].as_str().unwrap()
+                );
+                Some((key, value))
             }
             ListEvent::Snapshot { .. } => None,
         })
@@ -312,7 +311,14 @@ async fn the_lister_pages_a_real_server_in_key_order_and_survives_an_expired_tok
     .try_collect()
     .await
     .unwrap();
-    assert_eq!(json_keys, keys);
+    assert_eq!(raw.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys);
+    for ((_, value), typed) in raw.iter().zip(&objects) {
+        assert_eq!(
+            (value["apiVersion"].as_str(), value["kind"].as_str()),
+            (Some("v1"), Some("ConfigMap"))
+        );
+        assert_eq!(value, &serde_json::to_value(typed).unwrap());
+    }
 
     // Cluster-wide, across the namespaces: still key order (`ord-b/…` before
     // `ord/…` before `ord0/…`), which is what a resume after expiry depends on.

@@ -17,10 +17,11 @@ use crate::archive::{Inclusion, NewObject, ObjectKey, OwnerReference};
 use crate::resources::{ApiSurface, ExcludedResources, GroupResource, ServedResource, well_known};
 
 use super::dependencies::{
-    ClusterObjectRef, Dependency, DependencyCollector, ObjectRef, Reason, binding_subject_in, references,
+    ClusterObjectRef, Dependency, DependencyCollector, ObjectRef, Reason, binding_subject_in,
+    reads_fields_of, references,
 };
 use super::error::BackupError;
-use super::lister::{ListError, ListEvent, ListRequest, list_json};
+use super::lister::{ListError, ListEvent, ListRequest, RawObject, list_raw};
 use super::report::{
     BackupProgress, BackupWarning, Collected, CollectedDependency, SkipReason, SkippedObject, list_key,
 };
@@ -103,7 +104,7 @@ pub(crate) struct OpenList {
     resource: GroupResource,
     namespace: Option<String>,
     role: ListRole,
-    stream: BoxStream<'static, Result<ListEvent<Value>, ListError>>,
+    stream: BoxStream<'static, Result<ListEvent<RawObject>, ListError>>,
 }
 
 /// The lists of a backup, opened: each has fetched a first page of one object, so every
@@ -139,7 +140,7 @@ pub(crate) async fn open_lists(
                 if let Some(ns) = &namespace {
                     list = list.in_namespace(ns.clone());
                 }
-                let mut stream = list_json(client, list).boxed();
+                let mut stream = list_raw(client, list).boxed();
                 let resource = served.group_resource.clone();
                 match stream.next().await {
                     Some(Ok(ListEvent::Snapshot { resource_version, .. })) => Ok(Some((
@@ -372,17 +373,27 @@ async fn drain_list(
             }
             ListEvent::Object(object) => object,
         };
-        let value = *object;
-        let reference = ObjectRef::of(&list.resource, &value);
-        if let Some(since) = deletion_timestamp(&value) {
+        let raw = *object;
+        let head = raw.head();
+        let reference = ObjectRef {
+            resource: list.resource.clone(),
+            namespace: head.metadata.namespace.clone(),
+            name: head.metadata.name.clone().unwrap_or_default(),
+        };
+        if let Some(since) = &head.metadata.deletion_timestamp {
             shared.lock().skipped.push(SkippedObject {
                 object: reference,
-                reason: SkipReason::BeingDeleted {
-                    since: since.to_owned(),
-                },
+                reason: SkipReason::BeingDeleted { since: since.clone() },
             });
             continue;
         }
+        // Decoded only when the dependency rules read its fields; otherwise its identity is
+        // enough (a custom resource references its CRD by its type alone).
+        let value = if list.role == ListRole::ClusterRoleBindings || reads_fields_of(&list.resource) {
+            raw.value().map_err(|e| unreadable(&what, e))?
+        } else {
+            serde_json::json!({ "metadata": { "name": reference.name, "namespace": reference.namespace } })
+        };
         let inclusion = match list.role {
             ListRole::Namespaced => Inclusion::Namespaced,
             ListRole::ClusterRoleBindings => {
@@ -408,7 +419,7 @@ async fn drain_list(
             *shared.lock().objects.entry(list.resource.clone()).or_default() += 1;
         }
         count += 1;
-        let new = new_object(&list.resource, value, inclusion, shared.sink.is_some())?;
+        let new = raw_new_object(&list.resource, raw, inclusion, shared.sink.is_some());
         shared.store(new).await?;
     }
     let done = shared.lists_done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -585,6 +596,39 @@ fn archive_path(object: &ObjectRef) -> String {
         object.name.clone(),
     )
     .map_or_else(|_| object.to_string(), |k| k.path())
+}
+
+/// A list item that does not decode (it was validated when the page was split, so this is a bug
+/// or a corrupted response).
+fn unreadable(what: &str, err: serde_json::Error) -> BackupError {
+    BackupError::List(ListError::Api {
+        what: what.to_owned(),
+        source: kube::Error::SerdeError(err),
+    })
+}
+
+/// The archive's form of one listed object, its JSON stored as the server sent it (with the type
+/// fields). With `with_body` false (dry run) the JSON is dropped.
+fn raw_new_object(
+    resource: &GroupResource,
+    raw: RawObject,
+    inclusion: Inclusion,
+    with_body: bool,
+) -> NewObject {
+    let head = raw.head().clone();
+    let meta = head.metadata;
+    NewObject {
+        resource: resource.resource().to_owned(),
+        group: resource.group().to_owned(),
+        namespace: meta.namespace.filter(|ns| !ns.is_empty()),
+        name: meta.name.unwrap_or_default(),
+        api_version: head.api_version.unwrap_or_default(),
+        kind: head.kind.unwrap_or_default(),
+        uid: meta.uid,
+        owner_references: meta.owner_references,
+        inclusion,
+        json: if with_body { raw.into_json() } else { Vec::new() },
+    }
 }
 
 /// The object's `metadata.deletionTimestamp`, if it is being deleted.

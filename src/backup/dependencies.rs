@@ -293,6 +293,33 @@ pub fn references(resource: &GroupResource, object: &Value) -> Vec<Dependency> {
     refs.out
 }
 
+/// Whether [`references`] reads fields of objects of `resource` beyond their identity: only then
+/// must a caller decode a whole object to find what it references (for any other type, the
+/// object's name and namespace are enough — a custom resource references its CRD by its type).
+/// Kept beside the rules it summarizes; a test checks the two agree.
+#[must_use]
+pub fn reads_fields_of(resource: &GroupResource) -> bool {
+    matches!(
+        (resource.group(), resource.resource()),
+        (
+            "",
+            "pods"
+                | "podtemplates"
+                | "replicationcontrollers"
+                | "persistentvolumeclaims"
+                | "persistentvolumes"
+        ) | (
+            "apps",
+            "deployments" | "replicasets" | "daemonsets" | "statefulsets"
+        ) | ("batch", "jobs" | "cronjobs")
+            | ("networking.k8s.io" | "extensions", "ingresses")
+            | (
+                "rbac.authorization.k8s.io",
+                "rolebindings" | "clusterrolebindings"
+            )
+    )
+}
+
 /// Why ClusterRoleBinding `binding` belongs in a backup of `included_namespaces`: the first of its
 /// subjects that stands for service accounts of an included namespace, or `None`.
 ///

@@ -565,3 +565,84 @@ fn the_object_that_pulled_a_dependency_in() {
     ));
     assert_eq!(collector.next_to_fetch(), Some(target));
 }
+
+/// An object with every field any rule reads, in every place a rule looks.
+fn kitchen_sink() -> Value {
+    let pod_spec = json!({
+        "priorityClassName": "p", "runtimeClassName": "r",
+        "volumes": [{"ephemeral": {"volumeClaimTemplate": {"spec": {"storageClassName": "s"}}}}]
+    });
+    json!({
+        "metadata": {"name": "x", "namespace": "shop", "annotations": {
+            BETA_STORAGE_CLASS_ANNOTATION: "s", LEGACY_INGRESS_CLASS_ANNOTATION: "i"}},
+        "spec": {
+            "priorityClassName": "p", "runtimeClassName": "r", "volumes": pod_spec["volumes"].clone(),
+            "volumeName": "v", "storageClassName": "s", "ingressClassName": "i",
+            "template": {"spec": pod_spec.clone()},
+            "jobTemplate": {"spec": {"template": {"spec": pod_spec.clone()}}},
+            "volumeClaimTemplates": [{"spec": {"storageClassName": "s"}}]
+        },
+        "template": {"spec": pod_spec},
+        "status": {"phase": "Bound"},
+        "roleRef": {"kind": "ClusterRole", "name": "c"},
+        "subjects": [{"kind": "ServiceAccount", "name": "a", "namespace": "shop"}]
+    })
+}
+
+#[test]
+fn reads_fields_of_agrees_with_the_rules() {
+    let sink = kitchen_sink();
+    let identity_only = json!({"metadata": {"name": "x", "namespace": "shop"}});
+    let mut types: Vec<GroupResource> = [
+        "pods",
+        "podtemplates",
+        "replicationcontrollers",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "configmaps",
+        "secrets",
+        "services",
+        "serviceaccounts",
+        "limitranges",
+        "resourcequotas",
+        "events",
+        "deployments.apps",
+        "replicasets.apps",
+        "daemonsets.apps",
+        "statefulsets.apps",
+        "controllerrevisions.apps",
+        "jobs.batch",
+        "cronjobs.batch",
+        "ingresses.networking.k8s.io",
+        "ingresses.extensions",
+        "networkpolicies.networking.k8s.io",
+        "ingressclasses.networking.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "roles.rbac.authorization.k8s.io",
+        "horizontalpodautoscalers.autoscaling",
+        "poddisruptionbudgets.policy",
+        "leases.coordination.k8s.io",
+        "webapps.example.kpromote.io",
+        "certificates.cert-manager.io",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap_or_else(|e| panic!("{e}")))
+    .collect();
+    types.sort();
+    for gr in &types {
+        let from_sink = references(gr, &sink);
+        let from_identity = references(gr, &identity_only);
+        if reads_fields_of(gr) {
+            assert!(
+                from_sink.len() > from_identity.len(),
+                "{gr}: the rules read no field"
+            );
+        } else {
+            assert_eq!(
+                from_sink, from_identity,
+                "{gr}: the rules read fields; update reads_fields_of"
+            );
+        }
+    }
+}

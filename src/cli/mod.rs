@@ -1,6 +1,7 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod controller;
 mod crd;
 mod demo;
 mod engine;
@@ -19,6 +20,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the PromotePolicy controller against the Kosmos control plane (leader election,
+    /// /metrics, /healthz, /readyz).
+    Controller(controller::Args),
     /// Print the CRDs kpromote installs (PromotePolicy, and Kosmos Cluster for setups without Kosmos).
     Crd(crd::Args),
     /// Run the main job end to end on two local clusters: the design's nginx example is
@@ -39,6 +43,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
+        Command::Controller(args) => controller::run(args),
         Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Promote(args) => engine::run_promote(args),

@@ -70,6 +70,9 @@ impl Restorer<'_> {
     ) -> Result<(), EngineError> {
         let total = plan.len() as u64;
         let mut done = 0;
+        // Announce the step before its first level: observers (the controller's phase) must
+        // attribute a failure in that level to this step.
+        progress(on_progress, self.step, 0, total);
         let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
         for (index, level) in plan.levels.iter().enumerate() {
             if index > 0 && level.height > 0 && !self.opts.settle.is_zero() {

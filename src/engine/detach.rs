@@ -38,6 +38,7 @@ pub async fn detach(
 ) -> Result<(), EngineError> {
     let total = plan.objects().count() as u64;
     let mut done = 0;
+    progress(on_progress, "detach", 0, total);
     for level in &plan.levels {
         futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
             .try_for_each_concurrent(opts.concurrency, |key| async move {

@@ -141,6 +141,58 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// The object that pulled the dependency in: the referencing object, the ServiceAccount a
+    /// ClusterRoleBinding binds (also when named as its `system:serviceaccount:<ns>:<name>`
+    /// user), or the Namespace object for a group of a namespace's accounts. `None` for an
+    /// included namespace, which nothing pulled in.
+    #[must_use]
+    pub fn pulled_in_by(&self) -> Option<ObjectRef> {
+        match self {
+            Self::IncludedNamespace => None,
+            Self::ReferencedBy { object, .. } => Some(object.clone()),
+            Self::BindsSubjectOf {
+                namespace, subject, ..
+            } => {
+                // `subject` is written by `binding_subject_in` below, in one of three shapes.
+                let account = subject
+                    .strip_prefix("ServiceAccount ")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(_, name)| name)
+                    .or_else(|| {
+                        subject
+                            .strip_prefix("User ")
+                            .and_then(|user| user.strip_prefix(SERVICE_ACCOUNT_USER_PREFIX))
+                            .and_then(|rest| rest.split_once(':'))
+                            .map(|(_, name)| name)
+                    });
+                Some(match account {
+                    Some(name) => ObjectRef {
+                        resource: GroupResource::from_static("", "serviceaccounts"),
+                        namespace: Some(namespace.clone()),
+                        name: name.to_owned(),
+                    },
+                    None => ObjectRef {
+                        resource: well_known::NAMESPACES,
+                        namespace: None,
+                        name: namespace.clone(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The field of [`pulled_in_by`](Self::pulled_in_by) (or of the binding) that names the
+    /// dependency, e.g. `spec.volumeName` or `subjects[1]`; `None` for an included namespace.
+    #[must_use]
+    pub fn via(&self) -> Option<&str> {
+        match self {
+            Self::IncludedNamespace => None,
+            Self::ReferencedBy { via, .. } | Self::BindsSubjectOf { via, .. } => Some(via),
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -349,6 +401,20 @@ impl DependencyCollector {
         }
     }
 
+    /// Records `dependency` (found by [`references`] or [`binding_subject_in`] elsewhere, e.g. by a
+    /// task reading one list) and queues it for fetching if it is new. The same rules as
+    /// [`observe`](Self::observe): the first reason is kept unless a later one requires the
+    /// object and the first did not.
+    pub fn add(&mut self, dependency: Dependency) {
+        self.record(dependency, true);
+    }
+
+    /// Like [`add`](Self::add), for an object the caller already holds and writes itself (a
+    /// ClusterRoleBinding accepted from the cluster-wide list): recorded, never queued.
+    pub fn add_held(&mut self, dependency: Dependency) {
+        self.record(dependency, false);
+    }
+
     /// Decides whether ClusterRoleBinding `binding` belongs in the backup
     /// ([`binding_subject_in`]). If it does, records it (not queued: the caller already holds the
     /// object and writes it), queues its ClusterRole, and returns `true`.
@@ -391,6 +457,13 @@ impl DependencyCollector {
     #[must_use]
     pub fn contains(&self, target: &ClusterObjectRef) -> bool {
         self.found.contains_key(target)
+    }
+
+    /// Why `target` is needed so far (the first reason, or the first that requires it), and
+    /// whether it may be absent; `None` if it was not found.
+    #[must_use]
+    pub fn reason_of(&self, target: &ClusterObjectRef) -> Option<(&Reason, bool)> {
+        self.found.get(target).map(|f| (&f.reason, f.may_be_absent))
     }
 
     /// Every dependency found, sorted by target, each with its first reason.

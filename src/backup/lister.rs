@@ -13,9 +13,15 @@
 //!   [`ListError::CannotResume`] instead of guessing. After a restart the objects come from two
 //!   snapshots (a second [`ListEvent::Snapshot`] says so).
 //!
+//! # Tested against a real API server
+//! `tests/backup_pieces.rs` lists a few hundred objects of a real kube-apiserver v1.35 with small
+//! pages, checks the key order across namespaces (`ord-b/…` sorts before `ord/…`), and resumes
+//! after the server's own `410 Expired` answer.
+//!
 //! # Caveats
-//! Not yet run against a real API server: [`paginate`] is tested with scripted pages, but
-//! [`list_paged`]'s use of `Api<DynamicObject>` is untested until the test environment exists.
+//! A genuine continue token does not expire in those tests: the watch cache keeps list snapshots
+//! alive long after etcd compacts them. The test provokes the server's 410 with a token for a
+//! compacted revision instead, which is what a token turns into after a slow consumer.
 
 use crate::resources::ServedResource;
 use futures::Stream;
@@ -37,6 +43,7 @@ pub struct ListRequest {
     namespaced: bool,
     namespace: Option<String>,
     page_size: u32,
+    first_page_size: Option<u32>,
     max_restarts: u32,
 }
 
@@ -49,6 +56,7 @@ impl ListRequest {
             namespaced: served.namespaced,
             namespace: None,
             page_size: DEFAULT_PAGE_SIZE,
+            first_page_size: None,
             max_restarts: DEFAULT_MAX_RESTARTS,
         }
     }
@@ -65,6 +73,16 @@ impl ListRequest {
     #[must_use]
     pub fn page_size(mut self, page_size: u32) -> Self {
         self.page_size = page_size.max(1);
+        self
+    }
+
+    /// Objects on the first page of each pass (at least 1; default: the page size). A small first
+    /// page makes the list's snapshot (and its [`ListEvent::Snapshot`]) available at the cost of
+    /// one request, while holding almost nothing in memory: a backup opens every list this way
+    /// before it drains any, so all its snapshots are taken within moments of each other.
+    #[must_use]
+    pub fn first_page_size(mut self, first_page_size: u32) -> Self {
+        self.first_page_size = Some(first_page_size.max(1));
         self
     }
 
@@ -265,7 +283,11 @@ where
                 self.done = true;
                 return None;
             }
-            let mut params = ListParams::default().limit(self.request.page_size);
+            let limit = match (self.pass_started, self.request.first_page_size) {
+                (false, Some(first)) => first,
+                _ => self.request.page_size,
+            };
+            let mut params = ListParams::default().limit(limit);
             if let Some(token) = &self.continue_token {
                 params = params.continue_token(token);
             }
@@ -429,6 +451,21 @@ mod tests {
         );
         assert_eq!(events, ["rv:100/0", "a", "b", "c"]);
         assert!(params.iter().all(|p| p.limit == Some(2)));
+    }
+
+    #[test]
+    fn a_small_first_page_then_full_pages() {
+        let (events, params) = run(
+            request(3).first_page_size(1),
+            vec![
+                (None, Ok(page("100", &["a"], Some("t1")))),
+                (Some("t1"), Ok(page("100", &["b", "c", "d"], Some("t2")))),
+                (Some("t2"), Ok(page("100", &["e"], None))),
+            ],
+        );
+        assert_eq!(events, ["rv:100/0", "a", "b", "c", "d", "e"]);
+        let limits: Vec<Option<u32>> = params.iter().map(|p| p.limit).collect();
+        assert_eq!(limits, [Some(1), Some(3), Some(3)]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod backup;
 mod controller;
 mod crd;
 mod demo;
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up namespaces of a cluster, and the cluster-scoped objects they depend on, into a
+    /// checksummed archive (`--dry-run` prints what would be collected).
+    Backup(backup::Args),
     /// Run the PromotePolicy controller against the Kosmos control plane (leader election,
     /// /metrics, /healthz, /readyz).
     Controller(controller::Args),
@@ -43,6 +47,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
+        Command::Backup(args) => backup::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),

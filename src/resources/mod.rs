@@ -525,8 +525,9 @@ impl ApiSurface {
 pub(crate) mod test_support {
     use super::ApiSurface;
 
-    /// The hand-written discovery of a v1.35 cluster with cert-manager, prometheus-operator and
-    /// metrics-server (`fixtures/discovery/kube-v1.35.json`).
+    /// The discovery of a real v1.35 kube-apiserver with cert-manager's and prometheus-operator's
+    /// CRDs, plus metrics-server's group (`fixtures/discovery/kube-v1.35.json`, recorded and
+    /// checked by `tests/backup_pieces.rs`).
     pub(crate) const KUBE_V1_35_JSON: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/discovery/kube-v1.35.json"
@@ -629,7 +630,7 @@ mod tests {
         let pods = s.get(&well_known::PODS).unwrap_or_else(|| panic!("pods"));
         assert_eq!(pods.api_version(), "v1");
         assert_eq!(pods.api_resource().plural, "pods");
-        assert_eq!(s.server_version(), Some("v1.35.0"));
+        assert_eq!(s.server_version(), Some("v1.35.4"));
         assert!(s.warnings().is_empty());
     }
 

@@ -525,3 +525,43 @@ fn malformed_objects_yield_nothing_instead_of_failing() {
         }
     }
 }
+
+#[test]
+fn the_object_that_pulled_a_dependency_in() {
+    let included = namespaces(&["shop"]);
+    let by_account = crb(
+        "a",
+        "r",
+        json!([{"kind": "ServiceAccount", "name": "builder", "namespace": "shop"}]),
+    );
+    let by_user = crb(
+        "u",
+        "r",
+        json!([{"kind": "User", "name": "system:serviceaccount:shop:builder"}]),
+    );
+    for binding in [by_account, by_user] {
+        let reason = binding_subject_in(&binding, &included).unwrap_or_else(|| panic!("binds"));
+        let of = reason.pulled_in_by().unwrap_or_else(|| panic!("pulled in"));
+        assert_eq!(of.to_string(), "serviceaccounts/shop/builder");
+        assert_eq!(reason.via(), Some("subjects[0]"));
+    }
+    let by_group = crb(
+        "g",
+        "r",
+        json!([{"kind": "Group", "name": "system:serviceaccounts:shop"}]),
+    );
+    let reason = binding_subject_in(&by_group, &included).unwrap_or_else(|| panic!("binds"));
+    assert_eq!(
+        reason.pulled_in_by().map(|o| o.to_string()).as_deref(),
+        Some("namespaces/shop")
+    );
+    assert_eq!(Reason::IncludedNamespace.pulled_in_by(), None);
+
+    let mut collector = DependencyCollector::new(["shop"]);
+    let target = ClusterObjectRef::new(well_known::NAMESPACES, "shop");
+    assert!(matches!(
+        collector.reason_of(&target),
+        Some((Reason::IncludedNamespace, false))
+    ));
+    assert_eq!(collector.next_to_fetch(), Some(target));
+}

@@ -91,8 +91,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
-        let cp = ClusterClient::connect("control plane", args.kubeconfig.as_deref(), args.context.as_deref())
-            .await?;
+        let cp = ClusterClient::connect(
+            "control plane",
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+        )
+        .await?;
         let mut config = ControllerConfig::new(&identity);
         config.backup_dir = args.backup_dir.clone();
         config.member_kubeconfig = args.member_kubeconfig.clone();

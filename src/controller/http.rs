@@ -71,6 +71,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the control plane yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the control plane yet",
+        )
     }
 }

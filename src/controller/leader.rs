@@ -265,10 +265,7 @@ impl LeaderElector {
                 .lease_duration_seconds
                 .and_then(|s| u64::try_from(s).ok())
                 .map_or(self.config.lease_duration, Duration::from_secs);
-            let seen_for = self
-                .observed
-                .as_ref()
-                .map_or(Duration::ZERO, |o| o.at.elapsed());
+            let seen_for = self.observed.as_ref().map_or(Duration::ZERO, |o| o.at.elapsed());
             if seen_for < duration {
                 return Ok(Attempt::HeldBy(holder.clone()));
             }

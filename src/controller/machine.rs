@@ -50,9 +50,7 @@ pub fn next(phase: Option<Phase>, rollback_requested: bool, spec_changed: bool) 
         Some(RollingBack) => Next::Rollback,
         Some(Completed | FailedDetach | FailedRestore) if rollback_requested => Next::BeginRollback,
         Some(FailedRollback) if rollback_requested && spec_changed => Next::BeginRollback,
-        Some(FailedPrecheck | FailedBackup) if spec_changed && rollback_requested => {
-            Next::IgnoreRollback
-        }
+        Some(FailedPrecheck | FailedBackup) if spec_changed && rollback_requested => Next::IgnoreRollback,
         Some(FailedPrecheck | FailedBackup) if spec_changed => Next::Start,
         Some(Completed | FailedDetach | FailedRestore | FailedRollback | FailedPrecheck | FailedBackup) => {
             Next::Idle

@@ -10,7 +10,6 @@
 //! | `kpromote_step_duration_seconds` | histogram | `step`, `outcome` | backup, promote and rollback runs of the engine |
 //! | `kpromote_leader` | gauge | | 1 while this replica holds the leader lease |
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,7 +70,7 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, Counter>,
     failures: Family<PhaseLabels, Counter>,
     step_duration: HistogramFamily<StepLabels>,
-    leader: Gauge<i64, AtomicU64>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,7 +90,7 @@ impl Metrics {
         let transitions = Family::<TransitionLabels, Counter>::default();
         let failures = Family::<PhaseLabels, Counter>::default();
         let step_duration: HistogramFamily<StepLabels> = Family::new_with_constructor(step_histogram);
-        let leader = Gauge::<i64, AtomicU64>::default();
+        let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -140,7 +139,9 @@ impl Metrics {
     /// Counts a reconcile error.
     pub fn reconcile_error(&self, kind: &str) {
         self.reconcile_errors
-            .get_or_create(&ErrorLabels { error: kind.to_owned() })
+            .get_or_create(&ErrorLabels {
+                error: kind.to_owned(),
+            })
             .inc();
     }
 

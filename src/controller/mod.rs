@@ -188,12 +188,8 @@ impl Context {
                 .get_opt(cluster_name)
                 .await;
             if !matches!(registered, Ok(Some(_))) {
-                return ClusterClient::connect(
-                    "member",
-                    Some(path),
-                    self.config.member_context.as_deref(),
-                )
-                .await;
+                return ClusterClient::connect("member", Some(path), self.config.member_context.as_deref())
+                    .await;
             }
         }
         ClusterClient::from_kosmos_cluster(&self.client, cluster_name).await

@@ -71,7 +71,10 @@ fn backoff(retries: u32) -> Duration {
 }
 
 /// The reconcile kube-runtime calls.
-pub(super) async fn reconcile(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub(super) async fn reconcile(
+    policy: Arc<PromotePolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let name = policy.name_any();
     // The watch cache can lag behind this controller's own last status write; a decision made
@@ -79,10 +82,11 @@ pub(super) async fn reconcile(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> 
     let Some(fresh) = ctx.policies.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
-    let outcome = finalizer(&ctx.policies, FINALIZER, Arc::new(fresh), |event| async {
+    let step_ctx = ctx.clone();
+    let outcome = finalizer(&ctx.policies, FINALIZER, Arc::new(fresh), |event| async move {
         match event {
-            Finalizer::Apply(policy) => apply(policy, ctx.clone()).await,
-            Finalizer::Cleanup(policy) => cleanup(policy, ctx.clone()).await,
+            Finalizer::Apply(policy) => apply(policy, step_ctx).await,
+            Finalizer::Cleanup(policy) => cleanup(policy, step_ctx).await,
         }
     })
     .await

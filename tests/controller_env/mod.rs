@@ -147,16 +147,21 @@ impl Env {
         controller: Option<&ControllerProcess>,
     ) -> PromotePolicy {
         let deadline = Instant::now() + timeout;
-        loop {
-            let policy = self.policies().get_opt(name).await.unwrap();
-            let current = policy
+        let phase_of = |policy: &Option<PromotePolicy>| {
+            policy
                 .as_ref()
                 .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.phase);
+                .and_then(|s| s.phase)
+        };
+        // The phase the wait starts from (e.g. Completed before a rollback) is not an outcome.
+        let initial = phase_of(&self.policies().get_opt(name).await.unwrap());
+        loop {
+            let policy = self.policies().get_opt(name).await.unwrap();
+            let current = phase_of(&policy);
             if current == Some(phase) {
                 return policy.unwrap();
             }
-            let stuck = current.is_some_and(|p| p.is_terminal() && p != phase);
+            let stuck = current.is_some_and(|p| p.is_terminal() && p != phase) && current != initial;
             if stuck || Instant::now() > deadline {
                 panic!(
                     "policy {name}: wanted {phase}, got {current:?} ({}):\n{:#?}\ncontroller log:\n{}",
@@ -186,7 +191,12 @@ impl Env {
             }
             assert!(
                 Instant::now() < deadline,
-                "policy {name} never reached {phases:?}"
+                "policy {name} never reached {phases:?}: {:#?}",
+                self.policies()
+                    .get_opt(name)
+                    .await
+                    .unwrap()
+                    .and_then(|p| p.status)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -218,10 +228,15 @@ impl ControllerProcess {
             .arg(format!("--kubeconfig={}", env.cp_kubeconfig().display()))
             .arg(format!("--backup-dir={}", env.backup_dir.path().display()))
             .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
-            .arg(format!("--identity={name}"))
-            .args(["--settle-seconds=1", "--progress-interval-seconds=0.5"]);
-        if !args.iter().any(|a| a.starts_with("--leader-elect")) {
-            cmd.arg("--leader-elect=false");
+            .arg(format!("--identity={name}"));
+        for (flag, default) in [
+            ("--settle-seconds", "1"),
+            ("--progress-interval-seconds", "0.5"),
+            ("--leader-elect", "false"),
+        ] {
+            if !args.iter().any(|a| a.starts_with(flag)) {
+                cmd.arg(format!("{flag}={default}"));
+            }
         }
         cmd.args(args)
             .env_remove(kpromote::journal::FAILPOINT_ENV)

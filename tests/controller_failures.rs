@@ -81,7 +81,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Killed right after it recorded that it is rolling back.
-    let mut doomed = env.controller(
+    let doomed = env.controller(
         "auto-rollback-killed",
         &[],
         &[(kpromote::journal::FAILPOINT_ENV, "phase:RollingBack")],

@@ -78,7 +78,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
     let original = apps::snapshot(&env.member, "nginx-test").await;
 
     // `a` leads, and will die after detaching its first owner.
-    let mut a = env.controller(
+    let a = env.controller(
         "replica-a",
         ELECTION,
         &[(kpromote::journal::FAILPOINT_ENV, "detach:1")],

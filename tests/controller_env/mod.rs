@@ -162,10 +162,17 @@ impl Env {
                 return policy.unwrap();
             }
             let stuck = current.is_some_and(|p| p.is_terminal() && p != phase) && current != initial;
-            if stuck || Instant::now() > deadline {
+            let dead = controller.is_some_and(|c| c.exited().is_some());
+            if stuck || dead || Instant::now() > deadline {
                 panic!(
                     "policy {name}: wanted {phase}, got {current:?} ({}):\n{:#?}\ncontroller log:\n{}",
-                    if stuck { "terminal" } else { "timed out" },
+                    if stuck {
+                        "terminal"
+                    } else if dead {
+                        "the controller exited"
+                    } else {
+                        "timed out"
+                    },
                     policy.and_then(|p| p.status),
                     controller.map(ControllerProcess::log).unwrap_or_default()
                 );
@@ -205,7 +212,7 @@ impl Env {
 
 /// A `kpromote controller` child process; SIGKILLed when dropped.
 pub struct ControllerProcess {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     pub log_path: PathBuf,
     pub metrics_port: u16,
 }
@@ -225,11 +232,12 @@ impl ControllerProcess {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpromote"));
         cmd.arg("controller")
-            .arg(format!("--kubeconfig={}", env.cp_kubeconfig().display()))
             .arg(format!("--backup-dir={}", env.backup_dir.path().display()))
             .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"))
             .arg(format!("--identity={name}"));
+        let kubeconfig = env.cp_kubeconfig().display().to_string();
         for (flag, default) in [
+            ("--kubeconfig", kubeconfig.as_str()),
             ("--settle-seconds", "1"),
             ("--progress-interval-seconds", "0.5"),
             ("--leader-elect", "false"),
@@ -248,7 +256,7 @@ impl ControllerProcess {
             cmd.env(k, v);
         }
         Self {
-            child: cmd.spawn().unwrap(),
+            child: std::sync::Mutex::new(cmd.spawn().unwrap()),
             log_path,
             metrics_port,
         }
@@ -256,20 +264,22 @@ impl ControllerProcess {
 
     /// SIGKILL, as a node failure or an OOM kill would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM, as Kubernetes stops a pod; waits for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let child = self.child.get_mut().unwrap();
+        let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().unwrap()
+        child.wait().unwrap()
     }
 
     /// The exit status if the process has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().unwrap()
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap().try_wait().unwrap()
     }
 
     /// Everything the process logged so far.

@@ -67,11 +67,7 @@ pub async fn rollback(
     restorer.run(&plan, &mut ctx, &report, on_progress).await?;
 
     teardown(control_plane, inv, journal, opts, &report, on_progress).await?;
-    let mut report = report
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.sort();
-    Ok(report)
+    Ok(Report::finish(report))
 }
 
 async fn unmark_member_pods(

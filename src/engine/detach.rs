@@ -45,6 +45,7 @@ pub async fn detach(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "detach", done, total);
     }
     Ok(())
@@ -147,7 +148,9 @@ pub async fn mark_pods(
                 Ok(())
             }
         })
-        .await
+        .await?;
+    lock(journal).sync()?;
+    Ok(())
 }
 
 pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {

@@ -48,6 +48,7 @@ pub async fn rollback(
 ) -> Result<Report, EngineError> {
     let report = Mutex::new(Report::default());
     unmark_member_pods(member, inv, journal, opts, &report).await?;
+    lock(journal).sync()?;
     progress(on_progress, "unmark", 1, 1);
 
     let skipped = inv.skipped_by_restore(cluster_name);
@@ -148,6 +149,7 @@ async fn teardown(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "teardown", done, total);
     }
     Ok(())

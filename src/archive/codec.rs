@@ -427,6 +427,82 @@ impl FrameSource for FrameSeq {
     }
 }
 
+/// A buffered reader that can look ahead a given number of bytes, however short the reads of
+/// the underlying reader are (a pipe may return one byte at a time).
+#[derive(Debug)]
+pub struct PeekBuf<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<R: Read> PeekBuf<R> {
+    /// Wraps `inner` with a buffer of `capacity` bytes.
+    pub fn new(inner: R, capacity: usize) -> Self {
+        PeekBuf {
+            inner,
+            buf: vec![0u8; capacity.max(64)],
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Returns at least `n` buffered bytes, or fewer only at the end of the input.
+    ///
+    /// # Errors
+    /// The underlying reader's errors.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.end - self.pos < n {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            while self.end < n {
+                match self.inner.read(&mut self.buf[self.end..]) {
+                    Ok(0) => break,
+                    Ok(got) => self.end += got,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+}
+
+impl<R: Read> Read for PeekBuf<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for PeekBuf<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = loop {
+                match self.inner.read(&mut self.buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.end);
+    }
+}
+
 /// Counts the bytes consumed from a buffered reader, to learn where frames end.
 #[derive(Debug)]
 pub struct CountingBufRead<R> {
@@ -443,6 +519,16 @@ impl<R> CountingBufRead<R> {
     /// Bytes consumed so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+}
+
+impl<R: Read> CountingBufRead<PeekBuf<R>> {
+    /// Looks ahead `n` bytes without consuming them.
+    ///
+    /// # Errors
+    /// The underlying reader's errors.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        self.inner.peek(n)
     }
 }
 
@@ -469,10 +555,10 @@ impl<R: BufRead> BufRead for CountingBufRead<R> {
 /// whose locator is missing), recording where each frame starts and ends. It stops before
 /// anything that is not a data frame (the locator), leaving it for the caller.
 #[derive(Debug)]
-pub struct ConcatFrames<R: BufRead> {
+pub struct ConcatFrames<R: Read> {
     codec: Codec,
-    input: Option<CountingBufRead<R>>,
-    current: Option<FrameDecoder<CountingBufRead<R>>>,
+    input: Option<CountingBufRead<PeekBuf<R>>>,
+    current: Option<FrameDecoder<CountingBufRead<PeekBuf<R>>>>,
     /// Compressed (offset, length) of every completed frame.
     pub frames: Vec<(u64, u64)>,
     current_start: u64,
@@ -480,12 +566,12 @@ pub struct ConcatFrames<R: BufRead> {
     limit: u64,
 }
 
-impl<R: BufRead> ConcatFrames<R> {
+impl<R: Read> ConcatFrames<R> {
     /// Decodes `input`, which starts with a frame of `codec`.
     pub fn new(codec: Codec, input: R, limit: u64) -> Self {
         ConcatFrames {
             codec,
-            input: Some(CountingBufRead::new(input)),
+            input: Some(CountingBufRead::new(PeekBuf::new(input, READ_BUF))),
             current: None,
             frames: Vec::new(),
             current_start: 0,
@@ -504,7 +590,7 @@ impl<R: BufRead> ConcatFrames<R> {
     ///
     /// # Errors
     /// The frame is not complete.
-    pub fn finish(mut self) -> Result<(CountingBufRead<R>, Vec<(u64, u64)>)> {
+    pub fn finish(mut self) -> Result<(CountingBufRead<PeekBuf<R>>, Vec<(u64, u64)>)> {
         self.close_current()?;
         let input = self.input.take().ok_or_else(|| ArchiveError::Truncated {
             entry: location::FRAME_B.to_owned(),
@@ -527,7 +613,7 @@ impl<R: BufRead> ConcatFrames<R> {
         let Some(mut input) = self.input.take() else {
             return Ok(false);
         };
-        let head = input.fill_buf()?;
+        let head = input.peek(16)?;
         let is_data = match self.codec {
             Codec::Zstd => head.starts_with(&ZSTD_MAGIC),
             Codec::Gzip => head.starts_with(&GZIP_MAGIC) && !super::locator::is_gzip_locator_start(head),
@@ -542,7 +628,7 @@ impl<R: BufRead> ConcatFrames<R> {
     }
 }
 
-impl<R: BufRead> Read for ConcatFrames<R> {
+impl<R: Read> Read for ConcatFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);

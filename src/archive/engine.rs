@@ -498,6 +498,9 @@ pub(crate) struct Join {
     index_done: bool,
     entries_done: bool,
     fused: bool,
+    /// An entry refused for itself (too large, not a regular file): its record, if any, is
+    /// dropped rather than reported again as missing.
+    refused: Option<String>,
 }
 
 impl Join {
@@ -511,6 +514,7 @@ impl Join {
             index_done: false,
             entries_done: false,
             fused: false,
+            refused: None,
         }
     }
 
@@ -549,13 +553,29 @@ impl Join {
                     }
                 }
             }
+            if let (Some(rec), Some(refused)) = (&self.rec, &self.refused) {
+                match rec.path().cmp(refused.as_str()) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        self.rec = None;
+                        self.refused = None;
+                        continue;
+                    }
+                    Ordering::Greater => self.refused = None,
+                }
+            }
             if self.ent.is_none() && !self.entries_done {
                 match self.entries.next_entry() {
                     Ok(Some(item)) => self.ent = Some(item),
                     Ok(None) => self.entries_done = true,
                     Err(e) => {
-                        if !e.is_entry_local() {
-                            self.entries_done = true;
+                        match &e {
+                            ArchiveError::EntryTooLarge { entry, .. }
+                            | ArchiveError::UnsupportedEntryType { entry, .. } => {
+                                self.refused = Some(entry.clone());
+                            }
+                            _ if !e.is_entry_local() => self.entries_done = true,
+                            _ => {}
                         }
                         return Some(Err(e));
                     }

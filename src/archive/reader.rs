@@ -12,7 +12,7 @@ use super::tar_stream::{Dialects, Next, TarStream};
 use super::{DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -242,7 +242,7 @@ impl ArchiveReader {
                 });
             }
             Tail::Absent => {
-                let input = BufReader::with_capacity(256 * 1024, Section::new(Arc::clone(&file), 0, len));
+                let input = Section::new(Arc::clone(&file), 0, len);
                 let outcome = scan::scan(codec, input, &options, Collect::Digests)?;
                 warnings.extend(outcome.warnings);
                 match outcome.kind {
@@ -431,7 +431,7 @@ impl ArchiveReader {
                 VerifyReport::from_problems(ArchiveKind::Kpromote, self.codec, state.anchored, checked, problems, warnings)
             }
             Inner::Velero { .. } => {
-                let input = BufReader::with_capacity(256 * 1024, self.whole_file());
+                let input = self.whole_file();
                 match scan::scan(self.codec, input, &self.options, Collect::Digests) {
                     Ok(outcome) => VerifyReport::from_problems(
                         ArchiveKind::Velero,
@@ -479,7 +479,7 @@ impl ArchiveReader {
     }
 
     fn velero_objects(&self) -> Result<Sorted> {
-        let input = BufReader::with_capacity(256 * 1024, self.whole_file());
+        let input = self.whole_file();
         let outcome = scan::scan(self.codec, input, &self.options, Collect::Objects)?;
         if let Some(first) = outcome.problems.list.into_iter().next() {
             return Err(first);
@@ -664,13 +664,22 @@ fn open_located(
 /// # Errors
 /// The stream is unreadable (unknown codec, truncated, corrupt); problems with entries are in
 /// the report.
-pub fn verify_stream(input: impl Read, options: &ReaderOptions) -> Result<VerifyReport> {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let head = input.fill_buf().map_err(|e| ArchiveError::io("(stream)", e))?;
-    let codec = Codec::detect(head).ok_or_else(|| ArchiveError::UnknownCodec {
+pub fn verify_stream(mut input: impl Read, options: &ReaderOptions) -> Result<VerifyReport> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match input.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ArchiveError::io("(stream)", e)),
+        }
+    }
+    let codec = Codec::detect(&head[..got]).ok_or_else(|| ArchiveError::UnknownCodec {
         archive: PathBuf::from("(stream)"),
-        magic: hex::encode(&head[..head.len().min(4)]),
+        magic: hex::encode(&head[..got]),
     })?;
+    let input = std::io::Cursor::new(head[..got].to_vec()).chain(input);
     let outcome = scan::scan(codec, input, options, Collect::Digests)?;
     let (kind, anchored) = match outcome.kind {
         ScanKind::Kpromote { anchored, .. } => (ArchiveKind::Kpromote, anchored),

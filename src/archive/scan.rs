@@ -100,7 +100,7 @@ pub(crate) struct ScanOutcome {
 /// # Errors
 /// Errors that make the stream unreadable (truncation, corruption, unknown version). Problems
 /// with single entries are collected in the outcome instead.
-pub(crate) fn scan<R: BufRead>(codec: Codec, input: R, options: &ReaderOptions, collect: Collect) -> Result<ScanOutcome> {
+pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, collect: Collect) -> Result<ScanOutcome> {
     let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spill_err = |e: std::io::Error| ArchiveError::io(&spill_dir, e);
     let frames = ConcatFrames::new(codec, input, options.max_total_bytes);

@@ -25,14 +25,25 @@ fn write(dir: &Path, name: &str, objects: Vec<NewObject>, options: WriterOptions
 }
 
 fn tool_available(name: &str) -> bool {
-    Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
 fn nginx_round_trip_both_codecs() {
     let dir = tempfile::tempdir().unwrap();
-    for (codec, options) in [(Codec::Zstd, WriterOptions::zstd()), (Codec::Gzip, WriterOptions::gzip())] {
-        let path = write(dir.path(), &format!("nginx{}", codec.extension()), nginx_objects(), options);
+    for (codec, options) in [
+        (Codec::Zstd, WriterOptions::zstd()),
+        (Codec::Gzip, WriterOptions::gzip()),
+    ] {
+        let path = write(
+            dir.path(),
+            &format!("nginx{}", codec.extension()),
+            nginx_objects(),
+            options,
+        );
         let reader = ArchiveReader::open(&path).expect("open");
         assert_eq!(reader.codec(), codec);
         assert_eq!(reader.kind(), ArchiveKind::Kpromote);
@@ -46,7 +57,11 @@ fn nginx_round_trip_both_codecs() {
         assert_eq!(manifest.summary.by_namespace["nginx-test"].objects, 4);
         assert_eq!(manifest.summary.by_resource["deployments.apps"].objects, 1);
 
-        let records: Vec<_> = reader.records().expect("records").map(|r| r.expect("record")).collect();
+        let records: Vec<_> = reader
+            .records()
+            .expect("records")
+            .map(|r| r.expect("record"))
+            .collect();
         let paths: Vec<&str> = records.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -65,7 +80,11 @@ fn nginx_round_trip_both_codecs() {
         assert_eq!(records[1].inclusion, Inclusion::Namespace);
 
         let originals = nginx_objects();
-        let objects: Vec<_> = reader.objects().expect("objects").map(|o| o.expect("object")).collect();
+        let objects: Vec<_> = reader
+            .objects()
+            .expect("objects")
+            .map(|o| o.expect("object"))
+            .collect();
         assert_eq!(objects.len(), 5);
         for object in &objects {
             let original = originals
@@ -83,12 +102,21 @@ fn nginx_round_trip_both_codecs() {
             .map(|o| o.expect("object").record.name)
             .collect();
         assert_eq!(deployments, ["nginx"]);
-        assert!(reader.objects_of("statefulsets", "apps").expect("objects_of").next().is_none());
+        assert!(
+            reader
+                .objects_of("statefulsets", "apps")
+                .expect("objects_of")
+                .next()
+                .is_none()
+        );
         assert!(matches!(
             reader.get("resources/pods/namespaces/nginx-test/absent.json"),
             Err(ArchiveError::NotFound { .. })
         ));
-        assert!(matches!(reader.get("../etc/passwd"), Err(ArchiveError::InvalidPath { .. })));
+        assert!(matches!(
+            reader.get("../etc/passwd"),
+            Err(ArchiveError::InvalidPath { .. })
+        ));
 
         let report = reader.verify();
         assert!(report.is_fully_verified(), "{report:?}");
@@ -99,21 +127,38 @@ fn nginx_round_trip_both_codecs() {
 #[test]
 fn same_objects_any_order_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut objects: Vec<NewObject> = (0..300).map(|i| configmap(&format!("ns{}", i % 7), &format!("cm-{i}"), 200 + i)).collect();
+    let mut objects: Vec<NewObject> = (0..300)
+        .map(|i| configmap(&format!("ns{}", i % 7), &format!("cm-{i}"), 200 + i))
+        .collect();
     objects.extend(nginx_objects());
     let a = write(dir.path(), "a.tar.zst", objects.clone(), WriterOptions::zstd());
     objects.reverse();
-    let b = write(dir.path(), "b.tar.zst", objects.clone(), WriterOptions::zstd().workers(3));
+    let b = write(
+        dir.path(),
+        "b.tar.zst",
+        objects.clone(),
+        WriterOptions::zstd().workers(3),
+    );
     objects.rotate_left(101);
     // A tiny sort budget: every object spills its own run, and runs are merged in two passes.
-    let c = write(dir.path(), "c.tar.zst", objects.clone(), WriterOptions::zstd().sort_memory(1));
+    let c = write(
+        dir.path(),
+        "c.tar.zst",
+        objects.clone(),
+        WriterOptions::zstd().sort_memory(1),
+    );
     let bytes_a = std::fs::read(a).unwrap();
     assert_eq!(bytes_a, std::fs::read(b).unwrap());
     assert_eq!(bytes_a, std::fs::read(c).unwrap());
 
     let g1 = write(dir.path(), "a.tar.gz", objects.clone(), WriterOptions::gzip());
     objects.reverse();
-    let g2 = write(dir.path(), "b.tar.gz", objects, WriterOptions::gzip().workers(2).sort_memory(4096));
+    let g2 = write(
+        dir.path(),
+        "b.tar.gz",
+        objects,
+        WriterOptions::gzip().workers(2).sort_memory(4096),
+    );
     assert_eq!(std::fs::read(g1).unwrap(), std::fs::read(g2).unwrap());
 }
 
@@ -132,22 +177,39 @@ fn duplicates_and_bad_objects_are_refused() {
         other => panic!("expected DuplicatePath, got {other:?}"),
     }
     assert!(!path.exists(), "nothing under the final name after an error");
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "temp file removed");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "temp file removed"
+    );
 
     let mut writer = ArchiveWriter::create(&path, facts(), WriterOptions::zstd()).unwrap();
     let mut lying = objects[3].clone();
     lying.name = "another-pod".to_owned();
-    assert!(matches!(writer.add(lying), Err(ArchiveError::InvalidObject { .. })));
+    assert!(matches!(
+        writer.add(lying),
+        Err(ArchiveError::InvalidObject { .. })
+    ));
     let mut bad_ns = objects[3].clone();
     bad_ns.namespace = Some("Not_A_Label".to_owned());
-    assert!(matches!(writer.add(bad_ns), Err(ArchiveError::InvalidPath { .. })));
+    assert!(matches!(
+        writer.add(bad_ns),
+        Err(ArchiveError::InvalidPath { .. })
+    ));
     let mut not_json = objects[3].clone();
     not_json.json = b"[1,2]".to_vec();
-    assert!(matches!(writer.add(not_json), Err(ArchiveError::InvalidObject { .. })));
+    assert!(matches!(
+        writer.add(not_json),
+        Err(ArchiveError::InvalidObject { .. })
+    ));
     drop(writer);
     assert!(!path.exists());
 
-    let existing = write(dir.path(), "exists.tar.zst", nginx_objects(), WriterOptions::zstd());
+    let existing = write(
+        dir.path(),
+        "exists.tar.zst",
+        nginx_objects(),
+        WriterOptions::zstd(),
+    );
     assert!(matches!(
         ArchiveWriter::create(&existing, facts(), WriterOptions::zstd()),
         Err(ArchiveError::AlreadyExists { .. })
@@ -160,7 +222,10 @@ fn duplicates_and_bad_objects_are_refused() {
     bad_facts.created_at = "yesterday".to_owned();
     assert!(matches!(
         ArchiveWriter::create(dir.path().join("y"), bad_facts, WriterOptions::zstd()),
-        Err(ArchiveError::InvalidOption { option: "created_at", .. })
+        Err(ArchiveError::InvalidOption {
+            option: "created_at",
+            ..
+        })
     ));
 }
 
@@ -183,16 +248,34 @@ fn long_names_and_many_frames() {
         objects.push(configmap("ns-b", &format!("cm-{i:04}"), 1000));
     }
     let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns-b"}, "data": {}});
-    objects.push(NewObject::from_json("secrets", "", Inclusion::Namespaced, serde_json::to_vec(&secret).unwrap()).unwrap());
-    let path = write(dir.path(), "frames.tar.zst", objects, WriterOptions::zstd().frame_size(16 * 1024));
-    let reader = ArchiveReader::open(&path).unwrap();
+    objects.push(
+        NewObject::from_json(
+            "secrets",
+            "",
+            Inclusion::Namespaced,
+            serde_json::to_vec(&secret).unwrap(),
+        )
+        .unwrap(),
+    );
+    let path = write(
+        dir.path(),
+        "frames.tar.zst",
+        objects,
+        WriterOptions::zstd().frame_size(16 * 1024),
+    );
+    let reader = ArchiveReader::open_with(&path, ReaderOptions::default().decode_thread(true)).unwrap();
     let manifest = reader.manifest().unwrap();
     assert!(manifest.frames.len() > 20, "{} frames", manifest.frames.len());
+    assert_eq!(reader.objects().unwrap().count(), 502);
     let long_path = layout::object_path("configmaps", "", Some("ns-a"), &long).unwrap();
     assert_eq!(reader.get(&long_path).unwrap().record.name, long);
     let mid = layout::object_path("configmaps", "", Some("ns-b"), "cm-0321").unwrap();
     assert_eq!(reader.get(&mid).unwrap().record.name, "cm-0321");
-    let secrets: Vec<_> = reader.objects_of("secrets", "").unwrap().map(|o| o.unwrap().record.name).collect();
+    let secrets: Vec<_> = reader
+        .objects_of("secrets", "")
+        .unwrap()
+        .map(|o| o.unwrap().record.name)
+        .collect();
     assert_eq!(secrets, ["s"]);
     assert_eq!(reader.objects_of("configmaps", "").unwrap().count(), 501);
     assert!(reader.verify().is_fully_verified());
@@ -203,7 +286,11 @@ fn long_names_and_many_frames() {
             .arg(format!("zstd -dc {} | tar tf -", path.display()))
             .output()
             .unwrap();
-        assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+        assert!(
+            listing.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
         let names = String::from_utf8(listing.stdout).unwrap();
         assert!(names.lines().any(|l| l == long_path));
         assert_eq!(names.lines().count(), 1 + 502 + 2);
@@ -217,19 +304,35 @@ fn real_tools_read_zstd_archive() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "nginx.tar.zst", nginx_objects(), WriterOptions::zstd());
+    let path = write(
+        dir.path(),
+        "nginx.tar.zst",
+        nginx_objects(),
+        WriterOptions::zstd(),
+    );
     let test = Command::new("zstd").arg("-tq").arg(&path).output().unwrap();
-    assert!(test.status.success(), "zstd -t: {}", String::from_utf8_lossy(&test.stderr));
+    assert!(
+        test.status.success(),
+        "zstd -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
     let listing = Command::new("sh")
         .arg("-c")
         .arg(format!("zstd -dc {} | tar tvf -", path.display()))
         .output()
         .unwrap();
-    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
     let text = String::from_utf8(listing.stdout).unwrap();
     let names: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
     assert_eq!(names[0], "metadata/version");
-    assert_eq!(names[1], "resources/deployments.apps/namespaces/nginx-test/nginx.json");
+    assert_eq!(
+        names[1],
+        "resources/deployments.apps/namespaces/nginx-test/nginx.json"
+    );
     assert_eq!(&names[6..], ["kpromote/manifest.json", "kpromote/index.jsonl"]);
     assert!(text.lines().all(|l| l.starts_with("-rw-r--r-- 0/0")), "{text}");
     assert!(text.contains("2024-03-11"), "mtime is createdAt: {text}");
@@ -239,7 +342,11 @@ fn real_tools_read_zstd_archive() {
     std::fs::create_dir(&out).unwrap();
     let extract = Command::new("sh")
         .arg("-c")
-        .arg(format!("zstd -dc {} | tar xf - -C {}", path.display(), out.display()))
+        .arg(format!(
+            "zstd -dc {} | tar xf - -C {}",
+            path.display(),
+            out.display()
+        ))
         .output()
         .unwrap();
     assert!(extract.status.success());
@@ -250,7 +357,10 @@ fn real_tools_read_zstd_archive() {
     }
     assert_eq!(std::fs::read(out.join("metadata/version")).unwrap(), b"1.1.0\n");
     let manifest = std::fs::read(out.join("kpromote/manifest.json")).unwrap();
-    assert_eq!(kpromote::archive::sha256_hex(&manifest), reader.manifest_sha256().unwrap());
+    assert_eq!(
+        kpromote::archive::sha256_hex(&manifest),
+        reader.manifest_sha256().unwrap()
+    );
 }
 
 #[test]
@@ -262,12 +372,23 @@ fn real_tools_read_gzip_archive() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "nginx.tar.gz", nginx_objects(), WriterOptions::gzip());
     let test = Command::new("gzip").arg("-t").arg(&path).output().unwrap();
-    assert!(test.status.success(), "gzip -t: {}", String::from_utf8_lossy(&test.stderr));
+    assert!(
+        test.status.success(),
+        "gzip -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
     let listing = Command::new("tar").arg("tzf").arg(&path).output().unwrap();
-    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
     let text = String::from_utf8(listing.stdout).unwrap();
     assert_eq!(text.lines().count(), 8);
-    assert!(text.lines().any(|l| l == "resources/services/namespaces/nginx-test/nginx-service.json"));
+    assert!(
+        text.lines()
+            .any(|l| l == "resources/services/namespaces/nginx-test/nginx-service.json")
+    );
     assert_eq!(text.lines().last(), Some("kpromote/index.jsonl"));
 }
 
@@ -275,14 +396,23 @@ fn real_tools_read_gzip_archive() {
 fn missing_locator_is_recovered_by_scanning() {
     let dir = tempfile::tempdir().unwrap();
     for codec in [Codec::Zstd, Codec::Gzip] {
-        let path = write(dir.path(), &format!("full{}", codec.extension()), nginx_objects(), WriterOptions::default().codec(codec));
+        let path = write(
+            dir.path(),
+            &format!("full{}", codec.extension()),
+            nginx_objects(),
+            WriterOptions::default().codec(codec),
+        );
         let bytes = std::fs::read(&path).unwrap();
         let cut = bytes.len() - kpromote::archive::Locator::encoded_len(codec);
         let short = dir.path().join(format!("short{}", codec.extension()));
         std::fs::write(&short, &bytes[..cut]).unwrap();
         let reader = ArchiveReader::open(&short).expect("opens by scanning");
         assert!(!reader.is_anchored());
-        assert!(reader.warnings().iter().any(|w| w.contains("no locator")), "{:?}", reader.warnings());
+        assert!(
+            reader.warnings().iter().any(|w| w.contains("no locator")),
+            "{:?}",
+            reader.warnings()
+        );
         assert_eq!(reader.objects().unwrap().count(), 5);
         let report = reader.verify();
         assert!(report.is_ok() && !report.is_fully_verified(), "{report:?}");
@@ -294,7 +424,12 @@ fn streams_verify_in_one_pass() {
     let dir = tempfile::tempdir().unwrap();
     let mut objects = nginx_objects();
     objects.extend((0..50).map(|i| configmap("ns", &format!("c{i}"), 3000)));
-    let path = write(dir.path(), "s.tar.zst", objects, WriterOptions::zstd().frame_size(8192));
+    let path = write(
+        dir.path(),
+        "s.tar.zst",
+        objects,
+        WriterOptions::zstd().frame_size(8192),
+    );
     let report = verify_stream(std::fs::File::open(&path).unwrap(), &ReaderOptions::default()).unwrap();
     assert!(report.is_fully_verified(), "{report:?}");
     assert_eq!(report.entries_checked, 56);
@@ -319,7 +454,12 @@ fn short_reads_are_handled() {
     let dir = tempfile::tempdir().unwrap();
     for options in [WriterOptions::zstd(), WriterOptions::gzip()] {
         let codec = options.compression.codec;
-        let path = write(dir.path(), &format!("short-reads{}", codec.extension()), nginx_objects(), options);
+        let path = write(
+            dir.path(),
+            &format!("short-reads{}", codec.extension()),
+            nginx_objects(),
+            options,
+        );
         let input = ShortReads {
             inner: std::fs::File::open(&path).unwrap(),
             step: 0,
@@ -337,7 +477,12 @@ fn small_caps_stop_big_archives() {
     let reader = ArchiveReader::open_with(&path, ReaderOptions::default().max_entry_bytes(1000)).unwrap();
     let report = reader.verify();
     assert_eq!(report.problems.len(), 20);
-    assert!(report.problems.iter().all(|p| matches!(p, ArchiveError::EntryTooLarge { limit: 1000, .. })));
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| matches!(p, ArchiveError::EntryTooLarge { limit: 1000, .. }))
+    );
     match ArchiveReader::open_with(&path, ReaderOptions::default().max_total_bytes(10_000)) {
         Err(ArchiveError::TotalSizeExceeded { limit: 10_000, .. }) => {}
         other => panic!("expected TotalSizeExceeded, got {other:?}"),

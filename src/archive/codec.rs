@@ -170,7 +170,10 @@ impl<W: Write> FrameEncoder<W> {
             Codec::Gzip => {
                 let level = flate2::Compression::new(compression.level.clamp(0, 9).unsigned_abs());
                 Ok(FrameEncoder::Gzip(
-                    flate2::GzBuilder::new().mtime(0).operating_system(255).write(out, level),
+                    flate2::GzBuilder::new()
+                        .mtime(0)
+                        .operating_system(255)
+                        .write(out, level),
                 ))
             }
         }
@@ -277,7 +280,7 @@ pub enum FrameDecoder<R: BufRead> {
     /// A zstd frame.
     Zstd(zstd::stream::read::Decoder<'static, R>),
     /// A gzip member.
-    Gzip(flate2::bufread::GzDecoder<R>),
+    Gzip(Box<flate2::bufread::GzDecoder<R>>),
 }
 
 impl<R: BufRead> std::fmt::Debug for FrameDecoder<R> {
@@ -301,7 +304,9 @@ impl<R: BufRead> FrameDecoder<R> {
                 dec.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
                 Ok(FrameDecoder::Zstd(dec))
             }
-            Codec::Gzip => Ok(FrameDecoder::Gzip(flate2::bufread::GzDecoder::new(input))),
+            Codec::Gzip => Ok(FrameDecoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(
+                input,
+            )))),
         }
     }
 
@@ -382,10 +387,12 @@ impl FrameSeq {
             return Ok(false);
         };
         let section = Section::new(Arc::clone(&self.file), offset, len);
-        let decoder = FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section))
-            .map_err(|e| ArchiveError::Decompress {
-                entry: self.what.to_owned(),
-                source: e,
+        let decoder =
+            FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section)).map_err(|e| {
+                ArchiveError::Decompress {
+                    entry: self.what.to_owned(),
+                    source: e,
+                }
             })?;
         self.current = Some((decoder, offset));
         Ok(true)
@@ -394,10 +401,19 @@ impl FrameSeq {
 
 impl Read for FrameSeq {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some((decoder, _)) = self.current.as_mut() else {
+        let Some((decoder, offset)) = self.current.as_mut() else {
             return Ok(0);
         };
-        let n = decoder.read(buf)?;
+        let n = match decoder.read(buf) {
+            Ok(n) => n,
+            Err(e)
+                if e.get_ref()
+                    .is_some_and(|inner| inner.is::<TotalLimit>() || inner.is::<ArchiveError>()) =>
+            {
+                return Err(e);
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("frame at offset {offset}: {e}"))),
+        };
         self.decoded += n as u64;
         if self.decoded > self.limit {
             return Err(io::Error::other(TotalLimit(self.limit)));
@@ -551,6 +567,18 @@ impl<R: BufRead> BufRead for CountingBufRead<R> {
     }
 }
 
+/// The raw input of a [`ConcatFrames`], positioned after the last data frame when it ends.
+pub type StreamInput<R> = CountingBufRead<PeekBuf<R>>;
+
+/// What is left when a [`ConcatFrames`] is finished.
+#[derive(Debug)]
+pub struct StreamEnd<R> {
+    /// The input after the last data frame (the locator, if any).
+    pub rest: StreamInput<R>,
+    /// Compressed (offset, length) of every data frame.
+    pub frames: Vec<(u64, u64)>,
+}
+
 /// Decodes consecutive data frames of a stream whose frame table is unknown (a pipe, or a file
 /// whose locator is missing), recording where each frame starts and ends. It stops before
 /// anything that is not a data frame (the locator), leaving it for the caller.
@@ -590,12 +618,15 @@ impl<R: Read> ConcatFrames<R> {
     ///
     /// # Errors
     /// The frame is not complete.
-    pub fn finish(mut self) -> Result<(CountingBufRead<PeekBuf<R>>, Vec<(u64, u64)>)> {
+    pub fn finish(mut self) -> Result<StreamEnd<R>> {
         self.close_current()?;
         let input = self.input.take().ok_or_else(|| ArchiveError::Truncated {
             entry: location::FRAME_B.to_owned(),
         })?;
-        Ok((input, self.frames))
+        Ok(StreamEnd {
+            rest: input,
+            frames: std::mem::take(&mut self.frames),
+        })
     }
 
     fn close_current(&mut self) -> Result<()> {
@@ -654,7 +685,8 @@ impl<R: Read> Read for ConcatFrames<R> {
 
 /// One message from a decoding thread.
 enum Chunk {
-    Data(Vec<u8>),
+    /// A buffer of which the first `len` bytes are data.
+    Data(Vec<u8>, usize),
     FrameEnd,
     Failed(io::Error),
 }
@@ -667,6 +699,7 @@ pub struct Pumped {
     rx: Receiver<Chunk>,
     recycle: SyncSender<Vec<u8>>,
     current: Vec<u8>,
+    len: usize,
     pos: usize,
     at_frame_end: bool,
     done: bool,
@@ -680,7 +713,7 @@ pub const PUMP_DEPTH: usize = 4;
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Chunk::Data(d) => write!(f, "Data({})", d.len()),
+            Chunk::Data(_, len) => write!(f, "Data({len})"),
             Chunk::FrameEnd => f.write_str("FrameEnd"),
             Chunk::Failed(e) => write!(f, "Failed({e})"),
         }
@@ -694,8 +727,8 @@ impl Pumped {
         let (recycle, spare) = sync_channel::<Vec<u8>>(PUMP_DEPTH + 2);
         std::thread::spawn(move || {
             loop {
-                let mut buf = spare.try_recv().unwrap_or_default();
-                buf.resize(PUMP_CHUNK, 0);
+                // `vec!` of zeros is a calloc; buffers come back through `spare` full-length.
+                let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PUMP_CHUNK]);
                 let mut filled = 0;
                 let mut frame_end = false;
                 while filled < PUMP_CHUNK {
@@ -707,8 +740,7 @@ impl Pumped {
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            buf.truncate(filled);
-                            if filled > 0 && tx.send(Chunk::Data(buf)).is_err() {
+                            if filled > 0 && tx.send(Chunk::Data(buf, filled)).is_err() {
                                 return;
                             }
                             let _ = tx.send(Chunk::Failed(e));
@@ -716,8 +748,7 @@ impl Pumped {
                         }
                     }
                 }
-                buf.truncate(filled);
-                if filled > 0 && tx.send(Chunk::Data(buf)).is_err() {
+                if filled > 0 && tx.send(Chunk::Data(buf, filled)).is_err() {
                     return;
                 }
                 if frame_end {
@@ -738,6 +769,7 @@ impl Pumped {
             rx,
             recycle,
             current: Vec::new(),
+            len: 0,
             pos: 0,
             at_frame_end: false,
             done: false,
@@ -748,8 +780,8 @@ impl Pumped {
 impl Read for Pumped {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
+            if self.pos < self.len {
+                let n = buf.len().min(self.len - self.pos);
                 buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
                 self.pos += n;
                 return Ok(n);
@@ -758,9 +790,12 @@ impl Read for Pumped {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Chunk::Data(data)) => {
+                Ok(Chunk::Data(data, len)) => {
                     let old = std::mem::replace(&mut self.current, data);
-                    let _ = self.recycle.try_send(old);
+                    if old.len() == PUMP_CHUNK {
+                        let _ = self.recycle.try_send(old);
+                    }
+                    self.len = len;
                     self.pos = 0;
                 }
                 Ok(Chunk::FrameEnd) => self.at_frame_end = true,
@@ -782,7 +817,9 @@ impl FrameSource for Pumped {
         // Drain whatever is left of the frame (callers normally stop exactly at its end).
         let mut scratch = [0u8; 4096];
         while !self.at_frame_end && !self.done {
-            let n = self.read(&mut scratch).map_err(|e| ArchiveError::from_decode(e, location::FRAME_A))?;
+            let n = self
+                .read(&mut scratch)
+                .map_err(|e| ArchiveError::from_decode(e, location::FRAME_A))?;
             if n == 0 {
                 break;
             }
@@ -794,8 +831,12 @@ impl FrameSource for Pumped {
         // The thread sends FrameEnd after checking the frame; it ends the channel when no frame
         // follows. Peek by receiving the next message.
         match self.rx.recv() {
-            Ok(Chunk::Data(data)) => {
-                self.current = data;
+            Ok(Chunk::Data(data, len)) => {
+                let old = std::mem::replace(&mut self.current, data);
+                if old.len() == PUMP_CHUNK {
+                    let _ = self.recycle.try_send(old);
+                }
+                self.len = len;
                 self.pos = 0;
                 Ok(true)
             }

@@ -28,7 +28,11 @@ pub(crate) fn source(
 ) -> Result<Source> {
     let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, limit, what);
     seq.start()?;
-    Ok(if pump { Box::new(Pumped::spawn(seq)) } else { Box::new(seq) })
+    Ok(if pump {
+        Box::new(Pumped::spawn(seq))
+    } else {
+        Box::new(seq)
+    })
 }
 
 /// Which paths a read covers.
@@ -85,14 +89,22 @@ pub(crate) struct IndexSide {
 
 impl std::fmt::Debug for IndexSide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexSide").field("line_no", &self.line_no).finish_non_exhaustive()
+        f.debug_struct("IndexSide")
+            .field("line_no", &self.line_no)
+            .finish_non_exhaustive()
     }
 }
 
 impl IndexSide {
     /// Positions on the index data: checks the manifest entry (again, against `manifest_sha`)
     /// and the index header.
-    pub(crate) fn open(source: Source, info: IndexInfo, manifest_sha: &[u8; 32], max_manifest: u64, max_line: usize) -> Result<Self> {
+    pub(crate) fn open(
+        source: Source,
+        info: IndexInfo,
+        manifest_sha: &[u8; 32],
+        max_manifest: u64,
+        max_line: usize,
+    ) -> Result<Self> {
         let mut tar = TarStream::new(source, Dialects::Strict);
         let manifest_header = expect_entry(&mut tar, MANIFEST_ENTRY, max_manifest)?;
         let mut bytes = Vec::new();
@@ -320,17 +332,26 @@ pub(crate) struct EntrySide {
     range: Range,
     keep_body: bool,
     finished: bool,
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for EntrySide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntrySide").field("frame", &self.frame).finish_non_exhaustive()
+        f.debug_struct("EntrySide")
+            .field("frame", &self.frame)
+            .finish_non_exhaustive()
     }
 }
 
 impl EntrySide {
     /// Reads the given frames (a suffix of the frame table) from `source`.
-    pub(crate) fn new(source: Source, frames: Vec<FrameInfo>, max_entry: u64, range: Range, keep_body: bool) -> Self {
+    pub(crate) fn new(
+        source: Source,
+        frames: Vec<FrameInfo>,
+        max_entry: u64,
+        range: Range,
+        keep_body: bool,
+    ) -> Self {
         EntrySide {
             tar: TarStream::new(source, Dialects::Strict),
             frames,
@@ -342,6 +363,7 @@ impl EntrySide {
             range,
             keep_body,
             finished: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -427,13 +449,15 @@ impl EntrySide {
                 (Sha256::digest(&body).into(), Some(body))
             } else {
                 let mut hasher = Sha256::new();
-                let mut chunk = vec![0u8; 64 * 1024];
+                if self.scratch.is_empty() {
+                    self.scratch = vec![0u8; 64 * 1024];
+                }
                 loop {
-                    let n = self.tar.read_some(&mut chunk)?;
+                    let n = self.tar.read_some(&mut self.scratch)?;
                     if n == 0 {
                         break;
                     }
-                    hasher.update(&chunk[..n]);
+                    hasher.update(&self.scratch[..n]);
                 }
                 (hasher.finalize().into(), None)
             };
@@ -525,10 +549,10 @@ impl Join {
             return None;
         }
         let out = self.step();
-        if let Some(Err(e)) = &out {
-            if !e.is_entry_local() {
-                self.fused = true;
-            }
+        if let Some(Err(e)) = &out
+            && !e.is_entry_local()
+        {
+            self.fused = true;
         }
         out
     }

@@ -337,7 +337,8 @@ pub fn check_raw(path: &[u8]) -> Result<&str, PathError> {
 fn is_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -460,7 +461,10 @@ mod tests {
             ("", PathError::Empty),
             ("/etc/passwd", PathError::Absolute),
             ("resources/../../etc/passwd", PathError::ParentComponent),
-            ("resources/pods/namespaces/a/../b.json", PathError::ParentComponent),
+            (
+                "resources/pods/namespaces/a/../b.json",
+                PathError::ParentComponent,
+            ),
             ("resources/./pods/cluster/a.json", PathError::CurrentComponent),
             ("resources//pods/cluster/a.json", PathError::EmptyComponent),
             ("resources/pods/cluster/", PathError::EmptyComponent),

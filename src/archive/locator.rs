@@ -237,7 +237,10 @@ mod tests {
     fn damaged_payload_is_reported() {
         let mut bytes = sample().encode(Codec::Zstd);
         bytes[8] ^= 0xFF;
-        assert!(matches!(Locator::from_tail(Codec::Zstd, &bytes), Tail::Damaged(_)));
+        assert!(matches!(
+            Locator::from_tail(Codec::Zstd, &bytes),
+            Tail::Damaged(_)
+        ));
         assert_eq!(Locator::from_tail(Codec::Zstd, &bytes[1..]), Tail::Absent);
     }
 }

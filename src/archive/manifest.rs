@@ -272,7 +272,9 @@ pub fn parse_semver(text: &str) -> Option<(u16, u16, u16)> {
 /// Whether `s` is a SHA-256 digest in lowercase hex.
 #[must_use]
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// An owner reference as recorded in the index (the fields restore and rollback need to rebuild
@@ -407,7 +409,7 @@ pub(crate) enum ParsedLine {
     /// The `metadata/version` record.
     Version { size: u64, sha256: String },
     /// An object record.
-    Object(IndexRecord),
+    Object(Box<IndexRecord>),
 }
 
 impl ParsedLine {
@@ -468,7 +470,8 @@ pub(crate) fn parse_index_line(line: &[u8], line_no: u64) -> Result<ParsedLine> 
             });
         }
     };
-    let field = |value: Option<String>, name: &str| value.ok_or_else(|| bad(format!("missing field `{name}`")));
+    let field =
+        |value: Option<String>, name: &str| value.ok_or_else(|| bad(format!("missing field `{name}`")));
     let record = IndexRecord {
         path: raw.path.clone(),
         api_version: field(raw.api_version, "apiVersion")?,
@@ -479,16 +482,18 @@ pub(crate) fn parse_index_line(line: &[u8], line_no: u64) -> Result<ParsedLine> 
         name: field(raw.name, "name")?,
         uid: raw.uid,
         owner_references: raw.owner_references,
-        inclusion: raw.inclusion.ok_or_else(|| bad("missing field `inclusion`".to_owned()))?,
+        inclusion: raw
+            .inclusion
+            .ok_or_else(|| bad("missing field `inclusion`".to_owned()))?,
         size: raw.size,
         sha256: raw.sha256,
     };
     if record.key() != key {
         return Err(bad(
-            "resource, group, namespace or name disagree with the path".to_owned(),
+            "resource, group, namespace or name disagree with the path".to_owned()
         ));
     }
-    Ok(ParsedLine::Object(record))
+    Ok(ParsedLine::Object(Box::new(record)))
 }
 
 /// The identity fields of an object body: enough to check it against its record, and to build
@@ -545,7 +550,10 @@ mod tests {
             json,
             r#"{"reason":"dependency","of":"resources/persistentvolumeclaims/namespaces/a/data.json","via":"spec.volumeName"}"#
         );
-        assert_eq!(serde_json::to_string(&Inclusion::Namespaced).expect("ser"), r#"{"reason":"namespaced"}"#);
+        assert_eq!(
+            serde_json::to_string(&Inclusion::Namespaced).expect("ser"),
+            r#"{"reason":"namespaced"}"#
+        );
         let future: Inclusion = serde_json::from_str(r#"{"reason":"webhook","x":1}"#).expect("tolerated");
         assert_eq!(future, Inclusion::Unknown);
     }

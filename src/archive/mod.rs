@@ -79,7 +79,9 @@ pub use reader::{
     ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records,
     VerifyReport, verify_stream,
 };
-pub use writer::{ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive};
+pub use writer::{
+    ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,
+};
 
 /// The kpromote archive format version written by this crate (spec §2). Readers accept any
 /// `1.x.y`; a newer minor is read with a warning.

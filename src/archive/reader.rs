@@ -42,6 +42,9 @@ pub struct ReaderOptions {
     pub max_problems: usize,
     /// Scratch directory for scans of unsorted or locator-less input; default: the system's.
     pub spill_dir: Option<PathBuf>,
+    /// Whether full reads decompress on a thread of their own: `None` decides by size (above
+    /// 4 MiB), `Some(_)` forces the choice.
+    pub decode_thread: Option<bool>,
 }
 
 impl Default for ReaderOptions {
@@ -53,6 +56,7 @@ impl Default for ReaderOptions {
             max_index_line: DEFAULT_MAX_INDEX_LINE,
             max_problems: DEFAULT_MAX_PROBLEMS,
             spill_dir: None,
+            decode_thread: None,
         }
     }
 }
@@ -69,6 +73,13 @@ impl ReaderOptions {
     #[must_use]
     pub fn max_total_bytes(mut self, bytes: u64) -> Self {
         self.max_total_bytes = bytes;
+        self
+    }
+
+    /// Forces (or forbids) decoding on a separate thread.
+    #[must_use]
+    pub fn decode_thread(mut self, on: bool) -> Self {
+        self.decode_thread = Some(on);
         self
     }
 
@@ -144,7 +155,14 @@ impl VerifyReport {
         self.is_ok() && self.anchored && self.kind == ArchiveKind::Kpromote
     }
 
-    fn from_problems(kind: ArchiveKind, codec: Codec, anchored: bool, checked: u64, problems: Problems, warnings: Vec<String>) -> Self {
+    fn from_problems(
+        kind: ArchiveKind,
+        codec: Codec,
+        anchored: bool,
+        checked: u64,
+        problems: Problems,
+        warnings: Vec<String>,
+    ) -> Self {
         VerifyReport {
             kind,
             codec,
@@ -165,6 +183,19 @@ struct KpromoteState {
     anchored: bool,
     index_verified: AtomicBool,
 }
+
+impl KpromoteState {
+    /// Whether decoding is worth a thread of its own: it overlaps decompression with hashing
+    /// and parsing, which pays off beyond a few MiB.
+    fn is_large(&self) -> bool {
+        let total: u64 =
+            self.manifest.frames.iter().map(|f| f.uncompressed).sum::<u64>() + self.manifest.index.size;
+        total > PUMP_THRESHOLD
+    }
+}
+
+/// Uncompressed size above which full reads decode on a separate thread.
+const PUMP_THRESHOLD: u64 = 4 << 20;
 
 #[derive(Debug)]
 enum Inner {
@@ -232,9 +263,14 @@ impl ArchiveReader {
             .map_err(|e| ArchiveError::io(&path, e))?;
         let mut warnings = Vec::new();
         let inner = match Locator::from_tail(codec, &tail) {
-            Tail::Found(locator) => {
-                Inner::Kpromote(Box::new(open_located(&file, len, codec, &locator, &options, &mut warnings)?))
-            }
+            Tail::Found(locator) => Inner::Kpromote(Box::new(open_located(
+                &file,
+                len,
+                codec,
+                &locator,
+                &options,
+                &mut warnings,
+            )?)),
             Tail::Damaged(reason) => {
                 return Err(ArchiveError::BadLocator {
                     entry: location::LOCATOR.to_owned(),
@@ -358,7 +394,9 @@ impl ArchiveReader {
                     done: false,
                 }))
             }
-            Inner::Velero { .. } => Ok(Records(RecordsInner::Velero(Box::new(self.objects_in(Range::All, false)?)))),
+            Inner::Velero { .. } => Ok(Records(RecordsInner::Velero(Box::new(
+                self.objects_in(Range::All, false)?,
+            )))),
         }
     }
 
@@ -397,7 +435,9 @@ impl ArchiveReader {
         let mut objects = self.objects_in(Range::Exact(path.to_owned()), true)?;
         match objects.next() {
             Some(Ok(object)) if object.record.path == path => Ok(object),
-            Some(Err(ArchiveError::MissingEntry { entry })) if entry == path => Err(ArchiveError::NotFound { entry }),
+            Some(Err(ArchiveError::MissingEntry { entry })) if entry == path => {
+                Err(ArchiveError::NotFound { entry })
+            }
             Some(Err(e)) => Err(e),
             Some(Ok(_)) | None => Err(ArchiveError::NotFound {
                 entry: path.to_owned(),
@@ -414,7 +454,7 @@ impl ArchiveReader {
             Inner::Kpromote(state) => {
                 let mut problems = Problems::new(self.options.max_problems);
                 let mut checked = 0u64;
-                match self.join(state, Range::All, false, true) {
+                match self.join(state, Range::All, false, self.decode_thread(state)) {
                     Ok(mut join) => {
                         while let Some(item) = join.next_item() {
                             match item.and_then(check_version_line) {
@@ -428,7 +468,14 @@ impl ArchiveReader {
                 if !state.anchored {
                     warnings.push("the manifest is not anchored by a locator".to_owned());
                 }
-                VerifyReport::from_problems(ArchiveKind::Kpromote, self.codec, state.anchored, checked, problems, warnings)
+                VerifyReport::from_problems(
+                    ArchiveKind::Kpromote,
+                    self.codec,
+                    state.anchored,
+                    checked,
+                    problems,
+                    warnings,
+                )
             }
             Inner::Velero { .. } => {
                 let input = self.whole_file();
@@ -444,11 +491,22 @@ impl ArchiveReader {
                     Err(e) => {
                         let mut problems = Problems::new(self.options.max_problems);
                         problems.push(e);
-                        VerifyReport::from_problems(ArchiveKind::Velero, self.codec, false, 0, problems, warnings)
+                        VerifyReport::from_problems(
+                            ArchiveKind::Velero,
+                            self.codec,
+                            false,
+                            0,
+                            problems,
+                            warnings,
+                        )
                     }
                 }
             }
         }
+    }
+
+    fn decode_thread(&self, state: &KpromoteState) -> bool {
+        self.options.decode_thread.unwrap_or_else(|| state.is_large())
     }
 
     fn whole_file(&self) -> Section {
@@ -460,7 +518,7 @@ impl ArchiveReader {
         match &self.inner {
             Inner::Kpromote(state) => {
                 self.ensure_index_verified(state)?;
-                let pump = range == Range::All;
+                let pump = range == Range::All && self.decode_thread(state);
                 Ok(Objects(ObjectsInner::Join {
                     join: Box::new(self.join(state, range, keep_body, pump)?),
                     done: false,
@@ -485,7 +543,9 @@ impl ArchiveReader {
             return Err(first);
         }
         match outcome.kind {
-            ScanKind::Velero { objects: Some(sorted) } => Ok(sorted),
+            ScanKind::Velero {
+                objects: Some(sorted),
+            } => Ok(sorted),
             _ => Err(ArchiveError::NotAnArchive {
                 entry: location::START.to_owned(),
                 reason: "the file changed while it was read".to_owned(),
@@ -538,7 +598,13 @@ impl ArchiveReader {
             location::FRAME_A,
             pump,
         )?;
-        let entries = EntrySide::new(source, selected, self.options.max_entry_bytes, range.clone(), keep_body);
+        let entries = EntrySide::new(
+            source,
+            selected,
+            self.options.max_entry_bytes,
+            range.clone(),
+            keep_body,
+        );
         let index = self.index_side(state, pump)?;
         Ok(Join::new(index, entries, range))
     }
@@ -546,13 +612,13 @@ impl ArchiveReader {
 
 /// Checks the `metadata/version` pair of the join: kpromote archives hold exactly `1.1.0\n`.
 fn check_version_line(matched: engine::Matched) -> Result<engine::Matched> {
-    if let ParsedLine::Version { sha256, .. } = &matched.line {
-        if *sha256 != hex::encode(Sha256::digest(VERSION_ENTRY_CONTENT)) {
-            return Err(ArchiveError::NotAnArchive {
-                entry: layout::VERSION_ENTRY.to_owned(),
-                reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
-            });
-        }
+    if let ParsedLine::Version { sha256, .. } = &matched.line
+        && *sha256 != hex::encode(Sha256::digest(VERSION_ENTRY_CONTENT))
+    {
+        return Err(ArchiveError::NotAnArchive {
+            entry: layout::VERSION_ENTRY.to_owned(),
+            reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
+        });
     }
     Ok(matched)
 }
@@ -717,7 +783,7 @@ impl Iterator for Records {
                     return None;
                 }
                 match side.next_line() {
-                    Ok(Some(ParsedLine::Object(record))) => return Some(Ok(record)),
+                    Ok(Some(ParsedLine::Object(record))) => return Some(Ok(*record)),
                     Ok(Some(ParsedLine::Version { .. })) => {}
                     Ok(None) => {
                         *done = true;
@@ -767,7 +833,7 @@ impl Iterator for Objects {
                         body,
                     })) => {
                         return Some(Ok(ArchiveObject {
-                            record,
+                            record: *record,
                             json: body.unwrap_or_default(),
                         }));
                     }
@@ -813,7 +879,10 @@ impl Iterator for Objects {
                 }
                 return Some(
                     serde_json::from_slice::<IndexRecord>(&item.line)
-                        .map(|record| ArchiveObject { record, json: item.body })
+                        .map(|record| ArchiveObject {
+                            record,
+                            json: item.body,
+                        })
                         .map_err(|e| ArchiveError::InvalidRecord {
                             entry: item.path,
                             reason: e.to_string(),

@@ -10,7 +10,7 @@ use super::codec::{Codec, ConcatFrames};
 use super::error::{ArchiveError, Result, location};
 use super::layout::{self, INDEX_ENTRY, MANIFEST_ENTRY, VeleroPath};
 use super::locator::{Locator, Tail};
-use super::manifest::{self, ArchiveManifest, IndexRecord, Inclusion, ParsedLine, Summary};
+use super::manifest::{self, ArchiveManifest, Inclusion, IndexRecord, ParsedLine, Summary};
 use super::sort::{ExternalSorter, SortItem, Sorted};
 use super::tar_header::EntryType;
 use super::tar_stream::{Dialects, Next, TarStream};
@@ -100,7 +100,12 @@ pub(crate) struct ScanOutcome {
 /// # Errors
 /// Errors that make the stream unreadable (truncation, corruption, unknown version). Problems
 /// with single entries are collected in the outcome instead.
-pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, collect: Collect) -> Result<ScanOutcome> {
+pub(crate) fn scan<R: Read>(
+    codec: Codec,
+    input: R,
+    options: &ReaderOptions,
+    collect: Collect,
+) -> Result<ScanOutcome> {
     let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spill_err = |e: std::io::Error| ArchiveError::io(&spill_dir, e);
     let frames = ConcatFrames::new(codec, input, options.max_total_bytes);
@@ -121,12 +126,22 @@ pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, col
         let header = match tar.next_header()? {
             Next::Entry(h) => h,
             Next::EndMarker => break,
-            Next::EndOfInput => return Err(ArchiveError::Truncated { entry: tar.last().to_owned() }),
+            Next::EndOfInput => {
+                return Err(ArchiveError::Truncated {
+                    entry: tar.last().to_owned(),
+                });
+            }
         };
         let was_first = std::mem::replace(&mut first, false);
         if header.raw_path == MANIFEST_ENTRY.as_bytes() {
             let frame_b_start = tar.get_mut().current_start();
-            kpromote = Some(read_frame_b(&mut tar, &header, frame_b_start, options, &spill_dir)?);
+            kpromote = Some(read_frame_b(
+                &mut tar,
+                &header,
+                frame_b_start,
+                options,
+                &spill_dir,
+            )?);
             break;
         }
         match header.entry_type {
@@ -156,13 +171,13 @@ pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, col
                 continue;
             }
         };
-        if let Some(p) = prev.as_deref() {
-            if path.as_str() < p {
-                strict.push(ArchiveError::OutOfOrder {
-                    entry: path.clone(),
-                    previous: p.to_owned(),
-                });
-            }
+        if let Some(p) = prev.as_deref()
+            && path.as_str() < p
+        {
+            strict.push(ArchiveError::OutOfOrder {
+                entry: path.clone(),
+                previous: p.to_owned(),
+            });
         }
         prev = Some(path.clone());
         let kind = match layout::parse_velero_path(&path) {
@@ -237,7 +252,7 @@ pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, col
     }
 
     tar.expect_zero_tail(1)?;
-    let (mut rest, frames) = tar.into_inner().finish()?;
+    let super::codec::StreamEnd { mut rest, frames } = tar.into_inner().finish()?;
     let mut tail = Vec::new();
     (&mut rest)
         .take(MAX_TAIL + 1)
@@ -274,7 +289,9 @@ pub(crate) fn scan<R: Read>(codec: Codec, input: R, options: &ReaderOptions, col
                 for item in sorted {
                     let item = item.map_err(spill_err)?;
                     if prev.as_deref() == Some(item.path.as_str()) {
-                        problems.push(ArchiveError::DuplicatePath { entry: item.path.clone() });
+                        problems.push(ArchiveError::DuplicatePath {
+                            entry: item.path.clone(),
+                        });
                     }
                     prev = Some(item.path);
                 }
@@ -506,7 +523,8 @@ fn read_frame_b<R: Read>(
             break;
         }
         hasher.update(&chunk[..n]);
-        out.write_all(&chunk[..n]).map_err(|e| ArchiveError::io(spill_dir, e))?;
+        out.write_all(&chunk[..n])
+            .map_err(|e| ArchiveError::io(spill_dir, e))?;
     }
     let actual = hex::encode(hasher.finalize());
     if actual != manifest.index.sha256 {
@@ -624,7 +642,8 @@ fn join_spooled(
                 continue;
             }
             prev_entry = Some(item.path.clone());
-            let (size, sha) = parse_digest_item(&item).ok_or_else(|| spill_err(std::io::Error::other("bad spool item")))?;
+            let (size, sha) =
+                parse_digest_item(&item).ok_or_else(|| spill_err(std::io::Error::other("bad spool item")))?;
             return Ok(Some((item.path, size, sha)));
         }
     };

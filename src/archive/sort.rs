@@ -291,7 +291,11 @@ mod tests {
             sorter.push(item(p)).expect("push");
         }
         assert_eq!(sorter.runs(), 0);
-        let out: Vec<String> = sorter.finish().expect("finish").map(|i| i.expect("item").path).collect();
+        let out: Vec<String> = sorter
+            .finish()
+            .expect("finish")
+            .map(|i| i.expect("item").path)
+            .collect();
         assert_eq!(out, ["a", "a", "b", "c"]);
     }
 }

@@ -224,7 +224,13 @@ pub fn parse_block(block: &[u8; BLOCK_SIZE]) -> Result<Block, String> {
     let signed: i64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if CHKSUM.contains(&i) { 32 } else { i64::from(b as i8) })
+        .map(|(i, &b)| {
+            if CHKSUM.contains(&i) {
+                32
+            } else {
+                i64::from(b as i8)
+            }
+        })
         .sum();
     if recorded != unsigned && i64::try_from(recorded).ok() != Some(signed) {
         return Err(format!(
@@ -266,20 +272,20 @@ fn field_bytes(field: &[u8]) -> &[u8] {
 /// Parses a numeric field: octal digits surrounded by spaces or NULs, or GNU base-256 (high bit
 /// of the first byte set) for large values.
 fn parse_number(field: &[u8]) -> Result<u64, String> {
-    if let Some(&first) = field.first() {
-        if first & 0x80 != 0 {
-            if first & 0x40 != 0 {
-                return Err("negative base-256 number".to_owned());
-            }
-            let mut value: u64 = u64::from(first & 0x3f);
-            for &b in &field[1..] {
-                value = value
-                    .checked_mul(256)
-                    .and_then(|v| v.checked_add(u64::from(b)))
-                    .ok_or("base-256 number overflows")?;
-            }
-            return Ok(value);
+    if let Some(&first) = field.first()
+        && first & 0x80 != 0
+    {
+        if first & 0x40 != 0 {
+            return Err("negative base-256 number".to_owned());
         }
+        let mut value: u64 = u64::from(first & 0x3f);
+        for &b in &field[1..] {
+            value = value
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or("base-256 number overflows")?;
+        }
+        return Ok(value);
     }
     let text = field
         .iter()
@@ -435,7 +441,10 @@ mod tests {
             records.extend_from_slice(format!("{len}{body}").as_bytes());
         }
         let parsed = parse_pax(&records).expect("parses");
-        assert_eq!(parsed.path.as_deref(), Some(&b"resources/pods/cluster/x.json"[..]));
+        assert_eq!(
+            parsed.path.as_deref(),
+            Some(&b"resources/pods/cluster/x.json"[..])
+        );
         assert_eq!(parsed.size, Some(100));
         assert!(parse_pax(b"99 path=x\n").is_err());
     }

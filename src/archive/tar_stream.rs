@@ -196,7 +196,9 @@ impl<R: Read> TarStream<R> {
             self.skip_pad()?;
             return Ok(0);
         }
-        let cap = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let cap = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = loop {
             match self.inner.read(&mut buf[..cap]) {
                 Ok(n) => break n,

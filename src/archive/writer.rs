@@ -10,7 +10,7 @@ use super::error::{ArchiveError, Result};
 use super::layout::{self, INDEX_ENTRY, MANIFEST_ENTRY, ObjectKey, VERSION_ENTRY, VERSION_ENTRY_CONTENT};
 use super::locator::Locator;
 use super::manifest::{
-    ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, IndexInfo, IndexRecord, Inclusion, OwnerReference,
+    ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, Inclusion, IndexInfo, IndexRecord, OwnerReference,
     Summary, ToolInfo, VersionLine,
 };
 use super::sort::{ExternalSorter, SortItem};
@@ -188,7 +188,9 @@ impl NewObject {
         let head = super::manifest::parse_head(&json).map_err(&invalid)?;
         let meta = head.metadata.ok_or_else(|| invalid("no metadata".to_owned()))?;
         Ok(NewObject {
-            api_version: head.api_version.ok_or_else(|| invalid("no apiVersion".to_owned()))?,
+            api_version: head
+                .api_version
+                .ok_or_else(|| invalid("no apiVersion".to_owned()))?,
             kind: head.kind.ok_or_else(|| invalid("no kind".to_owned()))?,
             name: meta.name.ok_or_else(|| invalid("no metadata.name".to_owned()))?,
             namespace: meta.namespace.filter(|ns| !ns.is_empty()),
@@ -247,12 +249,17 @@ impl ArchiveWriter {
     pub fn create(path: impl AsRef<Path>, facts: ArchiveFacts, options: WriterOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         options.validate()?;
-        let created: jiff::Timestamp = facts.created_at.parse().map_err(|e| ArchiveError::InvalidOption {
-            option: "created_at",
-            reason: format!("{:?} is not an RFC 3339 timestamp: {e}", facts.created_at),
-        })?;
+        let created: jiff::Timestamp = facts
+            .created_at
+            .parse()
+            .map_err(|e| ArchiveError::InvalidOption {
+                option: "created_at",
+                reason: format!("{:?} is not an RFC 3339 timestamp: {e}", facts.created_at),
+            })?;
         // The tar mtime field holds 11 octal digits; dates before 1970 are written as 0.
-        let mtime = u64::try_from(created.as_second()).unwrap_or(0).min(0o77_777_777_777);
+        let mtime = u64::try_from(created.as_second())
+            .unwrap_or(0)
+            .min(0o77_777_777_777);
         if path.exists() {
             return Err(ArchiveError::AlreadyExists { path });
         }
@@ -375,7 +382,10 @@ impl ArchiveWriter {
         let temp_path = temp.path().to_path_buf();
         let out_err = |e: io::Error| ArchiveError::io(&temp_path, e);
 
-        let out = CountingWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file().try_clone().map_err(out_err)?));
+        let out = CountingWriter::new(BufWriter::with_capacity(
+            1 << 20,
+            temp.as_file().try_clone().map_err(out_err)?,
+        ));
         let mut frames = FramePipeline::new(out, options.compression);
         let index_file = tempfile::tempfile_in(&spill_dir).map_err(spill_err)?;
         let mut index = IndexSpool::new(index_file);
@@ -389,7 +399,9 @@ impl ArchiveWriter {
         })
         .map_err(|e| ArchiveError::io(&temp_path, io::Error::other(e)))?;
         let mut builder = FrameBuilder::new(options.frame_size, mtime);
-        builder.append(VERSION_ENTRY, VERSION_ENTRY_CONTENT, &mut frames).map_err(out_err)?;
+        builder
+            .append(VERSION_ENTRY, VERSION_ENTRY_CONTENT, &mut frames)
+            .map_err(out_err)?;
         index.write_line(&version_line).map_err(spill_err)?;
 
         let mut previous: Option<String> = None;
@@ -399,7 +411,9 @@ impl ArchiveWriter {
             if previous.as_deref() == Some(item.path.as_str()) {
                 return Err(ArchiveError::DuplicatePath { entry: item.path });
             }
-            builder.append(&item.path, &item.body, &mut frames).map_err(out_err)?;
+            builder
+                .append(&item.path, &item.body, &mut frames)
+                .map_err(out_err)?;
             index.write_line(&item.line).map_err(spill_err)?;
             objects += 1;
             previous = Some(item.path);
@@ -431,7 +445,8 @@ impl ArchiveWriter {
         let frame_b_offset = out.count;
         let mut frame_b = FrameEncoder::new(out, &options.compression).map_err(out_err)?;
         let mut uncompressed = frame_infos_total(&manifest.frames);
-        uncompressed += write_small_entry(&mut frame_b, MANIFEST_ENTRY, &manifest_bytes, mtime).map_err(out_err)?;
+        uncompressed +=
+            write_small_entry(&mut frame_b, MANIFEST_ENTRY, &manifest_bytes, mtime).map_err(out_err)?;
         uncompressed +=
             copy_entry(&mut frame_b, INDEX_ENTRY, index_file, manifest.index.size, mtime).map_err(out_err)?;
         frame_b.write_all(&[0u8; 2 * BLOCK_SIZE]).map_err(out_err)?;
@@ -445,7 +460,8 @@ impl ArchiveWriter {
             frame_b_len: out.count - frame_b_offset,
             manifest_sha256: manifest_digest,
         };
-        out.write_all(&locator.encode(options.compression.codec)).map_err(out_err)?;
+        out.write_all(&locator.encode(options.compression.codec))
+            .map_err(out_err)?;
         let compressed_bytes = out.count;
         let file = out.inner.into_inner().map_err(|e| out_err(e.into_error()))?;
         file.sync_all().map_err(out_err)?;
@@ -477,7 +493,10 @@ fn describe_identity(o: &NewObject) -> String {
     format!(
         "{}/{}{}",
         layout::group_resource(&o.resource, &o.group),
-        o.namespace.as_deref().map(|ns| format!("{ns}/")).unwrap_or_default(),
+        o.namespace
+            .as_deref()
+            .map(|ns| format!("{ns}/"))
+            .unwrap_or_default(),
         o.name
     )
 }
@@ -703,7 +722,10 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.insert(seq, (entries, first_path, data.len() as u64));
-        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("pipeline closed"))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("pipeline closed"))?;
         jobs.send((seq, data))
             .map_err(|_| io::Error::other("compression worker stopped"))?;
         Ok(())
@@ -839,7 +861,9 @@ impl IndexSpool {
 
 impl std::fmt::Debug for IndexSpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexSpool").field("records", &self.records).finish_non_exhaustive()
+        f.debug_struct("IndexSpool")
+            .field("records", &self.records)
+            .finish_non_exhaustive()
     }
 }
 
@@ -875,7 +899,10 @@ mod tests {
     #[test]
     fn frame_groups() {
         assert_eq!(frame_group("metadata/version"), "metadata");
-        assert_eq!(frame_group("resources/pods/namespaces/a/b.json"), "resources/pods");
+        assert_eq!(
+            frame_group("resources/pods/namespaces/a/b.json"),
+            "resources/pods"
+        );
         assert_eq!(
             frame_group("resources/deployments.apps/cluster/x.json"),
             "resources/deployments.apps"

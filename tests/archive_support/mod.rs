@@ -2,7 +2,12 @@
 //! archive builder written independently of the library's writer (it uses the `tar` crate and
 //! hand-made manifests), so hostile archives can break any rule and the format spec is checked
 //! by a second implementation.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::missing_panics_doc
+)]
 
 use kpromote::archive::{ArchiveFacts, Codec, Inclusion, NewObject, PolicyFacts, SourceCluster};
 use serde_json::{Value, json};
@@ -209,7 +214,13 @@ pub fn configmap(ns: &str, name: &str, size: usize) -> NewObject {
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
         "data": {"payload": "x".repeat(size)}
     });
-    NewObject::from_json("configmaps", "", Inclusion::Namespaced, serde_json::to_vec(&value).unwrap()).unwrap()
+    NewObject::from_json(
+        "configmaps",
+        "",
+        Inclusion::Namespaced,
+        serde_json::to_vec(&value).unwrap(),
+    )
+    .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,7 +258,11 @@ impl RawEntry {
     /// `tar` crate but writing the name field raw so hostile names survive.
     pub fn tar_bytes(&self, ustar: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut header = if ustar { tar::Header::new_ustar() } else { tar::Header::new_gnu() };
+        let mut header = if ustar {
+            tar::Header::new_ustar()
+        } else {
+            tar::Header::new_gnu()
+        };
         if self.path.len() > 100 {
             assert!(!ustar, "long names only with GNU headers in these tests");
             let mut long = tar::Header::new_gnu();
@@ -359,7 +374,9 @@ impl RawArchive {
             let path = String::from_utf8_lossy(&entry.path).into_owned();
             if path == "metadata/version" {
                 index.push(version_record());
-            } else if entry.kind == tar::EntryType::Regular && path.starts_with("resources/") {
+            } else if entry.kind == tar::EntryType::Regular
+                && kpromote::archive::layout::parse_object_path(&path).is_ok()
+            {
                 index.push(record_for(&path, &entry.data));
             }
         }
@@ -449,7 +466,11 @@ impl RawArchive {
                 self.minor,
                 frame_b_offset,
                 frame_b_len,
-                if self.wrong_locator_digest { [0xAB; 32] } else { manifest_sha },
+                if self.wrong_locator_digest {
+                    [0xAB; 32]
+                } else {
+                    manifest_sha
+                },
             ));
         }
         file
@@ -487,8 +508,13 @@ pub fn nginx_entries() -> Vec<(String, Vec<u8>)> {
     let mut entries: Vec<(String, Vec<u8>)> = nginx_objects()
         .into_iter()
         .map(|o| {
-            let path = kpromote::archive::layout::object_path(&o.resource, &o.group, o.namespace.as_deref(), &o.name)
-                .unwrap();
+            let path = kpromote::archive::layout::object_path(
+                &o.resource,
+                &o.group,
+                o.namespace.as_deref(),
+                &o.name,
+            )
+            .unwrap();
             (path, o.json)
         })
         .collect();

@@ -391,7 +391,7 @@ impl FrameSeq {
             FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section)).map_err(|e| {
                 ArchiveError::Decompress {
                     entry: self.what.to_owned(),
-                    source: e,
+                    error: e,
                 }
             })?;
         self.current = Some((decoder, offset));
@@ -432,9 +432,11 @@ impl FrameSource for FrameSeq {
             if !trailing.is_empty() {
                 return Err(ArchiveError::Decompress {
                     entry: self.what.to_owned(),
-                    source: io::Error::new(
+                    error: io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("frame at offset {offset} ends before its recorded length"),
+                        format!(
+                            "frame at offset {offset} is followed by other data inside its recorded length"
+                        ),
                     ),
                 });
             }

@@ -25,10 +25,9 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// Largest zstd window a reader accepts, as a power of two (8 MiB): level 19 needs 2^23. Caps
 /// decoder memory against hostile frames (spec §11).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
-/// Default zstd worker threads. One worker runs compression beside the thread that sorts, hashes
-/// and frames the entries, like `zstd -T1`. Output does not depend on the worker count once
-/// workers are on (zstd's multithreaded mode is deterministic), so the writer never uses
-/// zstd's single-threaded mode.
+/// Default compression threads. One thread compresses frames beside the thread that sorts,
+/// hashes and frames the entries, like `zstd -T1`. Each frame is compressed independently in
+/// single-threaded mode, so the output does not depend on the thread count (spec §12).
 pub const DEFAULT_ZSTD_WORKERS: u32 = 1;
 
 /// Read buffer of the decoders.
@@ -89,7 +88,7 @@ pub struct Compression {
     pub codec: Codec,
     /// Compression level: zstd 1..=19, gzip 0..=9.
     pub level: i32,
-    /// zstd worker threads (at least 1); ignored for gzip.
+    /// Compression threads for frame A (at least 1), both codecs. Does not change the output.
     pub workers: u32,
 }
 
@@ -128,9 +127,9 @@ impl Compression {
                 option: "level",
                 reason: format!("gzip level must be 0..=9, got {}", self.level),
             }),
-            Codec::Zstd if !(1..=64).contains(&self.workers) => Err(ArchiveError::InvalidOption {
+            _ if !(1..=64).contains(&self.workers) => Err(ArchiveError::InvalidOption {
                 option: "workers",
-                reason: format!("zstd workers must be 1..=64, got {}", self.workers),
+                reason: format!("compression threads must be 1..=64, got {}", self.workers),
             }),
             _ => Ok(()),
         }
@@ -162,9 +161,10 @@ impl<W: Write> FrameEncoder<W> {
     pub fn new(out: W, compression: &Compression) -> io::Result<Self> {
         match compression.codec {
             Codec::Zstd => {
+                // Single-threaded on purpose: the bytes must not depend on a thread count
+                // (spec §12).
                 let mut enc = zstd::stream::write::Encoder::new(out, compression.level)?;
                 enc.include_checksum(true)?;
-                enc.multithread(compression.workers.max(1))?;
                 Ok(FrameEncoder::Zstd(enc))
             }
             Codec::Gzip => {

@@ -252,6 +252,12 @@ pub(crate) fn scan<R: Read>(
     }
 
     tar.expect_zero_tail(1)?;
+    if tar.saw_pax() {
+        strict.push(ArchiveError::UnsupportedEntryType {
+            entry: location::FRAME_A.to_owned(),
+            kind: EntryType::PaxLocal.describe(),
+        });
+    }
     let super::codec::StreamEnd { mut rest, frames } = tar.into_inner().finish()?;
     let mut tail = Vec::new();
     (&mut rest)
@@ -675,6 +681,14 @@ fn join_spooled(
             Ordering::Equal => {
                 if let (Some(r), Some((path, size, sha))) = (rec.take(), ent.take()) {
                     let actual = hex::encode(sha);
+                    if let ParsedLine::Version { sha256, .. } = &r
+                        && *sha256 != hex::encode(Sha256::digest(layout::VERSION_ENTRY_CONTENT))
+                    {
+                        problems.push(ArchiveError::NotAnArchive {
+                            entry: layout::VERSION_ENTRY.to_owned(),
+                            reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
+                        });
+                    }
                     if size != r.size() {
                         problems.push(ArchiveError::SizeMismatch {
                             entry: path,

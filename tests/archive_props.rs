@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod archive_support;
+#[path = "../fuzz/fuzz_targets/exercise.rs"]
+mod exercise;
 
 use kpromote::archive::{
     ArchiveReader, ArchiveWriter, Codec, Inclusion, NewObject, ReaderOptions, WriterOptions, verify_stream,
@@ -211,5 +213,50 @@ fn corruption_never_panics_nor_alters_content() {
             accepted_flips < original.len() / 10,
             "{codec}: {accepted_flips} flips accepted"
         );
+    }
+}
+
+/// The fuzz targets' bodies, run on every fixture and on a few thousand cheap mutations of them,
+/// so they compile and hold on stable even without cargo-fuzz.
+#[test]
+fn fuzz_bodies_hold_on_fixtures_and_mutations() {
+    let mut inputs = Vec::new();
+    for dir in ["valid", "velero", "hostile"] {
+        for entry in std::fs::read_dir(archive_support::fixtures_dir().join(dir)).unwrap() {
+            inputs.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+    }
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let originals = inputs.clone();
+    for original in &originals {
+        for _ in 0..40 {
+            let mut bytes = original.clone();
+            if bytes.is_empty() {
+                continue;
+            }
+            match next() % 3 {
+                0 => {
+                    let i = (next() as usize) % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+                1 => bytes.truncate((next() as usize) % bytes.len()),
+                _ => {
+                    let i = (next() as usize) % bytes.len();
+                    let j = (next() as usize) % bytes.len();
+                    bytes.swap(i, j);
+                }
+            }
+            inputs.push(bytes);
+        }
+    }
+    for input in &inputs {
+        exercise::archive_file(input);
+        exercise::archive_stream(input);
     }
 }

@@ -23,7 +23,6 @@ use kube::{Api, Client};
 use serde_json::json;
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -640,7 +640,8 @@ impl FrameBuilder {
         if self.entries == 0 {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.frame_size + (64 << 10)));
+        let spare = frames.spare_buffer(self.frame_size + (64 << 10));
+        let data = std::mem::replace(&mut self.buf, spare);
         frames.submit(data, self.entries, std::mem::take(&mut self.first_path))?;
         self.entries = 0;
         Ok(())
@@ -658,7 +659,8 @@ fn frame_group(path: &str) -> &str {
 }
 
 type Job = (u64, Vec<u8>);
-type Done = (u64, io::Result<Vec<u8>>);
+/// A compressed frame, and the uncompressed buffer handed back for reuse.
+type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
 /// Compresses frames on worker threads and writes them in order. Each frame is compressed
 /// independently and single-threaded, so the bytes do not depend on the number of workers.
@@ -674,6 +676,8 @@ struct FramePipeline<W> {
     next_seq: u64,
     next_write: u64,
     frames: Vec<FrameInfo>,
+    /// Uncompressed frame buffers back from the workers, reused to avoid fresh page faults.
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W> std::fmt::Debug for FramePipeline<W> {
@@ -710,7 +714,13 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
             next_seq: 0,
             next_write: 0,
             frames: Vec::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// An empty buffer for the next frame, reused when one came back.
+    fn spare_buffer(&mut self, capacity: usize) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
     /// Queues one frame. Blocks while too many frames are in flight, writing finished ones.
@@ -733,10 +743,14 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
 
     /// Receives one compressed frame and writes every frame now in order.
     fn collect_one(&mut self) -> io::Result<()> {
-        let (seq, result) = self
+        let (seq, result, mut spent) = self
             .done
             .recv()
             .map_err(|_| io::Error::other("compression worker stopped"))?;
+        if self.spare.len() < 2 {
+            spent.clear();
+            self.spare.push(spent);
+        }
         self.finished.insert(seq, result?);
         while let Some(bytes) = self.finished.remove(&self.next_write) {
             let (entries, first_path, uncompressed) = self
@@ -784,26 +798,30 @@ fn compress_worker(jobs: &Mutex<Receiver<Job>>, done: &SyncSender<Done>, compres
             Codec::Zstd => compress_zstd(&mut zstd, compression.level, &data),
             Codec::Gzip => compress_gzip(compression.level, &data),
         };
-        if done.send((seq, result)).is_err() {
+        if done.send((seq, result, data)).is_err() {
             return;
         }
     }
 }
 
 fn compress_zstd(
-    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+    compressor: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
     level: i32,
     data: &[u8],
 ) -> io::Result<Vec<u8>> {
     if compressor.is_none() {
         let mut c = zstd::bulk::Compressor::new(level)?;
         c.include_checksum(true)?;
-        *compressor = Some(c);
+        *compressor = Some((c, Vec::new()));
     }
-    match compressor {
-        Some(c) => c.compress(data),
-        None => Err(io::Error::other("no compressor")),
-    }
+    let Some((c, out)) = compressor else {
+        return Err(io::Error::other("no compressor"));
+    };
+    // One output buffer per worker, sized for the worst case once; the frame is copied out.
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress_to_buffer(data, out)?;
+    Ok(out.clone())
 }
 
 fn compress_gzip(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {

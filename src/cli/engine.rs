@@ -81,9 +81,22 @@ impl Knobs {
 pub struct PromoteArgs {
     #[command(flatten)]
     clusters: Clusters,
-    /// Promote from (or resume with) this archive instead of taking a new backup.
+    /// Namespace to promote (repeat for several). Required unless --archive is given.
+    #[arg(short = 'n', long = "namespace", value_name = "NAME")]
+    namespaces: Vec<String>,
+    /// Namespace-scoped resource type to leave out (repeat; default: the design's list —
+    /// events, events.events.k8s.io, endpoints, endpointslices.discovery.k8s.io).
+    #[arg(long = "exclude", value_name = "RESOURCE")]
+    exclude: Option<Vec<String>>,
+    /// Directory of the backup archive.
+    #[arg(long, value_name = "DIR", default_value = kpromote::backup::DEFAULT_OUTPUT_DIR)]
+    backup_dir: PathBuf,
+    /// Name recorded in the archive and used as its file name's prefix.
+    #[arg(long, value_name = "NAME", default_value = "kpromote")]
+    policy_name: String,
+    /// Promote from (or resume with) this archive instead of prechecking and taking a new backup.
     #[arg(long, value_name = "FILE")]
-    archive: PathBuf,
+    archive: Option<PathBuf>,
     /// Print the plan (detach order, restore levels with their reasons, skips) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -117,21 +130,77 @@ fn load(archive: &Path) -> anyhow::Result<Inventory> {
     Inventory::from_archive(archive).with_context(|| format!("reading archive {}", archive.display()))
 }
 
+/// Precheck and backup, for a promotion that starts from scratch; returns the new archive.
+async fn precheck_and_backup(
+    args: &PromoteArgs,
+    member: &LiveCluster,
+    cp: &LiveCluster,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        !args.namespaces.is_empty(),
+        "name the namespaces to promote with -n/--namespace, or resume with --archive"
+    );
+    let excluded = args.exclude.clone().unwrap_or_else(|| {
+        kpromote::resources::DEFAULT_EXCLUDED_RESOURCES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    });
+    let request = kpromote::precheck::PrecheckRequest {
+        namespaces: args.namespaces.clone(),
+        excluded: excluded.clone(),
+        cluster_name: args.clusters.cluster_name.clone(),
+        forbidden_namespaces: kpromote::precheck::DEFAULT_FORBIDDEN_NAMESPACES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        busy_namespaces: Vec::new(),
+    };
+    if let Err(failed) = kpromote::precheck::precheck(&member.client, &cp.client, &request).await {
+        for error in &failed.errors {
+            eprintln!("precheck: {error}");
+        }
+        anyhow::bail!(
+            "precheck failed ({} problems); nothing was changed",
+            failed.errors.len()
+        );
+    }
+    let backup = kpromote::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
+        .excluded(excluded)
+        .output_dir(dir)
+        .cluster_name(&args.clusters.cluster_name);
+    let report = kpromote::backup::run(&member.client, &backup).await?;
+    eprintln!(
+        "backup: {} ({} objects)",
+        report.path.display(),
+        report.collected.total_objects()
+    );
+    Ok(report.path)
+}
+
 /// Runs `kpromote promote`.
 pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
-    let inv = load(&args.archive)?;
-    if args.dry_run {
-        print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
-        return Ok(ExitCode::SUCCESS);
-    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (member, cp) = args.clusters.connect().await?;
-        let journal = open_journal(&args.archive, "promote", &inv)?;
+        // A dry run backs up into a scratch directory: everything is read, nothing is kept.
+        let scratch = tempfile::tempdir()?;
+        let archive = match &args.archive {
+            Some(path) => path.clone(),
+            None if args.dry_run => precheck_and_backup(&args, &member, &cp, scratch.path()).await?,
+            None => precheck_and_backup(&args, &member, &cp, &args.backup_dir).await?,
+        };
+        let inv = load(&archive)?;
+        if args.dry_run {
+            print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let journal = open_journal(&archive, "promote", &inv)?;
         let rollback_journal = if args.no_auto_rollback {
             None
         } else {
-            Some(open_journal(&args.archive, "rollback", &inv)?)
+            Some(open_journal(&archive, "rollback", &inv)?)
         };
         let opts = args.knobs.options();
         let progress = progress_printer();
@@ -146,7 +215,11 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
             Some(&progress),
         )
         .await?;
-        print_report("promoted", &report, &args.knobs.output)?;
+        print_report(
+            &format!("promoted (archive {})", archive.display()),
+            &report,
+            &args.knobs.output,
+        )?;
         Ok(ExitCode::SUCCESS)
     })
 }

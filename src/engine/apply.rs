@@ -117,6 +117,7 @@ impl Restorer<'_> {
                 self.wait(wait, &level.objects).await?;
             }
             done += level.objects.len() as u64;
+            lock(self.journal).sync()?;
             progress(on_progress, self.step, done, total);
         }
         Ok(())

@@ -46,6 +46,7 @@ pub async fn detach(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "detach", done, total);
     }
     Ok(())
@@ -148,7 +149,9 @@ pub async fn mark_pods(
                 Ok(())
             }
         })
-        .await
+        .await?;
+    lock(journal).sync()?;
+    Ok(())
 }
 
 pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {

@@ -90,6 +90,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report a run's steps filled, in a stable order.
+    fn finish(report: Mutex<Self>) -> Self {
+        let mut report = report
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.sort();
+        report
+    }
+
     fn sort(&mut self) {
         for list in [
             &mut self.detached,

@@ -48,6 +48,7 @@ pub async fn rollback(
 ) -> Result<Report, EngineError> {
     let report = Mutex::new(Report::default());
     unmark_member_pods(member, inv, journal, opts, &report).await?;
+    lock(journal).sync()?;
     progress(on_progress, "unmark", 1, 1);
 
     let skipped = inv.skipped_by_restore(cluster_name);
@@ -67,11 +68,7 @@ pub async fn rollback(
     restorer.run(&plan, &mut ctx, &report, on_progress).await?;
 
     teardown(control_plane, inv, journal, opts, &report, on_progress).await?;
-    let mut report = report
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.sort();
-    Ok(report)
+    Ok(Report::finish(report))
 }
 
 async fn unmark_member_pods(
@@ -157,6 +154,7 @@ async fn teardown(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "teardown", done, total);
     }
     Ok(())

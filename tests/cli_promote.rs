@@ -1,0 +1,166 @@
+//! `kpromote promote` and `kpromote rollback` as an operator runs them: precheck, backup,
+//! promote, rollback; the dry run; and a precheck that fails without touching anything.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kube::Api;
+use support::apps;
+
+fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kpromote"))
+        .arg(cmd)
+        .arg(format!(
+            "--member-kubeconfig={}",
+            member.kubeconfig_path().display()
+        ))
+        .arg(format!(
+            "--control-plane-kubeconfig={}",
+            cp.kubeconfig_path().display()
+        ))
+        .arg("--cluster-name=member")
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
+    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
+    let (cp, member) = (env.cluster("control-plane"), env.cluster("member"));
+    let cp_client = cp.client().await.unwrap();
+    let member_client = member.client().await.unwrap();
+    register_virtual_node(&cp_client, "member").await.unwrap();
+    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
+        .await
+        .unwrap();
+    apps::nginx_example(&member_client, &kubelet).await;
+    let before = apps::snapshot(&member_client, "nginx-test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = format!("--backup-dir={}", dir.path().display());
+
+    // A precheck failure reports every problem and changes nothing.
+    let (ok, _, err) = kpromote(
+        "promote",
+        member,
+        cp,
+        &[
+            "-n",
+            "missing",
+            "-n",
+            "kube-system",
+            "--exclude",
+            "nosuchthings",
+            &dir_arg,
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("namespace missing does not exist in the member cluster"),
+        "{err}"
+    );
+    assert!(err.contains("kube-system is a system namespace"), "{err}");
+    assert!(err.contains("nosuchthings"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "no archive after a failed precheck"
+    );
+    assert_eq!(apps::snapshot(&member_client, "nginx-test").await, before);
+
+    // The dry run prints the plan and changes nothing.
+    let (ok, out, err) = kpromote(
+        "promote",
+        member,
+        cp,
+        &["-n", "nginx-test", "--dry-run", &dir_arg],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("deployments.apps/nginx-test/nginx") && out.contains("restore into the control plane"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a dry run keeps no archive"
+    );
+    assert!(
+        Api::<Namespace>::all(cp_client.clone())
+            .get_opt("nginx-test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
+            .get_opt("nginx")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let (ok, out, err) = kpromote(
+        "promote",
+        member,
+        cp,
+        &["-n", "nginx-test", &dir_arg, "--policy-name=ops"],
+    );
+    assert!(ok, "{err}\n{out}");
+    let archive = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("ops")
+                && p.extension().is_some_and(|e| e == "zst")
+        })
+        .unwrap();
+    assert!(
+        Api::<Deployment>::namespaced(cp_client.clone(), "nginx-test")
+            .get_opt("nginx")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
+            .get_opt("nginx")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        apps::snapshot(&member_client, "nginx-test").await.pods,
+        before.pods
+    );
+
+    let (ok, out, err) = kpromote(
+        "rollback",
+        member,
+        cp,
+        &[&format!("--archive={}", archive.display()), "-o", "json"],
+    );
+    assert!(ok, "{err}\n{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "namespaces/nginx-test"),
+        "{report}"
+    );
+    assert_eq!(
+        apps::snapshot(&member_client, "nginx-test").await.pods,
+        before.pods
+    );
+    support::wait_namespace_gone(&cp_client, "nginx-test").await;
+}

@@ -96,7 +96,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
         "controller-made objects in the control plane: {:?}",
         cp_snap.controller_created
     );
-    for (name, _) in &original.pods {
+    for name in original.pods.keys() {
         let pod = Api::<Pod>::namespaced(env.cp.clone(), "nginx-test")
             .get(name)
             .await

@@ -43,6 +43,11 @@ fn generate() -> Vec<(String, Vec<u8>)> {
     newer.minor = 7;
     newer.tweak_manifest = Some(|m| m["fieldFromTheFuture"] = serde_json::json!({"x": 1}));
     out.push(("valid/newer-minor.tar.zst".into(), newer.build()));
+    for codec in [Codec::Zstd, Codec::Gzip] {
+        let mut split = RawArchive::new(codec, nginx_raw_frames());
+        split.split_frame_b = true;
+        out.push((format!("valid/split-frame-b{}", codec.extension()), split.build()));
+    }
     out.push((
         "velero/nginx-velero.tar.gz".into(),
         archive_support::velero_tarball(&nginx_entries()),
@@ -292,6 +297,24 @@ fn newer_minor_is_read_with_a_warning() {
     );
     assert_eq!(reader.objects().unwrap().count(), 5);
     assert!(reader.verify().is_ok());
+}
+
+#[test]
+fn frame_b_may_span_several_frames() {
+    for name in ["valid/split-frame-b.tar.zst", "valid/split-frame-b.tar.gz"] {
+        let reader = ArchiveReader::open(fixture(name)).unwrap();
+        assert!(reader.verify().is_fully_verified(), "{name}");
+        assert_eq!(reader.records().unwrap().count(), 5);
+        // And when the locator is gone, scanning finds frame B across both frames.
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("cut");
+        let keep = bytes.len() - kpromote::archive::Locator::encoded_len(reader.codec());
+        std::fs::write(&cut, &bytes[..keep]).unwrap();
+        let scanned = ArchiveReader::open(&cut).unwrap();
+        assert_eq!(scanned.objects().unwrap().count(), 5, "{name}");
+        assert!(scanned.verify().is_ok(), "{name}");
+    }
 }
 
 #[test]

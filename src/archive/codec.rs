@@ -413,14 +413,39 @@ impl Read for ZstdFrame {
 /// The decoder of the frame being read by a [`FrameSeq`].
 enum SeqDecoder {
     Zstd(ZstdFrame),
-    Gzip(Box<flate2::bufread::GzDecoder<BufReader<Section>>>),
+    Gzip(Option<Box<flate2::bufread::GzDecoder<BufReader<Section>>>>),
 }
 
 impl SeqDecoder {
-    fn input(&mut self) -> &mut BufReader<Section> {
+    /// At the end of a frame: if more input follows in the same section, starts decoding it as
+    /// the next frame and returns `true`.
+    fn continue_in_section(&mut self) -> io::Result<bool> {
+        if self.input()?.fill_buf()?.is_empty() {
+            return Ok(false);
+        }
         match self {
-            SeqDecoder::Zstd(z) => &mut z.input,
-            SeqDecoder::Gzip(g) => g.get_mut(),
+            SeqDecoder::Zstd(z) => {
+                z.dctx
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(zstd_error)?;
+                z.done = false;
+            }
+            SeqDecoder::Gzip(slot) => {
+                if let Some(old) = slot.take() {
+                    *slot = Some(Box::new(flate2::bufread::GzDecoder::new(old.into_inner())));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn input(&mut self) -> io::Result<&mut BufReader<Section>> {
+        match self {
+            SeqDecoder::Zstd(z) => Ok(&mut z.input),
+            SeqDecoder::Gzip(slot) => slot
+                .as_mut()
+                .map(|g| g.get_mut())
+                .ok_or_else(|| io::Error::other("gzip decoder lost")),
         }
     }
 }
@@ -429,7 +454,7 @@ impl Read for SeqDecoder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             SeqDecoder::Zstd(z) => z.read(buf),
-            SeqDecoder::Gzip(g) => g.read(buf),
+            SeqDecoder::Gzip(slot) => slot.as_mut().map_or(Ok(0), |g| g.read(buf)),
         }
     }
 }
@@ -443,6 +468,8 @@ pub struct FrameSeq {
     current: Option<(SeqDecoder, u64)>,
     /// A zstd decoder kept between frames.
     spare_zstd: Option<ZstdFrame>,
+    /// Whether a section may hold several frames back to back (frame B, spec §4.1).
+    concatenated: bool,
     /// Decoded bytes so far, against the total cap.
     decoded: u64,
     limit: u64,
@@ -474,10 +501,18 @@ impl FrameSeq {
             frames: frames.into_iter(),
             current: None,
             spare_zstd: None,
+            concatenated: false,
             decoded: 0,
             limit,
             what,
         }
+    }
+
+    /// Lets each section hold several frames back to back, decoded as one stream.
+    #[must_use]
+    pub fn concatenated(mut self) -> Self {
+        self.concatenated = true;
+        self
     }
 
     /// Opens the first frame. Returns `false` when there are none.
@@ -499,9 +534,9 @@ impl FrameSeq {
                 Some(mut z) => z.restart(section).map(|()| SeqDecoder::Zstd(z)),
                 None => ZstdFrame::new(section).map(SeqDecoder::Zstd),
             },
-            Codec::Gzip => Ok(SeqDecoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(
+            Codec::Gzip => Ok(SeqDecoder::Gzip(Some(Box::new(flate2::bufread::GzDecoder::new(
                 BufReader::with_capacity(READ_BUF, section),
-            )))),
+            ))))),
         }
         .map_err(|e| ArchiveError::Decompress {
             entry: self.what.to_owned(),
@@ -517,10 +552,21 @@ impl Read for FrameSeq {
         let Some((decoder, offset)) = self.current.as_mut() else {
             return Ok(0);
         };
-        let n = match decoder.read(buf) {
+        let mut n = match decoder.read(buf) {
             Ok(n) => n,
             Err(e) => return Err(io::Error::new(e.kind(), format!("frame at offset {offset}: {e}"))),
         };
+        while n == 0 && self.concatenated && !buf.is_empty() && decoder.continue_in_section()? {
+            n = match decoder.read(buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("frame in section at {offset}: {e}"),
+                    ));
+                }
+            };
+        }
         self.decoded += n as u64;
         if self.decoded > self.limit {
             return Err(io::Error::other(TotalLimit(self.limit)));
@@ -534,7 +580,7 @@ impl FrameSource for FrameSeq {
         if let Some((mut decoder, offset)) = self.current.take() {
             let trailing = decoder
                 .input()
-                .fill_buf()
+                .and_then(|input| input.fill_buf())
                 .map_err(|e| ArchiveError::io(format!("{} at offset {offset}", self.what), e))?;
             if !trailing.is_empty() {
                 return Err(ArchiveError::Decompress {

@@ -27,6 +27,10 @@ pub(crate) fn source(
     pump: bool,
 ) -> Result<Source> {
     let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, limit, what);
+    if what == location::FRAME_B {
+        // Frame B may be written as several frames (spec §4.1); kpromote 1.0 writes one.
+        seq = seq.concatenated();
+    }
     seq.start()?;
     Ok(if pump {
         Box::new(Pumped::spawn(seq))

@@ -339,10 +339,8 @@ fn main() {
                     let rel = path.strip_prefix(&dir).unwrap().to_str().unwrap().to_owned();
                     let key = layout::parse_object_path(&rel).unwrap();
                     let json = std::fs::read(&path).unwrap();
-                    w.add(
-                        NewObject::from_json(key.resource, key.group, Inclusion::Namespaced, json).unwrap(),
-                    )
-                    .unwrap();
+                    w.add_json(&key.resource, &key.group, Inclusion::Namespaced, json)
+                        .unwrap();
                     n += 1;
                 }
             }

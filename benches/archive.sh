@@ -20,33 +20,39 @@ TOOL=$(cargo bench --bench archive_tool --no-run 2>&1 | sed -n 's/.*Executable .
 KPROMOTE=${CARGO_TARGET_DIR:-target}/release/kpromote
 echo "tool: $TOOL"
 echo "work: $WORK"
-echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "zstd: $(zstd --version | head -1); tar: $(tar --version | head -1)"
 
-# median wall seconds and max RSS (MiB) of RUNS runs of a shell command
+# median wall seconds, median CPU seconds (user+sys) and max RSS (MiB) of RUNS runs of a shell
+# command. CPU time is reported because a shared machine makes wall time noisy.
 measure() {
   local label=$1; shift
-  local times=() rss=0
+  local times=() cpus=() rss=0
   for _ in $(seq "$RUNS"); do
-    local out
-    /usr/bin/time -o "$WORK/.time" -f '%e %M' bash -c "$*" >/dev/null 2>"$WORK/.stderr" \
+    /usr/bin/time -o "$WORK/.time" -f '%e %M %U %S' bash -c "$*" >/dev/null 2>"$WORK/.stderr" \
       || { echo "FAILED: $*"; cat "$WORK/.stderr"; }
-    out=$(tail -1 "$WORK/.time")
-    times+=("${out% *}")
-    local r=${out#* }
-    (( r > rss )) && rss=$r
+    read -r wall kib user sys < <(tail -1 "$WORK/.time")
+    times+=("$wall")
+    cpus+=("$(echo "$user + $sys" | bc -l)")
+    (( kib > rss )) && rss=$kib
   done
-  local median
-  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
-  printf '%-44s %8s s   peak RSS %7.1f MiB   (runs: %s)\n' "$label" "$median" "$(echo "$rss/1024" | bc -l)" "${times[*]}"
+  local mid=$(( (RUNS + 1) / 2 ))
+  local wall_median cpu_median
+  wall_median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "${mid}p")
+  cpu_median=$(printf '%s\n' "${cpus[@]}" | sort -n | sed -n "${mid}p")
+  printf '%-46s wall %6.2f s  cpu %6.2f s  peak RSS %6.1f MiB  (wall runs: %s)\n' \
+    "$label" "$wall_median" "$cpu_median" "$(echo "$rss/1024" | bc -l)" "${times[*]}"
 }
 
 for N in $N_LIST; do
   echo
   echo "## $N objects"
   CORPUS=$WORK/corpus-$N
-  rm -rf "$CORPUS"; mkdir -p "$CORPUS"
-  "$TOOL" gen-dir "$CORPUS" "$N"
+  if [ ! -f "$CORPUS.done" ]; then
+    rm -rf "$CORPUS"; mkdir -p "$CORPUS"
+    "$TOOL" gen-dir "$CORPUS" "$N"
+    touch "$CORPUS.done"
+  fi
   du -sb "$CORPUS" | awk '{printf "corpus on disk: %d bytes (apparent)\n", $1}'
   tar -cf - -C "$CORPUS" . >/dev/null   # warm the page cache
 
@@ -71,5 +77,6 @@ for N in $N_LIST; do
   measure "kpromote verify (CLI), gzip" "$KPROMOTE verify $WORK/ours-$N.tar.gz"
 
   echo "### read every object (restore path)"
+  echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
   measure "ArchiveReader::objects (tool)" "$TOOL read $WORK/ours-$N.tar.zst"
 done

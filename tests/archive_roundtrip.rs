@@ -182,27 +182,39 @@ fn duplicates_and_bad_objects_are_refused() {
         "temp file removed"
     );
 
+    // Identity errors come from `add` itself; JSON errors come from the prepare thread, through
+    // `add` or `finish`, naming the object. Either way nothing appears under the final name.
     let mut writer = ArchiveWriter::create(&path, facts(), WriterOptions::zstd()).unwrap();
-    let mut lying = objects[3].clone();
-    lying.name = "another-pod".to_owned();
-    assert!(matches!(
-        writer.add(lying),
-        Err(ArchiveError::InvalidObject { .. })
-    ));
     let mut bad_ns = objects[3].clone();
     bad_ns.namespace = Some("Not_A_Label".to_owned());
     assert!(matches!(
         writer.add(bad_ns),
         Err(ArchiveError::InvalidPath { .. })
     ));
+    drop(writer);
+    let pod = "resources/pods/namespaces/nginx-test/nginx-7c5ddbdf54-x8k2p.json";
+    let mut lying = objects[3].clone();
+    lying.uid = Some("another-uid".to_owned());
     let mut not_json = objects[3].clone();
     not_json.json = b"[1,2]".to_vec();
-    assert!(matches!(
-        writer.add(not_json),
-        Err(ArchiveError::InvalidObject { .. })
-    ));
-    drop(writer);
-    assert!(!path.exists());
+    for bad in [lying, not_json] {
+        let mut writer = ArchiveWriter::create(&path, facts(), WriterOptions::zstd()).unwrap();
+        let mut first_error = writer.add(bad).err();
+        for good in nginx_objects().into_iter().take(3) {
+            if first_error.is_none() {
+                first_error = writer.add(good).err();
+            }
+        }
+        let err = match first_error {
+            Some(e) => e,
+            None => writer.finish().expect_err("finish reports the bad object"),
+        };
+        assert!(
+            matches!(&err, ArchiveError::InvalidObject { entry, .. } if entry == pod),
+            "{err:?}"
+        );
+        assert!(!path.exists());
+    }
 
     let existing = write(
         dir.path(),
@@ -487,4 +499,27 @@ fn small_caps_stop_big_archives() {
         Err(ArchiveError::TotalSizeExceeded { limit: 10_000, .. }) => {}
         other => panic!("expected TotalSizeExceeded, got {other:?}"),
     }
+}
+
+#[test]
+fn add_json_equals_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.tar.zst", nginx_objects(), WriterOptions::zstd());
+    let b = dir.path().join("b.tar.zst");
+    let mut writer = ArchiveWriter::create(&b, facts(), WriterOptions::zstd()).unwrap();
+    for o in nginx_objects() {
+        writer
+            .add_json(&o.resource, &o.group, o.inclusion, o.json)
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    assert_eq!(std::fs::read(a).unwrap(), std::fs::read(&b).unwrap());
+
+    let c = dir.path().join("c.tar.zst");
+    let mut writer = ArchiveWriter::create(&c, facts(), WriterOptions::zstd()).unwrap();
+    writer
+        .add_json("pods", "", Inclusion::Namespaced, br#"{"kind":"Pod"}"#.to_vec())
+        .unwrap();
+    assert!(matches!(writer.finish(), Err(ArchiveError::InvalidObject { .. })));
+    assert!(!c.exists());
 }

@@ -481,6 +481,22 @@ async fn a_namespace_of_every_common_kind_is_archived_exactly_with_its_dependenc
     };
     assert_eq!(digest(&read_records(&again.path)), digest(&records));
 
+    // Excluding nothing: events are stored once, under the core group, though the server also
+    // serves them as events.events.k8s.io.
+    let everything = backup::plan(&client, &request.clone().excluded(Vec::<String>::new()))
+        .await
+        .unwrap();
+    let types: Vec<String> = everything
+        .collected
+        .types
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(types.contains(&"events".to_owned()) && types.contains(&"endpoints".to_owned()));
+    assert!(!types.contains(&"events.events.k8s.io".to_owned()), "{types:?}");
+    assert!(everything.collected.objects[&"events".parse().unwrap()] > 0);
+    assert_eq!(everything.collected.objects[&"endpoints".parse().unwrap()], 1);
+
     // Archives are never overwritten.
     let err = backup::run(&client, &request).await.unwrap_err();
     assert!(matches!(err, backup::BackupError::AlreadyExists { .. }), "{err}");

@@ -157,7 +157,7 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
     )
     .await
     .unwrap_err();
-    let text = err.to_string();
+    let text = chain(&err);
     assert!(matches!(err, BackupError::InvalidExclusions(_)), "{text}");
     assert!(
         text.contains("`frobnicators`") && text.contains("does not serve"),
@@ -307,6 +307,17 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
         "{err}"
     );
     assert_eq!(files_in(&out), ["full.tar.zst"]);
+}
+
+/// The error and its causes, as the command prints them.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 fn make_read_only(dir: &Path) {

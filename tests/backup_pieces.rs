@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt, stream};
-use kpromote::backup::lister::{ListError, ListEvent, ListRequest, list_paged, paginate};
+use kpromote::backup::lister::{ListError, ListEvent, ListRequest, list_json, list_paged, paginate};
 use kpromote::resources::{ApiSurface, DiscoveryDocument, ExcludedResources, GroupResource, well_known};
 use kpromote::testenv::Cluster;
 use kube::Client;
@@ -287,6 +287,32 @@ async fn the_lister_pages_a_real_server_in_key_order_and_survives_an_expired_tok
             ("v1", "ConfigMap")
         );
     }
+
+    // The JSON lister (what the backup uses) yields the same objects, typed, in the same order.
+    let json_keys: Vec<String> = list_json(
+        client.clone(),
+        configmaps(&surface).in_namespace("ord").page_size(7),
+    )
+    .try_filter_map(|e| async move {
+        Ok(match e {
+            ListEvent::Object(o) => {
+                assert_eq!(
+                    (o["apiVersion"].as_str(), o["kind"].as_str()),
+                    (Some("v1"), Some("ConfigMap"))
+                );
+                Some(format!(
+                    "{}/{}",
+                    o["metadata"]["namespace"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                ))
+            }
+            ListEvent::Snapshot { .. } => None,
+        })
+    })
+    .try_collect()
+    .await
+    .unwrap();
+    assert_eq!(json_keys, keys);
 
     // Cluster-wide, across the namespaces: still key order (`ord-b/…` before
     // `ord/…` before `ord0/…`), which is what a resume after expiry depends on.

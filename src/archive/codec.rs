@@ -338,19 +338,152 @@ pub trait FrameSource: Read {
     fn next_frame(&mut self) -> Result<bool>;
 }
 
+/// Decodes one zstd frame at a time, reusing one decompression context (and its window buffer)
+/// across frames instead of allocating a new one per frame.
+struct ZstdFrame {
+    dctx: zstd::zstd_safe::DCtx<'static>,
+    input: BufReader<Section>,
+    done: bool,
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, zstd::zstd_safe::get_error_name(code))
+}
+
+impl ZstdFrame {
+    fn new(section: Section) -> io::Result<Self> {
+        let mut dctx = zstd::zstd_safe::DCtx::create();
+        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+            .map_err(zstd_error)?;
+        Ok(ZstdFrame {
+            dctx,
+            input: BufReader::with_capacity(READ_BUF, section),
+            done: false,
+        })
+    }
+
+    /// Starts the next frame in `section`. The previous input must have been fully consumed.
+    fn restart(&mut self, section: Section) -> io::Result<()> {
+        self.dctx
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(zstd_error)?;
+        *self.input.get_mut() = section;
+        self.done = false;
+        Ok(())
+    }
+}
+
+impl Read for ZstdFrame {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.done {
+            return Ok(0);
+        }
+        loop {
+            let input = self.input.fill_buf()?;
+            if input.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "incomplete zstd frame",
+                ));
+            }
+            let mut src = zstd::zstd_safe::InBuffer::around(input);
+            let mut dst = zstd::zstd_safe::OutBuffer::around(&mut *buf);
+            let hint = self
+                .dctx
+                .decompress_stream(&mut dst, &mut src)
+                .map_err(zstd_error)?;
+            let (consumed, produced) = (src.pos(), dst.pos());
+            self.input.consume(consumed);
+            if hint == 0 {
+                self.done = true;
+            }
+            if produced > 0 || self.done {
+                return Ok(produced);
+            }
+            if consumed == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "zstd decoder made no progress",
+                ));
+            }
+        }
+    }
+}
+
+/// The decoder of the frame being read by a [`FrameSeq`].
+enum SeqDecoder {
+    Zstd(ZstdFrame),
+    Gzip(Option<Box<flate2::bufread::GzDecoder<BufReader<Section>>>>),
+}
+
+impl SeqDecoder {
+    /// At the end of a frame: if more input follows in the same section, starts decoding it as
+    /// the next frame and returns `true`.
+    fn continue_in_section(&mut self) -> io::Result<bool> {
+        if self.input()?.fill_buf()?.is_empty() {
+            return Ok(false);
+        }
+        match self {
+            SeqDecoder::Zstd(z) => {
+                z.dctx
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(zstd_error)?;
+                z.done = false;
+            }
+            SeqDecoder::Gzip(slot) => {
+                if let Some(old) = slot.take() {
+                    *slot = Some(Box::new(flate2::bufread::GzDecoder::new(old.into_inner())));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn input(&mut self) -> io::Result<&mut BufReader<Section>> {
+        match self {
+            SeqDecoder::Zstd(z) => Ok(&mut z.input),
+            SeqDecoder::Gzip(slot) => slot
+                .as_mut()
+                .map(|g| g.get_mut())
+                .ok_or_else(|| io::Error::other("gzip decoder lost")),
+        }
+    }
+}
+
+impl Read for SeqDecoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SeqDecoder::Zstd(z) => z.read(buf),
+            SeqDecoder::Gzip(slot) => slot.as_mut().map_or(Ok(0), |g| g.read(buf)),
+        }
+    }
+}
+
 /// Sequential decoding of known frames (the frame table), each checked to fill its section.
-#[derive(Debug)]
 pub struct FrameSeq {
     codec: Codec,
     file: Arc<File>,
     /// (offset, length) of each frame still to read, in order.
     frames: std::vec::IntoIter<(u64, u64)>,
-    current: Option<(FrameDecoder<BufReader<Section>>, u64)>,
+    current: Option<(SeqDecoder, u64)>,
+    /// A zstd decoder kept between frames.
+    spare_zstd: Option<ZstdFrame>,
+    /// Whether a section may hold several frames back to back (frame B, spec §4.1).
+    concatenated: bool,
     /// Decoded bytes so far, against the total cap.
     decoded: u64,
     limit: u64,
     /// Name used in errors.
     what: &'static str,
+}
+
+impl std::fmt::Debug for FrameSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSeq")
+            .field("codec", &self.codec)
+            .field("decoded", &self.decoded)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameSeq {
@@ -367,10 +500,19 @@ impl FrameSeq {
             file,
             frames: frames.into_iter(),
             current: None,
+            spare_zstd: None,
+            concatenated: false,
             decoded: 0,
             limit,
             what,
         }
+    }
+
+    /// Lets each section hold several frames back to back, decoded as one stream.
+    #[must_use]
+    pub fn concatenated(mut self) -> Self {
+        self.concatenated = true;
+        self
     }
 
     /// Opens the first frame. Returns `false` when there are none.
@@ -387,13 +529,19 @@ impl FrameSeq {
             return Ok(false);
         };
         let section = Section::new(Arc::clone(&self.file), offset, len);
-        let decoder =
-            FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section)).map_err(|e| {
-                ArchiveError::Decompress {
-                    entry: self.what.to_owned(),
-                    error: e,
-                }
-            })?;
+        let decoder = match self.codec {
+            Codec::Zstd => match self.spare_zstd.take() {
+                Some(mut z) => z.restart(section).map(|()| SeqDecoder::Zstd(z)),
+                None => ZstdFrame::new(section).map(SeqDecoder::Zstd),
+            },
+            Codec::Gzip => Ok(SeqDecoder::Gzip(Some(Box::new(flate2::bufread::GzDecoder::new(
+                BufReader::with_capacity(READ_BUF, section),
+            ))))),
+        }
+        .map_err(|e| ArchiveError::Decompress {
+            entry: self.what.to_owned(),
+            error: e,
+        })?;
         self.current = Some((decoder, offset));
         Ok(true)
     }
@@ -404,16 +552,21 @@ impl Read for FrameSeq {
         let Some((decoder, offset)) = self.current.as_mut() else {
             return Ok(0);
         };
-        let n = match decoder.read(buf) {
+        let mut n = match decoder.read(buf) {
             Ok(n) => n,
-            Err(e)
-                if e.get_ref()
-                    .is_some_and(|inner| inner.is::<TotalLimit>() || inner.is::<ArchiveError>()) =>
-            {
-                return Err(e);
-            }
             Err(e) => return Err(io::Error::new(e.kind(), format!("frame at offset {offset}: {e}"))),
         };
+        while n == 0 && self.concatenated && !buf.is_empty() && decoder.continue_in_section()? {
+            n = match decoder.read(buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("frame in section at {offset}: {e}"),
+                    ));
+                }
+            };
+        }
         self.decoded += n as u64;
         if self.decoded > self.limit {
             return Err(io::Error::other(TotalLimit(self.limit)));
@@ -424,10 +577,10 @@ impl Read for FrameSeq {
 
 impl FrameSource for FrameSeq {
     fn next_frame(&mut self) -> Result<bool> {
-        if let Some((decoder, offset)) = self.current.take() {
-            let mut rest = decoder.into_inner();
-            let trailing = rest
-                .fill_buf()
+        if let Some((mut decoder, offset)) = self.current.take() {
+            let trailing = decoder
+                .input()
+                .and_then(|input| input.fill_buf())
                 .map_err(|e| ArchiveError::io(format!("{} at offset {offset}", self.what), e))?;
             if !trailing.is_empty() {
                 return Err(ArchiveError::Decompress {
@@ -439,6 +592,9 @@ impl FrameSource for FrameSeq {
                         ),
                     ),
                 });
+            }
+            if let SeqDecoder::Zstd(z) = decoder {
+                self.spare_zstd = Some(z);
             }
         }
         self.open_next()

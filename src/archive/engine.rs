@@ -27,6 +27,10 @@ pub(crate) fn source(
     pump: bool,
 ) -> Result<Source> {
     let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, limit, what);
+    if what == location::FRAME_B {
+        // Frame B may be written as several frames (spec §4.1); kpromote 1.0 writes one.
+        seq = seq.concatenated();
+    }
     seq.start()?;
     Ok(if pump {
         Box::new(Pumped::spawn(seq))
@@ -259,8 +263,26 @@ impl IndexSide {
     }
 
     /// Reads the whole index, checking everything; used to verify it before trusting records.
-    pub(crate) fn drain(mut self) -> Result<()> {
-        while self.next_line()?.is_some() {}
+    /// Hashes the index without parsing it: what a reader does before trusting any record.
+    /// The per-line checks, the record count and the trailer are checked by the pass that
+    /// then streams the records.
+    pub(crate) fn check_digest(mut self) -> Result<()> {
+        let mut hasher = Sha256::new();
+        loop {
+            let n = self.tar.read_some(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&self.buf[..n]);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != self.info.sha256 {
+            return Err(ArchiveError::DigestMismatch {
+                entry: INDEX_ENTRY.to_owned(),
+                expected: self.info.sha256.clone(),
+                actual,
+            });
+        }
         Ok(())
     }
 }

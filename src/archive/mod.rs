@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! frame A ─ one or more frames: metadata/version, then resources/... in bytewise path order
-//! frame B ─ one frame: kpromote/manifest.json, kpromote/index.jsonl, tar end-of-archive marker
+//! frame B ─ one frame (or more): kpromote/manifest.json, kpromote/index.jsonl, end-of-archive
 //! locator ─ zstd skippable frame / empty gzip member: offset+length of frame B, manifest SHA-256
 //! ```
 //!

@@ -449,7 +449,7 @@ impl ArchiveReader {
     /// at the first. Reads the whole archive once.
     #[must_use]
     pub fn verify(&self) -> VerifyReport {
-        let mut warnings = self.warnings.clone();
+        let warnings = self.warnings.clone();
         match &self.inner {
             Inner::Kpromote(state) => {
                 let mut problems = Problems::new(self.options.max_problems);
@@ -464,9 +464,6 @@ impl ArchiveReader {
                         }
                     }
                     Err(e) => problems.push(e),
-                }
-                if !state.anchored {
-                    warnings.push("the manifest is not anchored by a locator".to_owned());
                 }
                 VerifyReport::from_problems(
                     ArchiveKind::Kpromote,
@@ -555,7 +552,7 @@ impl ArchiveReader {
 
     fn ensure_index_verified(&self, state: &KpromoteState) -> Result<()> {
         if !state.index_verified.load(Ordering::Acquire) {
-            self.index_side(state, false)?.drain()?;
+            self.index_side(state, false)?.check_digest()?;
             state.index_verified.store(true, Ordering::Release);
         }
         Ok(())

@@ -318,15 +318,19 @@ pub(crate) fn scan<R: Read>(
     if kp.minor > FORMAT_MINOR {
         warnings.push(newer_minor_warning(kp.major, kp.minor));
     }
-    let frame_b = frames
-        .last()
-        .copied()
-        .filter(|(offset, _)| *offset == kp.frame_b_start)
+    // Frame B: from the frame where the manifest starts to the end of the last frame.
+    let first_b = frames
+        .iter()
+        .position(|(offset, _)| *offset == kp.frame_b_start)
         .ok_or_else(|| ArchiveError::InvalidManifest {
             entry: MANIFEST_ENTRY.to_owned(),
             reason: "the manifest does not start its own frame".to_owned(),
         })?;
-    let observed: Vec<(u64, u64)> = frames[..frames.len() - 1].to_vec();
+    let end_b = frames
+        .last()
+        .map_or(kp.frame_b_start, |(offset, len)| offset + len);
+    let frame_b = (kp.frame_b_start, end_b - kp.frame_b_start);
+    let observed: Vec<(u64, u64)> = frames[..first_b].to_vec();
     let recorded: Vec<(u64, u64)> = kp.manifest.frames.iter().map(|f| (f.offset, f.length)).collect();
     if observed != recorded {
         problems.push(ArchiveError::InvalidManifest {

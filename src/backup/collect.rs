@@ -20,7 +20,7 @@ use super::dependencies::{
     ClusterObjectRef, Dependency, DependencyCollector, ObjectRef, Reason, binding_subject_in, references,
 };
 use super::error::BackupError;
-use super::lister::{ListError, ListEvent, ListRequest, list_paged};
+use super::lister::{ListError, ListEvent, ListRequest, list_json};
 use super::report::{
     BackupProgress, BackupWarning, Collected, CollectedDependency, SkipReason, SkippedObject, list_key,
 };
@@ -103,7 +103,7 @@ pub(crate) struct OpenList {
     resource: GroupResource,
     namespace: Option<String>,
     role: ListRole,
-    stream: BoxStream<'static, Result<ListEvent, ListError>>,
+    stream: BoxStream<'static, Result<ListEvent<Value>, ListError>>,
 }
 
 /// The lists of a backup, opened: each has fetched a first page of one object, so every
@@ -139,7 +139,7 @@ pub(crate) async fn open_lists(
                 if let Some(ns) = &namespace {
                     list = list.in_namespace(ns.clone());
                 }
-                let mut stream = list_paged(client, list).boxed();
+                let mut stream = list_json(client, list).boxed();
                 let resource = served.group_resource.clone();
                 match stream.next().await {
                     Some(Ok(ListEvent::Snapshot { resource_version, .. })) => Ok(Some((
@@ -345,7 +345,7 @@ impl ListDependencies {
 }
 
 async fn drain_list(
-    mut list: OpenList,
+    list: OpenList,
     included: &BTreeSet<String>,
     shared: &Shared<'_>,
 ) -> Result<ListDependencies, DrainError> {
@@ -355,7 +355,8 @@ async fn drain_list(
         Some(ns) => format!("{} in namespace {ns}", list.resource),
         None => format!("{} cluster-wide", list.resource),
     };
-    while let Some(event) = list.stream.next().await {
+    let mut events = read_ahead(list.stream, shared.request.page_size);
+    while let Some(event) = events.next().await {
         let object = match event.map_err(BackupError::from_list)? {
             ListEvent::Snapshot {
                 resource_version,
@@ -371,18 +372,13 @@ async fn drain_list(
             }
             ListEvent::Object(object) => object,
         };
-        let value = serde_json::to_value(&*object).map_err(|e| {
-            BackupError::List(ListError::Api {
-                what: what.clone(),
-                source: kube::Error::SerdeError(e),
-            })
-        })?;
+        let value = *object;
         let reference = ObjectRef::of(&list.resource, &value);
-        if let Some(since) = &object.metadata.deletion_timestamp {
+        if let Some(since) = deletion_timestamp(&value) {
             shared.lock().skipped.push(SkippedObject {
                 object: reference,
                 reason: SkipReason::BeingDeleted {
-                    since: since.0.to_string(),
+                    since: since.to_owned(),
                 },
             });
             continue;
@@ -412,7 +408,7 @@ async fn drain_list(
             *shared.lock().objects.entry(list.resource.clone()).or_default() += 1;
         }
         count += 1;
-        let new = new_object(&list.resource, &object, &value, inclusion, shared.sink.is_some())?;
+        let new = new_object(&list.resource, value, inclusion, shared.sink.is_some())?;
         shared.store(new).await?;
     }
     let done = shared.lists_done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -426,6 +422,38 @@ async fn drain_list(
         },
     );
     Ok(found)
+}
+
+/// Reads `stream` on its own task, up to `depth` events ahead of the consumer: the next page is
+/// requested from the server (and decoded) while the objects of the current one are processed,
+/// instead of after. Memory: at most `depth` objects plus the page in flight, per list being
+/// drained.
+fn read_ahead<T: Send + 'static>(mut stream: BoxStream<'static, T>, depth: u32) -> BoxStream<'static, T> {
+    let depth = usize::try_from(depth).unwrap_or(usize::MAX).clamp(1, 1024);
+    let (tx, rx) = mpsc::channel(depth);
+    let reader = tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if tx.send(event).await.is_err() {
+                return; // the consumer stopped
+            }
+        }
+    });
+    // Dropping the consumer's stream ends the reader (its sends fail) — and aborting it makes
+    // that immediate even while it waits on the server.
+    let guard = AbortOnDrop(reader);
+    stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|event| (event, (rx, guard)))
+    })
+    .boxed()
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A fetched dependency, or why there is none.
@@ -490,11 +518,11 @@ async fn fetch_dependencies(
             };
             let value = serde_json::to_value(&*object)
                 .map_err(|e| BackupError::from_get(target.to_string(), kube::Error::SerdeError(e)))?;
-            if let Some(since) = &object.metadata.deletion_timestamp {
+            if let Some(since) = deletion_timestamp(&value) {
                 shared.lock().skipped.push(SkippedObject {
                     object: ObjectRef::of(&canonical, &value),
                     reason: SkipReason::BeingDeleted {
-                        since: since.0.to_string(),
+                        since: since.to_owned(),
                     },
                 });
                 continue;
@@ -505,7 +533,7 @@ async fn fetch_dependencies(
                 state.present.insert(target.clone());
                 inclusion_of(state.collector.reason_of(&target).map(|(r, _)| r))
             };
-            let new = new_object(&canonical, &object, &value, inclusion, shared.sink.is_some())?;
+            let new = new_object(&canonical, value, inclusion, shared.sink.is_some())?;
             shared.store(new).await?;
         }
     }
@@ -559,47 +587,49 @@ fn archive_path(object: &ObjectRef) -> String {
     .map_or_else(|_| object.to_string(), |k| k.path())
 }
 
-/// The archive's form of one object. With `with_body` false (dry run) the JSON is left empty.
+/// The object's `metadata.deletionTimestamp`, if it is being deleted.
+fn deletion_timestamp(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+}
+
+/// The archive's form of one object (with `apiVersion` and `kind` set). With `with_body` false
+/// (dry run) the JSON is left empty.
 fn new_object(
     resource: &GroupResource,
-    object: &DynamicObject,
-    value: &Value,
+    object: Value,
     inclusion: Inclusion,
     with_body: bool,
 ) -> Result<NewObject, BackupError> {
-    let types = object.types.clone().unwrap_or_default();
-    let meta = &object.metadata;
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
+    let meta = object.get("metadata");
+    let field = |key: &str| text(meta.and_then(|m| m.get(key)));
+    let name = field("name").unwrap_or_default();
+    let unstorable = |e: serde_json::Error| {
+        BackupError::List(ListError::Api {
+            what: format!("{resource} {name}"),
+            source: kube::Error::SerdeError(e),
+        })
+    };
+    let owner_references: Vec<OwnerReference> = match meta.and_then(|m| m.get("ownerReferences")) {
+        Some(refs) => serde_json::from_value(refs.clone()).map_err(&unstorable)?,
+        None => Vec::new(),
+    };
     let json = if with_body {
-        serde_json::to_vec(value).map_err(|e| {
-            BackupError::List(ListError::Api {
-                what: format!("{resource} {}", meta.name.as_deref().unwrap_or_default()),
-                source: kube::Error::SerdeError(e),
-            })
-        })?
+        serde_json::to_vec(&object).map_err(&unstorable)?
     } else {
         Vec::new()
     };
     Ok(NewObject {
         resource: resource.resource().to_owned(),
         group: resource.group().to_owned(),
-        namespace: meta.namespace.clone().filter(|ns| !ns.is_empty()),
-        name: meta.name.clone().unwrap_or_default(),
-        api_version: types.api_version,
-        kind: types.kind,
-        uid: meta.uid.clone(),
-        owner_references: meta
-            .owner_references
-            .iter()
-            .flatten()
-            .map(|o| OwnerReference {
-                api_version: o.api_version.clone(),
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                uid: o.uid.clone(),
-                controller: o.controller,
-                block_owner_deletion: o.block_owner_deletion,
-            })
-            .collect(),
+        namespace: field("namespace").filter(|ns| !ns.is_empty()),
+        name: name.clone(),
+        api_version: text(object.get("apiVersion")).unwrap_or_default(),
+        kind: text(object.get("kind")).unwrap_or_default(),
+        uid: field("uid"),
+        owner_references,
         inclusion,
         json,
     })

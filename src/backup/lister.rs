@@ -26,7 +26,8 @@
 use crate::resources::ServedResource;
 use futures::Stream;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
-use kube::core::TypeMeta;
+use kube::core::{ListMeta, TypeMeta};
+use serde_json::Value;
 use std::future::Future;
 
 /// Objects per page; the same default as kube's watcher and client-go's pager.
@@ -108,9 +109,10 @@ impl ListRequest {
     }
 }
 
-/// One item of a paged list.
+/// One item of a paged list, with objects of type `T` ([`DynamicObject`] from [`list_paged`],
+/// plain JSON from [`list_json`]).
 #[derive(Debug, Clone)]
-pub enum ListEvent {
+pub enum ListEvent<T = DynamicObject> {
     /// A listing started (`restarts == 0`) or restarted after its continue token expired; the
     /// objects that follow come from the snapshot at `resource_version`.
     Snapshot {
@@ -120,7 +122,7 @@ pub enum ListEvent {
         restarts: u32,
     },
     /// One object, with `apiVersion` and `kind` set.
-    Object(Box<DynamicObject>),
+    Object(Box<T>),
 }
 
 /// Why a list stopped.
@@ -165,6 +167,87 @@ pub enum ListError {
     },
 }
 
+/// An object as a list returns it: the pager reads its storage key and gives it the type
+/// fields list responses leave out.
+pub trait ListItem {
+    /// `<namespace>/<name>`, or `<name>` for a cluster-scoped object: the order etcd returns.
+    fn storage_key(&self) -> String;
+    /// Sets `apiVersion` and `kind`.
+    fn set_types(&mut self, types: &TypeMeta);
+}
+
+impl ListItem for DynamicObject {
+    fn storage_key(&self) -> String {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        match self.metadata.namespace.as_deref() {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    fn set_types(&mut self, types: &TypeMeta) {
+        self.types = Some(types.clone());
+    }
+}
+
+impl ListItem for Value {
+    fn storage_key(&self) -> String {
+        let meta = self.get("metadata");
+        let field = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+        let name = field("name").unwrap_or_default();
+        match field("namespace") {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    fn set_types(&mut self, types: &TypeMeta) {
+        if let Value::Object(map) = self {
+            map.insert("apiVersion".into(), Value::String(types.api_version.clone()));
+            map.insert("kind".into(), Value::String(types.kind.clone()));
+        }
+    }
+}
+
+/// A list response read without kube's `ObjectList`, whose flattened type fields make serde
+/// buffer the whole page before decoding it.
+#[derive(serde::Deserialize)]
+struct JsonPage {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Value>,
+}
+
+/// Like [`list_paged`], with each object as plain JSON ([`Value`]): one decode per object and
+/// nothing typed, for callers that only store objects and read a few fields (the backup).
+///
+/// # Errors
+/// The stream yields one [`ListError`] and ends.
+pub fn list_json(
+    client: kube::Client,
+    request: ListRequest,
+) -> impl Stream<Item = Result<ListEvent<Value>, ListError>> + Send + 'static {
+    let api: Api<DynamicObject> = match (&request.namespace, request.namespaced) {
+        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &request.resource),
+        _ => Api::all_with(client.clone(), &request.resource),
+    };
+    let url = api.resource_url().to_owned();
+    paginate(request, move |params: ListParams| {
+        let client = client.clone();
+        let http_request = kube::core::Request::new(url.clone()).list(&params);
+        async move {
+            let http_request = http_request.map_err(kube::Error::BuildRequest)?;
+            let page: JsonPage = client.request(http_request).await?;
+            Ok(ObjectList {
+                types: TypeMeta::default(),
+                metadata: page.metadata,
+                items: page.items,
+            })
+        }
+    })
+}
+
 /// Lists `request` from the server as a stream of [`ListEvent`]s; see the [module docs](self).
 ///
 /// # Errors
@@ -190,13 +273,14 @@ pub fn list_paged(
 ///
 /// # Errors
 /// The stream yields one [`ListError`] and ends.
-pub fn paginate<F, Fut>(
+pub fn paginate<T, F, Fut>(
     request: ListRequest,
     fetch: F,
-) -> impl Stream<Item = Result<ListEvent, ListError>> + Send
+) -> impl Stream<Item = Result<ListEvent<T>, ListError>> + Send
 where
+    T: ListItem + Clone + Send,
     F: FnMut(ListParams) -> Fut + Send,
-    Fut: Future<Output = kube::Result<ObjectList<DynamicObject>>> + Send,
+    Fut: Future<Output = kube::Result<ObjectList<T>>> + Send,
 {
     let what = request.describe();
     let error = (request.namespace.is_some() && !request.namespaced)
@@ -226,14 +310,14 @@ where
     })
 }
 
-struct Pager<F> {
+struct Pager<T: Clone, F> {
     request: ListRequest,
     types: TypeMeta,
     what: String,
     fetch: F,
     continue_token: Option<String>,
-    page: std::vec::IntoIter<DynamicObject>,
-    snapshot: Option<ListEvent>,
+    page: std::vec::IntoIter<T>,
+    snapshot: Option<ListEvent<T>>,
     restarts: u32,
     /// Whether the current pass has fetched its first page.
     pass_started: bool,
@@ -248,12 +332,13 @@ struct Pager<F> {
     done: bool,
 }
 
-impl<F, Fut> Pager<F>
+impl<T, F, Fut> Pager<T, F>
 where
+    T: ListItem + Clone,
     F: FnMut(ListParams) -> Fut,
-    Fut: Future<Output = kube::Result<ObjectList<DynamicObject>>>,
+    Fut: Future<Output = kube::Result<ObjectList<T>>>,
 {
-    async fn next(&mut self) -> Option<Result<ListEvent, ListError>> {
+    async fn next(&mut self) -> Option<Result<ListEvent<T>, ListError>> {
         if let Some(error) = self.error.take() {
             return self.fail(error);
         }
@@ -262,7 +347,7 @@ where
                 return Some(Ok(snapshot));
             }
             while let Some(mut object) = self.page.next() {
-                let key = key_of(&object);
+                let key = object.storage_key();
                 if self.last_in_pass.as_ref().is_some_and(|prev| key <= *prev) {
                     self.in_key_order = false;
                     if self.restarts > 0 {
@@ -275,7 +360,7 @@ where
                 if self.restarts > 0 && self.last_yielded.as_ref().is_some_and(|last| key <= *last) {
                     continue; // yielded by an earlier pass
                 }
-                object.types = Some(self.types.clone());
+                object.set_types(&self.types);
                 self.last_yielded = Some(key);
                 return Some(Ok(ListEvent::Object(Box::new(object))));
             }
@@ -332,20 +417,10 @@ where
         }
     }
 
-    fn fail(&mut self, error: ListError) -> Option<Result<ListEvent, ListError>> {
+    fn fail(&mut self, error: ListError) -> Option<Result<ListEvent<T>, ListError>> {
         self.done = true;
         self.page = Vec::new().into_iter();
         Some(Err(error))
-    }
-}
-
-/// The storage key order of an object: `<namespace>/<name>`, or `<name>` for a cluster-scoped
-/// one. Compared bytewise, like etcd keys (`a-b/x` sorts before `a/x`).
-fn key_of(object: &DynamicObject) -> String {
-    let name = object.metadata.name.as_deref().unwrap_or_default();
-    match object.metadata.namespace.as_deref() {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
     }
 }
 
@@ -544,7 +619,13 @@ mod tests {
         a.metadata.namespace = Some("a-b".into());
         let mut b = object("x");
         b.metadata.namespace = Some("a".into());
-        assert!(key_of(&a) < key_of(&b));
+        assert!(a.storage_key() < b.storage_key());
+        let (a, b) = (
+            serde_json::json!({"metadata": {"namespace": "a-b", "name": "x"}}),
+            serde_json::json!({"metadata": {"namespace": "a", "name": "x"}}),
+        );
+        assert!(a.storage_key() < b.storage_key());
+        assert_eq!(serde_json::json!({"metadata": {"name": "n"}}).storage_key(), "n");
     }
 
     #[test]
@@ -555,7 +636,7 @@ mod tests {
             .unwrap_or_else(|| panic!("nodes"));
         let request = ListRequest::new(nodes).in_namespace("shop");
         let stream = paginate(request, |_| async { panic!("no request may be sent") });
-        let events = block_on(stream.collect::<Vec<_>>());
+        let events: Vec<Result<ListEvent, ListError>> = block_on(stream.collect());
         assert!(
             matches!(events.as_slice(), [Err(ListError::NotNamespaced { what })] if what == "nodes in namespace shop")
         );

@@ -78,7 +78,12 @@ use write::ArchiveTask;
 /// A [`BackupError`] naming the input at fault and what to do; see its variants. Whatever the
 /// error, no file exists under the archive's final name afterwards.
 pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<BackupReport, BackupError> {
+    let started = std::time::Instant::now();
     let prepared = prepare(client, request).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis(),
+        "discovery and checks done"
+    );
     request::check_output_dir(&request.output_dir)?;
     let created_at = created_at(request);
     let path = request.path_at(created_at);
@@ -99,6 +104,11 @@ pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<Backu
         },
         list_resource_versions: open.resource_versions.clone(),
     };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis(),
+        lists = open.lists.len(),
+        "lists opened"
+    );
     let task = ArchiveTask::start(&path, facts, request.archive.clone()).await?;
     let collected = match drain(client, &prepared, open, request, task.sender()).await {
         Ok(collected) => collected,
@@ -108,8 +118,10 @@ pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<Backu
         }
         Err(DrainError::SinkClosed) => return Err(task.failure().await),
     };
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "everything read");
     emit(request, BackupProgress::Writing);
     let written = task.commit().await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "archive written");
     tracing::info!(path = %written.path.display(), objects = written.objects,
         bytes = written.compressed_bytes, "archive written");
     Ok(BackupReport {

@@ -364,6 +364,9 @@ pub struct RawArchive {
     pub no_locator: bool,
     /// zstd level for frames (1 for speed on big hostile frames).
     pub level: i32,
+    /// Writes frame B as two frames: the manifest, then the index and trailer (spec §4.1 allows
+    /// several).
+    pub split_frame_b: bool,
 }
 
 impl RawArchive {
@@ -391,6 +394,7 @@ impl RawArchive {
             wrong_locator_digest: false,
             no_locator: false,
             level: 3,
+            split_frame_b: false,
         }
     }
 
@@ -451,11 +455,16 @@ impl RawArchive {
         if let Some(tamper) = self.tamper_index {
             tamper(&mut index);
         }
-        let mut tar_b = Vec::new();
-        tar_b.extend(RawEntry::file("kpromote/manifest.json", &manifest_bytes).tar_bytes(false));
-        tar_b.extend(RawEntry::file("kpromote/index.jsonl", &index).tar_bytes(false));
-        tar_b.extend([0u8; 1024]);
-        let frame_b = self.compress(&tar_b);
+        let manifest_tar = RawEntry::file("kpromote/manifest.json", &manifest_bytes).tar_bytes(false);
+        let mut rest_tar = RawEntry::file("kpromote/index.jsonl", &index).tar_bytes(false);
+        rest_tar.extend([0u8; 1024]);
+        let frame_b = if self.split_frame_b {
+            let mut b = self.compress(&manifest_tar);
+            b.extend(self.compress(&rest_tar));
+            b
+        } else {
+            self.compress(&[manifest_tar, rest_tar].concat())
+        };
         let frame_b_offset = file.len() as u64;
         let frame_b_len = frame_b.len() as u64;
         file.extend(frame_b);

@@ -21,8 +21,9 @@
 //!
 //! # Who calls what
 //!
-//! - The backup writes with [`ArchiveWriter`]: [`ArchiveWriter::create`], [`ArchiveWriter::add`]
-//!   per object (any order), [`ArchiveWriter::finish`].
+//! - The backup writes with [`ArchiveWriter`]: [`ArchiveWriter::create`], then per object (any
+//!   order) [`ArchiveWriter::add`] (identity given, body checked against it) or
+//!   [`ArchiveWriter::add_json`] (identity read from the body), then [`ArchiveWriter::finish`].
 //! - Restore and rollback read with [`ArchiveReader`]: [`ArchiveReader::open`] (cheap),
 //!   [`ArchiveReader::records`] to plan, [`ArchiveReader::objects`] or
 //!   [`ArchiveReader::objects_of`] to stream verified objects, [`ArchiveReader::get`] for one.

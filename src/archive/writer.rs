@@ -222,8 +222,9 @@ pub struct WrittenArchive {
 /// Writes one archive. See the [module docs](super) for the format and guarantees.
 ///
 /// # Guarantees
-/// - Memory stays bounded by [`WriterOptions::sort_memory`] plus a few frames, whatever the
-///   object count.
+/// - Memory stays bounded by [`WriterOptions::sort_memory`], 4 MiB of objects queued for the
+///   prepare thread and a few frames in flight, whatever the object count (about 55 MiB peak
+///   with the defaults; see `benches/RESULTS.md`).
 /// - The same objects and facts, added in any order, give a byte-identical file (for the same
 ///   options and compression library version).
 /// - Nothing exists under the final name until [`ArchiveWriter::finish`] succeeds; an error,

@@ -508,7 +508,9 @@ fn add_json_equals_add() {
     let b = dir.path().join("b.tar.zst");
     let mut writer = ArchiveWriter::create(&b, facts(), WriterOptions::zstd()).unwrap();
     for o in nginx_objects() {
-        writer.add_json(&o.resource, &o.group, o.inclusion, o.json).unwrap();
+        writer
+            .add_json(&o.resource, &o.group, o.inclusion, o.json)
+            .unwrap();
     }
     writer.finish().unwrap();
     assert_eq!(std::fs::read(a).unwrap(), std::fs::read(&b).unwrap());

@@ -77,8 +77,9 @@ pub use manifest::{
     PolicyFacts, SourceCluster, Summary, Tally, ToolInfo,
 };
 pub use reader::{
-    ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records,
-    VerifyReport, verify_stream,
+    ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records, VerifyReport,
+    verify_stream,
 };
 pub use writer::{
     ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,

@@ -181,19 +181,31 @@ impl NewObject {
     ) -> Result<Self> {
         let resource = resource.into();
         let group = group.into();
-        let invalid = |reason: String| ArchiveError::InvalidObject {
-            entry: format!("{}/?", layout::group_resource(&resource, &group)),
+        let gr = layout::group_resource(&resource, &group);
+        let head = super::manifest::parse_head(&json).map_err(|reason| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
             reason,
+        })?;
+        let meta = head.metadata.ok_or_else(|| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
+            reason: "no metadata".to_owned(),
+        })?;
+        let namespace = meta.namespace.filter(|ns| !ns.is_empty());
+        // Name the object as well as the body allows: `<gr>/<ns>/<name>` or `<gr>/?`.
+        let label = match (&namespace, &meta.name) {
+            (Some(ns), Some(name)) => format!("{gr}/{ns}/{name}"),
+            (None, Some(name)) => format!("{gr}/{name}"),
+            _ => format!("{gr}/?"),
         };
-        let head = super::manifest::parse_head(&json).map_err(&invalid)?;
-        let meta = head.metadata.ok_or_else(|| invalid("no metadata".to_owned()))?;
+        let invalid = |reason: &str| ArchiveError::InvalidObject {
+            entry: label.clone(),
+            reason: reason.to_owned(),
+        };
         Ok(NewObject {
-            api_version: head
-                .api_version
-                .ok_or_else(|| invalid("no apiVersion".to_owned()))?,
-            kind: head.kind.ok_or_else(|| invalid("no kind".to_owned()))?,
-            name: meta.name.ok_or_else(|| invalid("no metadata.name".to_owned()))?,
-            namespace: meta.namespace.filter(|ns| !ns.is_empty()),
+            api_version: head.api_version.ok_or_else(|| invalid("no apiVersion"))?,
+            kind: head.kind.ok_or_else(|| invalid("no kind"))?,
+            name: meta.name.clone().ok_or_else(|| invalid("no metadata.name"))?,
+            namespace,
             uid: meta.uid,
             owner_references: meta.owner_references,
             resource,

@@ -181,19 +181,31 @@ impl NewObject {
     ) -> Result<Self> {
         let resource = resource.into();
         let group = group.into();
-        let invalid = |reason: String| ArchiveError::InvalidObject {
-            entry: format!("{}/?", layout::group_resource(&resource, &group)),
+        let gr = layout::group_resource(&resource, &group);
+        let head = super::manifest::parse_head(&json).map_err(|reason| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
             reason,
+        })?;
+        let meta = head.metadata.ok_or_else(|| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
+            reason: "no metadata".to_owned(),
+        })?;
+        let namespace = meta.namespace.filter(|ns| !ns.is_empty());
+        // Name the object as well as the body allows: `<gr>/<ns>/<name>` or `<gr>/?`.
+        let label = match (&namespace, &meta.name) {
+            (Some(ns), Some(name)) => format!("{gr}/{ns}/{name}"),
+            (None, Some(name)) => format!("{gr}/{name}"),
+            _ => format!("{gr}/?"),
         };
-        let head = super::manifest::parse_head(&json).map_err(&invalid)?;
-        let meta = head.metadata.ok_or_else(|| invalid("no metadata".to_owned()))?;
+        let invalid = |reason: &str| ArchiveError::InvalidObject {
+            entry: label.clone(),
+            reason: reason.to_owned(),
+        };
         Ok(NewObject {
-            api_version: head
-                .api_version
-                .ok_or_else(|| invalid("no apiVersion".to_owned()))?,
-            kind: head.kind.ok_or_else(|| invalid("no kind".to_owned()))?,
-            name: meta.name.ok_or_else(|| invalid("no metadata.name".to_owned()))?,
-            namespace: meta.namespace.filter(|ns| !ns.is_empty()),
+            api_version: head.api_version.ok_or_else(|| invalid("no apiVersion"))?,
+            kind: head.kind.ok_or_else(|| invalid("no kind"))?,
+            name: meta.name.clone().ok_or_else(|| invalid("no metadata.name"))?,
+            namespace,
             uid: meta.uid,
             owner_references: meta.owner_references,
             resource,
@@ -222,8 +234,9 @@ pub struct WrittenArchive {
 /// Writes one archive. See the [module docs](super) for the format and guarantees.
 ///
 /// # Guarantees
-/// - Memory stays bounded by [`WriterOptions::sort_memory`] plus a few frames, whatever the
-///   object count.
+/// - Memory stays bounded by [`WriterOptions::sort_memory`], 4 MiB of objects queued for the
+///   prepare thread and a few frames in flight, whatever the object count (about 55 MiB peak
+///   with the defaults; see `benches/RESULTS.md`).
 /// - The same objects and facts, added in any order, give a byte-identical file (for the same
 ///   options and compression library version).
 /// - Nothing exists under the final name until [`ArchiveWriter::finish`] succeeds; an error,

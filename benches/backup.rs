@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Backup throughput and memory against a real local cluster.
 //!
 //! ```sh

@@ -3,7 +3,7 @@
 //! A namespace of `KPROMOTE_BENCH_DEPLOYMENTS` Deployments (default 100) with
 //! `KPROMOTE_BENCH_REPLICAS` pods each (default 10) is promoted and rolled back; the restore
 //! step's objects per second at the default concurrency is compared with restoring the same
-//! objects one at a time (concurrency 1, no settle pause), in the same run on the same clusters.
+//! objects one at a time (concurrency 1, same settle pauses), in the same run on the same clusters.
 //! Figures are printed as a Markdown table for `benches/RESULTS.md`.
 
 use std::collections::BTreeMap;
@@ -23,7 +23,6 @@ use kube::{Api, Client};
 use serde_json::json;
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -136,7 +135,7 @@ fn main() {
         let mut rows = BTreeMap::new();
         for (label, opts) in [
             ("concurrency 16 (default)", EngineOptions::default()),
-            ("one at a time", EngineOptions { concurrency: 1, settle: Duration::ZERO, ..EngineOptions::default() }),
+            ("one at a time", EngineOptions { concurrency: 1, ..EngineOptions::default() }),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = support::archiving::archive(&member_client, &["bench"], &[], dir.path()).await;

@@ -2,9 +2,16 @@
 //! beside the archive, so a run killed at any moment resumes and finishes with the same result.
 //!
 //! Each step is written as `begun` before it acts and `done` (with what it produced, e.g. the
-//! UID of a created object) after; every write is fsynced. On resume, `done` steps are skipped
-//! and `begun`-only steps are redone — so every step must be idempotent, which the engine
-//! guarantees by checking live state before acting. A torn last line (a crash in mid-write) is
+//! UID of a created object) after. On resume, `done` steps are skipped and `begun`-only steps are
+//! redone — so every step must be idempotent, which the engine guarantees by checking live state
+//! before acting.
+//!
+//! # Durability
+//! Every record reaches the operating system before the step acts (one `write`), so a killed
+//! process loses nothing. Records are fsynced by [`Journal::sync`], which the engine calls at
+//! every level boundary (group commit): fsyncing each record under the journal's lock made
+//! concurrent steps wait on each other's disk flushes. A machine crash can lose the records of
+//! the level in flight; resume redoes those steps, and they are idempotent. A torn last line (a crash in mid-write) is
 //! ignored; damage anywhere else is an error, because guessing would risk the user's namespaces.
 //!
 //! # Crash injection
@@ -167,6 +174,7 @@ impl Journal {
                 state: State::Done,
                 data: Value::Null,
             })?;
+            journal.sync()?;
         }
         Ok(journal)
     }
@@ -197,7 +205,18 @@ impl Journal {
             .map(|(_, r)| r)
     }
 
-    /// Durably records that `step` on `key` is about to act.
+    /// Flushes every record written so far to disk.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Records that `step` on `key` is about to act.
     ///
     /// # Errors
     /// I/O errors; the caller must not act when this fails.
@@ -210,7 +229,7 @@ impl Journal {
         })
     }
 
-    /// Durably records that `step` on `key` has taken effect, with what it produced.
+    /// Records that `step` on `key` has taken effect, with what it produced.
     ///
     /// # Errors
     /// I/O errors.
@@ -231,7 +250,6 @@ impl Journal {
         let mut line = serde_json::to_vec(&record).map_err(|e| io(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
         let count = self
             .counts
             .entry((record.step.clone(), record.state))

@@ -8,6 +8,7 @@
 //! - [`backup`]: reads namespaces and their cluster-scoped dependencies into an archive.
 //! - [`restore`]: the restore order and the per-object transforms, each with its reason.
 //! - [`policy`]: the `PromotePolicy` API users apply.
+//! - [`controller`]: the controller that drives `PromotePolicy` objects through their phases.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
@@ -18,6 +19,7 @@
 pub mod access;
 pub mod archive;
 pub mod backup;
+pub mod controller;
 pub mod engine;
 pub mod journal;
 pub mod kosmos;

@@ -107,6 +107,19 @@ impl Phase {
         )
     }
 
+    /// Phases that report a failure (`Failed*`).
+    #[must_use]
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Self::FailedPrecheck
+                | Self::FailedBackup
+                | Self::FailedDetach
+                | Self::FailedRestore
+                | Self::FailedRollback
+        )
+    }
+
     /// The name as written in `status.phase`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -158,7 +171,8 @@ pub struct PromotePolicyStatus {
     /// Items done and total of the running step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
-    /// Standard conditions: `Ready` (promotion complete) and `RolledBack`.
+    /// Standard conditions: `Ready` (promotion complete) and `RolledBack` (see
+    /// [`CONDITION_READY`], [`CONDITION_ROLLED_BACK`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation this status describes.
@@ -166,11 +180,122 @@ pub struct PromotePolicyStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// Condition type: `True` once the promotion is complete and the namespaces are managed from
+/// the control plane (phase `Completed`); otherwise `False`, with the phase as its reason.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: `True` once a rollback has put the member back in its original state. While
+/// a rollback runs it is `False`; its reason always says why the rollback ran (a
+/// [`RollbackTrigger`]), or `NotRequested` before any rollback, or `RollbackFailed`.
+pub const CONDITION_ROLLED_BACK: &str = "RolledBack";
+/// Reason of the `RolledBack` condition before any rollback ran.
+pub const REASON_NOT_REQUESTED: &str = "NotRequested";
+/// Reason of the `RolledBack` condition when the last rollback failed.
+pub const REASON_ROLLBACK_FAILED: &str = "RollbackFailed";
+
+/// Why a rollback runs. It is the reason of the `RolledBack` condition while the phase is
+/// `RollingBack` (and after), so a controller restarted in the middle of a rollback knows which
+/// phase the rollback ends in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollbackTrigger {
+    /// The user set `rollback: "true"`; success is `RolledBack`.
+    Requested,
+    /// Detach failed after changing the member; success is `FailedDetach`.
+    DetachFailed,
+    /// Restore failed after detach; success is `FailedRestore`.
+    RestoreFailed,
+    /// The policy was deleted in the middle of a promotion; success is `RolledBack` (and the
+    /// policy goes away).
+    PolicyDeleted,
+}
+
+impl RollbackTrigger {
+    /// The condition reason naming this trigger.
+    #[must_use]
+    pub fn as_reason(self) -> &'static str {
+        match self {
+            Self::Requested => "RollbackRequested",
+            Self::DetachFailed => "DetachFailed",
+            Self::RestoreFailed => "RestoreFailed",
+            Self::PolicyDeleted => "PolicyDeleted",
+        }
+    }
+
+    /// The trigger a condition reason names, if any.
+    #[must_use]
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        [
+            Self::Requested,
+            Self::DetachFailed,
+            Self::RestoreFailed,
+            Self::PolicyDeleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_reason() == reason)
+    }
+
+    /// The phase a successful rollback of this trigger ends in: a failed promotion stays a
+    /// failure (its `failureReason` says it was rolled back), a requested one is `RolledBack`.
+    #[must_use]
+    pub fn phase_after(self) -> Phase {
+        match self {
+            Self::Requested | Self::PolicyDeleted => Phase::RolledBack,
+            Self::DetachFailed => Phase::FailedDetach,
+            Self::RestoreFailed => Phase::FailedRestore,
+        }
+    }
+}
+
+impl PromotePolicyStatus {
+    /// The condition of type `type_`, if set.
+    #[must_use]
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Sets condition `type_`. Its `lastTransitionTime` moves only when its status changes, as
+    /// the Kubernetes API conventions ask.
+    pub fn set_condition(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+        observed_generation: Option<i64>,
+        now: &Time,
+    ) {
+        let status = if status { "True" } else { "False" };
+        let last_transition_time = match self.condition(type_) {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        let condition = Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            observed_generation,
+            last_transition_time,
+        };
+        match self.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(existing) => *existing = condition,
+            None => self.conditions.push(condition),
+        }
+    }
+
+    /// Why the current (or last) rollback ran, read from the `RolledBack` condition.
+    #[must_use]
+    pub fn rollback_trigger(&self) -> Option<RollbackTrigger> {
+        self.condition(CONDITION_ROLLED_BACK)
+            .and_then(|c| RollbackTrigger::from_reason(&c.reason))
+    }
+}
+
 /// Progress of the running step.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
-    /// The step: `backup`, `detach`, `restore` or `rollback`.
+    /// The step: `backup` (lists read), `detach`, `mark`, `restore` (promote); `unmark`,
+    /// `recreate`, `teardown` (rollback).
     pub step: String,
     /// Items the step has finished.
     pub items_done: i64,

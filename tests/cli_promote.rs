@@ -5,13 +5,12 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
 use kube::Api;
-use support::{apps, wait_for};
+use support::apps;
 
 fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kpromote"))
@@ -163,17 +162,5 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
         apps::snapshot(&member_client, "nginx-test").await.pods,
         before.pods
     );
-    wait_for(
-        "nginx-test gone from the control plane",
-        Duration::from_secs(60),
-        || async {
-            Api::<Namespace>::all(cp_client.clone())
-                .get_opt("nginx-test")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    support::wait_namespace_gone(&cp_client, "nginx-test").await;
 }

@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
 use kube::Api;
-use support::{apps, archiving, wait_for};
+use support::{apps, archiving};
 
 /// (promote failpoint, rollback failpoint): each pair is one promote+rollback cycle.
 const CYCLES: &[(&str, &str)] = &[
@@ -147,18 +146,6 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
                 .unwrap()
                 .is_some()
         );
-        wait_for(
-            "the control plane to hold nothing of nginx-test",
-            Duration::from_secs(60),
-            || async {
-                Api::<Namespace>::all(cp_client.clone())
-                    .get_opt("nginx-test")
-                    .await
-                    .unwrap()
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await;
+        support::wait_namespace_gone(&cp_client, "nginx-test").await;
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kpromote::engine::{EngineOptions, Inventory, LiveCluster, promote::promote, rollback::rollback};
 use kpromote::journal::Journal;
 use kpromote::testenv::{FakeKubelet, TestEnv, register_virtual_node};
@@ -185,19 +185,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
         member_rs.items[0].metadata.owner_references.as_ref().unwrap()[0].uid,
         deploy.metadata.uid.unwrap()
     );
-    wait_for(
-        "the control plane to hold nothing of nginx-test",
-        Duration::from_secs(60),
-        || async {
-            Api::<Namespace>::all(cp_client.clone())
-                .get_opt("nginx-test")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    support::wait_namespace_gone(&cp_client, "nginx-test").await;
 }
 
 #[tokio::test]
@@ -400,19 +388,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     );
 
     // The control plane holds nothing of the namespace; what existed before is still there.
-    wait_for(
-        "the control plane to hold nothing of shop",
-        Duration::from_secs(90),
-        || async {
-            Api::<Namespace>::all(cp_client.clone())
-                .get_opt("shop")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    support::wait_namespace_gone(&cp_client, "shop").await;
     let role = Api::<ClusterRole>::all(cp_client.clone())
         .get("kpromote-test-shared-reader")
         .await

@@ -25,10 +25,9 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// Largest zstd window a reader accepts, as a power of two (8 MiB): level 19 needs 2^23. Caps
 /// decoder memory against hostile frames (spec §11).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
-/// Default zstd worker threads. One worker runs compression beside the thread that sorts, hashes
-/// and frames the entries, like `zstd -T1`. Output does not depend on the worker count once
-/// workers are on (zstd's multithreaded mode is deterministic), so the writer never uses
-/// zstd's single-threaded mode.
+/// Default compression threads. One thread compresses frames beside the thread that sorts,
+/// hashes and frames the entries, like `zstd -T1`. Each frame is compressed independently in
+/// single-threaded mode, so the output does not depend on the thread count (spec §12).
 pub const DEFAULT_ZSTD_WORKERS: u32 = 1;
 
 /// Read buffer of the decoders.
@@ -89,7 +88,7 @@ pub struct Compression {
     pub codec: Codec,
     /// Compression level: zstd 1..=19, gzip 0..=9.
     pub level: i32,
-    /// zstd worker threads (at least 1); ignored for gzip.
+    /// Compression threads for frame A (at least 1), both codecs. Does not change the output.
     pub workers: u32,
 }
 
@@ -128,9 +127,9 @@ impl Compression {
                 option: "level",
                 reason: format!("gzip level must be 0..=9, got {}", self.level),
             }),
-            Codec::Zstd if !(1..=64).contains(&self.workers) => Err(ArchiveError::InvalidOption {
+            _ if !(1..=64).contains(&self.workers) => Err(ArchiveError::InvalidOption {
                 option: "workers",
-                reason: format!("zstd workers must be 1..=64, got {}", self.workers),
+                reason: format!("compression threads must be 1..=64, got {}", self.workers),
             }),
             _ => Ok(()),
         }
@@ -162,9 +161,10 @@ impl<W: Write> FrameEncoder<W> {
     pub fn new(out: W, compression: &Compression) -> io::Result<Self> {
         match compression.codec {
             Codec::Zstd => {
+                // Single-threaded on purpose: the bytes must not depend on a thread count
+                // (spec §12).
                 let mut enc = zstd::stream::write::Encoder::new(out, compression.level)?;
                 enc.include_checksum(true)?;
-                enc.multithread(compression.workers.max(1))?;
                 Ok(FrameEncoder::Zstd(enc))
             }
             Codec::Gzip => {
@@ -280,7 +280,7 @@ pub enum FrameDecoder<R: BufRead> {
     /// A zstd frame.
     Zstd(zstd::stream::read::Decoder<'static, R>),
     /// A gzip member.
-    Gzip(flate2::bufread::GzDecoder<R>),
+    Gzip(Box<flate2::bufread::GzDecoder<R>>),
 }
 
 impl<R: BufRead> std::fmt::Debug for FrameDecoder<R> {
@@ -304,7 +304,9 @@ impl<R: BufRead> FrameDecoder<R> {
                 dec.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
                 Ok(FrameDecoder::Zstd(dec))
             }
-            Codec::Gzip => Ok(FrameDecoder::Gzip(flate2::bufread::GzDecoder::new(input))),
+            Codec::Gzip => Ok(FrameDecoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(
+                input,
+            )))),
         }
     }
 
@@ -336,19 +338,152 @@ pub trait FrameSource: Read {
     fn next_frame(&mut self) -> Result<bool>;
 }
 
+/// Decodes one zstd frame at a time, reusing one decompression context (and its window buffer)
+/// across frames instead of allocating a new one per frame.
+struct ZstdFrame {
+    dctx: zstd::zstd_safe::DCtx<'static>,
+    input: BufReader<Section>,
+    done: bool,
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, zstd::zstd_safe::get_error_name(code))
+}
+
+impl ZstdFrame {
+    fn new(section: Section) -> io::Result<Self> {
+        let mut dctx = zstd::zstd_safe::DCtx::create();
+        dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+            .map_err(zstd_error)?;
+        Ok(ZstdFrame {
+            dctx,
+            input: BufReader::with_capacity(READ_BUF, section),
+            done: false,
+        })
+    }
+
+    /// Starts the next frame in `section`. The previous input must have been fully consumed.
+    fn restart(&mut self, section: Section) -> io::Result<()> {
+        self.dctx
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(zstd_error)?;
+        *self.input.get_mut() = section;
+        self.done = false;
+        Ok(())
+    }
+}
+
+impl Read for ZstdFrame {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.done {
+            return Ok(0);
+        }
+        loop {
+            let input = self.input.fill_buf()?;
+            if input.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "incomplete zstd frame",
+                ));
+            }
+            let mut src = zstd::zstd_safe::InBuffer::around(input);
+            let mut dst = zstd::zstd_safe::OutBuffer::around(&mut *buf);
+            let hint = self
+                .dctx
+                .decompress_stream(&mut dst, &mut src)
+                .map_err(zstd_error)?;
+            let (consumed, produced) = (src.pos(), dst.pos());
+            self.input.consume(consumed);
+            if hint == 0 {
+                self.done = true;
+            }
+            if produced > 0 || self.done {
+                return Ok(produced);
+            }
+            if consumed == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "zstd decoder made no progress",
+                ));
+            }
+        }
+    }
+}
+
+/// The decoder of the frame being read by a [`FrameSeq`].
+enum SeqDecoder {
+    Zstd(ZstdFrame),
+    Gzip(Option<Box<flate2::bufread::GzDecoder<BufReader<Section>>>>),
+}
+
+impl SeqDecoder {
+    /// At the end of a frame: if more input follows in the same section, starts decoding it as
+    /// the next frame and returns `true`.
+    fn continue_in_section(&mut self) -> io::Result<bool> {
+        if self.input()?.fill_buf()?.is_empty() {
+            return Ok(false);
+        }
+        match self {
+            SeqDecoder::Zstd(z) => {
+                z.dctx
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(zstd_error)?;
+                z.done = false;
+            }
+            SeqDecoder::Gzip(slot) => {
+                if let Some(old) = slot.take() {
+                    *slot = Some(Box::new(flate2::bufread::GzDecoder::new(old.into_inner())));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn input(&mut self) -> io::Result<&mut BufReader<Section>> {
+        match self {
+            SeqDecoder::Zstd(z) => Ok(&mut z.input),
+            SeqDecoder::Gzip(slot) => slot
+                .as_mut()
+                .map(|g| g.get_mut())
+                .ok_or_else(|| io::Error::other("gzip decoder lost")),
+        }
+    }
+}
+
+impl Read for SeqDecoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SeqDecoder::Zstd(z) => z.read(buf),
+            SeqDecoder::Gzip(slot) => slot.as_mut().map_or(Ok(0), |g| g.read(buf)),
+        }
+    }
+}
+
 /// Sequential decoding of known frames (the frame table), each checked to fill its section.
-#[derive(Debug)]
 pub struct FrameSeq {
     codec: Codec,
     file: Arc<File>,
     /// (offset, length) of each frame still to read, in order.
     frames: std::vec::IntoIter<(u64, u64)>,
-    current: Option<(FrameDecoder<BufReader<Section>>, u64)>,
+    current: Option<(SeqDecoder, u64)>,
+    /// A zstd decoder kept between frames.
+    spare_zstd: Option<ZstdFrame>,
+    /// Whether a section may hold several frames back to back (frame B, spec §4.1).
+    concatenated: bool,
     /// Decoded bytes so far, against the total cap.
     decoded: u64,
     limit: u64,
     /// Name used in errors.
     what: &'static str,
+}
+
+impl std::fmt::Debug for FrameSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSeq")
+            .field("codec", &self.codec)
+            .field("decoded", &self.decoded)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameSeq {
@@ -365,10 +500,19 @@ impl FrameSeq {
             file,
             frames: frames.into_iter(),
             current: None,
+            spare_zstd: None,
+            concatenated: false,
             decoded: 0,
             limit,
             what,
         }
+    }
+
+    /// Lets each section hold several frames back to back, decoded as one stream.
+    #[must_use]
+    pub fn concatenated(mut self) -> Self {
+        self.concatenated = true;
+        self
     }
 
     /// Opens the first frame. Returns `false` when there are none.
@@ -385,13 +529,19 @@ impl FrameSeq {
             return Ok(false);
         };
         let section = Section::new(Arc::clone(&self.file), offset, len);
-        let decoder =
-            FrameDecoder::new(self.codec, BufReader::with_capacity(READ_BUF, section)).map_err(|e| {
-                ArchiveError::Decompress {
-                    entry: self.what.to_owned(),
-                    source: e,
-                }
-            })?;
+        let decoder = match self.codec {
+            Codec::Zstd => match self.spare_zstd.take() {
+                Some(mut z) => z.restart(section).map(|()| SeqDecoder::Zstd(z)),
+                None => ZstdFrame::new(section).map(SeqDecoder::Zstd),
+            },
+            Codec::Gzip => Ok(SeqDecoder::Gzip(Some(Box::new(flate2::bufread::GzDecoder::new(
+                BufReader::with_capacity(READ_BUF, section),
+            ))))),
+        }
+        .map_err(|e| ArchiveError::Decompress {
+            entry: self.what.to_owned(),
+            error: e,
+        })?;
         self.current = Some((decoder, offset));
         Ok(true)
     }
@@ -399,10 +549,24 @@ impl FrameSeq {
 
 impl Read for FrameSeq {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some((decoder, _)) = self.current.as_mut() else {
+        let Some((decoder, offset)) = self.current.as_mut() else {
             return Ok(0);
         };
-        let n = decoder.read(buf)?;
+        let mut n = match decoder.read(buf) {
+            Ok(n) => n,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("frame at offset {offset}: {e}"))),
+        };
+        while n == 0 && self.concatenated && !buf.is_empty() && decoder.continue_in_section()? {
+            n = match decoder.read(buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("frame in section at {offset}: {e}"),
+                    ));
+                }
+            };
+        }
         self.decoded += n as u64;
         if self.decoded > self.limit {
             return Err(io::Error::other(TotalLimit(self.limit)));
@@ -413,22 +577,103 @@ impl Read for FrameSeq {
 
 impl FrameSource for FrameSeq {
     fn next_frame(&mut self) -> Result<bool> {
-        if let Some((decoder, offset)) = self.current.take() {
-            let mut rest = decoder.into_inner();
-            let trailing = rest
-                .fill_buf()
+        if let Some((mut decoder, offset)) = self.current.take() {
+            let trailing = decoder
+                .input()
+                .and_then(|input| input.fill_buf())
                 .map_err(|e| ArchiveError::io(format!("{} at offset {offset}", self.what), e))?;
             if !trailing.is_empty() {
                 return Err(ArchiveError::Decompress {
                     entry: self.what.to_owned(),
-                    source: io::Error::new(
+                    error: io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("frame at offset {offset} ends before its recorded length"),
+                        format!(
+                            "frame at offset {offset} is followed by other data inside its recorded length"
+                        ),
                     ),
                 });
             }
+            if let SeqDecoder::Zstd(z) = decoder {
+                self.spare_zstd = Some(z);
+            }
         }
         self.open_next()
+    }
+}
+
+/// A buffered reader that can look ahead a given number of bytes, however short the reads of
+/// the underlying reader are (a pipe may return one byte at a time).
+#[derive(Debug)]
+pub struct PeekBuf<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<R: Read> PeekBuf<R> {
+    /// Wraps `inner` with a buffer of `capacity` bytes.
+    pub fn new(inner: R, capacity: usize) -> Self {
+        PeekBuf {
+            inner,
+            buf: vec![0u8; capacity.max(64)],
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Returns at least `n` buffered bytes, or fewer only at the end of the input.
+    ///
+    /// # Errors
+    /// The underlying reader's errors.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.end - self.pos < n {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            while self.end < n {
+                match self.inner.read(&mut self.buf[self.end..]) {
+                    Ok(0) => break,
+                    Ok(got) => self.end += got,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+}
+
+impl<R: Read> Read for PeekBuf<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for PeekBuf<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = loop {
+                match self.inner.read(&mut self.buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.end);
     }
 }
 
@@ -451,6 +696,16 @@ impl<R> CountingBufRead<R> {
     }
 }
 
+impl<R: Read> CountingBufRead<PeekBuf<R>> {
+    /// Looks ahead `n` bytes without consuming them.
+    ///
+    /// # Errors
+    /// The underlying reader's errors.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        self.inner.peek(n)
+    }
+}
+
 impl<R: BufRead> Read for CountingBufRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -470,14 +725,26 @@ impl<R: BufRead> BufRead for CountingBufRead<R> {
     }
 }
 
+/// The raw input of a [`ConcatFrames`], positioned after the last data frame when it ends.
+pub type StreamInput<R> = CountingBufRead<PeekBuf<R>>;
+
+/// What is left when a [`ConcatFrames`] is finished.
+#[derive(Debug)]
+pub struct StreamEnd<R> {
+    /// The input after the last data frame (the locator, if any).
+    pub rest: StreamInput<R>,
+    /// Compressed (offset, length) of every data frame.
+    pub frames: Vec<(u64, u64)>,
+}
+
 /// Decodes consecutive data frames of a stream whose frame table is unknown (a pipe, or a file
 /// whose locator is missing), recording where each frame starts and ends. It stops before
 /// anything that is not a data frame (the locator), leaving it for the caller.
 #[derive(Debug)]
-pub struct ConcatFrames<R: BufRead> {
+pub struct ConcatFrames<R: Read> {
     codec: Codec,
-    input: Option<CountingBufRead<R>>,
-    current: Option<FrameDecoder<CountingBufRead<R>>>,
+    input: Option<CountingBufRead<PeekBuf<R>>>,
+    current: Option<FrameDecoder<CountingBufRead<PeekBuf<R>>>>,
     /// Compressed (offset, length) of every completed frame.
     pub frames: Vec<(u64, u64)>,
     current_start: u64,
@@ -485,12 +752,12 @@ pub struct ConcatFrames<R: BufRead> {
     limit: u64,
 }
 
-impl<R: BufRead> ConcatFrames<R> {
+impl<R: Read> ConcatFrames<R> {
     /// Decodes `input`, which starts with a frame of `codec`.
     pub fn new(codec: Codec, input: R, limit: u64) -> Self {
         ConcatFrames {
             codec,
-            input: Some(CountingBufRead::new(input)),
+            input: Some(CountingBufRead::new(PeekBuf::new(input, READ_BUF))),
             current: None,
             frames: Vec::new(),
             current_start: 0,
@@ -509,12 +776,15 @@ impl<R: BufRead> ConcatFrames<R> {
     ///
     /// # Errors
     /// The frame is not complete.
-    pub fn finish(mut self) -> Result<(CountingBufRead<R>, Vec<(u64, u64)>)> {
+    pub fn finish(mut self) -> Result<StreamEnd<R>> {
         self.close_current()?;
         let input = self.input.take().ok_or_else(|| ArchiveError::Truncated {
             entry: location::FRAME_B.to_owned(),
         })?;
-        Ok((input, self.frames))
+        Ok(StreamEnd {
+            rest: input,
+            frames: std::mem::take(&mut self.frames),
+        })
     }
 
     fn close_current(&mut self) -> Result<()> {
@@ -532,7 +802,7 @@ impl<R: BufRead> ConcatFrames<R> {
         let Some(mut input) = self.input.take() else {
             return Ok(false);
         };
-        let head = input.fill_buf()?;
+        let head = input.peek(16)?;
         let is_data = match self.codec {
             Codec::Zstd => head.starts_with(&ZSTD_MAGIC),
             Codec::Gzip => head.starts_with(&GZIP_MAGIC) && !super::locator::is_gzip_locator_start(head),
@@ -547,7 +817,7 @@ impl<R: BufRead> ConcatFrames<R> {
     }
 }
 
-impl<R: BufRead> Read for ConcatFrames<R> {
+impl<R: Read> Read for ConcatFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -573,7 +843,8 @@ impl<R: BufRead> Read for ConcatFrames<R> {
 
 /// One message from a decoding thread.
 enum Chunk {
-    Data(Vec<u8>),
+    /// A buffer of which the first `len` bytes are data.
+    Data(Vec<u8>, usize),
     FrameEnd,
     Failed(io::Error),
 }
@@ -586,6 +857,7 @@ pub struct Pumped {
     rx: Receiver<Chunk>,
     recycle: SyncSender<Vec<u8>>,
     current: Vec<u8>,
+    len: usize,
     pos: usize,
     at_frame_end: bool,
     done: bool,
@@ -599,7 +871,7 @@ pub const PUMP_DEPTH: usize = 4;
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Chunk::Data(d) => write!(f, "Data({})", d.len()),
+            Chunk::Data(_, len) => write!(f, "Data({len})"),
             Chunk::FrameEnd => f.write_str("FrameEnd"),
             Chunk::Failed(e) => write!(f, "Failed({e})"),
         }
@@ -613,8 +885,8 @@ impl Pumped {
         let (recycle, spare) = sync_channel::<Vec<u8>>(PUMP_DEPTH + 2);
         std::thread::spawn(move || {
             loop {
-                let mut buf = spare.try_recv().unwrap_or_default();
-                buf.resize(PUMP_CHUNK, 0);
+                // `vec!` of zeros is a calloc; buffers come back through `spare` full-length.
+                let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PUMP_CHUNK]);
                 let mut filled = 0;
                 let mut frame_end = false;
                 while filled < PUMP_CHUNK {
@@ -626,8 +898,7 @@ impl Pumped {
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            buf.truncate(filled);
-                            if filled > 0 && tx.send(Chunk::Data(buf)).is_err() {
+                            if filled > 0 && tx.send(Chunk::Data(buf, filled)).is_err() {
                                 return;
                             }
                             let _ = tx.send(Chunk::Failed(e));
@@ -635,8 +906,7 @@ impl Pumped {
                         }
                     }
                 }
-                buf.truncate(filled);
-                if filled > 0 && tx.send(Chunk::Data(buf)).is_err() {
+                if filled > 0 && tx.send(Chunk::Data(buf, filled)).is_err() {
                     return;
                 }
                 if frame_end {
@@ -657,6 +927,7 @@ impl Pumped {
             rx,
             recycle,
             current: Vec::new(),
+            len: 0,
             pos: 0,
             at_frame_end: false,
             done: false,
@@ -667,8 +938,8 @@ impl Pumped {
 impl Read for Pumped {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
+            if self.pos < self.len {
+                let n = buf.len().min(self.len - self.pos);
                 buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
                 self.pos += n;
                 return Ok(n);
@@ -677,9 +948,12 @@ impl Read for Pumped {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Chunk::Data(data)) => {
+                Ok(Chunk::Data(data, len)) => {
                     let old = std::mem::replace(&mut self.current, data);
-                    let _ = self.recycle.try_send(old);
+                    if old.len() == PUMP_CHUNK {
+                        let _ = self.recycle.try_send(old);
+                    }
+                    self.len = len;
                     self.pos = 0;
                 }
                 Ok(Chunk::FrameEnd) => self.at_frame_end = true,
@@ -715,8 +989,12 @@ impl FrameSource for Pumped {
         // The thread sends FrameEnd after checking the frame; it ends the channel when no frame
         // follows. Peek by receiving the next message.
         match self.rx.recv() {
-            Ok(Chunk::Data(data)) => {
-                self.current = data;
+            Ok(Chunk::Data(data, len)) => {
+                let old = std::mem::replace(&mut self.current, data);
+                if old.len() == PUMP_CHUNK {
+                    let _ = self.recycle.try_send(old);
+                }
+                self.len = len;
                 self.pos = 0;
                 Ok(true)
             }

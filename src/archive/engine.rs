@@ -27,6 +27,10 @@ pub(crate) fn source(
     pump: bool,
 ) -> Result<Source> {
     let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, limit, what);
+    if what == location::FRAME_B {
+        // Frame B may be written as several frames (spec §4.1); kpromote 1.0 writes one.
+        seq = seq.concatenated();
+    }
     seq.start()?;
     Ok(if pump {
         Box::new(Pumped::spawn(seq))
@@ -259,8 +263,26 @@ impl IndexSide {
     }
 
     /// Reads the whole index, checking everything; used to verify it before trusting records.
-    pub(crate) fn drain(mut self) -> Result<()> {
-        while self.next_line()?.is_some() {}
+    /// Hashes the index without parsing it: what a reader does before trusting any record.
+    /// The per-line checks, the record count and the trailer are checked by the pass that
+    /// then streams the records.
+    pub(crate) fn check_digest(mut self) -> Result<()> {
+        let mut hasher = Sha256::new();
+        loop {
+            let n = self.tar.read_some(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&self.buf[..n]);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != self.info.sha256 {
+            return Err(ArchiveError::DigestMismatch {
+                entry: INDEX_ENTRY.to_owned(),
+                expected: self.info.sha256.clone(),
+                actual,
+            });
+        }
         Ok(())
     }
 }
@@ -332,6 +354,7 @@ pub(crate) struct EntrySide {
     range: Range,
     keep_body: bool,
     finished: bool,
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for EntrySide {
@@ -362,6 +385,7 @@ impl EntrySide {
             range,
             keep_body,
             finished: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -447,13 +471,15 @@ impl EntrySide {
                 (Sha256::digest(&body).into(), Some(body))
             } else {
                 let mut hasher = Sha256::new();
-                let mut chunk = vec![0u8; 64 * 1024];
+                if self.scratch.is_empty() {
+                    self.scratch = vec![0u8; 64 * 1024];
+                }
                 loop {
-                    let n = self.tar.read_some(&mut chunk)?;
+                    let n = self.tar.read_some(&mut self.scratch)?;
                     if n == 0 {
                         break;
                     }
-                    hasher.update(&chunk[..n]);
+                    hasher.update(&self.scratch[..n]);
                 }
                 (hasher.finalize().into(), None)
             };
@@ -518,6 +544,9 @@ pub(crate) struct Join {
     index_done: bool,
     entries_done: bool,
     fused: bool,
+    /// An entry refused for itself (too large, not a regular file): its record, if any, is
+    /// dropped rather than reported again as missing.
+    refused: Option<String>,
 }
 
 impl Join {
@@ -531,6 +560,7 @@ impl Join {
             index_done: false,
             entries_done: false,
             fused: false,
+            refused: None,
         }
     }
 
@@ -541,10 +571,10 @@ impl Join {
             return None;
         }
         let out = self.step();
-        if let Some(Err(e)) = &out {
-            if !e.is_entry_local() {
-                self.fused = true;
-            }
+        if let Some(Err(e)) = &out
+            && !e.is_entry_local()
+        {
+            self.fused = true;
         }
         out
     }
@@ -569,13 +599,29 @@ impl Join {
                     }
                 }
             }
+            if let (Some(rec), Some(refused)) = (&self.rec, &self.refused) {
+                match rec.path().cmp(refused.as_str()) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        self.rec = None;
+                        self.refused = None;
+                        continue;
+                    }
+                    Ordering::Greater => self.refused = None,
+                }
+            }
             if self.ent.is_none() && !self.entries_done {
                 match self.entries.next_entry() {
                     Ok(Some(item)) => self.ent = Some(item),
                     Ok(None) => self.entries_done = true,
                     Err(e) => {
-                        if !e.is_entry_local() {
-                            self.entries_done = true;
+                        match &e {
+                            ArchiveError::EntryTooLarge { entry, .. }
+                            | ArchiveError::UnsupportedEntryType { entry, .. } => {
+                                self.refused = Some(entry.clone());
+                            }
+                            _ if !e.is_entry_local() => self.entries_done = true,
+                            _ => {}
                         }
                         return Some(Err(e));
                     }

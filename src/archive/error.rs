@@ -28,13 +28,12 @@ pub mod location {
 #[non_exhaustive]
 pub enum ArchiveError {
     /// Reading or writing a file failed: the archive, a temporary file or the target directory.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file concerned.
         path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: io::Error,
+        /// What the operating system said (part of the message, so not also a `source()`).
+        error: io::Error,
     },
     /// The writer refuses to replace an existing file.
     #[error("{}: already exists; archives are never overwritten, choose another name", path.display())]
@@ -90,13 +89,12 @@ pub enum ArchiveError {
         reason: String,
     },
     /// The compressed data could not be decompressed (corruption).
-    #[error("entry `{entry}`: decompression failed: {source}")]
+    #[error("entry `{entry}`: decompression failed: {error}")]
     Decompress {
         /// The entry being read, or the frame.
         entry: String,
-        /// The decoder's error.
-        #[source]
-        source: io::Error,
+        /// The decoder's error (part of the message, so not also a `source()`).
+        error: io::Error,
     },
     /// The stream ended in the middle of something.
     #[error("entry `{entry}`: archive is truncated")]
@@ -317,10 +315,10 @@ impl ArchiveError {
         )
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
         ArchiveError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -337,7 +335,7 @@ impl ArchiveError {
             } else {
                 ArchiveError::Decompress {
                     entry,
-                    source: io::Error::from(kind),
+                    error: io::Error::from(kind),
                 }
             };
         };
@@ -359,7 +357,7 @@ impl ArchiveError {
         } else {
             ArchiveError::Decompress {
                 entry,
-                source: io::Error::new(kind, inner),
+                error: io::Error::new(kind, inner),
             }
         }
     }

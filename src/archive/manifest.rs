@@ -409,7 +409,7 @@ pub(crate) enum ParsedLine {
     /// The `metadata/version` record.
     Version { size: u64, sha256: String },
     /// An object record.
-    Object(IndexRecord),
+    Object(Box<IndexRecord>),
 }
 
 impl ParsedLine {
@@ -493,7 +493,7 @@ pub(crate) fn parse_index_line(line: &[u8], line_no: u64) -> Result<ParsedLine> 
             "resource, group, namespace or name disagree with the path".to_owned()
         ));
     }
-    Ok(ParsedLine::Object(record))
+    Ok(ParsedLine::Object(Box::new(record)))
 }
 
 /// The identity fields of an object body: enough to check it against its record, and to build

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! frame A ─ one or more frames: metadata/version, then resources/... in bytewise path order
-//! frame B ─ one frame: kpromote/manifest.json, kpromote/index.jsonl, tar end-of-archive marker
+//! frame B ─ one frame (or more): kpromote/manifest.json, kpromote/index.jsonl, end-of-archive
 //! locator ─ zstd skippable frame / empty gzip member: offset+length of frame B, manifest SHA-256
 //! ```
 //!
@@ -21,8 +21,9 @@
 //!
 //! # Who calls what
 //!
-//! - The backup writes with [`ArchiveWriter`]: [`ArchiveWriter::create`], [`ArchiveWriter::add`]
-//!   per object (any order), [`ArchiveWriter::finish`].
+//! - The backup writes with [`ArchiveWriter`]: [`ArchiveWriter::create`], then per object (any
+//!   order) [`ArchiveWriter::add`] (identity given, body checked against it) or
+//!   [`ArchiveWriter::add_json`] (identity read from the body), then [`ArchiveWriter::finish`].
 //! - Restore and rollback read with [`ArchiveReader`]: [`ArchiveReader::open`] (cheap),
 //!   [`ArchiveReader::records`] to plan, [`ArchiveReader::objects`] or
 //!   [`ArchiveReader::objects_of`] to stream verified objects, [`ArchiveReader::get`] for one.
@@ -76,8 +77,9 @@ pub use manifest::{
     PolicyFacts, SourceCluster, Summary, Tally, ToolInfo,
 };
 pub use reader::{
-    ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records,
-    VerifyReport, verify_stream,
+    ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records, VerifyReport,
+    verify_stream,
 };
 pub use writer::{
     ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,

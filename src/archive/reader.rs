@@ -12,7 +12,7 @@ use super::tar_stream::{Dialects, Next, TarStream};
 use super::{DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +42,9 @@ pub struct ReaderOptions {
     pub max_problems: usize,
     /// Scratch directory for scans of unsorted or locator-less input; default: the system's.
     pub spill_dir: Option<PathBuf>,
+    /// Whether full reads decompress on a thread of their own: `None` decides by size (above
+    /// 4 MiB), `Some(_)` forces the choice.
+    pub decode_thread: Option<bool>,
 }
 
 impl Default for ReaderOptions {
@@ -53,6 +56,7 @@ impl Default for ReaderOptions {
             max_index_line: DEFAULT_MAX_INDEX_LINE,
             max_problems: DEFAULT_MAX_PROBLEMS,
             spill_dir: None,
+            decode_thread: None,
         }
     }
 }
@@ -69,6 +73,13 @@ impl ReaderOptions {
     #[must_use]
     pub fn max_total_bytes(mut self, bytes: u64) -> Self {
         self.max_total_bytes = bytes;
+        self
+    }
+
+    /// Forces (or forbids) decoding on a separate thread.
+    #[must_use]
+    pub fn decode_thread(mut self, on: bool) -> Self {
+        self.decode_thread = Some(on);
         self
     }
 
@@ -173,6 +184,19 @@ struct KpromoteState {
     index_verified: AtomicBool,
 }
 
+impl KpromoteState {
+    /// Whether decoding is worth a thread of its own: it overlaps decompression with hashing
+    /// and parsing, which pays off beyond a few MiB.
+    fn is_large(&self) -> bool {
+        let total: u64 =
+            self.manifest.frames.iter().map(|f| f.uncompressed).sum::<u64>() + self.manifest.index.size;
+        total > PUMP_THRESHOLD
+    }
+}
+
+/// Uncompressed size above which full reads decode on a separate thread.
+const PUMP_THRESHOLD: u64 = 4 << 20;
+
 #[derive(Debug)]
 enum Inner {
     Kpromote(Box<KpromoteState>),
@@ -254,7 +278,7 @@ impl ArchiveReader {
                 });
             }
             Tail::Absent => {
-                let input = BufReader::with_capacity(256 * 1024, Section::new(Arc::clone(&file), 0, len));
+                let input = Section::new(Arc::clone(&file), 0, len);
                 let outcome = scan::scan(codec, input, &options, Collect::Digests)?;
                 warnings.extend(outcome.warnings);
                 match outcome.kind {
@@ -425,12 +449,12 @@ impl ArchiveReader {
     /// at the first. Reads the whole archive once.
     #[must_use]
     pub fn verify(&self) -> VerifyReport {
-        let mut warnings = self.warnings.clone();
+        let warnings = self.warnings.clone();
         match &self.inner {
             Inner::Kpromote(state) => {
                 let mut problems = Problems::new(self.options.max_problems);
                 let mut checked = 0u64;
-                match self.join(state, Range::All, false, true) {
+                match self.join(state, Range::All, false, self.decode_thread(state)) {
                     Ok(mut join) => {
                         while let Some(item) = join.next_item() {
                             match item.and_then(check_version_line) {
@@ -440,9 +464,6 @@ impl ArchiveReader {
                         }
                     }
                     Err(e) => problems.push(e),
-                }
-                if !state.anchored {
-                    warnings.push("the manifest is not anchored by a locator".to_owned());
                 }
                 VerifyReport::from_problems(
                     ArchiveKind::Kpromote,
@@ -454,7 +475,7 @@ impl ArchiveReader {
                 )
             }
             Inner::Velero { .. } => {
-                let input = BufReader::with_capacity(256 * 1024, self.whole_file());
+                let input = self.whole_file();
                 match scan::scan(self.codec, input, &self.options, Collect::Digests) {
                     Ok(outcome) => VerifyReport::from_problems(
                         ArchiveKind::Velero,
@@ -481,6 +502,10 @@ impl ArchiveReader {
         }
     }
 
+    fn decode_thread(&self, state: &KpromoteState) -> bool {
+        self.options.decode_thread.unwrap_or_else(|| state.is_large())
+    }
+
     fn whole_file(&self) -> Section {
         let len = self.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
         Section::new(Arc::clone(&self.file), 0, len)
@@ -490,7 +515,7 @@ impl ArchiveReader {
         match &self.inner {
             Inner::Kpromote(state) => {
                 self.ensure_index_verified(state)?;
-                let pump = range == Range::All;
+                let pump = range == Range::All && self.decode_thread(state);
                 Ok(Objects(ObjectsInner::Join {
                     join: Box::new(self.join(state, range, keep_body, pump)?),
                     done: false,
@@ -509,7 +534,7 @@ impl ArchiveReader {
     }
 
     fn velero_objects(&self) -> Result<Sorted> {
-        let input = BufReader::with_capacity(256 * 1024, self.whole_file());
+        let input = self.whole_file();
         let outcome = scan::scan(self.codec, input, &self.options, Collect::Objects)?;
         if let Some(first) = outcome.problems.list.into_iter().next() {
             return Err(first);
@@ -527,7 +552,7 @@ impl ArchiveReader {
 
     fn ensure_index_verified(&self, state: &KpromoteState) -> Result<()> {
         if !state.index_verified.load(Ordering::Acquire) {
-            self.index_side(state, false)?.drain()?;
+            self.index_side(state, false)?.check_digest()?;
             state.index_verified.store(true, Ordering::Release);
         }
         Ok(())
@@ -584,13 +609,13 @@ impl ArchiveReader {
 
 /// Checks the `metadata/version` pair of the join: kpromote archives hold exactly `1.1.0\n`.
 fn check_version_line(matched: engine::Matched) -> Result<engine::Matched> {
-    if let ParsedLine::Version { sha256, .. } = &matched.line {
-        if *sha256 != hex::encode(Sha256::digest(VERSION_ENTRY_CONTENT)) {
-            return Err(ArchiveError::NotAnArchive {
-                entry: layout::VERSION_ENTRY.to_owned(),
-                reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
-            });
-        }
+    if let ParsedLine::Version { sha256, .. } = &matched.line
+        && *sha256 != hex::encode(Sha256::digest(VERSION_ENTRY_CONTENT))
+    {
+        return Err(ArchiveError::NotAnArchive {
+            entry: layout::VERSION_ENTRY.to_owned(),
+            reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
+        });
     }
     Ok(matched)
 }
@@ -702,13 +727,22 @@ fn open_located(
 /// # Errors
 /// The stream is unreadable (unknown codec, truncated, corrupt); problems with entries are in
 /// the report.
-pub fn verify_stream(input: impl Read, options: &ReaderOptions) -> Result<VerifyReport> {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let head = input.fill_buf().map_err(|e| ArchiveError::io("(stream)", e))?;
-    let codec = Codec::detect(head).ok_or_else(|| ArchiveError::UnknownCodec {
+pub fn verify_stream(mut input: impl Read, options: &ReaderOptions) -> Result<VerifyReport> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match input.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ArchiveError::io("(stream)", e)),
+        }
+    }
+    let codec = Codec::detect(&head[..got]).ok_or_else(|| ArchiveError::UnknownCodec {
         archive: PathBuf::from("(stream)"),
-        magic: hex::encode(&head[..head.len().min(4)]),
+        magic: hex::encode(&head[..got]),
     })?;
+    let input = std::io::Cursor::new(head[..got].to_vec()).chain(input);
     let outcome = scan::scan(codec, input, options, Collect::Digests)?;
     let (kind, anchored) = match outcome.kind {
         ScanKind::Kpromote { anchored, .. } => (ArchiveKind::Kpromote, anchored),
@@ -746,7 +780,7 @@ impl Iterator for Records {
                     return None;
                 }
                 match side.next_line() {
-                    Ok(Some(ParsedLine::Object(record))) => return Some(Ok(record)),
+                    Ok(Some(ParsedLine::Object(record))) => return Some(Ok(*record)),
                     Ok(Some(ParsedLine::Version { .. })) => {}
                     Ok(None) => {
                         *done = true;
@@ -796,7 +830,7 @@ impl Iterator for Objects {
                         body,
                     })) => {
                         return Some(Ok(ArchiveObject {
-                            record,
+                            record: *record,
                             json: body.unwrap_or_default(),
                         }));
                     }

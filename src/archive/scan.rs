@@ -100,7 +100,7 @@ pub(crate) struct ScanOutcome {
 /// # Errors
 /// Errors that make the stream unreadable (truncation, corruption, unknown version). Problems
 /// with single entries are collected in the outcome instead.
-pub(crate) fn scan<R: BufRead>(
+pub(crate) fn scan<R: Read>(
     codec: Codec,
     input: R,
     options: &ReaderOptions,
@@ -171,13 +171,13 @@ pub(crate) fn scan<R: BufRead>(
                 continue;
             }
         };
-        if let Some(p) = prev.as_deref() {
-            if path.as_str() < p {
-                strict.push(ArchiveError::OutOfOrder {
-                    entry: path.clone(),
-                    previous: p.to_owned(),
-                });
-            }
+        if let Some(p) = prev.as_deref()
+            && path.as_str() < p
+        {
+            strict.push(ArchiveError::OutOfOrder {
+                entry: path.clone(),
+                previous: p.to_owned(),
+            });
         }
         prev = Some(path.clone());
         let kind = match layout::parse_velero_path(&path) {
@@ -252,7 +252,13 @@ pub(crate) fn scan<R: BufRead>(
     }
 
     tar.expect_zero_tail(1)?;
-    let (mut rest, frames) = tar.into_inner().finish()?;
+    if tar.saw_pax() {
+        strict.push(ArchiveError::UnsupportedEntryType {
+            entry: location::FRAME_A.to_owned(),
+            kind: EntryType::PaxLocal.describe(),
+        });
+    }
+    let super::codec::StreamEnd { mut rest, frames } = tar.into_inner().finish()?;
     let mut tail = Vec::new();
     (&mut rest)
         .take(MAX_TAIL + 1)
@@ -312,15 +318,19 @@ pub(crate) fn scan<R: BufRead>(
     if kp.minor > FORMAT_MINOR {
         warnings.push(newer_minor_warning(kp.major, kp.minor));
     }
-    let frame_b = frames
-        .last()
-        .copied()
-        .filter(|(offset, _)| *offset == kp.frame_b_start)
+    // Frame B: from the frame where the manifest starts to the end of the last frame.
+    let first_b = frames
+        .iter()
+        .position(|(offset, _)| *offset == kp.frame_b_start)
         .ok_or_else(|| ArchiveError::InvalidManifest {
             entry: MANIFEST_ENTRY.to_owned(),
             reason: "the manifest does not start its own frame".to_owned(),
         })?;
-    let observed: Vec<(u64, u64)> = frames[..frames.len() - 1].to_vec();
+    let end_b = frames
+        .last()
+        .map_or(kp.frame_b_start, |(offset, len)| offset + len);
+    let frame_b = (kp.frame_b_start, end_b - kp.frame_b_start);
+    let observed: Vec<(u64, u64)> = frames[..first_b].to_vec();
     let recorded: Vec<(u64, u64)> = kp.manifest.frames.iter().map(|f| (f.offset, f.length)).collect();
     if observed != recorded {
         problems.push(ArchiveError::InvalidManifest {
@@ -675,6 +685,14 @@ fn join_spooled(
             Ordering::Equal => {
                 if let (Some(r), Some((path, size, sha))) = (rec.take(), ent.take()) {
                     let actual = hex::encode(sha);
+                    if let ParsedLine::Version { sha256, .. } = &r
+                        && *sha256 != hex::encode(Sha256::digest(layout::VERSION_ENTRY_CONTENT))
+                    {
+                        problems.push(ArchiveError::NotAnArchive {
+                            entry: layout::VERSION_ENTRY.to_owned(),
+                            reason: "content is not the Velero 1.1.0 layout marker".to_owned(),
+                        });
+                    }
                     if size != r.size() {
                         problems.push(ArchiveError::SizeMismatch {
                             entry: path,

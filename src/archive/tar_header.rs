@@ -272,20 +272,20 @@ fn field_bytes(field: &[u8]) -> &[u8] {
 /// Parses a numeric field: octal digits surrounded by spaces or NULs, or GNU base-256 (high bit
 /// of the first byte set) for large values.
 fn parse_number(field: &[u8]) -> Result<u64, String> {
-    if let Some(&first) = field.first() {
-        if first & 0x80 != 0 {
-            if first & 0x40 != 0 {
-                return Err("negative base-256 number".to_owned());
-            }
-            let mut value: u64 = u64::from(first & 0x3f);
-            for &b in &field[1..] {
-                value = value
-                    .checked_mul(256)
-                    .and_then(|v| v.checked_add(u64::from(b)))
-                    .ok_or("base-256 number overflows")?;
-            }
-            return Ok(value);
+    if let Some(&first) = field.first()
+        && first & 0x80 != 0
+    {
+        if first & 0x40 != 0 {
+            return Err("negative base-256 number".to_owned());
         }
+        let mut value: u64 = u64::from(first & 0x3f);
+        for &b in &field[1..] {
+            value = value
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or("base-256 number overflows")?;
+        }
+        return Ok(value);
     }
     let text = field
         .iter()

@@ -55,6 +55,8 @@ pub struct TarStream<R> {
     last: String,
     /// Bytes consumed from `inner`.
     consumed: u64,
+    /// Whether a PAX header was honoured (Velero dialect only).
+    saw_pax: bool,
 }
 
 impl<R: Read> TarStream<R> {
@@ -67,6 +69,7 @@ impl<R: Read> TarStream<R> {
             pad: 0,
             last: super::error::location::START.to_owned(),
             consumed: 0,
+            saw_pax: false,
         }
     }
 
@@ -83,6 +86,11 @@ impl<R: Read> TarStream<R> {
     /// Bytes consumed so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// Whether a PAX header was met (legal in Velero tarballs, not in kpromote archives).
+    pub fn saw_pax(&self) -> bool {
+        self.saw_pax
     }
 
     /// The display name of the last entry seen (for error context).
@@ -138,6 +146,7 @@ impl<R: Read> TarStream<R> {
                     }
                     let data = self.read_meta(header.size)?;
                     pax = tar_header::parse_pax(&data).map_err(|e| self.malformed(&e))?;
+                    self.saw_pax = true;
                 }
                 EntryType::PaxGlobal if self.dialects == Dialects::Velero => {
                     // Global headers carry defaults (times, charset) that do not matter here.
@@ -145,6 +154,7 @@ impl<R: Read> TarStream<R> {
                         return Err(self.malformed("PAX header too long"));
                     }
                     self.read_meta(header.size)?;
+                    self.saw_pax = true;
                 }
                 _ => {
                     let raw_path = pax.path.take().or(long_name.take()).unwrap_or(header.name);

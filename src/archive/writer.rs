@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Default memory for sorting before spilling a run: 16 MiB.
@@ -181,19 +181,31 @@ impl NewObject {
     ) -> Result<Self> {
         let resource = resource.into();
         let group = group.into();
-        let invalid = |reason: String| ArchiveError::InvalidObject {
-            entry: format!("{}/?", layout::group_resource(&resource, &group)),
+        let gr = layout::group_resource(&resource, &group);
+        let head = super::manifest::parse_head(&json).map_err(|reason| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
             reason,
+        })?;
+        let meta = head.metadata.ok_or_else(|| ArchiveError::InvalidObject {
+            entry: format!("{gr}/?"),
+            reason: "no metadata".to_owned(),
+        })?;
+        let namespace = meta.namespace.filter(|ns| !ns.is_empty());
+        // Name the object as well as the body allows: `<gr>/<ns>/<name>` or `<gr>/?`.
+        let label = match (&namespace, &meta.name) {
+            (Some(ns), Some(name)) => format!("{gr}/{ns}/{name}"),
+            (None, Some(name)) => format!("{gr}/{name}"),
+            _ => format!("{gr}/?"),
         };
-        let head = super::manifest::parse_head(&json).map_err(&invalid)?;
-        let meta = head.metadata.ok_or_else(|| invalid("no metadata".to_owned()))?;
+        let invalid = |reason: &str| ArchiveError::InvalidObject {
+            entry: label.clone(),
+            reason: reason.to_owned(),
+        };
         Ok(NewObject {
-            api_version: head
-                .api_version
-                .ok_or_else(|| invalid("no apiVersion".to_owned()))?,
-            kind: head.kind.ok_or_else(|| invalid("no kind".to_owned()))?,
-            name: meta.name.ok_or_else(|| invalid("no metadata.name".to_owned()))?,
-            namespace: meta.namespace.filter(|ns| !ns.is_empty()),
+            api_version: head.api_version.ok_or_else(|| invalid("no apiVersion"))?,
+            kind: head.kind.ok_or_else(|| invalid("no kind"))?,
+            name: meta.name.clone().ok_or_else(|| invalid("no metadata.name"))?,
+            namespace,
             uid: meta.uid,
             owner_references: meta.owner_references,
             resource,
@@ -222,8 +234,9 @@ pub struct WrittenArchive {
 /// Writes one archive. See the [module docs](super) for the format and guarantees.
 ///
 /// # Guarantees
-/// - Memory stays bounded by [`WriterOptions::sort_memory`] plus a few frames, whatever the
-///   object count.
+/// - Memory stays bounded by [`WriterOptions::sort_memory`], 4 MiB of objects queued for the
+///   prepare thread and a few frames in flight, whatever the object count (about 55 MiB peak
+///   with the defaults; see `benches/RESULTS.md`).
 /// - The same objects and facts, added in any order, give a byte-identical file (for the same
 ///   options and compression library version).
 /// - Nothing exists under the final name until [`ArchiveWriter::finish`] succeeds; an error,
@@ -235,8 +248,7 @@ pub struct ArchiveWriter {
     facts: ArchiveFacts,
     mtime: u64,
     options: WriterOptions,
-    sorter: ExternalSorter,
-    summary: Summary,
+    prepare: Prepare,
 }
 
 impl ArchiveWriter {
@@ -290,20 +302,23 @@ impl ArchiveWriter {
             temp,
             facts,
             mtime,
-            sorter: ExternalSorter::new(options.sort_memory, spill_dir),
+            prepare: Prepare::spawn(ExternalSorter::new(options.sort_memory, spill_dir)),
             options,
-            summary: Summary::default(),
         })
     }
 
     /// Adds one object. Objects may come in any order.
     ///
+    /// The identity and size are checked here; the JSON check, hashing and sorting run on a
+    /// second thread so the caller can go on fetching objects meanwhile.
+    ///
     /// # Errors
     /// [`ArchiveError::InvalidPath`] when the identity does not fit the layout;
-    /// [`ArchiveError::InvalidObject`] when the JSON is not an object or disagrees with the
-    /// identity given (apiVersion, kind, name, namespace, uid, ownerReferences);
-    /// [`ArchiveError::EntryTooLarge`]; [`ArchiveError::Io`] when spilling fails. Duplicates
-    /// are reported by [`ArchiveWriter::finish`].
+    /// [`ArchiveError::EntryTooLarge`]. [`ArchiveError::InvalidObject`] when the JSON is not an
+    /// object or disagrees with the identity given (apiVersion, kind, name, namespace, uid,
+    /// ownerReferences), and [`ArchiveError::Io`] when spilling fails, are reported by this call
+    /// or by a later `add` or `finish`, naming the object concerned. After an error the writer
+    /// is unusable. Duplicates are reported by [`ArchiveWriter::finish`].
     pub fn add(&mut self, object: NewObject) -> Result<()> {
         let key = ObjectKey::new(
             object.resource.clone(),
@@ -324,41 +339,58 @@ impl ArchiveWriter {
                 limit: self.options.max_entry_bytes,
             });
         }
-        check_body(&path, &object)?;
         if matches!(object.inclusion, Inclusion::Unknown) {
             return Err(ArchiveError::InvalidObject {
                 entry: path,
                 reason: "inclusion reason `Unknown` is for reading newer archives only".to_owned(),
             });
         }
-        let sha256 = hex::encode(Sha256::digest(&object.json));
-        let record = IndexRecord {
-            path: path.clone(),
-            api_version: object.api_version,
-            kind: object.kind,
-            resource: object.resource,
-            group: object.group,
-            namespace: object.namespace,
-            name: object.name,
-            uid: object.uid,
-            owner_references: object.owner_references,
-            inclusion: object.inclusion,
-            size,
-            sha256,
-        };
-        let line = serde_json::to_vec(&record).map_err(|e| ArchiveError::InvalidObject {
-            entry: path.clone(),
-            reason: e.to_string(),
-        })?;
-        self.summary.add(&key, size);
-        let spill_dir = self.sorter.spill_dir().to_path_buf();
-        self.sorter
-            .push(SortItem {
+        self.prepare.send(
+            Staged::Object {
+                key,
                 path,
-                line,
-                body: object.json,
-            })
-            .map_err(|e| ArchiveError::io(spill_dir, e))
+                object: Box::new(object),
+            },
+            &self.path,
+        )
+    }
+
+    /// Adds one object given only as JSON: apiVersion, kind, name, namespace, uid and
+    /// ownerReferences are read from the body (parsed once, on the prepare thread). The
+    /// equivalent of `add(NewObject::from_json(..)?)` without parsing the body twice.
+    ///
+    /// # Errors
+    /// [`ArchiveError::EntryTooLarge`] here; [`ArchiveError::InvalidObject`] (not a JSON object,
+    /// no `apiVersion`, `kind` or `metadata.name`) and [`ArchiveError::InvalidPath`] from this
+    /// call or a later `add` or `finish`, naming the object, as for [`ArchiveWriter::add`].
+    pub fn add_json(
+        &mut self,
+        resource: &str,
+        group: &str,
+        inclusion: Inclusion,
+        json: Vec<u8>,
+    ) -> Result<()> {
+        let size = json.len() as u64;
+        if size > self.options.max_entry_bytes {
+            return Err(ArchiveError::EntryTooLarge {
+                entry: format!("{}/?", layout::group_resource(resource, group)),
+                size,
+                limit: self.options.max_entry_bytes,
+            });
+        }
+        if matches!(inclusion, Inclusion::Unknown) {
+            return Err(ArchiveError::InvalidObject {
+                entry: format!("{}/?", layout::group_resource(resource, group)),
+                reason: "inclusion reason `Unknown` is for reading newer archives only".to_owned(),
+            });
+        }
+        let staged = Staged::Json {
+            resource: resource.to_owned(),
+            group: group.to_owned(),
+            inclusion,
+            json,
+        };
+        self.prepare.send(staged, &self.path)
     }
 
     /// Sorts, compresses and writes everything, then moves the file to its final name.
@@ -374,9 +406,9 @@ impl ArchiveWriter {
             facts,
             mtime,
             options,
-            sorter,
-            summary,
+            prepare,
         } = self;
+        let (sorter, summary) = prepare.finish(&path)?;
         let spill_dir = sorter.spill_dir().to_path_buf();
         let spill_err = |e: io::Error| ArchiveError::io(&spill_dir, e);
         let temp_path = temp.path().to_path_buf();
@@ -483,6 +515,236 @@ impl ArchiveWriter {
             manifest_sha256: hex::encode(manifest_digest),
         })
     }
+}
+
+/// An object whose identity passed the cheap checks, on its way to the prepare thread.
+#[derive(Debug)]
+enum Staged {
+    /// Identity given by the caller; the body is checked against it.
+    Object {
+        key: ObjectKey,
+        path: String,
+        object: Box<NewObject>,
+    },
+    /// Identity to be read from the body.
+    Json {
+        resource: String,
+        group: String,
+        inclusion: Inclusion,
+        json: Vec<u8>,
+    },
+}
+
+impl Staged {
+    fn len(&self) -> usize {
+        match self {
+            Staged::Object { object, .. } => object.json.len(),
+            Staged::Json { json, .. } => json.len(),
+        }
+    }
+}
+
+/// Most bytes of object JSON queued for the prepare thread: bounds the memory the queue adds.
+const STAGED_BYTES: usize = 4 << 20;
+/// Objects are handed to the prepare thread in batches of about this many bytes (or
+/// [`BATCH_OBJECTS`] objects), so the threads do not wake each other for every object.
+const BATCH_BYTES: usize = 1 << 20;
+/// Most objects in one batch.
+const BATCH_OBJECTS: usize = 512;
+
+/// Bytes queued for the prepare thread, so `add` blocks rather than queue without bound.
+#[derive(Debug)]
+struct InFlight {
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `n` more bytes fit (one object always fits when the queue is empty), or the
+    /// prepare thread has stopped.
+    fn acquire(&self, n: usize) {
+        let mut state = self.lock();
+        while !state.1 && state.0 > 0 && state.0 + n > STAGED_BYTES {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.0 += n;
+    }
+
+    fn release(&self, n: usize) {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+type Prepared = Result<(ExternalSorter, Summary)>;
+
+/// The thread that checks, hashes and sorts objects while the caller adds more.
+#[derive(Debug)]
+struct Prepare {
+    tx: Option<SyncSender<Vec<Staged>>>,
+    handle: Option<JoinHandle<Prepared>>,
+    in_flight: Arc<InFlight>,
+    batch: Vec<Staged>,
+    batch_bytes: usize,
+}
+
+impl Prepare {
+    fn spawn(mut sorter: ExternalSorter) -> Self {
+        let (tx, rx) = sync_channel::<Vec<Staged>>(4);
+        let in_flight = Arc::new(InFlight {
+            state: Mutex::new((0, false)),
+            changed: Condvar::new(),
+        });
+        let flight = Arc::clone(&in_flight);
+        let handle = std::thread::spawn(move || {
+            let mut summary = Summary::default();
+            let result = (|| {
+                for batch in rx {
+                    let n: usize = batch.iter().map(Staged::len).sum();
+                    let outcome = batch
+                        .into_iter()
+                        .try_for_each(|staged| prepare_one(staged, &mut sorter, &mut summary));
+                    flight.release(n);
+                    outcome?;
+                }
+                Ok(())
+            })();
+            flight.close();
+            result.map(|()| (sorter, summary))
+        });
+        Prepare {
+            tx: Some(tx),
+            handle: Some(handle),
+            in_flight,
+            batch: Vec::new(),
+            batch_bytes: 0,
+        }
+    }
+
+    fn send(&mut self, staged: Staged, archive: &Path) -> Result<()> {
+        self.batch_bytes += staged.len();
+        self.batch.push(staged);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_OBJECTS {
+            self.flush(archive)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, archive: &Path) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.in_flight.acquire(self.batch_bytes);
+        self.batch_bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        let sent = match &self.tx {
+            Some(tx) => tx.send(batch).is_ok(),
+            None => false,
+        };
+        if sent { Ok(()) } else { Err(self.failure(archive)) }
+    }
+
+    /// The error that stopped the prepare thread.
+    fn failure(&mut self, archive: &Path) -> ArchiveError {
+        self.tx = None;
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => ArchiveError::io(archive, io::Error::other("the prepare thread panicked")),
+            Some(Ok(Ok(_))) | None => {
+                ArchiveError::io(archive, io::Error::other("an earlier error stopped this writer"))
+            }
+        }
+    }
+
+    fn finish(mut self, archive: &Path) -> Prepared {
+        self.flush(archive)?;
+        self.tx = None;
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ArchiveError::io(
+                archive,
+                io::Error::other("the prepare thread panicked"),
+            )),
+            None => Err(ArchiveError::io(
+                archive,
+                io::Error::other("an earlier error stopped this writer"),
+            )),
+        }
+    }
+}
+
+/// Checks the JSON, hashes it, serializes its index record and hands it to the sorter.
+fn prepare_one(staged: Staged, sorter: &mut ExternalSorter, summary: &mut Summary) -> Result<()> {
+    let (key, path, object) = match staged {
+        Staged::Object { key, path, object } => {
+            check_body(&path, &object)?;
+            (key, path, *object)
+        }
+        Staged::Json {
+            resource,
+            group,
+            inclusion,
+            json,
+        } => {
+            // One parse: the identity comes from the body, so there is nothing to compare.
+            let object = NewObject::from_json(resource, group, inclusion, json)?;
+            let key = ObjectKey::new(
+                object.resource.clone(),
+                object.group.clone(),
+                object.namespace.clone(),
+                object.name.clone(),
+            )
+            .map_err(|reason| ArchiveError::InvalidPath {
+                entry: describe_identity(&object),
+                reason,
+            })?;
+            let path = key.path();
+            (key, path, object)
+        }
+    };
+    let size = object.json.len() as u64;
+    let sha256 = hex::encode(Sha256::digest(&object.json));
+    let record = IndexRecord {
+        path: path.clone(),
+        api_version: object.api_version,
+        kind: object.kind,
+        resource: object.resource,
+        group: object.group,
+        namespace: object.namespace,
+        name: object.name,
+        uid: object.uid,
+        owner_references: object.owner_references,
+        inclusion: object.inclusion,
+        size,
+        sha256,
+    };
+    let line = serde_json::to_vec(&record).map_err(|e| ArchiveError::InvalidObject {
+        entry: path.clone(),
+        reason: e.to_string(),
+    })?;
+    summary.add(&key, size);
+    sorter
+        .push(SortItem {
+            path,
+            line,
+            body: object.json,
+        })
+        .map_err(|e| ArchiveError::io(sorter.spill_dir(), e))
 }
 
 fn frame_infos_total(frames: &[FrameInfo]) -> u64 {
@@ -640,7 +902,8 @@ impl FrameBuilder {
         if self.entries == 0 {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.frame_size + (64 << 10)));
+        let spare = frames.spare_buffer(self.frame_size + (64 << 10));
+        let data = std::mem::replace(&mut self.buf, spare);
         frames.submit(data, self.entries, std::mem::take(&mut self.first_path))?;
         self.entries = 0;
         Ok(())
@@ -658,7 +921,8 @@ fn frame_group(path: &str) -> &str {
 }
 
 type Job = (u64, Vec<u8>);
-type Done = (u64, io::Result<Vec<u8>>);
+/// A compressed frame, and the uncompressed buffer handed back for reuse.
+type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
 /// Compresses frames on worker threads and writes them in order. Each frame is compressed
 /// independently and single-threaded, so the bytes do not depend on the number of workers.
@@ -674,6 +938,8 @@ struct FramePipeline<W> {
     next_seq: u64,
     next_write: u64,
     frames: Vec<FrameInfo>,
+    /// Uncompressed frame buffers back from the workers, reused to avoid fresh page faults.
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W> std::fmt::Debug for FramePipeline<W> {
@@ -710,7 +976,13 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
             next_seq: 0,
             next_write: 0,
             frames: Vec::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// An empty buffer for the next frame, reused when one came back.
+    fn spare_buffer(&mut self, capacity: usize) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
     /// Queues one frame. Blocks while too many frames are in flight, writing finished ones.
@@ -733,10 +1005,14 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
 
     /// Receives one compressed frame and writes every frame now in order.
     fn collect_one(&mut self) -> io::Result<()> {
-        let (seq, result) = self
+        let (seq, result, mut spent) = self
             .done
             .recv()
             .map_err(|_| io::Error::other("compression worker stopped"))?;
+        if self.spare.len() < 2 {
+            spent.clear();
+            self.spare.push(spent);
+        }
         self.finished.insert(seq, result?);
         while let Some(bytes) = self.finished.remove(&self.next_write) {
             let (entries, first_path, uncompressed) = self
@@ -784,26 +1060,30 @@ fn compress_worker(jobs: &Mutex<Receiver<Job>>, done: &SyncSender<Done>, compres
             Codec::Zstd => compress_zstd(&mut zstd, compression.level, &data),
             Codec::Gzip => compress_gzip(compression.level, &data),
         };
-        if done.send((seq, result)).is_err() {
+        if done.send((seq, result, data)).is_err() {
             return;
         }
     }
 }
 
 fn compress_zstd(
-    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+    compressor: &mut Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
     level: i32,
     data: &[u8],
 ) -> io::Result<Vec<u8>> {
     if compressor.is_none() {
         let mut c = zstd::bulk::Compressor::new(level)?;
         c.include_checksum(true)?;
-        *compressor = Some(c);
+        *compressor = Some((c, Vec::new()));
     }
-    match compressor {
-        Some(c) => c.compress(data),
-        None => Err(io::Error::other("no compressor")),
-    }
+    let Some((c, out)) = compressor else {
+        return Err(io::Error::other("no compressor"));
+    };
+    // One output buffer per worker, sized for the worst case once; the frame is copied out.
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress_to_buffer(data, out)?;
+    Ok(out.clone())
 }
 
 fn compress_gzip(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {

@@ -1,5 +1,7 @@
 //! `kpromote demo`: the main job end to end on an embedded default — two local clusters, the
-//! design's nginx example in the member, promote, rollback — narrated step by step.
+//! design's nginx example in the member, then the controller (a `kpromote controller` process)
+//! driving the design's PromotePolicy to `Completed` and, with `rollback: "true"`, to
+//! `RolledBack` — narrated step by step with `kubectl`.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -55,9 +57,256 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         )?;
         kubectl_run(&kubectl, cp.kubeconfig_path(), &["get", "nodes", "--show-labels"])?;
 
+        controller_demo(&kubectl, cp, member).await?;
+
         step("done; stopping the clusters");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The design's PromotePolicy (clusterName `member`).
+const PROMOTE_POLICY: &str = include_str!("../../deploy/examples/promote-policy.yaml");
+/// Its name.
+const POLICY_NAME: &str = "promote-policy-example";
+
+/// The main job through the controller: CRDs and a Kosmos `Cluster` in the control plane, a
+/// `kpromote controller` process, the design's PromotePolicy to `Completed`, then its
+/// `rollback: "true"` to `RolledBack`.
+async fn controller_demo(
+    kubectl: &Path,
+    cp: &kpromote::testenv::Cluster,
+    member: &kpromote::testenv::Cluster,
+) -> anyhow::Result<()> {
+    use kpromote::kosmos::cluster::{Cluster, ClusterSpec};
+    use kpromote::policy::Phase;
+
+    step("installing the CRDs in the control plane (PromotePolicy, and Kosmos Cluster)");
+    let crds = cp.dir().join("crds.yaml");
+    std::fs::write(&crds, kpromote::policy::crds_yaml()?)?;
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["apply", "-f", &crds.display().to_string()],
+    )?;
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/promotepolicies.kosmos.io",
+            "crd/clusters.kosmos.io",
+        ],
+    )?;
+
+    step("registering the member as Kosmos Cluster \"member\" (its kubeconfig in spec.kubeconfig)");
+    let cp_client = cp.client().await?;
+    let cluster = Cluster::new(
+        member.name(),
+        ClusterSpec {
+            kubeconfig: Some(k8s_openapi::ByteString(
+                member.kubeconfig_yaml().as_bytes().to_vec(),
+            )),
+        },
+    );
+    kube::Api::<Cluster>::all(cp_client.clone())
+        .create(&kube::api::PostParams::default(), &cluster)
+        .await?;
+    kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "clusters.kosmos.io"])?;
+
+    step("starting the controller: kpromote controller (a separate process)");
+    let backup_dir = cp.dir().join("backup");
+    std::fs::create_dir_all(&backup_dir)?;
+    let log_path = cp.dir().join("controller.log");
+    let mut controller = ControllerChild::start(cp.kubeconfig_path(), &backup_dir, &log_path)?;
+    println!(
+        "  backups in {}\n  controller log: {}",
+        backup_dir.display(),
+        log_path.display()
+    );
+
+    step("applying the design's PromotePolicy");
+    let policy_file = cp.dir().join("promote-nginx.yaml");
+    std::fs::write(&policy_file, PROMOTE_POLICY)?;
+    println!("{PROMOTE_POLICY}");
+    let started = std::time::Instant::now();
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["apply", "-f", &policy_file.display().to_string()],
+    )?;
+    watch_phases(&cp_client, Phase::Completed, &mut controller).await?;
+    let promoted_in = started.elapsed();
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["describe", "promotepolicy", POLICY_NAME],
+    )?;
+    kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "promotepolicy"])?;
+    println!("\n  the application, now in the control plane, its pod bound to the virtual node:");
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["-n", "nginx-test", "get", "deploy,rs,pods,svc", "-o", "wide"],
+    )?;
+    println!("\n  the member runs the same pod (same name, no restart), without its owners:");
+    kubectl_run(
+        kubectl,
+        member.kubeconfig_path(),
+        &[
+            "-n",
+            "nginx-test",
+            "get",
+            "deploy,rs,pods",
+            "-o",
+            "wide",
+            "--show-labels",
+        ],
+    )?;
+
+    step("rolling back: the same policy with rollback: \"true\"");
+    let rollback = PROMOTE_POLICY.replacen("spec:\n", "spec:\n  rollback: \"true\"\n", 1);
+    std::fs::write(&policy_file, &rollback)?;
+    let started = std::time::Instant::now();
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["apply", "-f", &policy_file.display().to_string()],
+    )?;
+    watch_phases(&cp_client, Phase::RolledBack, &mut controller).await?;
+    let rolled_back_in = started.elapsed();
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["describe", "promotepolicy", POLICY_NAME],
+    )?;
+    println!("\n  the member is as it was, its owners back around the same pod:");
+    kubectl_run(
+        kubectl,
+        member.kubeconfig_path(),
+        &["-n", "nginx-test", "get", "deploy,rs,pods", "-o", "wide"],
+    )?;
+    println!("\n  and the control plane holds nothing of nginx-test:");
+    kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "namespaces"])?;
+
+    step("cleaning up: deleting the policy (a RolledBack policy goes at once), stopping the controller");
+    kubectl_run(
+        kubectl,
+        cp.kubeconfig_path(),
+        &["delete", "promotepolicy", POLICY_NAME],
+    )?;
+    controller.stop();
+    println!(
+        "\n  applied -> Completed in {:.1}s; rollback applied -> RolledBack in {:.1}s",
+        promoted_in.as_secs_f64(),
+        rolled_back_in.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Prints each phase (and the progress of its step) as the controller writes it, until `goal`;
+/// fails on any other final phase or if the controller exits.
+async fn watch_phases(
+    client: &kube::Client,
+    goal: kpromote::policy::Phase,
+    controller: &mut ControllerChild,
+) -> anyhow::Result<()> {
+    use kpromote::policy::PromotePolicy;
+    let policies = kube::Api::<PromotePolicy>::all(client.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut last = String::new();
+    let initial = policies
+        .get_opt(POLICY_NAME)
+        .await?
+        .and_then(|p| p.status)
+        .and_then(|s| s.phase);
+    loop {
+        let status = policies
+            .get_opt(POLICY_NAME)
+            .await?
+            .and_then(|p| p.status)
+            .unwrap_or_default();
+        let line = match (&status.phase, &status.progress) {
+            (Some(phase), Some(p)) => format!(
+                "  phase {phase:<13} {} {}/{}",
+                p.step, p.items_done, p.items_total
+            ),
+            (Some(phase), None) => format!("  phase {phase}"),
+            (None, _) => "  phase (none yet)".to_owned(),
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        match status.phase {
+            Some(phase) if phase == goal => return Ok(()),
+            Some(phase) if phase.is_terminal() && Some(phase) != initial => anyhow::bail!(
+                "the policy ended in {phase}: {}; controller log: {}",
+                status.failure_reason.unwrap_or_default(),
+                controller.log_path.display()
+            ),
+            _ => {}
+        }
+        if let Some(exit) = controller.child.try_wait()? {
+            anyhow::bail!(
+                "the controller exited ({exit}); log: {}",
+                controller.log_path.display()
+            );
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the policy did not reach {goal} in 5 minutes; controller log: {}",
+            controller.log_path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `kpromote controller` as a child process, logging (JSON lines) to a file; killed on drop.
+struct ControllerChild {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+impl ControllerChild {
+    fn start(kubeconfig: &Path, backup_dir: &Path, log_path: &Path) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log_path)?;
+        let port = kpromote::testenv::process::free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("controller")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--backup-dir={}", backup_dir.display()))
+            .arg(format!("--metrics-address=127.0.0.1:{port}"))
+            .args([
+                "--leader-elect=false",
+                "--settle-seconds=1",
+                "--progress-interval-seconds=0.5",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting kpromote controller")?;
+        Ok(Self {
+            child,
+            log_path: log_path.to_owned(),
+        })
+    }
+
+    /// SIGTERM, then wait: the controller releases what it holds and exits.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn step(text: &str) {

@@ -122,18 +122,8 @@ pub struct RollbackArgs {
     knobs: Knobs,
 }
 
-/// The journal files of an archive: beside it, one per direction.
-#[must_use]
-pub fn journal_path(archive: &Path, direction: &str) -> PathBuf {
-    let mut name = archive.as_os_str().to_owned();
-    name.push(format!(".{direction}.journal"));
-    PathBuf::from(name)
-}
-
 fn open_journal(archive: &Path, direction: &str, inv: &Inventory) -> anyhow::Result<Arc<Mutex<Journal>>> {
-    let path = journal_path(archive, direction);
-    let journal = Journal::open(&path, &format!("{direction}:{}", inv.archive_id))?;
-    Ok(Arc::new(Mutex::new(journal)))
+    Ok(kpromote::engine::open_journal(archive, direction, inv)?)
 }
 
 fn load(archive: &Path) -> anyhow::Result<Inventory> {

@@ -1,7 +1,9 @@
 //! Command-line front end: one subcommand per user task, each in its own file. Library code
 //! returns typed errors; this layer turns them into messages and exit codes.
 
+mod archive;
 mod backup;
+mod controller;
 mod crd;
 mod demo;
 mod engine;
@@ -23,6 +25,9 @@ enum Command {
     /// Back up namespaces of a cluster, and the cluster-scoped objects they depend on, into a
     /// checksummed archive (`--dry-run` prints what would be collected).
     Backup(backup::Args),
+    /// Run the PromotePolicy controller against the Kosmos control plane (leader election,
+    /// /metrics, /healthz, /readyz).
+    Controller(controller::Args),
     /// Print the CRDs kpromote installs (PromotePolicy, and Kosmos Cluster for setups without Kosmos).
     Crd(crd::Args),
     /// Run the main job end to end on two local clusters: the design's nginx example is
@@ -36,6 +41,15 @@ enum Command {
     Rollback(engine::RollbackArgs),
     /// Start local Kubernetes clusters built from upstream sources (for trying kpromote and tests).
     Testenv(testenv::Args),
+    /// Summarize an archive offline: version, source cluster, policy, counts per resource and
+    /// namespace; `--list` lists its objects.
+    Inspect(archive::InspectArgs),
+    /// Print one object of an archive as YAML or JSON.
+    Show(archive::ShowArgs),
+    /// Check every checksum of an archive; exit 0 when good, 1 listing every bad entry.
+    Verify(archive::VerifyArgs),
+    /// Compare two archives: objects added, removed and changed.
+    Diff(archive::DiffArgs),
 }
 
 /// Parses the command line, runs the command and maps its outcome to an exit code.
@@ -44,11 +58,16 @@ pub fn main() -> ExitCode {
     init_logging();
     let outcome = match cli.command {
         Command::Backup(args) => backup::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Crd(args) => crd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Promote(args) => engine::run_promote(args),
         Command::Rollback(args) => engine::run_rollback(args),
         Command::Testenv(args) => testenv::run(args),
+        Command::Inspect(args) => archive::inspect(args),
+        Command::Show(args) => archive::show(args),
+        Command::Verify(args) => archive::verify(args),
+        Command::Diff(args) => archive::diff(args),
     };
     match outcome {
         Ok(code) => code,

@@ -70,21 +70,30 @@ impl Restorer<'_> {
     ) -> Result<(), EngineError> {
         let total = plan.len() as u64;
         let mut done = 0;
+        // Announce the step before its first level: observers (the controller's phase) must
+        // attribute a failure in that level to this step.
+        progress(on_progress, self.step, 0, total);
         let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
         for (index, level) in plan.levels.iter().enumerate() {
             if index > 0 && level.height > 0 && !self.opts.settle.is_zero() {
                 tokio::time::sleep(self.opts.settle).await;
             }
             let snapshot = ctx.clone();
-            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> =
-                futures::stream::iter(level.objects.iter())
-                    .map(|key| {
-                        let snapshot = &snapshot;
-                        async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
-                    })
-                    .buffer_unordered(self.opts.concurrency)
-                    .collect()
-                    .await;
+            // The futures are made before streaming them: a `map` closure kept in the stream
+            // across `.await` makes the run fail `Send` for spawned callers (the controller;
+            // rust-lang/rust#110338).
+            let restores: Vec<_> = level
+                .objects
+                .iter()
+                .map(|key| {
+                    let snapshot = &snapshot;
+                    async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
+                })
+                .collect();
+            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(restores)
+                .buffer_unordered(self.opts.concurrency)
+                .collect()
+                .await;
             let mut first_error = None;
             for (key, result) in results {
                 match result {
@@ -108,6 +117,7 @@ impl Restorer<'_> {
                 self.wait(wait, &level.objects).await?;
             }
             done += level.objects.len() as u64;
+            lock(self.journal).sync()?;
             progress(on_progress, self.step, done, total);
         }
         Ok(())

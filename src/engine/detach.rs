@@ -38,6 +38,7 @@ pub async fn detach(
 ) -> Result<(), EngineError> {
     let total = plan.objects().count() as u64;
     let mut done = 0;
+    progress(on_progress, "detach", 0, total);
     for level in &plan.levels {
         futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
             .try_for_each_concurrent(opts.concurrency, |key| async move {
@@ -45,6 +46,7 @@ pub async fn detach(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "detach", done, total);
     }
     Ok(())
@@ -147,7 +149,9 @@ pub async fn mark_pods(
                 Ok(())
             }
         })
-        .await
+        .await?;
+    lock(journal).sync()?;
+    Ok(())
 }
 
 pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {

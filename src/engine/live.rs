@@ -213,13 +213,7 @@ impl LiveCluster {
         key: &ObjectKey,
         patch: &Value,
     ) -> Result<DynamicObject, LiveError> {
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let patch = Patch::Merge(patch);
-        self.retry("patch", key, || api.patch(&key.name, &pp, &patch))
-            .await
+        self.merge(api, key, patch, false).await
     }
 
     /// JSON merge patch of the status subresource.
@@ -232,15 +226,30 @@ impl LiveCluster {
         key: &ObjectKey,
         patch: &Value,
     ) -> Result<DynamicObject, LiveError> {
+        self.merge(api, key, patch, true).await
+    }
+
+    async fn merge(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        patch: &Value,
+        status: bool,
+    ) -> Result<DynamicObject, LiveError> {
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
         let patch = Patch::Merge(patch);
-        self.retry("patch status of", key, || {
-            api.patch_status(&key.name, &pp, &patch)
-        })
-        .await
+        if status {
+            self.retry("patch status of", key, || {
+                api.patch_status(&key.name, &pp, &patch)
+            })
+            .await
+        } else {
+            self.retry("patch", key, || api.patch(&key.name, &pp, &patch))
+                .await
+        }
     }
 
     /// DELETE with a propagation policy, only if the object still has `uid` (so an object

@@ -90,6 +90,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report a run's steps filled, in a stable order.
+    fn finish(report: Mutex<Self>) -> Self {
+        let mut report = report
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.sort();
+        report
+    }
+
     fn sort(&mut self) {
         for list in [
             &mut self.detached,
@@ -161,6 +170,35 @@ pub enum EngineError {
 
 /// The journal as the concurrent steps share it.
 pub type SharedJournal = Arc<Mutex<Journal>>;
+
+/// Journal step directions: one journal file per direction beside the archive.
+pub const PROMOTE: &str = "promote";
+/// See [`PROMOTE`].
+pub const ROLLBACK: &str = "rollback";
+
+/// The journal file of `archive` for `direction` ([`PROMOTE`] or [`ROLLBACK`]): beside the
+/// archive, so the command line and the controller resume each other's runs.
+#[must_use]
+pub fn journal_path(archive: &std::path::Path, direction: &str) -> std::path::PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(format!(".{direction}.journal"));
+    std::path::PathBuf::from(name)
+}
+
+/// Opens the journal of `archive` for `direction`; its run is `<direction>:<archive id>`, so a
+/// journal is never applied to another archive.
+///
+/// # Errors
+/// The journal's I/O errors, damage, or a journal of another run.
+pub fn open_journal(
+    archive: &std::path::Path,
+    direction: &str,
+    inv: &Inventory,
+) -> Result<SharedJournal, JournalError> {
+    let path = journal_path(archive, direction);
+    let journal = Journal::open(&path, &format!("{direction}:{}", inv.archive_id))?;
+    Ok(Arc::new(Mutex::new(journal)))
+}
 
 fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
     journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -42,13 +42,7 @@ pub async fn promote(
     )
     .await;
     match (outcome, rollback_journal) {
-        (Ok(()), _) => {
-            let mut report = report
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            report.sort();
-            Ok(report)
-        }
+        (Ok(()), _) => Ok(Report::finish(report)),
         (Err(cause), Some(rj)) => {
             tracing::error!(error = %cause, "promote failed; rolling back");
             let rollback =

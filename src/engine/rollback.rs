@@ -48,6 +48,7 @@ pub async fn rollback(
 ) -> Result<Report, EngineError> {
     let report = Mutex::new(Report::default());
     unmark_member_pods(member, inv, journal, opts, &report).await?;
+    lock(journal).sync()?;
     progress(on_progress, "unmark", 1, 1);
 
     let skipped = inv.skipped_by_restore(cluster_name);
@@ -67,11 +68,7 @@ pub async fn rollback(
     restorer.run(&plan, &mut ctx, &report, on_progress).await?;
 
     teardown(control_plane, inv, journal, opts, &report, on_progress).await?;
-    let mut report = report
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.sort();
-    Ok(report)
+    Ok(Report::finish(report))
 }
 
 async fn unmark_member_pods(
@@ -109,7 +106,10 @@ async fn stamped_in_control_plane(
     inv: &Inventory,
     opts: &EngineOptions,
 ) -> Result<BTreeSet<ObjectKey>, EngineError> {
-    let found: Vec<Option<ObjectKey>> = futures::stream::iter(inv.objects.iter())
+    // The futures are made before streaming them (see `Restorer::run`).
+    let lookups: Vec<_> = inv
+        .objects
+        .iter()
         .map(|(key, archived)| async move {
             let api = cp.api_for(key, archived)?;
             Ok::<_, EngineError>(match cp.get_opt(&api, key).await {
@@ -127,6 +127,8 @@ async fn stamped_in_control_plane(
                 Err(e) => return Err(e.into()),
             })
         })
+        .collect();
+    let found: Vec<Option<ObjectKey>> = futures::stream::iter(lookups)
         .buffer_unordered(opts.concurrency)
         .try_collect()
         .await?;
@@ -152,6 +154,7 @@ async fn teardown(
             })
             .await?;
         done += level.objects.len() as u64;
+        lock(journal).sync()?;
         progress(on_progress, "teardown", done, total);
     }
     Ok(())

@@ -105,11 +105,17 @@ impl DiscoveryDocument {
             .try_collect()
             .await?;
 
-        let group_versions = groups.groups.iter().flat_map(|g| {
-            g.versions
-                .iter()
-                .map(move |v| (g.name.clone(), v.version.clone(), v.group_version.clone()))
-        });
+        // Collected, not a lazy iterator of closures: one held across `.await` makes this future
+        // fail `Send` for callers that spawn it (rust-lang/rust#110338).
+        let group_versions: Vec<(String, String, String)> = groups
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.versions
+                    .iter()
+                    .map(move |v| (g.name.clone(), v.version.clone(), v.group_version.clone()))
+            })
+            .collect();
         let answers: Vec<_> = stream::iter(group_versions)
             .map(|(group, version, group_version)| async move {
                 let answer = client.list_api_group_resources(&group_version).await;

@@ -29,3 +29,15 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until namespace `ns` is gone from the cluster behind `client` (deletion, and so the
+/// namespace controller's cleanup, is asynchronous).
+pub async fn wait_namespace_gone(client: &kube::Client, ns: &str) {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    wait_for(
+        &format!("namespace {ns} to be gone"),
+        Duration::from_secs(90),
+        || async { namespaces.get_opt(ns).await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+}

@@ -1,0 +1,504 @@
+//! The working steps of the state machine: precheck, backup, promote, rollback — each ending
+//! in a status transition — and the supervision that patches progress while the engine runs
+//! and stops a promotion whose policy is being deleted.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
+use tokio::sync::watch;
+
+use super::machine::{self, later_promote_phase, promote_phase_of_step};
+use super::reconcile::{Flow, ReconcileError, Run, chain};
+use crate::backup::{BackupProgress, BackupRequest};
+use crate::engine::{self, Inventory, LiveCluster, ProgressFn, Report};
+use crate::policy::{Phase, Progress, REASON_ROLLBACK_FAILED, RollbackTrigger};
+use crate::precheck::{PrecheckRequest, precheck};
+use crate::resources::DEFAULT_EXCLUDED_RESOURCES;
+
+/// How often a running step's progress and the policy's deletion are looked at.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What is being supervised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Backup,
+    Promote,
+    Rollback,
+}
+
+impl Mode {
+    /// A deleted policy stops backup and promote (its cleanup rolls back); a rollback finishes.
+    fn stops_on_delete(self) -> bool {
+        self != Self::Rollback
+    }
+}
+
+/// How a supervised step ended.
+enum Supervised<T> {
+    Done(T),
+    Deleted,
+}
+
+impl Run {
+    /// `Prechecking` → `Backuping` or `FailedPrecheck`.
+    pub(super) async fn precheck(&mut self) -> Result<Flow, ReconcileError> {
+        let ctx = self.ctx.clone();
+        // One precheck at a time, and the winner's `Backuping` is written before the next one
+        // lists the policies: two overlapping policies never both pass.
+        let _serial = ctx.precheck_lock.lock().await;
+        let spec = self.policy.spec.clone();
+        let mut errors = Vec::new();
+        if spec.rollback_requested() {
+            errors.push(
+                "spec.rollback is \"true\" but this policy has not promoted anything, so there is nothing to roll \
+                 back; remove it to promote"
+                    .to_owned(),
+            );
+        }
+        let all = ctx.policies.list(&ListParams::default()).await?;
+        let busy = machine::busy_namespaces(&self.name, &all.items);
+        match ctx.member(&spec.cluster_name).await {
+            Ok(member) => {
+                let request = PrecheckRequest {
+                    namespaces: spec.included_namespaces.clone(),
+                    excluded: exclusions(&spec.excluded_namespace_scoped_resources),
+                    cluster_name: spec.cluster_name.clone(),
+                    forbidden_namespaces: ctx.config.forbidden_namespaces.clone(),
+                    busy_namespaces: busy,
+                };
+                if let Err(failed) = precheck(&member.client, &ctx.client, &request).await {
+                    errors.extend(failed.errors);
+                }
+            }
+            Err(e) => {
+                errors.push(e.to_string());
+                let node = crate::kosmos::virtual_node_name(&spec.cluster_name);
+                if Api::<Node>::all(ctx.client.clone())
+                    .get_opt(&node)
+                    .await?
+                    .is_none()
+                {
+                    errors.push(format!(
+                        "the control plane has no virtual node {node}: is member cluster {:?} registered with Kosmos?",
+                        spec.cluster_name
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            let message = format!(
+                "precheck passed; backing up {} into {}",
+                spec.included_namespaces.join(", "),
+                ctx.config.backup_dir.display()
+            );
+            self.transition(Phase::Backuping, &message, None, |s| {
+                s.precheck_errors.clear();
+                s.failure_reason = None;
+            })
+            .await?;
+        } else {
+            let reason = format!(
+                "precheck failed ({} problem{}), nothing was changed: {}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" },
+                errors.join("; ")
+            );
+            self.transition(Phase::FailedPrecheck, &reason, None, |s| {
+                s.precheck_errors = errors;
+                s.failure_reason = Some(reason.clone());
+            })
+            .await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// `Backuping` → `Detaching` (with `backedupFile`) or `FailedBackup`.
+    pub(super) async fn backup(&mut self) -> Result<Flow, ReconcileError> {
+        let ctx = self.ctx.clone();
+        let spec = self.policy.spec.clone();
+        let created_at = self
+            .status
+            .start_timestamp
+            .as_ref()
+            .map_or_else(jiff::Timestamp::now, |t| t.0);
+        let (tx, rx) = watch::channel(None);
+        let lists = Arc::new(AtomicU64::new(0));
+        let on_progress = Arc::new(move |event: &BackupProgress| {
+            let (done, total) = match event {
+                BackupProgress::Planned { lists: n } => {
+                    lists.store(*n as u64, Ordering::Relaxed);
+                    (0, *n as u64)
+                }
+                BackupProgress::Listed { done, .. } => (*done as u64, lists.load(Ordering::Relaxed)),
+                BackupProgress::Writing => {
+                    let n = lists.load(Ordering::Relaxed);
+                    (n, n)
+                }
+                _ => return,
+            };
+            tx.send_replace(Some(progress("backup", done, total)));
+        });
+        let request = BackupRequest::new(self.name.clone(), spec.included_namespaces.clone())
+            .excluded(exclusions(&spec.excluded_namespace_scoped_resources))
+            .output_dir(&ctx.config.backup_dir)
+            .cluster_name(spec.cluster_name.clone())
+            .created_at(created_at)
+            .progress(on_progress);
+        // The name depends only on the policy and its start time, and backup renames a finished
+        // archive into place: one that exists is this run's, complete.
+        let path = request.path_at(created_at);
+        if path.exists() {
+            tracing::info!(policy = %self.name, archive = %path.display(), "adopting the archive a killed run finished");
+            return self.backed_up(&path, None).await;
+        }
+        let member = ctx.member(&spec.cluster_name).await?;
+        let started = Instant::now();
+        let outcome = self
+            .supervise(crate::backup::run(&member.client, &request), rx, Mode::Backup)
+            .await;
+        match outcome {
+            Supervised::Deleted => {
+                ctx.metrics.step("backup", "interrupted", started.elapsed());
+                Ok(Flow::Interrupted)
+            }
+            Supervised::Done(Ok(report)) => {
+                super::failpoint("backup:written");
+                ctx.metrics.step("backup", "ok", started.elapsed());
+                self.backed_up(&report.path, Some(report.collected.total_objects()))
+                    .await
+            }
+            Supervised::Done(Err(e)) => {
+                ctx.metrics.step("backup", "failed", started.elapsed());
+                let reason = format!(
+                    "backup failed, nothing was changed in either cluster: {}",
+                    chain(&e)
+                );
+                self.transition(Phase::FailedBackup, &reason, None, |s| {
+                    s.failure_reason = Some(reason.clone());
+                })
+                .await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn backed_up(&mut self, path: &Path, objects: Option<u64>) -> Result<Flow, ReconcileError> {
+        let file = path.display().to_string();
+        let message = format!(
+            "archive {file} written{}; detaching the owners in the member top-down",
+            objects.map(|n| format!(" ({n} objects)")).unwrap_or_default()
+        );
+        self.transition(Phase::Detaching, &message, None, |s| {
+            s.backedup_file = Some(file.clone());
+            s.progress = None;
+        })
+        .await?;
+        Ok(Flow::Continue)
+    }
+
+    /// `Detaching` / `Restoring` → `Completed`, or `RollingBack` after a failure.
+    pub(super) async fn promote(&mut self) -> Result<Flow, ReconcileError> {
+        let ctx = self.ctx.clone();
+        let cluster_name = self.policy.spec.cluster_name.clone();
+        let phase = self.phase().unwrap_or(Phase::Detaching);
+        let (path, inv) = match self.archive().await {
+            Ok(found) => found,
+            Err(why) => return self.stranded(&why).await,
+        };
+        let member = ctx.member(&cluster_name).await?;
+        let member = LiveCluster::new("member", member.client);
+        let control_plane = LiveCluster::new("control plane", ctx.client.clone());
+        let (tx, rx) = watch::channel(None);
+        let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
+            tx.send_replace(Some(progress(step, done, total)));
+        });
+        let opts = ctx.config.engine.clone();
+        let work = async {
+            let journal = engine::open_journal(&path, engine::PROMOTE, &inv)?;
+            // No rollback journal: on failure the controller itself records `RollingBack`
+            // before rolling back, so a crash then resumes the rollback, not the promote.
+            engine::promote::promote(
+                &member,
+                &control_plane,
+                &inv,
+                &cluster_name,
+                &journal,
+                None,
+                &opts,
+                Some(&on_progress),
+            )
+            .await
+        };
+        let started = Instant::now();
+        match self.supervise(work, rx, Mode::Promote).await {
+            Supervised::Deleted => {
+                ctx.metrics.step("promote", "interrupted", started.elapsed());
+                Ok(Flow::Interrupted)
+            }
+            Supervised::Done(Ok(report)) => {
+                ctx.metrics.step("promote", "ok", started.elapsed());
+                let message = completed_message(&report, &cluster_name);
+                self.transition(Phase::Completed, &message, None, |s| {
+                    s.failure_reason = None;
+                })
+                .await?;
+                Ok(Flow::Continue)
+            }
+            Supervised::Done(Err(e)) => {
+                ctx.metrics.step("promote", "failed", started.elapsed());
+                let failed_in = self.status.progress.as_ref().map_or(phase, |p| {
+                    later_promote_phase(phase, promote_phase_of_step(&p.step))
+                });
+                let (trigger, verb) = if failed_in == Phase::Restoring {
+                    (RollbackTrigger::RestoreFailed, "restore")
+                } else {
+                    (RollbackTrigger::DetachFailed, "detach")
+                };
+                let cause = format!("{verb} failed: {}", chain(&e));
+                self.transition(
+                    Phase::RollingBack,
+                    &format!("{cause}; rolling back automatically"),
+                    Some((false, trigger.as_reason())),
+                    |s| s.failure_reason = Some(cause.clone()),
+                )
+                .await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// `RollingBack` → the trigger's phase (`RolledBack`, `FailedDetach`, `FailedRestore`) or
+    /// `FailedRollback`.
+    pub(super) async fn rollback(&mut self) -> Result<Flow, ReconcileError> {
+        let ctx = self.ctx.clone();
+        let cluster_name = self.policy.spec.cluster_name.clone();
+        let trigger = self
+            .status
+            .rollback_trigger()
+            .unwrap_or(RollbackTrigger::Requested);
+        let (path, inv) = match self.archive().await {
+            Ok(found) => found,
+            Err(why) => return self.stranded(&why).await,
+        };
+        let member = ctx.member(&cluster_name).await?;
+        let member = LiveCluster::new("member", member.client);
+        let control_plane = LiveCluster::new("control plane", ctx.client.clone());
+        let (tx, rx) = watch::channel(None);
+        let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
+            tx.send_replace(Some(progress(step, done, total)));
+        });
+        let opts = ctx.config.engine.clone();
+        let work = async {
+            let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
+            engine::rollback::rollback(
+                &member,
+                &control_plane,
+                &inv,
+                &cluster_name,
+                &journal,
+                &opts,
+                Some(&on_progress),
+            )
+            .await
+        };
+        let started = Instant::now();
+        let Supervised::Done(outcome) = self.supervise(work, rx, Mode::Rollback).await else {
+            return Ok(Flow::Interrupted);
+        };
+        let cause = self.status.failure_reason.clone();
+        match outcome {
+            Ok(report) => {
+                ctx.metrics.step("rollback", "ok", started.elapsed());
+                let done = format!(
+                    "rolled back: {} owners re-created in the member, {} pods unmarked, {} objects removed from the \
+                     control plane",
+                    report.created.len(),
+                    report.unmarked.len(),
+                    report.deleted.len()
+                );
+                let (message, failure) = match (trigger, cause) {
+                    (RollbackTrigger::DetachFailed | RollbackTrigger::RestoreFailed, Some(cause)) => {
+                        let text = format!(
+                            "{cause}; rolled back automatically: the member runs as before and the control plane \
+                             holds nothing promoted"
+                        );
+                        (text.clone(), Some(text))
+                    }
+                    _ => (done, None),
+                };
+                self.transition(
+                    trigger.phase_after(),
+                    &message,
+                    Some((true, trigger.as_reason())),
+                    |s| s.failure_reason = failure,
+                )
+                .await?;
+            }
+            Err(e) => {
+                ctx.metrics.step("rollback", "failed", started.elapsed());
+                let failed = format!(
+                    "rollback failed: {}; set rollback: \"true\" again (edit the spec) to retry — it resumes where it \
+                     stopped",
+                    chain(&e)
+                );
+                let reason = match cause {
+                    Some(cause) => format!("{cause}; {failed}"),
+                    None => failed,
+                };
+                self.transition(
+                    Phase::FailedRollback,
+                    &reason,
+                    Some((false, REASON_ROLLBACK_FAILED)),
+                    |s| s.failure_reason = Some(reason.clone()),
+                )
+                .await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The archive of `backedupFile`, verified.
+    async fn archive(&self) -> Result<(PathBuf, Arc<Inventory>), String> {
+        let Some(file) = self.status.backedup_file.clone() else {
+            return Err("status.backedupFile names no archive".to_owned());
+        };
+        let path = PathBuf::from(file);
+        let reading = path.clone();
+        // Reading verifies every entry's checksum: CPU and disk work, off the async threads.
+        let inv = tokio::task::spawn_blocking(move || Inventory::from_archive(&reading))
+            .await
+            .map_err(|e| format!("reading archive {}: {e}", path.display()))?
+            .map_err(|e| format!("archive {}: {}", path.display(), chain(&e)))?;
+        Ok((path, Arc::new(inv)))
+    }
+
+    /// A working phase without a readable archive cannot go on, nor roll back: say so and
+    /// wait for the user (who can put the archive back and ask for a rollback).
+    async fn stranded(&mut self, why: &str) -> Result<Flow, ReconcileError> {
+        let reason = format!(
+            "{why}; promote cannot continue and rollback cannot run without the archive: put it back and set \
+             rollback: \"true\""
+        );
+        self.transition(
+            Phase::FailedRollback,
+            &reason,
+            Some((false, REASON_ROLLBACK_FAILED)),
+            |s| s.failure_reason = Some(reason.clone()),
+        )
+        .await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Runs `work` while patching its progress (at most every `progress_interval`), and stops
+    /// it when the policy is deleted (unless it is a rollback). A promote moving from detach to
+    /// restore changes the phase as soon as the restore step announces itself, before the
+    /// engine goes on: the phase a crash leaves behind is the step that was running.
+    async fn supervise<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        mut progress: watch::Receiver<Option<Progress>>,
+        mode: Mode,
+    ) -> Supervised<T> {
+        let mut work = std::pin::pin!(work);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let interval = self.ctx.config.progress_interval;
+        let mut last_write: Option<Instant> = None;
+        let mut reporting = true;
+        loop {
+            tokio::select! {
+                out = &mut work => {
+                    // Written with the transition that follows.
+                    if let Some(latest) = progress.borrow().clone() {
+                        self.status.progress = Some(latest);
+                    }
+                    return Supervised::Done(out);
+                }
+                changed = progress.changed(), if reporting && mode == Mode::Promote => {
+                    if changed.is_err() {
+                        reporting = false;
+                        continue;
+                    }
+                    let Some(latest) = progress.borrow_and_update().clone() else { continue };
+                    let Some(current) = self.phase() else { continue };
+                    let phase = later_promote_phase(current, promote_phase_of_step(&latest.step));
+                    if phase != current {
+                        let message = "detached; rebuilding the namespaces in the control plane bottom-up";
+                        if let Err(e) = self
+                            .transition(phase, message, None, |s| s.progress = Some(latest.clone()))
+                            .await
+                        {
+                            tracing::warn!(policy = %self.name, error = %e, "phase not written; retrying");
+                        }
+                        last_write = Some(Instant::now());
+                    }
+                }
+                _ = tick.tick() => {
+                    if mode.stops_on_delete() && self.ctx.is_deleting(&self.name) {
+                        tracing::info!(policy = %self.name, "policy deleted; stopping the running step");
+                        return Supervised::Deleted;
+                    }
+                    let Some(latest) = progress.borrow().clone() else { continue };
+                    if self.status.progress.as_ref() == Some(&latest) {
+                        continue;
+                    }
+                    if mode == Mode::Promote
+                        && let Some(current) = self.phase()
+                        && later_promote_phase(current, promote_phase_of_step(&latest.step)) != current
+                    {
+                        // The phase write failed above; the `changed` arm retries it.
+                        progress.mark_changed();
+                        continue;
+                    }
+                    if last_write.is_none_or(|t| t.elapsed() >= interval) {
+                        self.write_progress(latest).await;
+                        last_write = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The exclusions in effect: the policy's, or the design's list when it names none.
+fn exclusions(names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        DEFAULT_EXCLUDED_RESOURCES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        names.to_vec()
+    }
+}
+
+fn progress(step: &str, done: u64, total: u64) -> Progress {
+    Progress {
+        step: step.to_owned(),
+        items_done: i64::try_from(done).unwrap_or(i64::MAX),
+        items_total: i64::try_from(total).unwrap_or(i64::MAX),
+    }
+}
+
+fn completed_message(report: &Report, cluster_name: &str) -> String {
+    let mut text = format!(
+        "promoted: {} owners detached in the member, {} pods marked, {} objects created in the control plane \
+         ({} already there); the pods run on node {}",
+        report.detached.len(),
+        report.marked.len(),
+        report.created.len(),
+        report.existed.len(),
+        crate::kosmos::virtual_node_name(cluster_name)
+    );
+    if !report.warnings.is_empty() {
+        text.push_str("; warnings: ");
+        text.push_str(&report.warnings.join("; "));
+    }
+    text
+}

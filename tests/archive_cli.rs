@@ -1,0 +1,268 @@
+//! The offline commands, run as a user would: `kpromote inspect | show | verify | diff`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod archive_support;
+
+use archive_support::{configmap, facts, fixture, nginx_objects};
+use kpromote::archive::{ArchiveWriter, WriterOptions};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn kpromote(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kpromote"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+fn f(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
+#[test]
+fn inspect_summarizes() {
+    let out = kpromote(&["inspect", &f("valid/nginx.tar.zst")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in [
+        "kpromote 1.0.0 (zstd level 3)",
+        "member-cluster1 (Kubernetes v1.35.0)",
+        "Policy:       promote-policy-sample",
+        "Namespaces:   nginx-test",
+        "Objects:      5",
+        "deployments.apps",
+        "(cluster)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let doc = json(&kpromote(&["inspect", "-o", "json", &f("valid/nginx.tar.gz")]));
+    assert_eq!(doc["kind"], "kpromote");
+    assert_eq!(doc["codec"], "gzip");
+    assert_eq!(doc["anchored"], true);
+    assert_eq!(doc["summary"]["objects"], 5);
+    assert_eq!(doc["manifest"]["source"]["name"], "member-cluster1");
+    assert_eq!(doc["manifest"]["formatVersion"], "1.0.0");
+
+    let velero = json(&kpromote(&[
+        "inspect",
+        "-o",
+        "json",
+        &f("velero/nginx-velero.tar.gz"),
+    ]));
+    assert_eq!(velero["kind"], "velero");
+    assert_eq!(velero["manifest"], Value::Null);
+}
+
+#[test]
+fn inspect_lists_with_filters() {
+    let out = kpromote(&["inspect", "--list", &f("valid/nginx.tar.zst")]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).lines().count(), 6);
+    let pods = json(&kpromote(&[
+        "inspect",
+        "--list",
+        "-r",
+        "pods",
+        "-o",
+        "json",
+        &f("valid/nginx.tar.zst"),
+    ]));
+    let objects = pods["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0]["kind"], "Pod");
+    assert_eq!(objects[0]["ownerReferences"][0]["kind"], "ReplicaSet");
+    let by_kind = json(&kpromote(&[
+        "inspect",
+        "--list",
+        "-r",
+        "Deployment",
+        "-o",
+        "json",
+        &f("valid/nginx.tar.zst"),
+    ]));
+    assert_eq!(by_kind["objects"][0]["name"], "nginx");
+    let cluster = json(&kpromote(&[
+        "inspect",
+        "--list",
+        "-n",
+        "",
+        "-o",
+        "json",
+        &f("valid/nginx.tar.zst"),
+    ]));
+    assert_eq!(cluster["objects"].as_array().unwrap().len(), 1);
+    assert_eq!(cluster["objects"][0]["kind"], "Namespace");
+}
+
+#[test]
+fn show_prints_yaml_and_json() {
+    let out = kpromote(&["show", &f("valid/nginx.tar.zst"), "deployments/nginx-test/nginx"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = stdout(&out);
+    assert!(yaml.contains("kind: Deployment"), "{yaml}");
+    assert!(yaml.contains("image: nginx:1.14-alpine"), "{yaml}");
+    let doc = json(&kpromote(&[
+        "show",
+        "-o",
+        "json",
+        &f("valid/nginx.tar.gz"),
+        "services/nginx-test/nginx-service",
+    ]));
+    assert_eq!(doc["spec"]["ports"][0]["port"], 80);
+    let ns = json(&kpromote(&[
+        "show",
+        "-o",
+        "json",
+        &f("valid/nginx.tar.zst"),
+        "namespaces/nginx-test",
+    ]));
+    assert_eq!(ns["kind"], "Namespace");
+    let by_path = kpromote(&[
+        "show",
+        &f("velero/nginx-velero.tar.gz"),
+        "resources/pods/namespaces/nginx-test/nginx-7c5ddbdf54-x8k2p.json",
+    ]);
+    assert!(stdout(&by_path).contains("kind: Pod"));
+
+    let missing = kpromote(&["show", &f("valid/nginx.tar.zst"), "pods/nginx-test/nope"]);
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(
+        err.contains("has no object") && err.contains("inspect --list"),
+        "{err}"
+    );
+    let bad = kpromote(&["show", &f("valid/nginx.tar.zst"), "a/b/c/d"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("<resource>/<namespace>/<name>"));
+}
+
+#[test]
+fn verify_exit_codes_and_reports() {
+    let good = kpromote(&["verify", &f("valid/nginx.tar.zst")]);
+    assert_eq!(good.status.code(), Some(0), "{}", stdout(&good));
+    assert!(stdout(&good).starts_with("OK:"));
+
+    let bad = kpromote(&["verify", &f("hostile/digest-mismatch.tar.zst")]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).contains("resources/services/namespaces/nginx-test/nginx-service.json"));
+
+    let doc = json(&kpromote(&[
+        "verify",
+        "-o",
+        "json",
+        &f("hostile/symlink.tar.zst"),
+    ]));
+    assert_eq!(doc["status"], "problems");
+    assert_eq!(doc["problems"][0]["code"], "unsupported_entry_type");
+    assert_eq!(
+        doc["problems"][0]["entry"],
+        "resources/pods/namespaces/nginx-test/evil.json"
+    );
+
+    let unreadable = json(&kpromote(&[
+        "verify",
+        "-o",
+        "json",
+        &f("hostile/unknown-major.tar.zst"),
+    ]));
+    assert_eq!(unreadable["status"], "problems");
+    assert_eq!(unreadable["problems"][0]["code"], "unsupported_version");
+
+    let velero = kpromote(&["verify", &f("velero/nginx-velero.tar.gz")]);
+    assert_eq!(velero.status.code(), Some(3));
+    assert!(stdout(&velero).starts_with("UNVERIFIED"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kpromote"))
+        .args(["verify", "-o", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(fixture("valid/nginx.tar.gz")).unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &bytes).unwrap();
+    drop(child.stdin.take());
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(piped.status.code(), Some(0));
+    assert_eq!(json(&piped)["entriesChecked"], 6);
+}
+
+fn write(path: &Path, objects: Vec<kpromote::archive::NewObject>) {
+    let mut writer = ArchiveWriter::create(path, facts(), WriterOptions::zstd()).unwrap();
+    for o in objects {
+        writer.add(o).unwrap();
+    }
+    writer.finish().unwrap();
+}
+
+#[test]
+fn diff_reports_added_removed_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.tar.zst");
+    let b = dir.path().join("b.tar.zst");
+    write(&a, nginx_objects());
+    let mut changed = nginx_objects();
+    changed.retain(|o| o.resource != "services");
+    for o in &mut changed {
+        if o.resource == "deployments" {
+            let mut v: Value = serde_json::from_slice(&o.json).unwrap();
+            v["spec"]["replicas"] = 3.into();
+            o.json = serde_json::to_vec(&v).unwrap();
+        }
+    }
+    changed.push(configmap("nginx-test", "settings", 10));
+    write(&b, changed);
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+
+    let same = kpromote(&["diff", &a, &f("valid/nginx.tar.gz")]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    let text = kpromote(&["diff", &a, &b]);
+    assert_eq!(text.status.code(), Some(1));
+    let out = stdout(&text);
+    assert!(
+        out.contains("- resources/services/namespaces/nginx-test/nginx-service.json"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ resources/configmaps/namespaces/nginx-test/settings.json"),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ resources/deployments.apps/namespaces/nginx-test/nginx.json  (spec.replicas)"),
+        "{out}"
+    );
+    let doc = json(&kpromote(&["diff", "-o", "json", &a, &b]));
+    assert_eq!(doc["changed"][0]["fields"][0], "spec.replicas");
+    assert_eq!(doc["unchanged"], 3);
+    let broken = kpromote(&["diff", &a, &f("hostile/missing-entry.tar.zst")]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(stderr(&broken).contains("missing-entry.tar.zst"));
+}
+
+#[test]
+fn errors_name_the_input_and_what_to_do() {
+    let missing = kpromote(&["inspect", "/nonexistent/backup.tar.zst"]);
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(
+        err.contains("/nonexistent/backup.tar.zst") && err.contains("check the path"),
+        "{err}"
+    );
+    let zip = kpromote(&["inspect", &f("hostile/unknown-codec.bin")]);
+    assert!(stderr(&zip).contains("Velero 1.x tarballs"), "{}", stderr(&zip));
+    let newer = kpromote(&["inspect", &f("hostile/unknown-major.tar.zst")]);
+    assert!(stderr(&newer).contains("upgrade kpromote"), "{}", stderr(&newer));
+}

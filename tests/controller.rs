@@ -1,0 +1,206 @@
+//! The controller end to end: the design's PromotePolicy, applied verbatim with `kubectl`, is
+//! driven by a separate `kpromote controller` process to `Completed` and — with the design's
+//! `rollback: "true"` — to `RolledBack`, without a pod restarting; the status, conditions,
+//! events, `kubectl describe` and `/metrics` say what happened.
+#![allow(clippy::unwrap_used)]
+
+mod controller_env;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kpromote::policy::{CONDITION_READY, CONDITION_ROLLED_BACK, Phase};
+use kube::Api;
+use support::{apps, wait_for};
+
+use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env, design_rollback_policy};
+
+/// Controllers get this long to react (and so to reveal any pod they would create) before the
+/// after-snapshot is taken.
+const SETTLE: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_without_a_restart() {
+    let env = Env::start().await;
+    let original = apps::snapshot(&env.member, "nginx-test").await;
+    assert_eq!(original.pods.len(), 1);
+    let controller = env.controller("solo", &[], &[]);
+
+    // Promote: the design's YAML, verbatim.
+    let started = Instant::now();
+    env.apply(DESIGN_POLICY);
+    let policy = env
+        .wait_phase(
+            DESIGN_POLICY_NAME,
+            Phase::Completed,
+            Duration::from_secs(120),
+            Some(&controller),
+        )
+        .await;
+    let to_completed = started.elapsed();
+    eprintln!("design policy applied -> Completed in {to_completed:.1?}");
+
+    let status = policy.status.clone().unwrap();
+    let archive = status.backedup_file.clone().unwrap();
+    let file_name = std::path::Path::new(&archive)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(archive.starts_with(&env.backup_dir.path().display().to_string()));
+    assert!(
+        file_name.starts_with("promote-policy-example20") && std::path::Path::new(&archive).is_file(),
+        "{archive}"
+    );
+    assert!(status.start_timestamp.is_some() && status.completion_timestamp.is_some());
+    assert!(status.start_timestamp.as_ref().unwrap().0 <= status.completion_timestamp.as_ref().unwrap().0);
+    assert_eq!(status.observed_generation, policy.metadata.generation);
+    assert!(status.failure_reason.is_none() && status.precheck_errors.is_empty());
+    let progress = status.progress.clone().unwrap();
+    assert_eq!(progress.step, "restore");
+    assert_eq!(progress.items_done, progress.items_total);
+    let ready = status.condition(CONDITION_READY).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Completed")
+    );
+    assert_eq!(
+        status.condition(CONDITION_ROLLED_BACK).unwrap().reason,
+        "NotRequested"
+    );
+    assert_eq!(
+        policy.metadata.finalizers.as_deref(),
+        Some(&["kpromote.kosmos.io/finalizer".to_owned()][..])
+    );
+
+    // Nothing restarted; the control plane holds the same objects, on the virtual node.
+    tokio::time::sleep(SETTLE).await;
+    let member_after = apps::snapshot(&env.member, "nginx-test").await;
+    assert_eq!(
+        member_after.pods, original.pods,
+        "same pods, same UIDs, no restarts"
+    );
+    assert!(member_after.replicasets.is_empty());
+    let cp_snap = apps::snapshot(&env.cp, "nginx-test").await;
+    assert_eq!(
+        cp_snap.pods.keys().collect::<Vec<_>>(),
+        original.pods.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cp_snap.replicasets.keys().collect::<Vec<_>>(),
+        original.replicasets.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        cp_snap.controller_created.is_empty(),
+        "controller-made objects in the control plane: {:?}",
+        cp_snap.controller_created
+    );
+    for name in original.pods.keys() {
+        let pod = Api::<Pod>::namespaced(env.cp.clone(), "nginx-test")
+            .get(name)
+            .await
+            .unwrap();
+        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("kosmos-member"));
+    }
+
+    // What a user sees.
+    let out = env.kubectl_cp(&["get", "promotepolicy"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("Completed") && table.contains("member") && table.contains(&archive),
+        "{table}"
+    );
+    let described = describe(&env);
+    assert!(
+        described.contains("Phase:") && described.contains("Completed"),
+        "{described}"
+    );
+    assert!(described.contains("Backedup File:"), "{described}");
+    for reason in ["Prechecking", "Backuping", "Detaching", "Restoring", "Completed"] {
+        assert!(
+            described
+                .lines()
+                .any(|l| l.contains("Normal") && l.contains(reason)),
+            "event {reason} missing from describe:\n{described}"
+        );
+    }
+    println!("{described}");
+
+    // Rollback: the design's YAML with rollback: "true".
+    let started = Instant::now();
+    env.apply(&design_rollback_policy());
+    let policy = env
+        .wait_phase(
+            DESIGN_POLICY_NAME,
+            Phase::RolledBack,
+            Duration::from_secs(120),
+            Some(&controller),
+        )
+        .await;
+    let to_rolled_back = started.elapsed();
+    eprintln!("rollback applied -> RolledBack in {to_rolled_back:.1?}");
+    let status = policy.status.clone().unwrap();
+    assert_eq!(status.backedup_file.as_deref(), Some(archive.as_str()));
+    let rolled = status.condition(CONDITION_ROLLED_BACK).unwrap();
+    assert_eq!(
+        (rolled.status.as_str(), rolled.reason.as_str()),
+        ("True", "RollbackRequested")
+    );
+    assert_eq!(status.condition(CONDITION_READY).unwrap().status, "False");
+    assert!(status.failure_reason.is_none());
+
+    tokio::time::sleep(SETTLE).await;
+    let member_back = apps::snapshot(&env.member, "nginx-test").await;
+    assert_eq!(member_back.pods, original.pods, "same pods after rollback");
+    assert_eq!(
+        member_back.replicasets.keys().collect::<Vec<_>>(),
+        original.replicasets.keys().collect::<Vec<_>>()
+    );
+    wait_for(
+        "the control plane to hold nothing of nginx-test",
+        Duration::from_secs(60),
+        || async {
+            Api::<Namespace>::all(env.cp.clone())
+                .get_opt("nginx-test")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let described = describe(&env);
+    assert!(described.contains("RolledBack"), "{described}");
+    assert!(described.contains("RollingBack"), "{described}");
+
+    // Metrics and probes.
+    let (code, metrics) = controller.http_get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        r#"kpromote_phase_transitions_total{from="Restoring",to="Completed"} 1"#,
+        r#"kpromote_phase_transitions_total{from="RollingBack",to="RolledBack"} 1"#,
+        r#"kpromote_step_duration_seconds_count{step="promote",outcome="ok"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert_eq!(controller.http_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(controller.http_get("/readyz").await.unwrap().0, 200);
+
+    // Deleting a finished policy releases it at once and changes nothing.
+    let out = env.kubectl_cp(&["delete", "promotepolicy", DESIGN_POLICY_NAME, "--timeout=30s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        apps::snapshot(&env.member, "nginx-test").await.pods,
+        original.pods
+    );
+    println!(
+        "measured: applied -> Completed {to_completed:.1?}; rollback applied -> RolledBack {to_rolled_back:.1?}"
+    );
+}
+
+fn describe(env: &Env) -> String {
+    let out = env.kubectl_cp(&["describe", "promotepolicy", DESIGN_POLICY_NAME]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

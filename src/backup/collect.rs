@@ -380,13 +380,6 @@ async fn drain_list(
             namespace: head.metadata.namespace.clone(),
             name: head.metadata.name.clone().unwrap_or_default(),
         };
-        if let Some(since) = &head.metadata.deletion_timestamp {
-            shared.lock().skipped.push(SkippedObject {
-                object: reference,
-                reason: SkipReason::BeingDeleted { since: since.clone() },
-            });
-            continue;
-        }
         // Decoded only when the dependency rules read its fields; otherwise its identity is
         // enough (a custom resource references its CRD by its type alone).
         let value = if list.role == ListRole::ClusterRoleBindings || reads_fields_of(&list.resource) {
@@ -394,12 +387,25 @@ async fn drain_list(
         } else {
             serde_json::json!({ "metadata": { "name": reference.name, "namespace": reference.namespace } })
         };
-        let inclusion = match list.role {
-            ListRole::Namespaced => Inclusion::Namespaced,
-            ListRole::ClusterRoleBindings => {
-                let Some(reason) = binding_subject_in(&value, included) else {
-                    continue;
-                };
+        // Of the cluster's ClusterRoleBindings, only those binding an included namespace's
+        // accounts concern the backup (also when they are being deleted).
+        let binds = match list.role {
+            ListRole::Namespaced => None,
+            ListRole::ClusterRoleBindings => match binding_subject_in(&value, included) {
+                Some(reason) => Some(reason),
+                None => continue,
+            },
+        };
+        if let Some(since) = &head.metadata.deletion_timestamp {
+            shared.lock().skipped.push(SkippedObject {
+                object: reference,
+                reason: SkipReason::BeingDeleted { since: since.clone() },
+            });
+            continue;
+        }
+        let inclusion = match binds {
+            None => Inclusion::Namespaced,
+            Some(reason) => {
                 let target = ClusterObjectRef::new(list.resource.clone(), reference.name.clone());
                 shared.lock().present.insert(target.clone());
                 let inclusion = inclusion_of(Some(&reason));

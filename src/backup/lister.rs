@@ -1,4 +1,6 @@
-//! Lists one resource type, page by page, as a stream.
+//! Lists one resource type, page by page, as a stream: [`list_paged`] as kube's
+//! [`DynamicObject`]s, [`list_raw`] as the server's own JSON bytes ([`RawObject`], what the backup
+//! stores), [`paginate`] over any page source.
 //!
 //! # Guarantees
 //! - Pages of at most [`ListRequest::page_size`] objects (`limit` / `continue`), so memory is one
@@ -110,7 +112,7 @@ impl ListRequest {
 }
 
 /// One item of a paged list, with objects of type `T` ([`DynamicObject`] from [`list_paged`],
-/// plain JSON from [`list_json`]).
+/// [`RawObject`] from [`list_raw`]).
 #[derive(Debug, Clone)]
 pub enum ListEvent<T = DynamicObject> {
     /// A listing started (`restarts == 0`) or restarted after its continue token expired; the
@@ -187,25 +189,6 @@ impl ListItem for DynamicObject {
 
     fn set_types(&mut self, types: &TypeMeta) {
         self.types = Some(types.clone());
-    }
-}
-
-impl ListItem for Value {
-    fn storage_key(&self) -> String {
-        let meta = self.get("metadata");
-        let field = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
-        let name = field("name").unwrap_or_default();
-        match field("namespace") {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.to_owned(),
-        }
-    }
-
-    fn set_types(&mut self, types: &TypeMeta) {
-        if let Value::Object(map) = self {
-            map.insert("apiVersion".into(), Value::String(types.api_version.clone()));
-            map.insert("kind".into(), Value::String(types.kind.clone()));
-        }
     }
 }
 
@@ -833,12 +816,13 @@ mod tests {
         let mut b = object("x");
         b.metadata.namespace = Some("a".into());
         assert!(a.storage_key() < b.storage_key());
+        let raw = |json: &str| RawObject::new(json.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}"));
         let (a, b) = (
-            serde_json::json!({"metadata": {"namespace": "a-b", "name": "x"}}),
-            serde_json::json!({"metadata": {"namespace": "a", "name": "x"}}),
+            raw(r#"{"metadata":{"namespace":"a-b","name":"x"}}"#),
+            raw(r#"{"metadata":{"namespace":"a","name":"x"}}"#),
         );
         assert!(a.storage_key() < b.storage_key());
-        assert_eq!(serde_json::json!({"metadata": {"name": "n"}}).storage_key(), "n");
+        assert_eq!(raw(r#"{"metadata":{"name":"n"}}"#).storage_key(), "n");
     }
 
     #[test]

@@ -30,8 +30,10 @@
 //!    their resourceVersions go into the archive's facts (`listResourceVersions`, keyed by
 //!    [`list_key`]) before the archive is created.
 //! 3. The lists are drained [`DEFAULT_CONCURRENCY`] at a time, in pages of
-//!    [`DEFAULT_PAGE_SIZE`], each object streamed to the archive writer thread through a bounded
-//!    channel; then the dependencies are fetched.
+//!    [`DEFAULT_PAGE_SIZE`], each read one page ahead on its own task. Objects are kept as the
+//!    server encoded them ([`lister::RawObject`]); only those whose fields the dependency rules
+//!    read ([`dependencies::reads_fields_of`]) are decoded. Each is streamed to the archive writer
+//!    thread through a bounded channel ([`CHANNEL_CAPACITY`]); then the dependencies are fetched.
 //! 4. The writer sorts with bounded memory, compresses, and renames the finished archive into
 //!    place.
 //!

@@ -193,8 +193,12 @@ impl Display {
                     done,
                 },
             ) => {
-                tracing::info!(resource = %resource, namespace = namespace.as_deref().unwrap_or(""),
-                    objects, done, "list read");
+                let namespace = namespace.as_deref().unwrap_or("");
+                if *objects > 0 {
+                    tracing::info!(resource = %resource, namespace, objects, done, "list read");
+                } else {
+                    tracing::debug!(resource = %resource, namespace, done, "list read, empty");
+                }
             }
             (Some(bar), BackupProgress::Dependencies { done, known }) => {
                 bar.set_message(format!("{done}/{known} cluster-scoped dependencies"));

@@ -8,9 +8,10 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote::testenv::Cluster;
 use kube::Api;
 use support::apps;
+use support::pair::Pair;
 
 fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kpromote"))
@@ -36,15 +37,10 @@ fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool,
 
 #[tokio::test]
 async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
-    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
-    let (cp, member) = (env.cluster("control-plane"), env.cluster("member"));
-    let cp_client = cp.client().await.unwrap();
-    let member_client = member.client().await.unwrap();
-    register_virtual_node(&cp_client, "member").await.unwrap();
-    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
-        .await
-        .unwrap();
-    apps::nginx_example(&member_client, &kubelet).await;
+    let pair = Pair::start().await;
+    let (cp, member) = (pair.env.cluster("control-plane"), pair.env.cluster("member"));
+    let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
+    apps::nginx_example(&member_client, &pair.kubelet).await;
     let before = apps::snapshot(&member_client, "nginx-test").await;
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = format!("--backup-dir={}", dir.path().display());

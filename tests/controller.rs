@@ -83,19 +83,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     );
     assert!(member_after.replicasets.is_empty());
     let cp_snap = apps::snapshot(&env.cp, "nginx-test").await;
-    assert_eq!(
-        cp_snap.pods.keys().collect::<Vec<_>>(),
-        original.pods.keys().collect::<Vec<_>>()
-    );
-    assert_eq!(
-        cp_snap.replicasets.keys().collect::<Vec<_>>(),
-        original.replicasets.keys().collect::<Vec<_>>()
-    );
-    assert!(
-        cp_snap.controller_created.is_empty(),
-        "controller-made objects in the control plane: {:?}",
-        cp_snap.controller_created
-    );
+    cp_snap.assert_promoted_from(&original, "Completed");
     for name in original.pods.keys() {
         let pod = Api::<Pod>::namespaced(env.cp.clone(), "nginx-test")
             .get(name)
@@ -151,12 +139,9 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     assert!(status.failure_reason.is_none());
 
     tokio::time::sleep(SETTLE).await;
-    let member_back = apps::snapshot(&env.member, "nginx-test").await;
-    assert_eq!(member_back.pods, original.pods, "same pods after rollback");
-    assert_eq!(
-        member_back.replicasets.keys().collect::<Vec<_>>(),
-        original.replicasets.keys().collect::<Vec<_>>()
-    );
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "RolledBack");
     wait_for(
         "the control plane to hold nothing of nginx-test",
         Duration::from_secs(60),

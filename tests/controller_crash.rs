@@ -150,12 +150,9 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
             cycle.promote_failpoint
         );
         assert!(member.replicasets.is_empty());
-        let cp = apps::snapshot(&env.cp, "nginx-test").await;
-        assert_eq!(
-            cp.pods.keys().collect::<Vec<_>>(),
-            original.pods.keys().collect::<Vec<_>>()
-        );
-        assert!(cp.controller_created.is_empty(), "{:?}", cp.controller_created);
+        apps::snapshot(&env.cp, "nginx-test")
+            .await
+            .assert_promoted_from(&original, cycle.promote_failpoint);
         drop(controller);
 
         // Rollback, killed.
@@ -184,16 +181,9 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
         )
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let member = apps::snapshot(&env.member, "nginx-test").await;
-        assert_eq!(
-            member.pods, original.pods,
-            "{}: member pods changed",
-            cycle.rollback_failpoint
-        );
-        assert_eq!(
-            member.replicasets.keys().collect::<Vec<_>>(),
-            original.replicasets.keys().collect::<Vec<_>>()
-        );
+        apps::snapshot(&env.member, "nginx-test")
+            .await
+            .assert_rolled_back_to(&original, cycle.rollback_failpoint);
         wait_for(
             "nginx-test gone from the control plane",
             Duration::from_secs(60),

@@ -135,12 +135,9 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
     );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let member = apps::snapshot(&env.member, "nginx-test").await;
-    assert_eq!(member.pods, original.pods, "no restart");
-    assert_eq!(
-        member.replicasets.keys().collect::<Vec<_>>(),
-        original.replicasets.keys().collect::<Vec<_>>()
-    );
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "rollback");
     wait_cp_namespace_gone(&env).await;
     let out = env.kubectl_cp(&["describe", "promotepolicy", DESIGN_POLICY_NAME]);
     let described = String::from_utf8_lossy(&out.stdout);
@@ -202,13 +199,9 @@ async fn a_policy_deleted_mid_promotion_is_rolled_back_before_it_goes_away() {
     );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let member = apps::snapshot(&env.member, "nginx-test").await;
-    assert_eq!(member.pods, original.pods, "no restart");
-    assert_eq!(
-        member.replicasets.keys().collect::<Vec<_>>(),
-        original.replicasets.keys().collect::<Vec<_>>(),
-        "the member's owners are back"
-    );
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "rollback");
     wait_cp_namespace_gone(&env).await;
 }
 
@@ -259,11 +252,8 @@ async fn deleting_a_completed_policy_leaves_the_promotion_and_its_archive_rolls_
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let member = apps::snapshot(&env.member, "nginx-test").await;
-    assert_eq!(member.pods, original.pods);
-    assert_eq!(
-        member.replicasets.keys().collect::<Vec<_>>(),
-        original.replicasets.keys().collect::<Vec<_>>()
-    );
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "rollback");
     wait_cp_namespace_gone(&env).await;
 }

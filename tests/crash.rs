@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote::testenv::Cluster;
 use kube::Api;
+use support::pair::Pair;
 use support::{apps, archiving};
 
 /// (promote failpoint, rollback failpoint): each pair is one promote+rollback cycle.
@@ -70,15 +71,10 @@ fn assert_ok(out: &std::process::Output, what: &str) {
 
 #[tokio::test]
 async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
-    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
-    let (cp, member) = (env.cluster("control-plane"), env.cluster("member"));
-    let cp_client = cp.client().await.unwrap();
-    let member_client = member.client().await.unwrap();
-    register_virtual_node(&cp_client, "member").await.unwrap();
-    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
-        .await
-        .unwrap();
-    apps::nginx_example(&member_client, &kubelet).await;
+    let pair = Pair::start().await;
+    let (cp, member) = (pair.env.cluster("control-plane"), pair.env.cluster("member"));
+    let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
+    apps::nginx_example(&member_client, &pair.kubelet).await;
     let original = apps::snapshot(&member_client, "nginx-test").await;
 
     for (cycle, (promote_fp, rollback_fp)) in CYCLES.iter().enumerate() {
@@ -99,21 +95,9 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
             "cycle {cycle} ({promote_fp}): member pods changed"
         );
         assert!(member_snap.replicasets.is_empty());
-        let cp_snap = apps::snapshot(&cp_client, "nginx-test").await;
-        assert_eq!(
-            cp_snap.pods.keys().collect::<Vec<_>>(),
-            original.pods.keys().collect::<Vec<_>>(),
-            "cycle {cycle}"
-        );
-        assert_eq!(
-            cp_snap.replicasets.keys().collect::<Vec<_>>(),
-            original.replicasets.keys().collect::<Vec<_>>()
-        );
-        assert!(
-            cp_snap.controller_created.is_empty(),
-            "cycle {cycle}: {:?}",
-            cp_snap.controller_created
-        );
+        apps::snapshot(&cp_client, "nginx-test")
+            .await
+            .assert_promoted_from(&original, &format!("cycle {cycle} ({promote_fp})"));
         assert!(
             Api::<Deployment>::namespaced(cp_client.clone(), "nginx-test")
                 .get_opt("nginx")
@@ -130,15 +114,9 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
             &format!("cycle {cycle}: rollback resumed after {rollback_fp}"),
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rolled = apps::snapshot(&member_client, "nginx-test").await;
-        assert_eq!(
-            rolled.pods, original.pods,
-            "cycle {cycle} ({rollback_fp}): member pods changed"
-        );
-        assert_eq!(
-            rolled.replicasets.keys().collect::<Vec<_>>(),
-            original.replicasets.keys().collect::<Vec<_>>()
-        );
+        apps::snapshot(&member_client, "nginx-test")
+            .await
+            .assert_rolled_back_to(&original, &format!("cycle {cycle} ({rollback_fp})"));
         assert!(
             Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
                 .get_opt("nginx")

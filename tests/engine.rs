@@ -11,9 +11,9 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kpromote::engine::{EngineOptions, Inventory, LiveCluster, promote::promote, rollback::rollback};
 use kpromote::journal::Journal;
-use kpromote::testenv::{FakeKubelet, TestEnv, register_virtual_node};
 use kube::Api;
 use kube::api::ListParams;
+use support::pair::Pair;
 use support::{apps, archiving, wait_for};
 
 /// Controllers get this long to react (and so to reveal any pod they would create) before the
@@ -26,14 +26,9 @@ fn journal(dir: &std::path::Path, name: &str, run: &str) -> Arc<Mutex<Journal>> 
 
 #[tokio::test]
 async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart() {
-    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
-    let cp_client = env.cluster("control-plane").client().await.unwrap();
-    let member_client = env.cluster("member").client().await.unwrap();
-    register_virtual_node(&cp_client, "member").await.unwrap();
-    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
-        .await
-        .unwrap();
-    apps::nginx_example(&member_client, &kubelet).await;
+    let pair = Pair::start().await;
+    let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
+    apps::nginx_example(&member_client, &pair.kubelet).await;
     let before = apps::snapshot(&member_client, "nginx-test").await;
     assert_eq!(before.pods.len(), 1);
 
@@ -88,19 +83,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
 
     // Control plane: the same objects, adopted bottom-up, none made by a controller.
     let cp_snap = apps::snapshot(&cp_client, "nginx-test").await;
-    assert_eq!(
-        cp_snap.pods.keys().collect::<Vec<_>>(),
-        before.pods.keys().collect::<Vec<_>>()
-    );
-    assert_eq!(
-        cp_snap.replicasets.keys().collect::<Vec<_>>(),
-        before.replicasets.keys().collect::<Vec<_>>()
-    );
-    assert!(
-        cp_snap.controller_created.is_empty(),
-        "controller-made objects: {:?}",
-        cp_snap.controller_created
-    );
+    cp_snap.assert_promoted_from(&before, "promote");
     let cp_pod = Api::<Pod>::namespaced(cp_client.clone(), "nginx-test")
         .get(pod_name)
         .await
@@ -153,11 +136,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
     );
     tokio::time::sleep(SETTLE).await;
     let rolled = apps::snapshot(&member_client, "nginx-test").await;
-    assert_eq!(rolled.pods, before.pods, "same pods, same UIDs, no restarts");
-    assert_eq!(
-        rolled.replicasets.keys().collect::<Vec<_>>(),
-        before.replicasets.keys().collect::<Vec<_>>()
-    );
+    rolled.assert_rolled_back_to(&before, "rollback");
     let member_pod = Api::<Pod>::namespaced(member_client.clone(), "nginx-test")
         .get(pod_name)
         .await
@@ -194,13 +173,8 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use k8s_openapi::api::storage::v1::StorageClass;
 
-    let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
-    let cp_client = env.cluster("control-plane").client().await.unwrap();
-    let member_client = env.cluster("member").client().await.unwrap();
-    register_virtual_node(&cp_client, "member").await.unwrap();
-    let kubelet = FakeKubelet::register(&member_client, "member-node-1")
-        .await
-        .unwrap();
+    let pair = Pair::start().await;
+    let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
     // The shared ClusterRole exists in both clusters before promote.
     apps::create(&member_client, apps::shared_reader_cluster_role()).await;
     let preexisting = apps::create(&cp_client, apps::shared_reader_cluster_role()).await;
@@ -211,7 +185,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
         "volumeBindingMode": "Immediate" }),
     )
     .await;
-    apps::rich_namespace(&member_client, &kubelet, "shop", 30080).await;
+    apps::rich_namespace(&member_client, &pair.kubelet, "shop", 30080).await;
     tokio::time::sleep(SETTLE).await;
     let before = apps::snapshot(&member_client, "shop").await;
     let sts_before = apps::statefulsets(&member_client, "shop").await;
@@ -283,23 +257,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
 
     // Control plane: every pod, ReplicaSet and revision is a restored one; none controller-made.
     let cp_snap = apps::snapshot(&cp_client, "shop").await;
-    assert_eq!(
-        cp_snap.pods.keys().collect::<Vec<_>>(),
-        before.pods.keys().collect::<Vec<_>>()
-    );
-    assert_eq!(
-        cp_snap.replicasets.keys().collect::<Vec<_>>(),
-        before.replicasets.keys().collect::<Vec<_>>()
-    );
-    assert_eq!(
-        cp_snap.revisions.keys().collect::<Vec<_>>(),
-        before.revisions.keys().collect::<Vec<_>>()
-    );
-    assert!(
-        cp_snap.controller_created.is_empty(),
-        "controller-made objects: {:?}",
-        cp_snap.controller_created
-    );
+    cp_snap.assert_promoted_from(&before, "promote");
     assert!(cp_snap.pods.values().all(|(_, _, node)| node == "kosmos-member"));
     // Exact owners: the StatefulSet owns its pods, the WebApp owns its Deployment.
     let cp_sts = apps::statefulsets(&cp_client, "shop").await;
@@ -353,22 +311,10 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     .unwrap();
     tokio::time::sleep(SETTLE).await;
     let rolled = apps::snapshot(&member_client, "shop").await;
-    assert_eq!(rolled.pods, before.pods, "same pods, same UIDs, no restarts");
+    rolled.assert_rolled_back_to(&before, "rollback");
     assert_eq!(
         rolled.revisions, before.revisions,
         "the StatefulSet's revisions are the original ones"
-    );
-    assert_eq!(
-        rolled.replicasets.keys().collect::<Vec<_>>(),
-        before.replicasets.keys().collect::<Vec<_>>()
-    );
-    assert!(
-        rolled
-            .controller_created
-            .iter()
-            .all(|n| before.controller_created.contains(n)),
-        "new controller-made objects: {:?}",
-        rolled.controller_created
     );
     let member_sts = apps::statefulsets(&member_client, "shop").await;
     assert_ne!(member_sts["db"], sts_before["db"], "re-created");

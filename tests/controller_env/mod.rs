@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kpromote::kosmos::cluster::{Cluster, ClusterSpec};
 use kpromote::policy::{Phase, PromotePolicy};
-use kpromote::testenv::{Binaries, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote::testenv::{Binaries, FakeKubelet, TestEnv};
 use kube::api::PostParams;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 
 use crate::support::apps;
+use crate::support::pair::Pair;
 
 /// The design's PromotePolicy, verbatim but for `clusterName` (the test member is `member`).
 pub const DESIGN_POLICY: &str = include_str!("../../deploy/examples/promote-policy.yaml");
@@ -40,20 +41,21 @@ pub struct Env {
 impl Env {
     /// Starts everything; the nginx pod is running in the member when it returns.
     pub async fn start() -> Self {
-        let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
-        let cp = env.cluster("control-plane").client().await.unwrap();
-        let member = env.cluster("member").client().await.unwrap();
-        let kubectl = Binaries::locate().unwrap().path("kubectl");
+        let Pair {
+            env,
+            cp,
+            member,
+            kubelet,
+        } = Pair::start().await;
         let this = Self {
-            kubelet: FakeKubelet::register(&member, "member-node-1").await.unwrap(),
+            kubelet,
             backup_dir: tempfile::tempdir().unwrap(),
             env,
             cp,
             member,
-            kubectl,
+            kubectl: Binaries::locate().unwrap().path("kubectl"),
         };
         this.install_crds().await;
-        register_virtual_node(&this.cp, "member").await.unwrap();
         this.register_member("member").await;
         apps::nginx_example(&this.member, &this.kubelet).await;
         this

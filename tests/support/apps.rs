@@ -318,6 +318,56 @@ pub struct Snapshot {
     pub controller_created: Vec<String>,
 }
 
+impl Snapshot {
+    /// Checks a control-plane snapshot after promoting `member_before`: the same pods,
+    /// ReplicaSets and revisions by name (their UIDs are new there) and none made by a
+    /// controller, which would mean a controller replaced instead of adopted.
+    pub fn assert_promoted_from(&self, member_before: &Snapshot, context: &str) {
+        assert_eq!(
+            self.pods.keys().collect::<Vec<_>>(),
+            member_before.pods.keys().collect::<Vec<_>>(),
+            "{context}: pods in the control plane"
+        );
+        assert_eq!(
+            self.replicasets.keys().collect::<Vec<_>>(),
+            member_before.replicasets.keys().collect::<Vec<_>>(),
+            "{context}: ReplicaSets in the control plane"
+        );
+        assert_eq!(
+            self.revisions.keys().collect::<Vec<_>>(),
+            member_before.revisions.keys().collect::<Vec<_>>(),
+            "{context}: ControllerRevisions in the control plane"
+        );
+        assert!(
+            self.controller_created.is_empty(),
+            "{context}: controller-made objects in the control plane: {:?}",
+            self.controller_created
+        );
+    }
+
+    /// Checks a member snapshot after a rollback to `before`: the very same pods (UIDs,
+    /// restart counts, nodes), the owners back under their names, and nothing a controller
+    /// made that was not there before.
+    pub fn assert_rolled_back_to(&self, before: &Snapshot, context: &str) {
+        assert_eq!(
+            self.pods, before.pods,
+            "{context}: same pods, same UIDs, no restarts"
+        );
+        assert_eq!(
+            self.replicasets.keys().collect::<Vec<_>>(),
+            before.replicasets.keys().collect::<Vec<_>>(),
+            "{context}: the member's ReplicaSets are back"
+        );
+        assert!(
+            self.controller_created
+                .iter()
+                .all(|n| before.controller_created.contains(n)),
+            "{context}: new controller-made objects: {:?}",
+            self.controller_created
+        );
+    }
+}
+
 /// Takes a [`Snapshot`] of namespace `ns`.
 pub async fn snapshot(client: &Client, ns: &str) -> Snapshot {
     let mut snap = Snapshot::default();

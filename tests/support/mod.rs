@@ -4,14 +4,16 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
-/// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for
-/// it explicitly rather than sleeping.
 /// Applications the tests promote.
 pub mod apps;
 /// Archives written straight from a cluster.
 pub mod archiving;
+/// The two clusters a promote test starts from.
+pub mod pair;
 
+/// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
+/// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for
+/// it explicitly rather than sleeping.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,

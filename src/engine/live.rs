@@ -1,9 +1,12 @@
 //! Acting on one live cluster for the engine: the dynamic API of an archived object, typed
 //! outcomes for the API server's answers, retries for the transient ones, and waits.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::{Api, Client};
 use serde_json::Value;
 
@@ -178,6 +181,32 @@ impl LiveCluster {
             Ok(obj) => Ok(Some(obj)),
             Err(LiveError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Every object of `api`'s type in its namespace (or the cluster), by name, read in pages of
+    /// 500. `key` is any object of that type; it names the request in errors.
+    ///
+    /// # Errors
+    /// Refusals and unavailability.
+    pub async fn list_by_name(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+    ) -> Result<BTreeMap<String, DynamicObject>, LiveError> {
+        let mut objects = BTreeMap::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = self.retry("list", key, || api.list(&params)).await?;
+            for object in page.items {
+                if let Some(name) = object.metadata.name.clone() {
+                    objects.insert(name, object);
+                }
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok(objects),
+            }
         }
     }
 

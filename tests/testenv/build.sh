@@ -6,7 +6,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$here/go.mod")
-key=$(sha256sum "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)
+# Relative names: the key must not depend on where the checkout lives.
+key=$(cd "$here" && sha256sum go.mod go.sum | sha256sum | cut -c1-12)
 cache=${KPROMOTE_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kpromote/testenv}
 bin="$cache/$version-$key/bin"
 tools=(kube-apiserver kube-controller-manager kubectl etcd)

@@ -4,30 +4,14 @@
 
 mod support;
 
-use std::process::Command;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kpromote::testenv::Cluster;
 use kube::Api;
 use support::apps;
 use support::pair::Pair;
 
-fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kpromote"))
-        .arg(cmd)
-        .arg(format!(
-            "--member-kubeconfig={}",
-            member.kubeconfig_path().display()
-        ))
-        .arg(format!(
-            "--control-plane-kubeconfig={}",
-            cp.kubeconfig_path().display()
-        ))
-        .arg("--cluster-name=member")
-        .args(extra)
-        .output()
-        .unwrap();
+fn kpromote(pair: &Pair, cmd: &str, extra: &[&str]) -> (bool, String, String) {
+    let out = pair.kpromote(cmd).args(extra).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -38,7 +22,6 @@ fn kpromote(cmd: &str, member: &Cluster, cp: &Cluster, extra: &[&str]) -> (bool,
 #[tokio::test]
 async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     let pair = Pair::start().await;
-    let (cp, member) = (pair.env.cluster("control-plane"), pair.env.cluster("member"));
     let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
     apps::nginx_example(&member_client, &pair.kubelet).await;
     let before = apps::snapshot(&member_client, "nginx-test").await;
@@ -47,9 +30,8 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
 
     // A precheck failure reports every problem and changes nothing.
     let (ok, _, err) = kpromote(
+        &pair,
         "promote",
-        member,
-        cp,
         &[
             "-n",
             "missing",
@@ -74,12 +56,7 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     assert_eq!(apps::snapshot(&member_client, "nginx-test").await, before);
 
     // The dry run prints the plan and changes nothing.
-    let (ok, out, err) = kpromote(
-        "promote",
-        member,
-        cp,
-        &["-n", "nginx-test", "--dry-run", &dir_arg],
-    );
+    let (ok, out, err) = kpromote(&pair, "promote", &["-n", "nginx-test", "--dry-run", &dir_arg]);
     assert!(ok, "{err}");
     assert!(
         out.contains("deployments.apps/nginx-test/nginx") && out.contains("restore into the control plane"),
@@ -105,9 +82,8 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     );
 
     let (ok, out, err) = kpromote(
+        &pair,
         "promote",
-        member,
-        cp,
         &["-n", "nginx-test", &dir_arg, "--policy-name=ops"],
     );
     assert!(ok, "{err}\n{out}");
@@ -139,9 +115,8 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     );
 
     let (ok, out, err) = kpromote(
+        &pair,
         "rollback",
-        member,
-        cp,
         &[&format!("--archive={}", archive.display()), "-o", "json"],
     );
     assert!(ok, "{err}\n{out}");

@@ -9,10 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kpromote::policy::{CONDITION_READY, CONDITION_ROLLED_BACK, Phase};
 use kube::Api;
-use support::{apps, wait_for};
+use support::apps;
 
 use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env, design_rollback_policy};
 
@@ -142,19 +142,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "RolledBack");
-    wait_for(
-        "the control plane to hold nothing of nginx-test",
-        Duration::from_secs(60),
-        || async {
-            Api::<Namespace>::all(env.cp.clone())
-                .get_opt("nginx-test")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
     let described = describe(&env);
     assert!(described.contains("RolledBack"), "{described}");
     assert!(described.contains("RollingBack"), "{described}");

@@ -9,9 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
 use kpromote::policy::Phase;
-use kube::Api;
 use support::{apps, wait_for};
 
 use controller_env::{ControllerProcess, DESIGN_POLICY, Env};
@@ -184,19 +182,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
         apps::snapshot(&env.member, "nginx-test")
             .await
             .assert_rolled_back_to(&original, cycle.rollback_failpoint);
-        wait_for(
-            "nginx-test gone from the control plane",
-            Duration::from_secs(60),
-            || async {
-                Api::<Namespace>::all(env.cp.clone())
-                    .get_opt("nginx-test")
-                    .await
-                    .unwrap()
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await;
+        support::wait_namespace_gone(&env.cp, "nginx-test").await;
         drop(controller);
     }
 }

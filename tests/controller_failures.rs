@@ -13,29 +13,13 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kpromote::policy::{CONDITION_ROLLED_BACK, Phase};
 use kube::Api;
 use serde_json::json;
 use support::{apps, wait_for};
 
 use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env};
-
-async fn wait_cp_namespace_gone(env: &Env) {
-    wait_for(
-        "nginx-test gone from the control plane",
-        Duration::from_secs(90),
-        || async {
-            Api::<Namespace>::all(env.cp.clone())
-                .get_opt("nginx-test")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
-}
 
 async fn wait_policy_gone(env: &Env, name: &str) {
     wait_for(
@@ -138,7 +122,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "rollback");
-    wait_cp_namespace_gone(&env).await;
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
     let out = env.kubectl_cp(&["describe", "promotepolicy", DESIGN_POLICY_NAME]);
     let described = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -202,7 +186,7 @@ async fn a_policy_deleted_mid_promotion_is_rolled_back_before_it_goes_away() {
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "rollback");
-    wait_cp_namespace_gone(&env).await;
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
 }
 
 #[tokio::test]
@@ -255,5 +239,5 @@ async fn deleting_a_completed_policy_leaves_the_promotion_and_its_archive_rolls_
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "rollback");
-    wait_cp_namespace_gone(&env).await;
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
 }

@@ -5,11 +5,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kpromote::testenv::Cluster;
 use kube::Api;
 use support::pair::Pair;
 use support::{apps, archiving};
@@ -24,25 +22,9 @@ const CYCLES: &[(&str, &str)] = &[
     ("adopt:1", "teardown:3"),
 ];
 
-fn kpromote(
-    args: &[&str],
-    member: &Cluster,
-    cp: &Cluster,
-    archive: &Path,
-    failpoint: Option<&str>,
-) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpromote"));
-    cmd.args(args)
-        .arg(format!(
-            "--member-kubeconfig={}",
-            member.kubeconfig_path().display()
-        ))
-        .arg(format!(
-            "--control-plane-kubeconfig={}",
-            cp.kubeconfig_path().display()
-        ))
-        .arg("--cluster-name=member")
-        .arg(format!("--archive={}", archive.display()))
+fn kpromote(pair: &Pair, subcommand: &str, archive: &Path, failpoint: Option<&str>) -> std::process::Output {
+    let mut cmd = pair.kpromote(subcommand);
+    cmd.arg(format!("--archive={}", archive.display()))
         .arg("--settle-seconds=1");
     match failpoint {
         Some(f) => cmd.env("KPROMOTE_FAILPOINT", f),
@@ -72,7 +54,6 @@ fn assert_ok(out: &std::process::Output, what: &str) {
 #[tokio::test]
 async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
     let pair = Pair::start().await;
-    let (cp, member) = (pair.env.cluster("control-plane"), pair.env.cluster("member"));
     let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
     apps::nginx_example(&member_client, &pair.kubelet).await;
     let original = apps::snapshot(&member_client, "nginx-test").await;
@@ -81,9 +62,9 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
         let dir = tempfile::tempdir().unwrap();
         let archive = archiving::archive(&member_client, &["nginx-test"], &[], dir.path()).await;
 
-        let out = kpromote(&["promote"], member, cp, &archive, Some(promote_fp));
+        let out = kpromote(&pair, "promote", &archive, Some(promote_fp));
         assert_crashed(&out, promote_fp);
-        let out = kpromote(&["promote"], member, cp, &archive, None);
+        let out = kpromote(&pair, "promote", &archive, None);
         assert_ok(
             &out,
             &format!("cycle {cycle}: promote resumed after {promote_fp}"),
@@ -106,9 +87,9 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
                 .is_some()
         );
 
-        let out = kpromote(&["rollback"], member, cp, &archive, Some(rollback_fp));
+        let out = kpromote(&pair, "rollback", &archive, Some(rollback_fp));
         assert_crashed(&out, rollback_fp);
-        let out = kpromote(&["rollback"], member, cp, &archive, None);
+        let out = kpromote(&pair, "rollback", &archive, None);
         assert_ok(
             &out,
             &format!("cycle {cycle}: rollback resumed after {rollback_fp}"),

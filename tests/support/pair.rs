@@ -1,6 +1,8 @@
 //! The two clusters every promote test starts from: a control plane with the member's Kosmos
 //! virtual node, and a member with one fake kubelet node.
 
+use std::process::Command;
+
 use kpromote::testenv::{FakeKubelet, TestEnv, register_virtual_node};
 use kube::Client;
 
@@ -29,5 +31,20 @@ impl Pair {
             member,
             kubelet,
         }
+    }
+
+    /// The `kpromote <subcommand>` process, aimed at these two clusters with the member named
+    /// `member`: what every CLI test passes before its own flags.
+    pub fn kpromote(&self, subcommand: &str) -> Command {
+        let kubeconfig = |name: &str| self.env.cluster(name).kubeconfig_path().display().to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpromote"));
+        cmd.arg(subcommand)
+            .arg(format!("--member-kubeconfig={}", kubeconfig("member")))
+            .arg(format!(
+                "--control-plane-kubeconfig={}",
+                kubeconfig("control-plane")
+            ))
+            .arg("--cluster-name=member");
+        cmd
     }
 }

@@ -211,13 +211,8 @@ impl Run {
             Ok(found) => found,
             Err(why) => return self.stranded(&why).await,
         };
-        let member = ctx.member(&cluster_name).await?;
-        let member = LiveCluster::new("member", member.client);
-        let control_plane = LiveCluster::new("control plane", ctx.client.clone());
-        let (tx, rx) = watch::channel(None);
-        let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
-            tx.send_replace(Some(progress(step, done, total)));
-        });
+        let (member, control_plane) = self.engine_clusters(&cluster_name).await?;
+        let (on_progress, rx) = engine_progress();
         let opts = ctx.config.engine.clone();
         let work = async {
             let journal = engine::open_journal(&path, engine::PROMOTE, &inv)?;
@@ -286,13 +281,8 @@ impl Run {
             Ok(found) => found,
             Err(why) => return self.stranded(&why).await,
         };
-        let member = ctx.member(&cluster_name).await?;
-        let member = LiveCluster::new("member", member.client);
-        let control_plane = LiveCluster::new("control plane", ctx.client.clone());
-        let (tx, rx) = watch::channel(None);
-        let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
-            tx.send_replace(Some(progress(step, done, total)));
-        });
+        let (member, control_plane) = self.engine_clusters(&cluster_name).await?;
+        let (on_progress, rx) = engine_progress();
         let opts = ctx.config.engine.clone();
         let work = async {
             let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
@@ -361,6 +351,18 @@ impl Run {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// The member and the control plane, as the engine acts on them.
+    async fn engine_clusters(
+        &self,
+        cluster_name: &str,
+    ) -> Result<(LiveCluster, LiveCluster), ReconcileError> {
+        let member = self.ctx.member(cluster_name).await?;
+        Ok((
+            LiveCluster::new("member", member.client),
+            LiveCluster::new("control plane", self.ctx.client.clone()),
+        ))
     }
 
     /// The archive of `backedupFile`, verified.
@@ -476,6 +478,15 @@ fn exclusions(names: &[String]) -> Vec<String> {
     } else {
         names.to_vec()
     }
+}
+
+/// An engine progress callback, and the receiver [`Run::supervise`] reads it from.
+fn engine_progress() -> (ProgressFn, watch::Receiver<Option<Progress>>) {
+    let (tx, rx) = watch::channel(None);
+    let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
+        tx.send_replace(Some(progress(step, done, total)));
+    });
+    (on_progress, rx)
 }
 
 fn progress(step: &str, done: u64, total: u64) -> Progress {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kpromote::engine::apply::Restorer;
-use kpromote::engine::detach::{detach, mark_pods};
+use kpromote::engine::detach::{TwinFactory, detach, mark_pods};
 use kpromote::engine::{EngineOptions, Inventory, LiveCluster, Report, rollback::rollback};
 use kpromote::journal::Journal;
 use kpromote::restore::plan::{DetachPlan, RestorePlan};
@@ -117,7 +117,8 @@ async fn promote_timed(
     )
     .await
     .expect("detach");
-    mark_pods(member, inv, &skipped, &journal, opts, &report, None)
+    let twins = TwinFactory::new(inv, "member");
+    mark_pods(member, &twins, &skipped, &journal, opts, &report, None)
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();

@@ -24,6 +24,26 @@ pub const NODE_TOLERATION_OPERATOR: &str = "Equal";
 /// Prefix of a virtual node's name, followed by the member cluster's name (Kosmos leaf mode `ALL`).
 pub const NODE_NAME_PREFIX: &str = "kosmos-";
 
+/// Annotation Kosmos puts on a control-plane ConfigMap or Secret it copied to member clusters: a
+/// comma-separated list of their names. Deleting such an object in the control plane makes
+/// Kosmos delete the member's object of the same name — whether Kosmos made it or not.
+pub const CLUSTER_OWNERS_ANNOTATION: &str = "kosmos-io/cluster-owners";
+
+/// The [`CLUSTER_OWNERS_ANNOTATION`] value `owners` without member `cluster`; `None` when
+/// `cluster` is not in it.
+#[must_use]
+pub fn without_cluster_owner(owners: &str, cluster: &str) -> Option<String> {
+    let names: Vec<&str> = owners.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    names.contains(&cluster).then(|| {
+        names
+            .iter()
+            .filter(|n| **n != cluster)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 /// Name of the virtual node that stands for member cluster `cluster_name` in the control plane.
 #[must_use]
 pub fn virtual_node_name(cluster_name: &str) -> String {
@@ -33,6 +53,13 @@ pub fn virtual_node_name(cluster_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_owner_removed_from_the_list() {
+        assert_eq!(without_cluster_owner("member", "member").as_deref(), Some(""));
+        assert_eq!(without_cluster_owner("a,member,b", "member").as_deref(), Some("a,b"));
+        assert_eq!(without_cluster_owner("a, b", "member"), None);
+    }
 
     #[test]
     fn virtual_node_name_is_prefixed() {

@@ -24,8 +24,7 @@ const CYCLES: &[(&str, &str)] = &[
 
 fn kpromote(pair: &Pair, subcommand: &str, archive: &Path, failpoint: Option<&str>) -> std::process::Output {
     let mut cmd = pair.kpromote(subcommand);
-    cmd.arg(format!("--archive={}", archive.display()))
-        .arg("--settle-seconds=1");
+    cmd.arg(format!("--archive={}", archive.display()));
     match failpoint {
         Some(f) => cmd.env("KPROMOTE_FAILPOINT", f),
         None => cmd.env_remove("KPROMOTE_FAILPOINT"),

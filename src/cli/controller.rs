@@ -77,9 +77,9 @@ pub struct Args {
     /// Objects created or deleted at once within one level of a plan.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Seconds to wait before creating a level of owners, so the target's controllers see the
-    /// dependents first.
-    #[arg(long, default_value_t = 2.0)]
+    /// Fallback: wait this many seconds before each level of owners instead of observing that
+    /// the control plane's controllers have seen the dependents (0, the default, observes).
+    #[arg(long, default_value_t = 0.0)]
     settle_seconds: f64,
     /// Minimum seconds between two progress writes of one policy.
     #[arg(long, default_value_t = 2.0)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context as _;
-use kpromote::testenv::{Binaries, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote::testenv::{Binaries, Clustertree, FakeKubelet, KosmosKit, TestEnv, register_virtual_node};
 
 /// The design's sample application.
 const NGINX_EXAMPLE: &str = include_str!("../../deploy/examples/nginx.yaml");
@@ -64,6 +64,47 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Starts the real Kosmos clustertree beside the clusters when its kit is installed (see
+/// `tests/testenv/kosmos.sh`), so the demo shows Kosmos mirroring the promoted pod; says so and
+/// goes on without it otherwise.
+async fn start_kosmos(
+    cp: &kpromote::testenv::Cluster,
+    member: &kpromote::testenv::Cluster,
+) -> anyhow::Result<Option<Clustertree>> {
+    match KosmosKit::locate() {
+        Ok(kit) => {
+            step("starting the real Kosmos clustertree (it mirrors control-plane pods bound to kosmos-member)");
+            let kosmos = Clustertree::start(&kit, cp, member, member.name()).await?;
+            println!("  clustertree log: {}", kosmos.log_path().display());
+            Ok(Some(kosmos))
+        }
+        Err(e) => {
+            step("Kosmos clustertree not installed: the demo runs without Kosmos mirroring the pods");
+            println!("  {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Says whether clustertree tried to change a pod since byte `from` of its log (it logs each
+/// in-place update of a member pod), and fails the demo if it did. clustertree retries a refused
+/// update every 10 s, so this first waits past one round.
+async fn report_kosmos(kosmos: Option<&Clustertree>, from: usize, after: &str) -> anyhow::Result<()> {
+    let Some(kosmos) = kosmos else { return Ok(()) };
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let attempts = kosmos.update_attempts(from);
+    println!(
+        "\n  Kosmos clustertree after {after}: {} attempt(s) to update a member pod in place",
+        attempts.len()
+    );
+    anyhow::ensure!(
+        attempts.is_empty(),
+        "clustertree found the member and control-plane pods different after {after}:\n{}",
+        attempts.join("\n")
+    );
+    Ok(())
+}
+
 /// The design's PromotePolicy (clusterName `member`).
 const PROMOTE_POLICY: &str = include_str!("../../deploy/examples/promote-policy.yaml");
 /// Its name.
@@ -113,6 +154,8 @@ async fn controller_demo(
         .create(&kube::api::PostParams::default(), &cluster)
         .await?;
     kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "clusters.kosmos.io"])?;
+
+    let kosmos = start_kosmos(cp, member).await?;
 
     step("starting the controller: kpromote controller (a separate process)");
     let backup_dir = cp.dir().join("backup");
@@ -164,6 +207,9 @@ async fn controller_demo(
         ],
     )?;
 
+    report_kosmos(kosmos.as_ref(), 0, "promote").await?;
+    let rollback_log_start = kosmos.as_ref().map_or(0, |k| k.log().len());
+
     step("rolling back: the same policy with rollback: \"true\"");
     let rollback = PROMOTE_POLICY.replacen("spec:\n", "spec:\n  rollback: \"true\"\n", 1);
     std::fs::write(&policy_file, &rollback)?;
@@ -188,6 +234,7 @@ async fn controller_demo(
     )?;
     println!("\n  and the control plane holds nothing of nginx-test:");
     kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "namespaces"])?;
+    report_kosmos(kosmos.as_ref(), rollback_log_start, "rollback").await?;
 
     step("cleaning up: deleting the policy (a RolledBack policy goes at once), stopping the controller");
     kubectl_run(
@@ -279,7 +326,6 @@ impl ControllerChild {
             .arg(format!("--metrics-address=127.0.0.1:{port}"))
             .args([
                 "--leader-elect=false",
-                "--settle-seconds=1",
                 "--progress-interval-seconds=0.5",
             ])
             .stdin(std::process::Stdio::null())

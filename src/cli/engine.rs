@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use kpromote::access::ClusterClient;
+use kpromote::engine::live::RetryPolicy;
 use kpromote::engine::{EngineOptions, Inventory, LiveCluster, ProgressFn, Report, promote, rollback};
 use kpromote::journal::Journal;
 use kpromote::restore::plan::{DetachPlan, RestorePlan};
@@ -31,7 +32,7 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    async fn connect(&self) -> anyhow::Result<(LiveCluster, LiveCluster)> {
+    async fn connect(&self, retry: RetryPolicy) -> anyhow::Result<(LiveCluster, LiveCluster)> {
         let member = ClusterClient::connect(
             "member",
             self.member_kubeconfig.as_deref(),
@@ -45,8 +46,8 @@ impl Clusters {
         )
         .await?;
         Ok((
-            LiveCluster::new("member", member.client),
-            LiveCluster::new("control plane", cp.client),
+            LiveCluster::new("member", member.client).with_retry(retry),
+            LiveCluster::new("control plane", cp.client).with_retry(retry),
         ))
     }
 }
@@ -57,16 +58,27 @@ pub struct Knobs {
     /// Objects created or deleted at once within one level of the plan.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Seconds to wait before creating a level of owners, so the target's controllers see the
-    /// dependents first.
-    #[arg(long, default_value_t = 2.0)]
+    /// Fallback: wait this many seconds before each level of owners instead of observing that
+    /// the target's controllers have seen the dependents (0, the default, observes).
+    #[arg(long, default_value_t = 0.0)]
     settle_seconds: f64,
+    /// How long one API call keeps retrying throttling (429), server errors and dropped
+    /// connections — long enough to ride out an API server restart.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    retry_deadline_seconds: u64,
     /// Print the report as JSON.
     #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
     output: String,
 }
 
 impl Knobs {
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            deadline: std::time::Duration::from_secs(self.retry_deadline_seconds),
+            ..RetryPolicy::default()
+        }
+    }
+
     fn options(&self) -> EngineOptions {
         EngineOptions {
             concurrency: self.concurrency.max(1),
@@ -118,6 +130,10 @@ pub struct RollbackArgs {
     /// Print what would be re-created and removed, and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Discard what changed in the control plane since promote (objects created in the promoted
+    /// namespaces, owners edited there); without it rollback refuses and names them.
+    #[arg(long)]
+    discard_changes: bool,
     #[command(flatten)]
     knobs: Knobs,
 }
@@ -183,7 +199,7 @@ async fn precheck_and_backup(
 pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let (member, cp) = args.clusters.connect().await?;
+        let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
         // A dry run backs up into a scratch directory: everything is read, nothing is kept.
         let scratch = tempfile::tempdir()?;
         let archive = match &args.archive {
@@ -233,7 +249,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let (member, cp) = args.clusters.connect().await?;
+        let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
         let journal = open_journal(&args.archive, "rollback", &inv)?;
         let progress = progress_printer();
         let report = rollback::rollback(
@@ -242,7 +258,10 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             &inv,
             &args.clusters.cluster_name,
             &journal,
-            &args.knobs.options(),
+            &EngineOptions {
+                discard_changes: args.discard_changes,
+                ..args.knobs.options()
+            },
             Some(&progress),
         )
         .await?;
@@ -336,6 +355,13 @@ fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()>
     line("removed from the control plane", &report.deleted);
     for (key, reason) in &report.skipped {
         println!("skipped {key}: {reason}");
+    }
+    line("discarded (changed in the control plane since promote)", &report.discarded);
+    if report.retried_calls > 0 {
+        println!("retried {} API calls that failed transiently (throttling, server errors, dropped connections)", report.retried_calls);
+    }
+    for step in &report.retried_steps {
+        println!("ran the steps again from the journal, {step}");
     }
     for warning in &report.warnings {
         println!("warning: {warning}");

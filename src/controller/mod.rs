@@ -198,10 +198,16 @@ impl Context {
     /// kubeconfig when there is no such object.
     async fn member(&self, cluster_name: &str) -> Result<ClusterClient, AccessError> {
         if let Some(path) = &self.config.member_kubeconfig {
+            // Only a Cluster that does not exist falls back to the flag's kubeconfig: on any other
+            // error (a 503, a timeout) the fallback could aim a rollback at another cluster.
             let registered = Api::<Cluster>::all(self.client.clone())
                 .get_opt(cluster_name)
-                .await;
-            if !matches!(registered, Ok(Some(_))) {
+                .await
+                .map_err(|e| AccessError::KosmosCluster {
+                    name: cluster_name.to_owned(),
+                    detail: format!("cannot be read ({e}); not falling back to --member-kubeconfig"),
+                })?;
+            if registered.is_none() {
                 return ClusterClient::connect("member", Some(path), self.config.member_context.as_deref())
                     .await;
             }

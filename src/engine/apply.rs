@@ -16,6 +16,7 @@ use crate::object::ObjectKey;
 use crate::ownership::OwnerReference;
 use crate::restore::plan::{RestorePlan, WaitPoint};
 use crate::restore::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
+use crate::restore::twin::admission_changes;
 
 /// Journal step that points a dependent's ownerReference at its re-created owner.
 pub const STEP_ADOPT: &str = "adopt";
@@ -84,8 +85,8 @@ impl Restorer<'_> {
         let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut adopt_pending: Option<&[ObjectKey]> = None;
         for (index, level) in plan.levels.iter().enumerate() {
-            if index > 0 && level.height > 0 && !self.opts.settle.is_zero() {
-                tokio::time::sleep(self.opts.settle).await;
+            if index > 0 && level.height > 0 {
+                self.barrier(level).await?;
             }
             // The previous level's dependents are pointed at it only now, after the settle: by
             // then the target's controllers have adopted by selector what they adopt, so those
@@ -142,6 +143,20 @@ impl Restorer<'_> {
         Ok(())
     }
 
+    /// Before a level of owners: the target's controllers must have seen what they will adopt
+    /// (see [`super::barrier`]), or — only when asked for with a non-zero `settle` — a fixed pause.
+    async fn barrier(&self, level: &crate::restore::plan::Level) -> Result<(), EngineError> {
+        if !self.opts.settle.is_zero() {
+            tokio::time::sleep(self.opts.settle).await;
+            return Ok(());
+        }
+        let needs = super::barrier::Needs::of(&level.objects);
+        let Some(ns) = level.objects.iter().find_map(|k| k.namespace.as_deref()) else {
+            return Ok(());
+        };
+        super::barrier::observe(self.target, ns, needs, self.opts.barrier_timeout).await
+    }
+
     async fn restore_one(
         &self,
         key: &ObjectKey,
@@ -182,8 +197,11 @@ impl Restorer<'_> {
                 }
                 let api = self.target.api_for(key, &object)?;
                 lock(self.journal).begin(self.step, &name, Value::Null)?;
-                let outcome = match self.target.create(&api, key, &object).await {
-                    Ok(created) => Outcome::Created(created.metadata.uid.unwrap_or_default()),
+                let (outcome, live) = match self.target.create(&api, key, &object).await {
+                    Ok(created) => (
+                        Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
+                        serde_json::to_value(&created).unwrap_or(Value::Null),
+                    ),
                     Err(LiveError::AlreadyExists { .. }) => {
                         let live =
                             self.target
@@ -196,17 +214,37 @@ impl Restorer<'_> {
                         let uid = live.metadata.uid.clone().unwrap_or_default();
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                         if self.stamp && stamped_by(&live, &self.inv.archive_id) {
-                            Outcome::Created(uid)
+                            (Outcome::Created(uid), live)
                         } else {
-                            Outcome::Existed(uid)
+                            (Outcome::Existed(uid), live)
                         }
                     }
                     Err(e) => return Err(e.into()),
                 };
+                // A pod admission changed would differ from the member pod it mirrors: Kosmos
+                // would try to update the running pod forever. Stop before anything else.
+                if matches!(outcome, Outcome::Created(_))
+                    && matches!(self.kind, Target::ControlPlane { .. })
+                    && key.is("", "pods")
+                {
+                    let changes = admission_changes(archived, &object, &live);
+                    if !changes.is_empty() {
+                        return Err(EngineError::AdmissionChanged {
+                            key: key.clone(),
+                            changes,
+                        });
+                    }
+                }
                 if let (Outcome::Created(_), Some(status)) = (&outcome, &creation.status) {
                     self.target
                         .merge_patch_status(&api, key, &json!({ "status": status }))
                         .await?;
+                }
+                for finalizer in &creation.dropped_finalizers {
+                    lock_report(report).warnings.push(format!(
+                        "{name}: finalizer {finalizer} not copied: its controller runs in the member, and nothing \
+                         in the control plane would remove it"
+                    ));
                 }
                 for dropped in &creation.owner_references.dropped {
                     lock_report(report).warnings.push(format!(

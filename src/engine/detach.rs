@@ -8,12 +8,13 @@ use futures::TryStreamExt;
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
-use super::inventory::Inventory;
-use super::live::LiveCluster;
+use super::inventory::{Inventory, stamp};
+use super::live::{LiveCluster, LiveError};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::object::ObjectKey;
 use crate::restore::plan::DetachPlan;
-use crate::restore::transform::pod_mark_patch;
+use crate::restore::transform::{Prepared, Target, TransformContext, prepare};
+use crate::restore::twin::{clustertree_differences, member_mark_patch};
 
 /// Journal step of one owner's deletion.
 pub const STEP_DETACH: &str = "detach";
@@ -105,21 +106,26 @@ async fn detach_one(
     Ok(())
 }
 
-/// Marks every archived pod the restore re-creates as Kosmos-managed (`kosmos-io/pod=true`).
-/// A pod that disappeared since the backup is reported, not an error: its owner was detached,
-/// and its control-plane twin is not created (see the report's warnings).
+/// Marks every archived pod the restore re-creates as Kosmos-managed: the Kosmos label, the
+/// archive stamp and the virtual node's toleration ([`member_mark_patch`]), so the member pod
+/// equals the control-plane twin the restore will create in every field Kosmos clustertree
+/// compares. A pod that differs from its archived copy there (changed since the backup) stops the
+/// run before anything is created in the control plane: clustertree would try to update it
+/// forever. A pod that disappeared since the backup is reported, not an error: its owner was
+/// detached, and its control-plane twin is not created (see the report's warnings).
 ///
 /// # Errors
-/// API and journal errors.
+/// [`EngineError::ChangedSinceBackup`]; API and journal errors.
 pub async fn mark_pods(
     member: &LiveCluster,
-    inv: &Inventory,
+    twins: &TwinFactory<'_>,
     skipped: &std::collections::BTreeSet<ObjectKey>,
     journal: &SharedJournal,
     opts: &EngineOptions,
     report: &Mutex<Report>,
     on_progress: Option<&ProgressFn>,
 ) -> Result<(), EngineError> {
+    let inv = twins.inv;
     let pods: Vec<(&ObjectKey, &Value)> = inv.pods().filter(|(k, _)| !skipped.contains(*k)).collect();
     let total = pods.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
@@ -129,18 +135,12 @@ pub async fn mark_pods(
             async move {
                 let name = key.to_string();
                 if !lock(journal).is_done(STEP_MARK, &name) {
-                    let api = member.api_for(key, archived)?;
-                    match member.get_opt(&api, key).await? {
-                        Some(live) if live.metadata.uid.as_deref() == inv.uid(key) => {
-                            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                            if let Some(patch) = pod_mark_patch(&live) {
-                                member.merge_patch(&api, key, &patch).await?;
-                            }
-                            lock_report(report).marked.push(name.clone());
-                        }
-                        _ => lock_report(report).warnings.push(format!(
+                    if mark_one(member, inv, key, archived, twins).await? {
+                        lock_report(report).marked.push(name.clone());
+                    } else {
+                        lock_report(report).warnings.push(format!(
                             "pod {name} is gone from the member since the backup; not marked"
-                        )),
+                        ));
                     }
                     lock(journal).done(STEP_MARK, &name, Value::Null)?;
                 }
@@ -154,26 +154,143 @@ pub async fn mark_pods(
     Ok(())
 }
 
+/// Marks one member pod; `false` when it is gone (or replaced) since the backup.
+async fn mark_one(
+    member: &LiveCluster,
+    inv: &Inventory,
+    key: &ObjectKey,
+    archived: &Value,
+    twins: &TwinFactory<'_>,
+) -> Result<bool, EngineError> {
+    let api = member.api_for(key, archived)?;
+    // The patch replaces the toleration list under the pod's resourceVersion: a concurrent
+    // change (the kubelet's status is another subresource, but labels may move) is read again.
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let Some(live) = member.get_opt(&api, key).await? else {
+            return Ok(false);
+        };
+        if live.metadata.uid.as_deref() != inv.uid(key) {
+            return Ok(false);
+        }
+        let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+        let patch = member_mark_patch(&live, &inv.archive_id).map_err(|source| EngineError::Transform {
+            key: key.clone(),
+            source,
+        })?;
+        let marked = match patch {
+            None => live,
+            Some(patch) => match member.merge_patch(&api, key, &patch).await {
+                Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
+                Err(LiveError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let twin = twins.twin(key, archived)?;
+        let differences = clustertree_differences(&marked, &twin);
+        if !differences.is_empty() {
+            return Err(EngineError::ChangedSinceBackup {
+                key: key.clone(),
+                detail: format!(
+                    "it differs from its archived copy in {}, so its control-plane copy would too and \
+                     Kosmos would try to update the running pod forever",
+                    differences.join(", ")
+                ),
+            });
+        }
+        return Ok(true);
+    }
+    Err(LiveError::Conflict {
+        cluster: member.role.clone(),
+        key: key.clone(),
+        message: format!("still changing after {CONFLICT_ATTEMPTS} attempts to mark it"),
+    }
+    .into())
+}
+
+/// How often a write based on a read is retried when the object changed in between.
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// The archive being promoted, and the control-plane twin of each of its pods exactly as the
+/// restore will create it, so detach can check the marked member pod against it.
+#[derive(Debug)]
+pub struct TwinFactory<'a> {
+    /// The archive being promoted.
+    pub inv: &'a Inventory,
+    target: Target,
+    ctx: TransformContext,
+}
+
+impl<'a> TwinFactory<'a> {
+    /// The factory for promoting `inv` from member `cluster_name`.
+    #[must_use]
+    pub fn new(inv: &'a Inventory, cluster_name: &str) -> Self {
+        Self {
+            inv,
+            target: Target::ControlPlane {
+                cluster_name: cluster_name.to_owned(),
+            },
+            ctx: TransformContext::for_control_plane(inv.objects.values()),
+        }
+    }
+
+    /// The control-plane pod the restore creates for `archived`, stamped.
+    ///
+    /// # Errors
+    /// [`EngineError::Transform`] when the pod cannot be prepared.
+    pub fn twin(&self, key: &ObjectKey, archived: &Value) -> Result<Value, EngineError> {
+        let transform = |source| EngineError::Transform {
+            key: key.clone(),
+            source,
+        };
+        match prepare(archived, &self.target, &self.ctx).map_err(transform)? {
+            Prepared::Create(creation) => {
+                let mut object = creation.object;
+                stamp(&mut object, &self.inv.archive_id);
+                Ok(object)
+            }
+            // Not created in the control plane: nothing there to differ from.
+            _ => Ok(archived.clone()),
+        }
+    }
+}
+
 pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
     report.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Owners listed in the archive that are absent from the member: what detach deleted (or what
-/// someone else removed), and so what rollback re-creates.
+/// someone else removed), and so what rollback re-creates. An owner still being deleted — the
+/// garbage collector has not finished orphaning its dependents — is waited for until it is gone:
+/// counted as present, it would not be re-created, then disappear, and its pods would run with no
+/// controller.
 ///
 /// # Errors
-/// API errors.
+/// API errors; [`LiveError::Timeout`] when a deletion does not finish within `opts.gc_timeout`.
 pub async fn detached_owners(
     member: &LiveCluster,
     inv: &Inventory,
     plan: &DetachPlan,
+    opts: &EngineOptions,
 ) -> Result<std::collections::BTreeSet<ObjectKey>, EngineError> {
     let mut absent = std::collections::BTreeSet::new();
     for key in plan.objects() {
         let api = member.api_for(key, &inv.objects[key])?;
-        if member.get_opt(&api, key).await?.is_none() {
-            absent.insert(key.clone());
+        match member.get_opt(&api, key).await? {
+            None => {}
+            Some(live) if live.metadata.deletion_timestamp.is_some() => {
+                member
+                    .wait_gone(
+                        &api,
+                        key,
+                        live.metadata.uid.as_deref(),
+                        opts.gc_timeout,
+                        "the garbage collector to finish deleting it before it is re-created",
+                    )
+                    .await?;
+            }
+            Some(_) => continue,
         }
+        absent.insert(key.clone());
     }
     Ok(absent)
 }

@@ -9,11 +9,7 @@ use crate::object::ObjectKey;
 use crate::ownership::{OwnershipError, OwnershipGraph};
 use crate::restore::transform::{Prepared, Target, TransformContext, prepare};
 
-/// Annotation kpromote puts on every object it creates in a target cluster, holding the
-/// archive's identity. Rollback deletes from the control plane exactly the objects carrying the
-/// annotation of its archive — never one that existed before — and needs no other record, so it
-/// works from the archive alone.
-pub const STAMP_ANNOTATION: &str = "kpromote.kosmos.io/archive";
+pub use crate::restore::twin::STAMP_ANNOTATION;
 
 /// Why an archive cannot be worked from.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,45 @@ use crate::object::ObjectKey;
 /// Field manager of every write kpromote makes, visible in `managedFields`.
 pub const FIELD_MANAGER: &str = "kpromote";
 
-/// Transient failures (throttling, timeouts, a restarting API server) are retried this often.
-const ATTEMPTS: u32 = 5;
+/// How the engine rides out what a busy or restarting API server answers: throttling (429),
+/// server errors (500, 502, 503, 504) and dropped connections are retried with exponential
+/// backoff and jitter, honouring the server's `retryAfterSeconds`, until `deadline`; every other
+/// answer is final at once. The deadline is per call, long enough for an API server restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first pause.
+    pub first_delay: Duration,
+    /// No pause is longer (a server's `retryAfterSeconds` may be, up to the deadline).
+    pub max_delay: Duration,
+    /// How long one call keeps trying.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `attempt` (1-based): doubling from `first_delay`, capped at
+    /// `max_delay`, then drawn uniformly from its upper half so many clients that failed together
+    /// do not retry together; at least `retry_after` when the server asked for it.
+    #[must_use]
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .first_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let capped = exp.min(self.max_delay);
+        let half = capped / 2;
+        let jittered = half + half.mul_f64(fastrand::f64());
+        retry_after.map_or(jittered, |after| jittered.max(after))
+    }
+}
 
 /// How the API server answered, as far as the engine's decisions go.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +139,14 @@ impl LiveError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
     }
+
+    /// Whether asking again may succeed: the cluster did not answer, throttled (429) or had a
+    /// server error (500, 502, 503, 504). Every other answer is final.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+            || matches!(self, Self::Refused { code, .. } if matches!(code, 429 | 500 | 502 | 503 | 504))
+    }
 }
 
 /// One cluster the engine acts on.
@@ -111,6 +156,10 @@ pub struct LiveCluster {
     pub role: String,
     /// The client.
     pub client: Client,
+    /// How transient failures are retried.
+    pub retry: RetryPolicy,
+    /// Transient failures retried so far, for the report.
+    retried: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for LiveCluster {
@@ -128,7 +177,22 @@ impl LiveCluster {
         Self {
             role: role.to_owned(),
             client,
+            retry: RetryPolicy::default(),
+            retried: std::sync::Arc::default(),
         }
+    }
+
+    /// The same cluster with retry policy `retry`.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many transient failures this cluster's calls have retried so far.
+    #[must_use]
+    pub fn retried(&self) -> u64 {
+        self.retried.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The dynamic API of `key` at `api_version`/`kind` (from the archived object).
@@ -342,24 +406,32 @@ impl LiveCluster {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=ATTEMPTS {
-            match call().await {
+        let deadline = Instant::now() + self.retry.deadline;
+        let mut attempt = 0;
+        loop {
+            let err = match call().await {
                 Ok(value) => return Ok(value),
-                Err(err) => {
-                    let classified = self.classify(verb, key, err);
-                    let transient = matches!(&classified, LiveError::Unavailable { .. })
-                        || matches!(&classified, LiveError::Refused { code, .. } if *code == 429 || *code >= 500);
-                    if !transient || attempt == ATTEMPTS {
-                        return Err(classified);
-                    }
-                    tracing::debug!(%key, verb, attempt, error = %classified, "retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+                Err(err) => err,
+            };
+            let retry_after = match &err {
+                kube::Error::Api(status) => status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
+                _ => None,
+            };
+            let classified = self.classify(verb, key, err);
+            attempt += 1;
+            let pause = self.retry.delay(attempt, retry_after);
+            if !classified.is_transient() || Instant::now() + pause > deadline {
+                return Err(classified);
             }
+            self.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%key, verb, attempt, pause_ms = pause.as_millis() as u64, error = %classified, "retrying");
+            tokio::time::sleep(pause).await;
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     fn classify(&self, verb: &'static str, key: &ObjectKey, err: kube::Error) -> LiveError {
@@ -397,5 +469,53 @@ impl LiveCluster {
                 detail: other.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_stay_capped_jittered_and_honour_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..40 {
+            let full = policy
+                .first_delay
+                .saturating_mul(2u32.saturating_pow(attempt - 1))
+                .min(policy.max_delay);
+            for _ in 0..20 {
+                let d = policy.delay(attempt, None);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} outside [{:?}, {full:?}]", full / 2);
+            }
+        }
+        assert!(policy.delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+
+    #[test]
+    fn only_throttling_server_errors_and_silence_are_transient() {
+        let key = ObjectKey::cluster("", "namespaces", "a");
+        let refused = |code| LiveError::Refused {
+            cluster: "member".into(),
+            verb: "get",
+            key: key.clone(),
+            code,
+            message: String::new(),
+        };
+        for code in [429, 500, 502, 503, 504] {
+            assert!(refused(code).is_transient(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 422, 501] {
+            assert!(!refused(code).is_transient(), "{code}");
+        }
+        assert!(
+            LiveError::Unavailable {
+                cluster: "member".into(),
+                verb: "get",
+                key: key.clone(),
+                detail: "connection reset".into()
+            }
+            .is_transient()
+        );
     }
 }

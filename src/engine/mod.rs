@@ -15,7 +15,9 @@
 //! - Rollback needs only the archive: what promote created is recognised by its stamp.
 
 pub mod apply;
+pub mod barrier;
 pub mod detach;
+mod drift;
 pub mod inventory;
 pub mod live;
 pub mod promote;
@@ -40,23 +42,36 @@ pub use live::{LiveCluster, LiveError};
 pub struct EngineOptions {
     /// Objects of one level created (or deleted) at once.
     pub concurrency: usize,
-    /// Pause before creating a level of owners, so the target controller manager's informers
-    /// have seen the dependents created just before; an owner whose controller syncs before it
-    /// sees its pods would create new ones.
+    /// A fixed pause before each level of owners instead of the observed barrier
+    /// ([`barrier`]): only when non-zero, as an explicit fallback.
     pub settle: Duration,
+    /// How long the barrier before a level of owners waits for the target's controllers to show
+    /// they have seen what the owners will adopt.
+    pub barrier_timeout: Duration,
     /// How long the garbage collector may take to orphan an owner's dependents.
     pub gc_timeout: Duration,
     /// How long a namespace may take to be deleted on rollback.
     pub namespace_timeout: Duration,
+    /// How often promote runs its steps again (resuming from the journal) after a transient
+    /// failure — the API server throttling or restarting for longer than one call's retries —
+    /// before it rolls back.
+    pub step_retries: u32,
+    /// Whether rollback may discard what changed in the control plane since promote (objects
+    /// users created in the promoted namespaces, owners whose spec they edited). Without it,
+    /// rollback refuses and names them.
+    pub discard_changes: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            settle: Duration::from_secs(2),
+            settle: Duration::ZERO,
+            barrier_timeout: Duration::from_secs(120),
             gc_timeout: Duration::from_secs(120),
             namespace_timeout: Duration::from_secs(180),
+            step_retries: 3,
+            discard_changes: false,
         }
     }
 }
@@ -87,6 +102,13 @@ pub struct Report {
     pub deleted: Vec<String>,
     /// Things a user should know that did not stop the run.
     pub warnings: Vec<String>,
+    /// API calls that failed transiently (throttled, server error, no answer) and were retried.
+    pub retried_calls: u64,
+    /// Whole steps run again from the journal after a transient failure, with the failure.
+    pub retried_steps: Vec<String>,
+    /// Changes made in the control plane since promote that rollback discarded (only with
+    /// [`EngineOptions::discard_changes`]).
+    pub discarded: Vec<String>,
 }
 
 impl Report {
@@ -149,6 +171,24 @@ pub enum EngineError {
         /// What changed.
         detail: String,
     },
+    /// Admission in the control plane changed a pod kpromote created: it would differ from the
+    /// member pod it mirrors, and Kosmos would try to update the running pod forever.
+    #[error("{key} was changed by the control plane's admission: {}; promote stopped at this level of the restore", .changes.iter().map(|c| format!("{} ({})", c.field, c.admission)).collect::<Vec<_>>().join("; "))]
+    AdmissionChanged {
+        /// The pod.
+        key: ObjectKey,
+        /// What changed, and the admission that likely did it.
+        changes: Vec<crate::restore::twin::AdmissionChange>,
+    },
+    /// The control plane changed since promote; rolling back would lose the changes.
+    #[error(
+        "the control plane changed since promote, and rolling back would discard it: {}; keep what you need, then roll back with --discard-changes (spec.discardChanges: true)",
+        .changes.join("; ")
+    )]
+    Drift {
+        /// Each change, described.
+        changes: Vec<String>,
+    },
     /// A deletion in the control plane waits on something outside kpromote (a finalizer whose
     /// controller does not run there, for one).
     #[error("{key} is not going away: {why}")]
@@ -166,6 +206,18 @@ pub enum EngineError {
         /// How the rollback went.
         rollback: Result<(), Box<EngineError>>,
     },
+}
+
+impl EngineError {
+    /// Whether running the step again may succeed: the cluster did not answer or was
+    /// overloaded past one call's retries, or a wait on its controllers ran out.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Live(e) => e.is_transient() || matches!(e, LiveError::Timeout { .. }),
+            _ => false,
+        }
+    }
 }
 
 /// The journal as the concurrent steps share it.

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use super::apply::Restorer;
-use super::detach::{detach, mark_pods};
+use super::detach::{TwinFactory, detach, mark_pods};
 use super::inventory::Inventory;
 use super::live::LiveCluster;
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock};
@@ -30,23 +30,47 @@ pub async fn promote(
     on_progress: Option<&ProgressFn>,
 ) -> Result<Report, EngineError> {
     let report = Mutex::new(Report::default());
-    let outcome = steps(
-        member,
-        control_plane,
-        inv,
-        cluster_name,
-        journal,
-        opts,
-        &report,
-        on_progress,
-    )
-    .await;
+    let run = || {
+        steps(
+            member,
+            control_plane,
+            inv,
+            cluster_name,
+            journal,
+            opts,
+            &report,
+            on_progress,
+        )
+    };
+    let mut outcome = run().await;
+    // A sick API server is no reason to undo the promotion against the same sick server: the
+    // steps resume from the journal, so run them again first.
+    let mut retried = 0;
+    while let Err(cause) = &outcome
+        && cause.is_transient()
+        && retried < opts.step_retries
+    {
+        retried += 1;
+        tracing::warn!(error = %cause, attempt = retried, "promote step failed transiently; running it again");
+        super::detach::lock_report(&report)
+            .retried_steps
+            .push(format!("attempt {retried} after: {cause}"));
+        tokio::time::sleep(member.retry.delay(retried, None)).await;
+        outcome = run().await;
+    }
+    let retried_calls = member.retried() + control_plane.retried();
+    super::detach::lock_report(&report).retried_calls = retried_calls;
     match (outcome, rollback_journal) {
         (Ok(()), _) => Ok(Report::finish(report)),
         (Err(cause), Some(rj)) => {
             tracing::error!(error = %cause, "promote failed; rolling back");
+            // What the failed run created is not user work: the automatic rollback discards it.
+            let opts = EngineOptions {
+                discard_changes: true,
+                ..opts.clone()
+            };
             let rollback =
-                super::rollback::rollback(member, control_plane, inv, cluster_name, rj, opts, on_progress)
+                super::rollback::rollback(member, control_plane, inv, cluster_name, rj, &opts, on_progress)
                     .await
                     .map(|_| ())
                     .map_err(Box::new);
@@ -73,7 +97,8 @@ async fn steps(
     let skipped = inv.skipped_by_restore(cluster_name);
     let detach_plan = DetachPlan::build(&inv.graph, &skipped);
     detach(member, inv, &detach_plan, journal, opts, report, on_progress).await?;
-    mark_pods(member, inv, &skipped, journal, opts, report, on_progress).await?;
+    let twins = TwinFactory::new(inv, cluster_name);
+    mark_pods(member, &twins, &skipped, journal, opts, report, on_progress).await?;
 
     let plan = RestorePlan::build(&inv.graph);
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());

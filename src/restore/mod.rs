@@ -7,7 +7,9 @@
 //! - [`transform`]: [`transform::prepare`] turns an archived object into what to create, merge
 //!   or skip in the target, with one table of stripped fields and one rule per kind, each with
 //!   its reason.
-
+//! - [`twin`]: what kpromote changes on a member pod and its control-plane twin so that Kosmos
+//!   finds them equal, the marks rollback takes off, and the check that admission changed
+//!   nothing in a created pod.
 //!
 //! # How the engine uses this
 //! Promote, after detach:
@@ -23,12 +25,13 @@
 //!
 //! Detach, before: [`plan::DetachPlan::build`] with the keys `prepare` skips, delete each level
 //! with `propagationPolicy: Orphan`, then mark each member pod with
-//! [`transform::pod_mark_patch`].
+//! [`twin::member_mark_patch`].
 //!
 //! Rollback: [`plan::RestorePlan::build_for`] the detached keys with
 //! [`transform::TransformContext::for_member`] and [`transform::Target::Member`]; take the marks
-//! off with [`transform::pod_unmark_patch`]; remove what promote created in the control plane in
+//! off with [`twin::unmark_patch`]; remove what promote created in the control plane in
 //! [`plan::TeardownPlan`] order.
 
 pub mod plan;
 pub mod transform;
+pub mod twin;

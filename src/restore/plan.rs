@@ -6,8 +6,10 @@
 //! One table, [`RESTORE_ORDER`], gives every known kind its [`Tier`] and the reason for it. An
 //! object's place is the tuple
 //!
-//! 1. its **phase**: CustomResourceDefinitions, then Namespaces, then everything else
-//!    ([`Phase`]) — hard requirements of the API server;
+//! 1. its **phase**: CustomResourceDefinitions, then Namespaces, then everything else, then the
+//!    admission policies that act on pods ([`Phase`]) — hard requirements of the API server, and
+//!    the member's history: a LimitRange or ResourceQuota may have come after the pods it would
+//!    have changed or refused, so it must not act on their copies;
 //! 2. its ownership **height** ascending ([`OwnershipGraph::height`]): every dependent is
 //!    created before its owner, so the owner's controller adopts what exists instead of creating
 //!    new pods — the whole "no restart" promise rests on this;
@@ -35,6 +37,7 @@ use std::fmt;
 
 use crate::object::ObjectKey;
 use crate::ownership::OwnershipGraph;
+use crate::resources::BUILTIN_GROUPS;
 
 /// Group of CustomResourceDefinitions.
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
@@ -51,6 +54,11 @@ pub enum Phase {
     Namespaces,
     /// Every other object.
     Objects,
+    /// LimitRanges and ResourceQuotas, after everything they could act on: LimitRanger admission
+    /// would default the resources of pods created after a LimitRange (so the control-plane pod
+    /// would differ from the member pod it mirrors, and its QoS class with it), and a quota the
+    /// quota controller has not yet counted rejects every pod and object it covers.
+    AdmissionPolicies,
 }
 
 impl Phase {
@@ -61,11 +69,16 @@ impl Phase {
             Self::CustomResourceDefinitions
         } else if key.is("", "namespaces") {
             Self::Namespaces
+        } else if ADMISSION_POLICIES.iter().any(|(g, r)| key.is(g, r)) {
+            Self::AdmissionPolicies
         } else {
             Self::Objects
         }
     }
 }
+
+/// Kinds of [`Phase::AdmissionPolicies`], as (group, resource).
+pub const ADMISSION_POLICIES: &[(&str, &str)] = &[("", "limitranges"), ("", "resourcequotas")];
 
 /// Where a kind sits among objects of equal ownership height. See [`RESTORE_ORDER`] for which
 /// kind has which tier, and [`Tier::reason`] for why.
@@ -80,8 +93,7 @@ pub enum Tier {
     ClusterPrerequisites,
     /// Cluster-scoped objects naming those: PersistentVolumes, ClusterRoleBindings.
     ClusterBindings,
-    /// What pods name or admission applies to them: ServiceAccounts, Secrets, ConfigMaps,
-    /// LimitRanges, ResourceQuotas, PersistentVolumeClaims, Roles.
+    /// What pods name: ServiceAccounts, Secrets, ConfigMaps, PersistentVolumeClaims, Roles.
     PodPrerequisites,
     /// RoleBindings, after Roles.
     RoleBindings,
@@ -98,6 +110,8 @@ pub enum Tier {
     Traffic,
     /// HorizontalPodAutoscalers, PodDisruptionBudgets.
     WorkloadPolicies,
+    /// LimitRanges and ResourceQuotas (their own [`Phase::AdmissionPolicies`]).
+    AdmissionPolicies,
     /// A kind the table does not list; carries its `resource.group` so each such kind is its
     /// own level, in alphabetical order.
     Other(String),
@@ -131,9 +145,8 @@ impl Tier {
             }
             Self::ClusterBindings => "cluster-scoped objects that name the previous tier's objects",
             Self::PodPrerequisites => {
-                "what pods name or what admission applies to pods: a pod naming a missing \
-                 ServiceAccount is rejected, LimitRanges and ResourceQuotas must see the pods \
-                 created after them"
+                "what pods name: a pod naming a missing ServiceAccount is rejected, a pod \
+                 mounting a missing ConfigMap or Secret never starts"
             }
             Self::RoleBindings => "after the Roles and ClusterRoles they bind",
             Self::Pods => {
@@ -154,6 +167,10 @@ impl Tier {
                  endpoint controllers build complete Endpoints at once"
             }
             Self::WorkloadPolicies => "act on workloads: after their targets exist",
+            Self::AdmissionPolicies => {
+                "admission acts on objects created after them: last, so the copies of pods and \
+                 claims the member admitted before its policy existed are created unchanged"
+            }
             Self::Other(_) => {
                 "a kind with no known rule: after every known kind of its height, one level per \
                  kind in alphabetical order"
@@ -272,14 +289,16 @@ pub const RESTORE_ORDER: &[KindOrder] = &[
     kind(
         "",
         "limitranges",
-        Tier::PodPrerequisites,
-        "LimitRanger admission applies the namespace's defaults to pods created after it",
+        Tier::AdmissionPolicies,
+        "LimitRanger admission defaults the resources of pods created after it: the copies of \
+         pods the member admitted before would differ from the pods they mirror",
     ),
     kind(
         "",
         "resourcequotas",
-        Tier::PodPrerequisites,
-        "quota admission accounts the pods and claims created after the quota",
+        Tier::AdmissionPolicies,
+        "a quota rejects what it covers until the quota controller has counted usage; created \
+         last, it counts what exists and refuses nothing promote creates",
     ),
     kind(
         "",
@@ -563,15 +582,12 @@ pub const DETACHED_WORKLOADS: &[(&str, &str)] = &[
     ("", "replicationcontrollers"),
 ];
 
-/// Whether `group` is one Kubernetes itself serves (core, `apps`, `batch`, `autoscaling`,
-/// `policy`, `extensions`, or a `*.k8s.io` group). Any other group is a custom resource's.
+/// Whether `group` is one Kubernetes itself serves ([`BUILTIN_GROUPS`], a list of exact names).
+/// Any other group is a custom resource's — including CRDs in `*.k8s.io` groups such as
+/// `gateway.networking.k8s.io` or `snapshot.storage.k8s.io`, whose objects may own workloads.
 #[must_use]
 pub fn is_builtin_group(group: &str) -> bool {
-    matches!(
-        group,
-        "" | "apps" | "batch" | "autoscaling" | "policy" | "extensions"
-    ) || group == "k8s.io"
-        || group.ends_with(".k8s.io")
+    BUILTIN_GROUPS.contains(&group)
 }
 
 /// One level of a [`DetachPlan`]: owners of one height, deletable concurrently.
@@ -707,8 +723,8 @@ impl TeardownPlan {
                 Phase::CustomResourceDefinitions => (TeardownStep::CustomResourceDefinitions, 0),
                 Phase::Namespaces => (TeardownStep::Namespaces, 0),
                 Phase::Objects if key.is("", "pods") => (TeardownStep::Pods, 0),
-                Phase::Objects if height > 0 => (TeardownStep::Owners, height),
-                Phase::Objects => (TeardownStep::Rest, 0),
+                Phase::Objects | Phase::AdmissionPolicies if height > 0 => (TeardownStep::Owners, height),
+                Phase::Objects | Phase::AdmissionPolicies => (TeardownStep::Rest, 0),
             };
             grouped
                 .entry((step, std::cmp::Reverse(height)))
@@ -1203,6 +1219,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn custom_resource_in_a_k8s_io_group_owning_a_workload_is_detached() {
+        // A CRD may live in a `*.k8s.io` group (gateway.networking.k8s.io,
+        // snapshot.storage.k8s.io): its operator would re-create the Deployment it lost.
+        let g = OwnershipGraph::build([
+            record("gateways.gateway.networking.k8s.io/shop/gw", "Gateway", "gw", &[]),
+            record(
+                "deployments.apps/shop/gw-proxy",
+                "Deployment",
+                "dep",
+                &[("gateway.networking.k8s.io/v1", "Gateway", "gw:gw")],
+            ),
+            record(
+                "replicasets.apps/shop/gw-proxy-1",
+                "ReplicaSet",
+                "rs",
+                &[("apps/v1", "Deployment", "dep:gw-proxy")],
+            ),
+            record(
+                "pods/shop/gw-proxy-1-a",
+                "Pod",
+                "pod",
+                &[("apps/v1", "ReplicaSet", "rs:gw-proxy-1")],
+            ),
+        ])
+        .expect("graph");
+        let plan = DetachPlan::build(&g, &BTreeSet::new());
+        assert!(plan.contains(&key("gateways.gateway.networking.k8s.io/shop/gw")), "{plan:?}");
+        assert_eq!(plan.levels[0].objects, vec![key("gateways.gateway.networking.k8s.io/shop/gw")]);
+        assert!(!is_builtin_group("gateway.networking.k8s.io"));
+        assert!(is_builtin_group("networking.k8s.io") && is_builtin_group(""));
+    }
+
     proptest! {
         #[test]
         fn restore_plan_orders_dependents_namespaces_and_crds_first(records in random_graph()) {
@@ -1270,7 +1319,7 @@ mod tests {
             for (i, k) in order.iter().enumerate() {
                 prop_assert!(created.contains(*k));
                 // Owners before their dependents, except pods, namespaces and CRDs which have their own steps.
-                if Phase::of(k) == Phase::Objects && !k.is("", "pods") {
+                if matches!(Phase::of(k), Phase::Objects | Phase::AdmissionPolicies) && !k.is("", "pods") {
                     for d in g.dependents(k) {
                         if let Some(j) = order.iter().position(|x| *x == d) {
                             prop_assert!(i < j, "{} torn down after its dependent {}", k, d);

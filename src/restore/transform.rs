@@ -110,8 +110,9 @@ pub const KEPT_METADATA: &[MetadataField] = &[
     },
     MetadataField {
         field: "finalizers",
-        reason: "the member's protections (pvc-protection, operators' cleanups) still apply; rollback's \
-                 teardown removes the ones no controller in the control plane handles",
+        reason: "in the member (rollback) all of them; in the control plane only those of \
+                 CONTROL_PLANE_FINALIZERS — every other finalizer's controller runs in the member, and \
+                 in the control plane nobody would ever remove it, so deleting the copy would hang",
     },
     MetadataField {
         field: "generateName",
@@ -122,6 +123,78 @@ pub const KEPT_METADATA: &[MetadataField] = &[
         reason: "rewritten to the owners' new UIDs (see rewrite_owner_references), never just dropped",
     },
 ];
+
+/// A finalizer a control-plane copy may carry, and the control-plane component that removes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlPlaneFinalizer {
+    /// The finalizer.
+    pub name: &'static str,
+    /// Who removes it in the control plane.
+    pub remover: &'static str,
+}
+
+/// The finalizers a copy in the control plane keeps; [`prepare`] drops every other one and
+/// reports it ([`Creation::dropped_finalizers`]). A finalizer is a promise that some controller
+/// will clean up and remove it; an operator's or a CSI driver's controller runs in the member
+/// (its pods stay there) and watches the member's API server, so in the control plane such a
+/// finalizer would block the copy's deletion forever — the namespace of a rollback with it.
+/// Rollback also removes the finalizers kpromote copied when it deletes its own copies.
+pub const CONTROL_PLANE_FINALIZERS: &[ControlPlaneFinalizer] = &[
+    ControlPlaneFinalizer {
+        name: "kubernetes.io/pvc-protection",
+        remover: "kube-controller-manager's pvc-protection controller (the control plane's admission adds it anyway)",
+    },
+    ControlPlaneFinalizer {
+        name: "kubernetes.io/pv-protection",
+        remover: "kube-controller-manager's pv-protection controller (the control plane's admission adds it anyway)",
+    },
+    ControlPlaneFinalizer {
+        name: "customresourcecleanup.apiextensions.k8s.io",
+        remover: "the control plane's apiextensions server, once the CRD's instances are gone",
+    },
+];
+
+/// Removes from `object` the finalizers not in [`CONTROL_PLANE_FINALIZERS`]; returns them.
+fn keep_control_plane_finalizers(object: &mut Value) -> Vec<String> {
+    let Some(list) = object
+        .pointer_mut("/metadata/finalizers")
+        .and_then(Value::as_array_mut)
+    else {
+        return Vec::new();
+    };
+    let mut dropped = Vec::new();
+    list.retain(|f| {
+        let keep = f
+            .as_str()
+            .is_some_and(|name| CONTROL_PLANE_FINALIZERS.iter().any(|k| k.name == name));
+        if !keep {
+            dropped.push(f.as_str().map_or_else(|| f.to_string(), str::to_owned));
+        }
+        keep
+    });
+    if list.is_empty()
+        && let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        metadata.remove("finalizers");
+    }
+    dropped
+}
+
+/// A status field the target derives itself, and so is never mirrored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DerivedStatus {
+    /// The field under `status`.
+    pub field: &'static str,
+    /// Why it is not written.
+    pub reason: &'static str,
+}
+
+/// Status fields [`prepare`] leaves out of [`Creation::status`].
+pub const DERIVED_STATUS: &[DerivedStatus] = &[DerivedStatus {
+    field: "qosClass",
+    reason: "the API server derives a pod's QoS class from its resources on create and rejects any other \
+             value (the field is immutable); with an unchanged spec the two are equal anyway",
+}];
 
 /// One per-kind rule of [`prepare`], for the report and the docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +547,9 @@ pub struct Creation {
     pub owner_references: OwnerReferenceRewrite,
     /// Rules applied beyond metadata stripping, for the report (rule texts of [`KIND_RULES`]).
     pub applied: Vec<&'static str>,
+    /// Finalizers not copied to the control plane: nothing there would remove them (see
+    /// [`CONTROL_PLANE_FINALIZERS`]).
+    pub dropped_finalizers: Vec<String>,
 }
 
 /// A merge into an object the target creates itself (the `default` ServiceAccount).
@@ -778,8 +854,19 @@ pub fn prepare(object: &Value, target: &Target, ctx: &TransformContext) -> Resul
     }
     let archived_status = out.as_object_mut().and_then(|o| o.remove("status"));
     let status = match status_disposition(&view.group, &view.kind, target) {
-        StatusDisposition::Write(_) => archived_status,
+        StatusDisposition::Write(_) => archived_status.map(|mut status| {
+            if let Some(fields) = status.as_object_mut() {
+                for field in DERIVED_STATUS {
+                    fields.remove(field.field);
+                }
+            }
+            status
+        }),
         StatusDisposition::Drop(_) => None,
+    };
+    let dropped_finalizers = match target {
+        Target::ControlPlane { .. } => keep_control_plane_finalizers(&mut out),
+        Target::Member => Vec::new(),
     };
 
     let owner_references = rewrite_owner_references(&archived_refs, ctx);
@@ -817,6 +904,7 @@ pub fn prepare(object: &Value, target: &Target, ctx: &TransformContext) -> Resul
         status,
         owner_references,
         applied,
+        dropped_finalizers,
     })))
 }
 
@@ -960,7 +1048,7 @@ fn prepare_pod(
     if priority || preemption {
         applied.push(POD_PRIORITY.rule);
     }
-    if add_kosmos_toleration(spec)? {
+    if super::twin::add_kosmos_toleration(spec)? {
         applied.push(POD_TOLERATION.rule);
     }
     let metadata = object_field(pod, "metadata", "metadata")?;
@@ -971,63 +1059,6 @@ fn prepare_pod(
     );
     applied.push(POD_LABEL.rule);
     Ok(())
-}
-
-/// Adds the virtual node's toleration to a pod spec unless one already tolerates its taint.
-/// A missing or null list is created — the case Kosmos's own promote got wrong.
-fn add_kosmos_toleration(spec: &mut Map<String, Value>) -> Result<bool, TransformError> {
-    let tolerations = match spec.get_mut("tolerations") {
-        Some(Value::Array(list)) => list,
-        None | Some(Value::Null) => {
-            spec.insert("tolerations".to_owned(), Value::Array(Vec::new()));
-            match spec.get_mut("tolerations") {
-                Some(Value::Array(list)) => list,
-                _ => {
-                    return Err(TransformError::InvalidField {
-                        field: "spec.tolerations",
-                        expected: "a list",
-                    });
-                }
-            }
-        }
-        Some(_) => {
-            return Err(TransformError::InvalidField {
-                field: "spec.tolerations",
-                expected: "a list",
-            });
-        }
-    };
-    if tolerations
-        .iter()
-        .any(|t| tolerates(t, kosmos::NODE_KEY, kosmos::NODE_VALUE, kosmos::NODE_TAINT_EFFECT))
-    {
-        return Ok(false);
-    }
-    tolerations.push(json!({
-        "key": kosmos::NODE_KEY,
-        "operator": kosmos::NODE_TOLERATION_OPERATOR,
-        "value": kosmos::NODE_VALUE,
-        "effect": kosmos::NODE_TAINT_EFFECT,
-    }));
-    Ok(true)
-}
-
-/// Whether `toleration` tolerates the taint `key=value:effect`, by Kubernetes' rules: an empty
-/// effect matches every effect; an empty key with `Exists` matches every taint; `Exists`
-/// matches any value; `Equal` (the default) needs the same value.
-fn tolerates(toleration: &Value, key: &str, value: &str, effect: &str) -> bool {
-    let field = |name: &str| toleration.get(name).and_then(Value::as_str).unwrap_or("");
-    if !field("effect").is_empty() && field("effect") != effect {
-        return false;
-    }
-    match (field("key"), field("operator")) {
-        ("", "Exists") => true,
-        ("", _) => false,
-        (k, _) if k != key => false,
-        (_, "Exists") => true,
-        (_, "" | "Equal") => field("value") == value,
-        _ => false,
-    }
 }
 
 fn prepare_service(service: &mut Value, applied: &mut Vec<&'static str>) {
@@ -1085,36 +1116,6 @@ fn prepare_service_account(
     if secrets.len() != before {
         applied.push(SERVICE_ACCOUNT_TOKEN_SECRETS.rule);
     }
-}
-
-/// The JSON merge patch detach sends to a member pod to mark it Kosmos-managed; `None` when
-/// `live` already carries the mark.
-#[must_use]
-pub fn pod_mark_patch(live: &Value) -> Option<Value> {
-    let current = live.pointer(&format!("/metadata/labels/{}", escape(kosmos::POD_LABEL)));
-    if current.and_then(Value::as_str) == Some(kosmos::POD_LABEL_VALUE) {
-        return None;
-    }
-    Some(json!({ "metadata": { "labels": { kosmos::POD_LABEL: kosmos::POD_LABEL_VALUE } } }))
-}
-
-/// The JSON merge patch rollback sends to a pod (member or control plane) to take the Kosmos
-/// marks off: each mark label `live` carries goes back to its archived value, or away when the
-/// archived pod did not have it. `None` when nothing is to change.
-///
-/// Taking the mark off the member pod first is what keeps the control-plane pod's deletion from
-/// reaching it: Kosmos deletes a member pod only when it carries the mark.
-#[must_use]
-pub fn pod_unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
-    let mut labels = Map::new();
-    for label in [kosmos::POD_LABEL, kosmos::SYNCED_LABEL] {
-        let path = format!("/metadata/labels/{}", escape(label));
-        let (was, is) = (archived.pointer(&path), live.pointer(&path));
-        if is.is_some() && was != is {
-            labels.insert(label.to_owned(), was.cloned().unwrap_or(Value::Null));
-        }
-    }
-    (!labels.is_empty()).then(|| json!({ "metadata": { "labels": labels } }))
 }
 
 fn owner_references_of(object: &Value) -> Result<Vec<OwnerReference>, TransformError> {

@@ -284,6 +284,23 @@ impl Cluster {
     pub fn stop_controller_manager(&mut self) {
         self.controller_manager.stop();
     }
+
+    /// Freezes the controller manager (SIGSTOP): its informers, the garbage collector and every
+    /// controller stop reacting, as on a loaded control plane, while the API server serves on.
+    ///
+    /// # Errors
+    /// [`TestEnvError::Tool`] when the signal cannot be sent.
+    pub fn pause_controller_manager(&self) -> Result<(), TestEnvError> {
+        self.controller_manager.signal("STOP")
+    }
+
+    /// Lets a paused controller manager run again (SIGCONT); it catches up from its watches.
+    ///
+    /// # Errors
+    /// [`TestEnvError::Tool`] when the signal cannot be sent.
+    pub fn resume_controller_manager(&self) -> Result<(), TestEnvError> {
+        self.controller_manager.signal("CONT")
+    }
 }
 
 /// Several independent clusters started together, e.g. a Kosmos control plane and a member.

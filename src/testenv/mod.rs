@@ -15,10 +15,12 @@
 //! `KPROMOTE_TESTENV_KEEP=1` is set, which keeps it (logs included) for debugging.
 
 mod cluster;
+pub mod kosmos;
 mod kubelet;
 pub mod process;
 
 pub use cluster::{Cluster, ClusterOptions, TestEnv};
+pub use kosmos::{Clustertree, KosmosKit};
 pub use kubelet::{FakeKubelet, register_virtual_node};
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,19 @@ pub enum TestEnvError {
         dir: PathBuf,
         /// Comma-separated names of the missing binaries.
         missing: String,
+    },
+    /// The Kosmos clustertree kit is not where the launcher looked.
+    #[error(
+        "Kosmos clustertree kit not found: {path} is missing. Install it with `{}` (it copies the \
+         prebuilt binary and CRDs of a kit directory into the cache, or builds them from a Kosmos \
+         clone), or set {} and {}",
+        kosmos::INSTALL_COMMAND,
+        kosmos::BIN_ENV,
+        kosmos::CRDS_ENV
+    )]
+    KosmosMissing {
+        /// The missing file or directory.
+        path: PathBuf,
     },
     /// A file or process operation failed.
     #[error("{path}: {source}")]

@@ -82,6 +82,24 @@ impl Supervised {
         log_tail(&self.log, 4096)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the component and its supervisor (their process
+    /// group): `STOP` freezes a component as an overloaded or swapped-out one freezes.
+    pub fn signal(&self, signal: &str) -> Result<(), TestEnvError> {
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &group])
+            .status()
+            .map_err(|e| TestEnvError::io("kill", e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(TestEnvError::Tool {
+                tool: "kill".to_owned(),
+                detail: format!("-{signal} {group}: {status}"),
+            })
+        }
+    }
+
     /// Stops the component: SIGTERM through the supervisor, then SIGKILL to the whole process
     /// group if it has not exited within [`STOP_GRACE`].
     pub fn stop(&mut self) {

@@ -46,6 +46,7 @@ impl Env {
             cp,
             member,
             kubelet,
+            ..
         } = Pair::start().await;
         let this = Self {
             kubelet,
@@ -129,7 +130,7 @@ impl Env {
         );
     }
 
-    /// A controller process with the defaults of these tests (settle 1 s, progress every
+    /// A controller process with the defaults of these tests (observed barrier, progress every
     /// 0.5 s, no leader election unless `args` asks for it).
     pub fn controller(&self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> ControllerProcess {
         ControllerProcess::spawn(self, name, args, envs)
@@ -240,7 +241,6 @@ impl ControllerProcess {
         let kubeconfig = env.cp_kubeconfig().display().to_string();
         for (flag, default) in [
             ("--kubeconfig", kubeconfig.as_str()),
-            ("--settle-seconds", "1"),
             ("--progress-interval-seconds", "0.5"),
             ("--leader-elect", "false"),
         ] {

@@ -97,18 +97,8 @@ pub async fn run_pods(client: &Client, kubelet: &FakeKubelet, ns: &str, selector
     kubelet.start_pods(ns, selector).await.unwrap();
 }
 
-/// The rich namespace of the engine tests, in namespace `ns` of the member:
-/// - `web`: Deployment, 3 replicas, running;
-/// - `rolling`: Deployment mid-rollout (old ReplicaSet with 2 running pods, new ReplicaSet with one
-///   pod that never becomes ready, so the rollout is stuck in both clusters);
-/// - `db`: StatefulSet (Parallel) with 2 replicas and a volumeClaimTemplate; each PVC bound to a
-///   pre-created PV of StorageClass `kpromote-manual`; a headless Service;
-/// - `lonely`: a bare Pod;
-/// - `web-nodeport`: a NodePort Service with the fixed port `node_port`;
-/// - ConfigMap `settings`, Secret `credentials`, ServiceAccount `app` with Role/RoleBinding, and a
-///   ClusterRoleBinding of `app` to ClusterRole `kpromote-test-shared-reader`;
-/// - a CRD `webapps.example.kpromote.io` and a WebApp `shop` that owns Deployment `shop`.
-pub async fn rich_namespace(client: &Client, kubelet: &FakeKubelet, ns: &str, node_port: u16) {
+/// Creates namespace `ns` and waits for its `default` ServiceAccount (pods need it).
+pub async fn namespace(client: &Client, ns: &str) {
     create(
         client,
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
@@ -122,6 +112,33 @@ pub async fn rich_namespace(client: &Client, kubelet: &FakeKubelet, ns: &str, no
             .map(|_| ())
     })
     .await;
+}
+
+/// The cluster-scoped objects [`rich_namespace`] `ns` depends on, as a backup collects them
+/// (its StorageClass aside, which the test creates when it needs it): (group, resource, name).
+pub fn rich_namespace_dependencies(ns: &str) -> Vec<(&'static str, &'static str, String)> {
+    vec![
+        ("", "persistentvolumes", format!("{ns}-db-pv-0")),
+        ("", "persistentvolumes", format!("{ns}-db-pv-1")),
+        ("rbac.authorization.k8s.io", "clusterrolebindings", format!("{ns}-app-shared-reader")),
+        ("rbac.authorization.k8s.io", "clusterroles", "kpromote-test-shared-reader".to_owned()),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "webapps.example.kpromote.io".to_owned()),
+    ]
+}
+
+/// The rich namespace of the engine tests, in namespace `ns` of the member:
+/// - `web`: Deployment, 3 replicas, running;
+/// - `rolling`: Deployment mid-rollout (old ReplicaSet with 2 running pods, new ReplicaSet with one
+///   pod that never becomes ready, so the rollout is stuck in both clusters);
+/// - `db`: StatefulSet (Parallel) with 2 replicas and a volumeClaimTemplate; each PVC bound to a
+///   pre-created PV of StorageClass `kpromote-manual`; a headless Service;
+/// - `lonely`: a bare Pod;
+/// - `web-nodeport`: a NodePort Service with the fixed port `node_port`;
+/// - ConfigMap `settings`, Secret `credentials`, ServiceAccount `app` with Role/RoleBinding, and a
+///   ClusterRoleBinding of `app` to ClusterRole `kpromote-test-shared-reader`;
+/// - a CRD `webapps.example.kpromote.io` and a WebApp `shop` that owns Deployment `shop`.
+pub async fn rich_namespace(client: &Client, kubelet: &FakeKubelet, ns: &str, node_port: u16) {
+    namespace(client, ns).await;
     for obj in [
         json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "settings", "namespace": ns },
                 "data": { "mode": "production", "answer": "yes" } }),

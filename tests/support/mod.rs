@@ -10,6 +10,10 @@ pub mod apps;
 pub mod archiving;
 /// The two clusters a promote test starts from.
 pub mod pair;
+/// A proxy that injects the faults of a busy API server.
+pub mod faults;
+/// One archived promotion a test drives.
+pub mod promotion;
 
 /// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
 /// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for

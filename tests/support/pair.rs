@@ -3,11 +3,14 @@
 
 use std::process::Command;
 
-use kpromote::testenv::{FakeKubelet, TestEnv, register_virtual_node};
+use kpromote::testenv::{Clustertree, FakeKubelet, KosmosKit, TestEnv, register_virtual_node};
 use kube::Client;
 
 /// A control plane and a member, ready for a promote.
 pub struct Pair {
+    /// The real Kosmos clustertree, when started with [`Pair::start_with_kosmos`]. First, so it
+    /// stops before the clusters it talks to.
+    pub kosmos: Option<Clustertree>,
     /// Owns the processes: dropping it tears both clusters down.
     pub env: TestEnv,
     pub cp: Client,
@@ -26,11 +29,40 @@ impl Pair {
         register_virtual_node(&cp, "member").await.unwrap();
         let kubelet = FakeKubelet::register(&member, "member-node-1").await.unwrap();
         Self {
+            kosmos: None,
             env,
             cp,
             member,
             kubelet,
         }
+    }
+
+    /// [`Pair::start`], then the real Kosmos clustertree serving the member as cluster `member`
+    /// (it adopts the virtual node `kosmos-member`). Fails — never skips — when the kit is not
+    /// installed (`tests/testenv/kosmos.sh`).
+    pub async fn start_with_kosmos() -> Self {
+        let mut pair = Self::start().await;
+        let kit = KosmosKit::locate().unwrap_or_else(|e| panic!("{e}"));
+        let kosmos = Clustertree::start(
+            &kit,
+            pair.env.cluster("control-plane"),
+            pair.env.cluster("member"),
+            "member",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        pair.kosmos = Some(kosmos);
+        pair
+    }
+
+    /// The running clustertree (panics unless started with [`Pair::start_with_kosmos`]).
+    pub fn kosmos(&self) -> &Clustertree {
+        self.kosmos.as_ref().expect("started with Pair::start_with_kosmos")
+    }
+
+    /// See [`Pair::kosmos`].
+    pub fn kosmos_mut(&mut self) -> &mut Clustertree {
+        self.kosmos.as_mut().expect("started with Pair::start_with_kosmos")
     }
 
     /// The `kpromote <subcommand>` process, aimed at these two clusters with the member named

@@ -15,6 +15,9 @@ tools=(kube-apiserver kube-controller-manager kubectl etcd)
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 # `current` points at the build matching this checkout; kpromote's launcher looks there first.
 publish() { ln -sfn "$version-$key" "$cache/current"; echo "$bin"; }
+# The real Kosmos clustertree for the Kosmos-in-the-loop tests: only a warning here (those tests
+# fail loudly without it, naming the script); `.ci/run` runs it on its own and fails.
+"$here/kosmos.sh" >/dev/null || echo "warning: no Kosmos clustertree installed; see tests/testenv/kosmos.sh" >&2
 if have_all; then publish; exit 0; fi
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0

@@ -85,7 +85,7 @@ fn stripped_metadata_fields_are_removed_and_the_rest_kept() {
         },
         "data": {"k": "v"}
     });
-    let c = create(&object, &cp(), &TransformContext::new());
+    let c = create(&object, &Target::Member, &TransformContext::new());
     assert_eq!(
         c.object,
         json!({
@@ -98,6 +98,24 @@ fn stripped_metadata_fields_are_removed_and_the_rest_kept() {
             "data": {"k": "v"}
         })
     );
+    assert!(c.dropped_finalizers.is_empty());
+}
+
+#[test]
+fn control_plane_copies_keep_only_finalizers_a_control_plane_removes() {
+    let object = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": "shop", "uid": "u",
+                     "finalizers": ["kubernetes.io/pvc-protection", "example.com/keep"]},
+        "spec": {}
+    });
+    let c = create(&object, &cp(), &TransformContext::new());
+    assert_eq!(c.object["metadata"]["finalizers"], json!(["kubernetes.io/pvc-protection"]));
+    assert_eq!(c.dropped_finalizers, vec!["example.com/keep".to_owned()]);
+    let mut only_foreign = object.clone();
+    only_foreign["metadata"]["finalizers"] = json!(["example.com/keep"]);
+    let c = create(&only_foreign, &cp(), &TransformContext::new());
+    assert_eq!(c.object["metadata"].get("finalizers"), None, "no empty list left behind");
     assert!(c.applied.is_empty());
     for field in STRIPPED_METADATA.iter().chain(KEPT_METADATA) {
         assert!(!field.reason.is_empty(), "{} has no reason", field.field);
@@ -813,48 +831,6 @@ fn member_context_maps_kept_objects_to_themselves() {
         "no Kosmos marks in the member"
     );
     assert_eq!(c.object["spec"]["template"], rs["spec"]["template"]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kosmos marks on pods
-
-#[test]
-fn pod_mark_and_unmark_patches() {
-    let archived = running_pod();
-    assert_eq!(
-        pod_mark_patch(&archived),
-        Some(json!({"metadata": {"labels": {"kosmos-io/pod": "true"}}}))
-    );
-
-    let mut marked = running_pod();
-    marked["metadata"]["labels"]["kosmos-io/pod"] = json!("true");
-    assert_eq!(pod_mark_patch(&marked), None);
-    assert_eq!(
-        pod_unmark_patch(&archived, &marked),
-        Some(json!({"metadata": {"labels": {"kosmos-io/pod": null}}}))
-    );
-
-    // The prototype's synced label goes too.
-    marked["metadata"]["labels"]["kosmos-io/synced"] = json!("true");
-    assert_eq!(
-        pod_unmark_patch(&archived, &marked),
-        Some(json!({"metadata": {"labels": {"kosmos-io/pod": null, "kosmos-io/synced": null}}}))
-    );
-    // Nothing to take off.
-    assert_eq!(pod_unmark_patch(&archived, &archived), None);
-    // A pod that was a Kosmos pod before promote keeps its label.
-    let mut was_kosmos = running_pod();
-    was_kosmos["metadata"]["labels"]["kosmos-io/pod"] = json!("true");
-    assert_eq!(
-        pod_unmark_patch(&was_kosmos, &marked),
-        Some(json!({"metadata": {"labels": {"kosmos-io/synced": null}}}))
-    );
-    let mut changed = was_kosmos.clone();
-    changed["metadata"]["labels"]["kosmos-io/pod"] = json!("yes");
-    assert_eq!(
-        pod_unmark_patch(&was_kosmos, &changed),
-        Some(json!({"metadata": {"labels": {"kosmos-io/pod": "true"}}}))
-    );
 }
 
 #[test]

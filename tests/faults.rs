@@ -1,0 +1,243 @@
+//! Faults a busy production control plane produces every day, against real clusters: throttling
+//! with `Retry-After`, an API server unavailable for seconds, dropped connections (through a
+//! proxy of our own), and a garbage collector that falls behind. Promote and rollback ride them
+//! out without rolling back and count what they retried.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kpromote::engine::EngineOptions;
+use kube::Api;
+use kube::api::ListParams;
+use support::faults::{FaultProxy, Faults};
+use support::pair::Pair;
+use support::promotion::Promotion;
+use support::{apps, wait_for, wait_namespace_gone};
+
+#[tokio::test]
+async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connections() {
+    let pair = Pair::start().await;
+    let ns = "shop";
+    apps::create(&pair.cp, apps::shared_reader_cluster_role()).await;
+    apps::create(&pair.member, apps::shared_reader_cluster_role()).await;
+    apps::rich_namespace(&pair.member, &pair.kubelet, ns, 30482).await;
+    let before = apps::snapshot(&pair.member, ns).await;
+    let run = Promotion::archive_rich(&pair, ns).await;
+
+    // 429 with Retry-After on every 7th request, a dropped connection on every 13th, and a 12 s
+    // outage (503) opened by the first DELETE in the member (detach) and by the first POST
+    // (restore) and DELETE (teardown) in the control plane.
+    let faults = |outage_on| Faults {
+        throttle_every: 7,
+        drop_every: 13,
+        outage_on,
+        unavailable: Duration::from_secs(12),
+    };
+    let member_proxy = FaultProxy::start(pair.member.clone(), faults(vec!["DELETE"])).await;
+    let cp_proxy = FaultProxy::start(pair.cp.clone(), faults(vec!["POST", "DELETE"])).await;
+    let run = run.through(member_proxy.client(), cp_proxy.client());
+    let opts = EngineOptions::default();
+
+    let report = run
+        .promote(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("promote under faults: {e}"));
+    let (throttled, unavailable, dropped) = member_proxy.counts();
+    let (cp_throttled, cp_unavailable, cp_dropped) = cp_proxy.counts();
+    assert!(throttled > 0 && unavailable > 0 && dropped > 0, "member faults {:?}", member_proxy.counts());
+    assert!(cp_throttled > 0 && cp_unavailable > 0 && cp_dropped > 0, "cp faults {:?}", cp_proxy.counts());
+    assert!(
+        report.retried_calls >= throttled + unavailable + dropped,
+        "every injected fault was retried: {} retried, {:?} + {:?} injected",
+        report.retried_calls,
+        member_proxy.counts(),
+        cp_proxy.counts()
+    );
+    println!(
+        "promote: {} calls retried; member faults {:?}, control-plane faults {:?}; step retries {:?}",
+        report.retried_calls,
+        member_proxy.counts(),
+        cp_proxy.counts(),
+        report.retried_steps
+    );
+    assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
+    apps::snapshot(&pair.cp, ns)
+        .await
+        .assert_promoted_from(&before, "promote under faults");
+
+    let report = run
+        .rollback("rollback.journal", &opts)
+        .await
+        .unwrap_or_else(|e| panic!("rollback under faults: {e}"));
+    assert!(cp_proxy.counts().1 > cp_unavailable, "teardown met an outage");
+    assert!(report.retried_calls > 0);
+    println!(
+        "rollback: {} calls retried; member faults {:?}, control-plane faults {:?}",
+        report.retried_calls,
+        member_proxy.counts(),
+        cp_proxy.counts()
+    );
+    wait_namespace_gone(&pair.cp, ns).await;
+    apps::snapshot(&pair.member, ns)
+        .await
+        .assert_rolled_back_to(&before, "rollback under faults");
+}
+
+#[tokio::test]
+async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_deleting() {
+    let pair = Pair::start().await;
+    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let ns = "nginx-test";
+    let before = apps::snapshot(&pair.member, ns).await;
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+
+    // The member's garbage collector freezes: detach's orphan deletion of the Deployment stays
+    // pending (deletionTimestamp set, the orphan finalizer on) past the detach wait.
+    pair.env.cluster("member").pause_controller_manager().unwrap();
+    let impatient = EngineOptions {
+        gc_timeout: Duration::from_secs(3),
+        step_retries: 0,
+        ..EngineOptions::default()
+    };
+    let err = run.promote_with(&impatient, false).await.unwrap_err();
+    assert!(err.to_string().contains("garbage collector"), "{err}");
+    let deployments: Api<Deployment> = Api::namespaced(pair.member.clone(), ns);
+    let pending = deployments.get("nginx").await.unwrap();
+    assert!(pending.metadata.deletion_timestamp.is_some(), "the Deployment is being deleted");
+
+    // The collector comes back while rollback runs: rollback waits for the old Deployment to be
+    // gone, then re-creates it (counted as present, it would never come back).
+    let resume = async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        pair.env.cluster("member").resume_controller_manager().unwrap();
+    };
+    let defaults = EngineOptions::default();
+    let (rolled, ()) = tokio::join!(run.rollback("rollback.journal", &defaults), resume);
+    rolled.unwrap();
+    let deployment = wait_for("the re-created Deployment", Duration::from_secs(60), || async {
+        deployments
+            .get_opt("nginx")
+            .await
+            .unwrap()
+            .filter(|d| d.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+    assert_ne!(deployment.metadata.uid, pending.metadata.uid, "a new Deployment");
+    // Its ReplicaSet is adopted by the new Deployment, and the pod is the same pod.
+    let uid = deployment.metadata.uid.clone().unwrap();
+    wait_for("the ReplicaSet adopted", Duration::from_secs(60), || async {
+        Api::<ReplicaSet>::namespaced(pair.member.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|rs| rs.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+            .then_some(())
+    })
+    .await;
+    apps::snapshot(&pair.member, ns)
+        .await
+        .assert_rolled_back_to(&before, "rollback after a slow garbage collector");
+    wait_namespace_gone(&pair.cp, ns).await;
+}
+
+#[tokio::test]
+async fn rollback_refuses_to_discard_what_changed_in_the_control_plane_unless_told() {
+    let pair = Pair::start().await;
+    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let ns = "nginx-test";
+    let before = apps::snapshot(&pair.member, ns).await;
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+    let opts = EngineOptions::default();
+    run.promote_with(&opts, false).await.unwrap();
+
+    // Work done in the control plane after promote: a new ConfigMap, an edited Deployment spec.
+    apps::create(
+        &pair.cp,
+        serde_json::json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "notes", "namespace": ns }, "data": { "a": "b" } }),
+    )
+    .await;
+    Api::<Deployment>::namespaced(pair.cp.clone(), ns)
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({ "spec": { "revisionHistoryLimit": 3 } })),
+        )
+        .await
+        .unwrap();
+    let member_pods = apps::snapshot(&pair.member, ns).await;
+
+    let err = run.rollback("rollback.journal", &opts).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, kpromote::engine::EngineError::Drift { .. }), "{message}");
+    assert!(message.contains("configmaps/nginx-test/notes"), "{message}");
+    assert!(message.contains("deployments.apps/nginx-test/nginx"), "{message}");
+    assert!(message.contains("--discard-changes"), "{message}");
+    // Nothing was touched: the member still runs without owners, the control plane keeps all.
+    assert_eq!(apps::snapshot(&pair.member, ns).await, member_pods);
+    assert!(
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(pair.cp.clone(), ns)
+            .get_opt("notes")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let discard = EngineOptions {
+        discard_changes: true,
+        ..EngineOptions::default()
+    };
+    let report = run.rollback("rollback.journal", &discard).await.unwrap();
+    assert_eq!(report.discarded.len(), 2, "{:?}", report.discarded);
+    wait_namespace_gone(&pair.cp, ns).await;
+    apps::snapshot(&pair.member, ns)
+        .await
+        .assert_rolled_back_to(&before, "rollback discarding changes");
+}
+
+#[tokio::test]
+async fn restore_waits_for_a_frozen_controller_manager_instead_of_racing_it() {
+    let pair = Pair::start().await;
+    let ns = "shop";
+    apps::create(&pair.cp, apps::shared_reader_cluster_role()).await;
+    apps::create(&pair.member, apps::shared_reader_cluster_role()).await;
+    apps::rich_namespace(&pair.member, &pair.kubelet, ns, 30483).await;
+    let before = apps::snapshot(&pair.member, ns).await;
+    let run = Promotion::archive_rich(&pair, ns).await;
+
+    // The control plane's controller manager freezes before the restore and thaws 15 s later,
+    // far past any fixed settle: a restore that guessed would create owners its controllers
+    // have not seen the pods of, and they would make new pods. The barrier waits instead.
+    pair.env.cluster("control-plane").pause_controller_manager().unwrap();
+    let thaw = async {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        pair.env.cluster("control-plane").resume_controller_manager().unwrap();
+    };
+    let defaults = EngineOptions::default();
+    let (promoted, ()) = tokio::join!(run.promote_with(&defaults, false), thaw);
+    promoted.unwrap();
+    // The barrier's sentinels go (the garbage collector takes what the sentinel owners made).
+    let sentinels = ListParams::default().labels(kpromote::engine::barrier::SENTINEL_LABEL);
+    wait_for("the barrier's sentinels to be gone", Duration::from_secs(60), || async {
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(pair.cp.clone(), ns)
+            .list(&sentinels)
+            .await
+            .unwrap();
+        let revisions = Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(pair.cp.clone(), ns)
+            .list(&sentinels)
+            .await
+            .unwrap();
+        (pods.items.is_empty() && revisions.items.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    apps::snapshot(&pair.cp, ns)
+        .await
+        .assert_promoted_from(&before, "restore against a frozen controller manager");
+    assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
+}

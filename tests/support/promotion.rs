@@ -1,0 +1,88 @@
+//! One archived promotion a test drives: the archive of some namespaces of the member, and the
+//! engine's calls on it, so each test states only what differs.
+
+use std::sync::{Arc, Mutex};
+
+use kpromote::engine::{EngineError, EngineOptions, Inventory, LiveCluster, Report, SharedJournal};
+use kpromote::journal::Journal;
+use kube::Client;
+
+use super::archiving;
+use super::pair::Pair;
+
+/// The archive of namespaces of a [`Pair`]'s member, and the two clusters the engine acts on.
+pub struct Promotion {
+    /// Holds the archive and the journals.
+    pub dir: tempfile::TempDir,
+    pub inv: Inventory,
+    pub member: LiveCluster,
+    pub cp: LiveCluster,
+}
+
+impl Promotion {
+    /// Archives `namespaces` (and the cluster-scoped objects `cluster`) of the pair's member.
+    pub async fn archive(pair: &Pair, namespaces: &[&str], cluster: &[(&str, &str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = archiving::archive(&pair.member, namespaces, cluster, dir.path()).await;
+        Self {
+            inv: Inventory::from_archive(&path).unwrap(),
+            dir,
+            member: LiveCluster::new("member", pair.member.clone()),
+            cp: LiveCluster::new("control plane", pair.cp.clone()),
+        }
+    }
+
+    /// Archives [`super::apps::rich_namespace`] `ns` with the cluster-scoped objects it depends on.
+    pub async fn archive_rich(pair: &Pair, ns: &str) -> Self {
+        let dependencies = super::apps::rich_namespace_dependencies(ns);
+        let cluster: Vec<(&str, &str, &str)> = dependencies.iter().map(|(g, r, n)| (*g, *r, n.as_str())).collect();
+        Self::archive(pair, &[ns], &cluster).await
+    }
+
+    /// The same promotion through other clients of the two clusters (a proxy's).
+    pub fn through(mut self, member: Client, cp: Client) -> Self {
+        self.member = LiveCluster::new("member", member);
+        self.cp = LiveCluster::new("control plane", cp);
+        self
+    }
+
+    /// The journal file `name` of run `run`.
+    pub fn journal(&self, name: &str, run: &str) -> SharedJournal {
+        Arc::new(Mutex::new(Journal::open(&self.dir.path().join(name), run).unwrap()))
+    }
+
+    /// Promote, with the automatic rollback on.
+    pub async fn promote(&self, opts: &EngineOptions) -> Result<Report, EngineError> {
+        self.promote_with(opts, true).await
+    }
+
+    /// Promote; the automatic rollback only when `auto_rollback`.
+    pub async fn promote_with(&self, opts: &EngineOptions, auto_rollback: bool) -> Result<Report, EngineError> {
+        let rollback_journal = auto_rollback.then(|| self.journal("auto-rollback.journal", "rollback"));
+        kpromote::engine::promote::promote(
+            &self.member,
+            &self.cp,
+            &self.inv,
+            "member",
+            &self.journal("promote.journal", "promote"),
+            rollback_journal.as_ref(),
+            opts,
+            None,
+        )
+        .await
+    }
+
+    /// Rollback, journaled in `journal` (a new name starts a new run, the same name resumes).
+    pub async fn rollback(&self, journal: &str, opts: &EngineOptions) -> Result<Report, EngineError> {
+        kpromote::engine::rollback::rollback(
+            &self.member,
+            &self.cp,
+            &self.inv,
+            "member",
+            &self.journal(journal, "rollback"),
+            opts,
+            None,
+        )
+        .await
+    }
+}

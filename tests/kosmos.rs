@@ -292,7 +292,7 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
     let webapp = apps::create(
         &pair.member,
         json!({ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp",
-            "metadata": { "name": "edge", "namespace": ns, "finalizers": ["example.com/webapp-cleanup"] },
+            "metadata": { "name": "edge", "namespace": ns },
             "spec": { "replicas": 1 } }),
     )
     .await;
@@ -409,4 +409,51 @@ async fn a_pod_admission_changes_in_the_control_plane_stops_promote_naming_field
     apps::snapshot(&pair.member, ns)
         .await
         .assert_rolled_back_to(&before, "automatic rollback");
+}
+
+#[tokio::test]
+async fn an_owner_with_its_operators_finalizer_is_refused_before_anything_is_detached() {
+    let pair = Pair::start().await;
+    let ns = "db";
+    apps::namespace(&pair.member, ns).await;
+    apps::install_webapp_crd(&pair.member).await;
+    let webapp = apps::create(
+        &pair.member,
+        json!({ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp",
+            "metadata": { "name": "orders", "namespace": ns, "finalizers": ["example.com/drop-database"] },
+            "spec": { "replicas": 1 } }),
+    )
+    .await;
+    apps::create(
+        &pair.member,
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "orders", "namespace": ns,
+                "ownerReferences": [{ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp", "name": "orders",
+                    "uid": webapp.metadata.uid, "controller": true, "blockOwnerDeletion": true }] },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "orders" } },
+                      "template": { "metadata": { "labels": { "app": "orders" } },
+                                    "spec": { "containers": [{ "name": "main", "image": "postgres:16" }] } } } }),
+    )
+    .await;
+    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=orders", 1).await;
+    let before = apps::snapshot(&pair.member, ns).await;
+
+    let run = Promotion::archive(
+        &pair,
+        &[ns],
+        &[("apiextensions.k8s.io", "customresourcedefinitions", "webapps.example.kpromote.io")],
+    )
+    .await;
+    let err = run.promote_with(&EngineOptions::default(), false).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, EngineError::OwnerFinalizers { .. }), "{message}");
+    assert!(
+        message.contains("webapps.example.kpromote.io/db/orders (example.com/drop-database)"),
+        "{message}"
+    );
+    // Nothing was detached: the operator's object is not being deleted, the owners are there.
+    let live = apps::webapps(&pair.member, ns).get("orders").await.unwrap();
+    assert!(live.metadata.deletion_timestamp.is_none());
+    assert_eq!(apps::snapshot(&pair.member, ns).await, before);
+    assert!(Api::<Namespace>::all(pair.cp.clone()).get_opt(ns).await.unwrap().is_none());
 }

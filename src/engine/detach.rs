@@ -40,6 +40,7 @@ pub async fn detach(
     let total = plan.objects().count() as u64;
     let mut done = 0;
     progress(on_progress, "detach", 0, total);
+    refuse_owners_with_finalizers(member, inv, plan, journal).await?;
     for level in &plan.levels {
         futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
             .try_for_each_concurrent(opts.concurrency, |key| async move {
@@ -51,6 +52,48 @@ pub async fn detach(
         progress(on_progress, "detach", done, total);
     }
     Ok(())
+}
+
+/// Finalizers the garbage collector itself handles; any other finalizer on an owner belongs to a
+/// controller (an operator) that runs its own cleanup when the owner is deleted.
+const GC_FINALIZERS: &[&str] = &["orphan", "foregroundDeletion"];
+
+/// Before anything is deleted: an owner carrying a finalizer of its own controller cannot be
+/// detached. Deleting it — even with orphan propagation — makes that controller run its cleanup
+/// (an operator dropping the database its custom resource stands for), and the owner would stay
+/// Terminating until it finishes. Every such owner is named at once; owners already detached by
+/// an earlier attempt are not checked again.
+async fn refuse_owners_with_finalizers(
+    member: &LiveCluster,
+    inv: &Inventory,
+    plan: &DetachPlan,
+    journal: &SharedJournal,
+) -> Result<(), EngineError> {
+    let mut held = Vec::new();
+    for key in plan.objects() {
+        if lock(journal).is_done(STEP_DETACH, &key.to_string()) {
+            continue;
+        }
+        let api = member.api_for(key, &inv.objects[key])?;
+        let Some(live) = member.get_opt(&api, key).await? else {
+            continue;
+        };
+        let foreign: Vec<String> = live
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| !GC_FINALIZERS.contains(&f.as_str()))
+            .collect();
+        if !foreign.is_empty() && live.metadata.deletion_timestamp.is_none() {
+            held.push(format!("{key} ({})", foreign.join(", ")));
+        }
+    }
+    if held.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::OwnerFinalizers { owners: held })
+    }
 }
 
 async fn detach_one(

@@ -171,6 +171,17 @@ pub enum EngineError {
         /// What changed.
         detail: String,
     },
+    /// Owners to detach carry finalizers of their own controllers; nothing was detached.
+    #[error(
+        "cannot detach {}: deleting an owner that carries its controller's finalizer makes that controller (an \
+         operator in the member) run its cleanup; nothing was detached — stop the operator or remove the \
+         finalizer, or leave the namespace out",
+        .owners.join(", ")
+    )]
+    OwnerFinalizers {
+        /// Each owner, with its finalizers.
+        owners: Vec<String>,
+    },
     /// Admission in the control plane changed a pod kpromote created: it would differ from the
     /// member pod it mirrors, and Kosmos would try to update the running pod forever.
     #[error("{key} was changed by the control plane's admission: {}; promote stopped at this level of the restore", .changes.iter().map(|c| format!("{} ({})", c.field, c.admission)).collect::<Vec<_>>().join("; "))]

@@ -28,6 +28,10 @@ pub const CRDS_ENV: &str = "KPROMOTE_KOSMOS_CRDS";
 pub const INSTALL_COMMAND: &str = "tests/testenv/kosmos.sh";
 /// What clustertree logs each time it tries to update a member pod in place.
 pub const UPDATE_ATTEMPT: &str = "Updating pod";
+/// The source file of clustertree's control-plane pod controller, as its log lines name it.
+const ROOT_POD_CONTROLLER: &str = "root_pod_controller.go";
+/// What clustertree logs when it leaves a member pod alone because it lacks the Kosmos label.
+const NOT_KOSMOS_POD: &str = "not created by kosmos tree";
 /// Field manager of the launcher's writes.
 const MANAGER: &str = "kpromote-testenv";
 /// The log line that says the member's pod controllers run (clustertree is ready).
@@ -172,15 +176,24 @@ impl Clustertree {
     }
 
     /// The log lines (from byte `from` on) in which clustertree tried to update a member pod in
-    /// place: each means it found the member pod and its control-plane twin different.
+    /// place: each means it found the member pod and its control-plane twin different and went on
+    /// to send the update. An attempt it abandons at once because the member pod does not carry
+    /// the Kosmos label (it logs that the pod "is not created by kosmos tree") changes nothing and
+    /// is not counted: rollback takes the label off the member pods before it removes their twins.
     #[must_use]
     pub fn update_attempts(&self, from: usize) -> Vec<String> {
-        self.log()
-            .get(from..)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(UPDATE_ATTEMPT))
-            .map(str::to_owned)
+        let log = self.log();
+        let lines: Vec<&str> = log.get(from..).unwrap_or_default().lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(UPDATE_ATTEMPT))
+            .filter(|(i, _)| {
+                // The manager's next line from the same controller says what it did.
+                let next = lines[i + 1..].iter().find(|l| l.contains(ROOT_POD_CONTROLLER));
+                !next.is_some_and(|l| l.contains(NOT_KOSMOS_POD))
+            })
+            .map(|(_, l)| (*l).to_owned())
             .collect()
     }
 

@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject};
 use kube::Api;
 use serde_json::{Value, json};
 
@@ -181,14 +181,11 @@ impl<'a> Sentinels<'a> {
     async fn create(&self, api: &Api<DynamicObject>, object: Value) -> Result<(), EngineError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         let key = self.key(api, &name);
-        let object: DynamicObject = serde_json::from_value(object).map_err(|e| LiveError::Malformed {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
-        api.create(&PostParams::default(), &object)
-            .await
-            .map_err(|e| refused(self.target, "create", &key, e))?;
-        Ok(())
+        match self.target.create(api, &key, &object).await {
+            // A retried create whose first attempt went through.
+            Ok(_) | Err(LiveError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Waits until the sentinel `name` of `api` is claimed by a controller of `owner_kind`
@@ -234,14 +231,9 @@ impl<'a> Sentinels<'a> {
 
     /// Whether any sentinel is left in the namespace.
     async fn any_left(&self) -> Result<bool, EngineError> {
-        let selector = ListParams::default().labels(SENTINEL_LABEL);
         for api in [&self.statefulsets, &self.replicasets, &self.pods, &self.revisions] {
             let probe = self.key(api, SENTINEL_PREFIX);
-            let listed = api
-                .list(&selector)
-                .await
-                .map_err(|e| refused(self.target, "list", &probe, e))?;
-            if !listed.items.is_empty() {
+            if !self.target.list_selected(api, &probe, Some(SENTINEL_LABEL)).await?.is_empty() {
                 return Ok(true);
             }
         }
@@ -252,7 +244,6 @@ impl<'a> Sentinels<'a> {
     /// they made, a revision the StatefulSet controller created late included), then the pods
     /// with grace period 0 (no kubelet serves their node) and the revisions.
     async fn remove_leftovers(&self) -> Result<(), EngineError> {
-        let selector = ListParams::default().labels(SENTINEL_LABEL);
         for (api, params) in [
             (&self.statefulsets, DeleteParams::background()),
             (&self.replicasets, DeleteParams::background()),
@@ -266,37 +257,13 @@ impl<'a> Sentinels<'a> {
             (&self.revisions, DeleteParams::background()),
         ] {
             let probe = self.key(api, SENTINEL_PREFIX);
-            let listed = api
-                .list(&selector)
-                .await
-                .map_err(|e| refused(self.target, "list", &probe, e))?;
-            for object in listed {
-                let name = object.metadata.name.unwrap_or_default();
+            for name in self.target.list_selected(api, &probe, Some(SENTINEL_LABEL)).await?.into_keys() {
                 let key = self.key(api, &name);
                 self.target.delete(api, &key, None, params.clone()).await?;
             }
         }
         Ok(())
     }
-}
-
-fn refused(target: &LiveCluster, verb: &'static str, key: &ObjectKey, e: kube::Error) -> EngineError {
-    match e {
-        kube::Error::Api(status) => LiveError::Refused {
-            cluster: target.role.clone(),
-            verb,
-            key: key.clone(),
-            code: status.code,
-            message: status.message,
-        },
-        other => LiveError::Unavailable {
-            cluster: target.role.clone(),
-            verb,
-            key: key.clone(),
-            detail: other.to_string(),
-        },
-    }
-    .into()
 }
 
 fn labels(id: &str) -> Value {

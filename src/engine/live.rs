@@ -258,8 +258,24 @@ impl LiveCluster {
         api: &Api<DynamicObject>,
         key: &ObjectKey,
     ) -> Result<BTreeMap<String, DynamicObject>, LiveError> {
+        self.list_selected(api, key, None).await
+    }
+
+    /// [`Self::list_by_name`] of the objects carrying label selector `selector`.
+    ///
+    /// # Errors
+    /// Refusals and unavailability.
+    pub async fn list_selected(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        selector: Option<&str>,
+    ) -> Result<BTreeMap<String, DynamicObject>, LiveError> {
         let mut objects = BTreeMap::new();
         let mut params = ListParams::default().limit(500);
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
         loop {
             let page = self.retry("list", key, || api.list(&params)).await?;
             for object in page.items {

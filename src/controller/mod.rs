@@ -168,9 +168,11 @@ pub async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), Con
 /// Crash injection for tests, through the journal's variable ([`crate::journal::FAILPOINT_ENV`]):
 /// `phase:<Phase>` aborts the process right after a status with that phase is written (before
 /// the phase's work starts); `backup:written` aborts right after the archive exists, before the
-/// status names it. The controller tests kill it this way in every working phase.
+/// status names it. The controller tests kill it this way in every working phase. Compiled in
+/// only where [`crate::journal::FAILPOINTS_ENABLED`].
 fn failpoint(point: &str) {
-    if std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point) {
+    if crate::journal::FAILPOINTS_ENABLED
+        && std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point) {
         eprintln!(
             "kpromote: {} reached ({point}); aborting to simulate a crash",
             crate::journal::FAILPOINT_ENV

@@ -71,6 +71,7 @@ impl Run {
                     cluster_name: spec.cluster_name.clone(),
                     forbidden_namespaces: ctx.config.forbidden_namespaces.clone(),
                     busy_namespaces: busy,
+                    allowed_escalating_bindings: spec.allow_escalating_bindings.clone(),
                 };
                 if let Err(failed) = precheck(&member.client, &ctx.client, &request).await {
                     errors.extend(failed.errors);

@@ -376,23 +376,36 @@ mod tests {
             "clusters[c].certificate-authority",
             "clusters[c].server",
         ] {
-            assert!(refusals.iter().any(|r| r.starts_with(needle)), "{needle}: {refusals:#?}");
+            assert!(
+                refusals.iter().any(|r| r.starts_with(needle)),
+                "{needle}: {refusals:#?}"
+            );
         }
-        assert!(refusals.iter().all(|r| !r.contains('/')), "values are never quoted: {refusals:#?}");
+        assert!(
+            refusals.iter().all(|r| !r.contains('/')),
+            "values are never quoted: {refusals:#?}"
+        );
 
         let (refusals, exec) = KubeconfigPolicy { allow_exec: true }.refusals(&hostile);
-        assert!(!exec && !refusals.iter().any(|r| r.contains("exec")), "{refusals:#?}");
+        assert!(
+            !exec && !refusals.iter().any(|r| r.contains("exec")),
+            "{refusals:#?}"
+        );
     }
 
     #[tokio::test]
     async fn a_kubeconfig_that_does_not_parse_is_reported_without_quoting_it() {
         // The marker sits where a parser reports "invalid type: string ...".
         let yaml = format!("apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user: {MARKER}\n");
-        let err = ClusterClient::from_kubeconfig_yaml("member", "Cluster/m", &yaml, KubeconfigPolicy::default())
-            .await
-            .expect_err("not a kubeconfig");
+        let err =
+            ClusterClient::from_kubeconfig_yaml("member", "Cluster/m", &yaml, KubeconfigPolicy::default())
+                .await
+                .expect_err("not a kubeconfig");
         let text = err.to_string();
-        assert!(text.contains("Cluster/m") && text.contains("not valid kubeconfig YAML"), "{text}");
+        assert!(
+            text.contains("Cluster/m") && text.contains("not valid kubeconfig YAML"),
+            "{text}"
+        );
         assert!(!text.contains(MARKER), "{text}");
     }
 

@@ -147,12 +147,21 @@ mod tests {
             "rules[3] reads secrets",
             "rules[4] mints tokens",
         ] {
-            assert!(found.iter().any(|f| f.starts_with(needle)), "{needle}: {found:#?}");
+            assert!(
+                found.iter().any(|f| f.starts_with(needle)),
+                "{needle}: {found:#?}"
+            );
         }
-        assert_eq!(role_escalations(CLUSTER_ADMIN, &role(json!([]))), ["is cluster-admin"]);
+        assert_eq!(
+            role_escalations(CLUSTER_ADMIN, &role(json!([]))),
+            ["is cluster-admin"]
+        );
         assert!(
-            role_escalations("agg", &json!({ "aggregationRule": { "clusterRoleSelectors": [] } }))[0]
-                .starts_with("aggregates")
+            role_escalations(
+                "agg",
+                &json!({ "aggregationRule": { "clusterRoleSelectors": [] } })
+            )[0]
+            .starts_with("aggregates")
         );
     }
 
@@ -180,7 +189,11 @@ mod tests {
         ]});
         assert_eq!(
             foreign_subjects(&binding, &included),
-            ["ServiceAccount other/y", "User alice", "Group system:authenticated"]
+            [
+                "ServiceAccount other/y",
+                "User alice",
+                "Group system:authenticated"
+            ]
         );
     }
 }

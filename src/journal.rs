@@ -468,7 +468,10 @@ mod tests {
         write_private(&dir, &format!("{planted}\n"));
         let err = open(&dir, "promote:a").expect_err("unbound");
         assert!(matches!(err, JournalError::Unbound { .. }), "{err}");
-        assert!(err.to_string().contains("move it out of the backup directory"), "{err}");
+        assert!(
+            err.to_string().contains("move it out of the backup directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -274,7 +274,9 @@ async fn check_bindings(
     {
         Ok(list) => list.items,
         Err(e) => {
-            errors.push(format!("cannot list ClusterRoleBindings in the member cluster: {e}"));
+            errors.push(format!(
+                "cannot list ClusterRoleBindings in the member cluster: {e}"
+            ));
             return;
         }
     };

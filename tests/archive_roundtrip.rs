@@ -507,7 +507,9 @@ fn small_caps_stop_big_archives() {
 #[test]
 fn a_small_archive_that_expands_far_beyond_the_ratio_is_refused_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let objects: Vec<_> = (0..96).map(|i| configmap("ns", &format!("c{i:02}"), 1 << 20)).collect();
+    let objects: Vec<_> = (0..96)
+        .map(|i| configmap("ns", &format!("c{i:02}"), 1 << 20))
+        .collect();
     let path = write(dir.path(), "bomb.tar.zst", objects, WriterOptions::zstd());
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size < 256 << 10, "the test needs a small file, got {size} bytes");

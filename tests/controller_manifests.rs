@@ -186,7 +186,8 @@ fn the_manifests_parse_and_agree_with_each_other_and_the_controller() {
     for resource in ["rolebindings", "clusterrolebindings", "pods", "secrets"] {
         for verb in ["bind", "escalate"] {
             assert!(
-                !allows(&rules, "rbac.authorization.k8s.io", resource, verb) && !allows(&rules, "", resource, verb),
+                !allows(&rules, "rbac.authorization.k8s.io", resource, verb)
+                    && !allows(&rules, "", resource, verb),
                 "{verb} on {resource}"
             );
         }

@@ -870,8 +870,7 @@ impl<R: Read> Read for ConcatFrames<R> {
                 let n = decoder.read(buf)?;
                 if n > 0 {
                     self.decoded += n as u64;
-                    self.budget
-                        .check(self.decoded, decoder.input().consumed())?;
+                    self.budget.check(self.decoded, decoder.input().consumed())?;
                     return Ok(n);
                 }
                 self.close_current().map_err(ArchiveError::into_io)?;

@@ -129,7 +129,13 @@ mod tests {
         let file = dir.path().join("p20260101-000000.tar.zst");
         private(&file);
         let found = archive_in(dir.path(), &file).expect("trusted");
-        assert_eq!(found, dir.path().canonicalize().expect("exists").join("p20260101-000000.tar.zst"));
+        assert_eq!(
+            found,
+            dir.path()
+                .canonicalize()
+                .expect("exists")
+                .join("p20260101-000000.tar.zst")
+        );
     }
 
     #[test]
@@ -145,7 +151,10 @@ mod tests {
             PathBuf::from("/etc/passwd"),
         ] {
             let err = archive_in(&dir, &named).expect_err("outside");
-            assert!(matches!(err, UntrustedFile::OutsideBackupDir { .. }), "{named:?}: {err}");
+            assert!(
+                matches!(err, UntrustedFile::OutsideBackupDir { .. }),
+                "{named:?}: {err}"
+            );
             assert!(err.to_string().contains("status.backedupFile"), "{err}");
         }
         std::os::unix::fs::symlink(&elsewhere, dir.join("link.tar.zst")).expect("symlinks");

@@ -176,7 +176,8 @@ pub async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), Con
 /// only where [`crate::journal::FAILPOINTS_ENABLED`].
 fn failpoint(point: &str) {
     if crate::journal::FAILPOINTS_ENABLED
-        && std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point) {
+        && std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point)
+    {
         eprintln!(
             "kpromote: {} reached ({point}); aborting to simulate a crash",
             crate::journal::FAILPOINT_ENV

@@ -73,6 +73,27 @@ pub fn role_escalations(name: &str, role: &Value) -> Vec<String> {
     out
 }
 
+/// Label prefix that makes the API server add a ClusterRole's rules to every role aggregating
+/// that label (`admin`, `edit`, `view`, and any custom aggregated role).
+pub const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// The aggregation labels `role` carries (set to `"true"`). A ClusterRole that promote creates in
+/// the control plane with such a label widens the control plane's aggregated roles for every
+/// subject bound to them, whatever binds the role itself — even a RoleBinding.
+#[must_use]
+pub fn aggregation_labels(role: &Value) -> Vec<String> {
+    role.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter(|(k, v)| k.starts_with(AGGREGATE_LABEL_PREFIX) && v.as_str() == Some("true"))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The subjects of `binding` that are not accounts of `included_namespaces`: re-created in the
 /// control plane, the binding would grant its role to them too, though nothing promoted needs it.
 #[must_use]
@@ -174,6 +195,20 @@ mod tests {
             { "nonResourceURLs": ["/healthz"], "verbs": ["get"] },
         ]));
         assert_eq!(role_escalations("reader", &reader), Vec::<String>::new());
+    }
+
+    #[test]
+    fn aggregation_labels_are_found() {
+        let role = json!({ "metadata": { "labels": {
+            "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+            "rbac.authorization.k8s.io/aggregate-to-view": "false",
+            "app": "x",
+        }}});
+        assert_eq!(
+            aggregation_labels(&role),
+            ["rbac.authorization.k8s.io/aggregate-to-admin"]
+        );
+        assert!(aggregation_labels(&json!({})).is_empty());
     }
 
     #[test]

@@ -65,10 +65,12 @@ pub struct PromotePolicySpec {
     )]
     pub cluster_name: String,
 
-    /// ClusterRoleBindings of the member that may be promoted although they grant an escalating
-    /// role (wildcards, `bind`/`escalate`/`impersonate`, secrets cluster-wide, `cluster-admin`):
-    /// in the control plane they would grant the same cluster-wide. Precheck refuses every such
-    /// binding not named here.
+    /// Bindings of the member that may be promoted although they escalate in the control plane,
+    /// where they grant the same cluster-wide: ClusterRoleBindings (by name) of a role with
+    /// wildcards, `bind`/`escalate`/`impersonate`, secrets cluster-wide or `cluster-admin`, or
+    /// with subjects outside the promoted namespaces; RoleBindings (`<namespace>/<name>`) of a
+    /// ClusterRole promote would create with an `aggregate-to-*` label. Precheck refuses every
+    /// such binding not named here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
     pub allow_escalating_bindings: Vec<String>,

@@ -136,6 +136,9 @@ pub async fn precheck(
     if !excluded.contains(&well_known::CLUSTER_ROLE_BINDINGS) {
         check_bindings(member, control_plane, request, &present, &mut errors).await;
     }
+    if !excluded.contains(&well_known::ROLE_BINDINGS) {
+        check_role_bindings(member, control_plane, request, &present, &mut errors).await;
+    }
 
     if errors.is_empty() {
         Ok(Prechecked {
@@ -263,7 +266,7 @@ async fn check_bindings(
     namespaces: &[String],
     errors: &mut Vec<String>,
 ) {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
     let included: BTreeSet<String> = namespaces.iter().cloned().collect();
     if included.is_empty() {
         return;
@@ -292,33 +295,110 @@ async fn check_bindings(
         let role = &binding.role_ref.name;
         let mut why = Vec::new();
         if binding.role_ref.kind == "ClusterRole" {
-            for (cluster, client) in [("member", member), ("control plane", control_plane)] {
-                match Api::<ClusterRole>::all(client.clone()).get_opt(role).await {
-                    Ok(Some(found)) => {
-                        let value = serde_json::to_value(&found).unwrap_or_default();
-                        why.extend(
-                            crate::escalation::role_escalations(role, &value)
-                                .into_iter()
-                                .map(|w| format!("{w} (as the {cluster} defines it)")),
-                        );
-                    }
-                    Ok(None) => {}
-                    Err(e) => why.push(format!("cannot be read in the {cluster} ({e})")),
-                }
-            }
+            why.extend(judge_cluster_role(member, control_plane, role, true).await);
         }
         why.extend(
             crate::escalation::foreign_subjects(&json, &included)
                 .into_iter()
-                .map(|s| format!("the binding also grants it to {s}, outside the promoted namespaces")),
+                .map(|s| format!("is granted to {s} too, outside the promoted namespaces")),
         );
         if !why.is_empty() {
             errors.push(format!(
-                "ClusterRoleBinding {name} ({reason}) grants ClusterRole {role}, which {}; promoted, it would grant \
-                 that across the whole control plane: remove the binding from the member, or list {name} in \
-                 spec.allowEscalatingBindings (--allow-escalating-binding) if the control plane should grant it",
-                why.join(", ")
+                "ClusterRoleBinding {name} ({reason}) would grant ClusterRole {role} across the whole control plane, \
+                 and the role {}: remove the binding from the member, or list {name} in spec.allowEscalatingBindings \
+                 (--allow-escalating-binding) if the control plane should grant it",
+                why.join("; ")
             ));
+        }
+    }
+}
+
+/// Why ClusterRole `role` escalates once promoted: as the member defines it (promote creates it
+/// when the control plane lacks it) and as the control plane defines it (a role already there is
+/// left as it is, so that is what a binding grants). `bound_cluster_wide` says whether a
+/// ClusterRoleBinding grants it (then its rules matter); otherwise only the aggregation labels
+/// of a role promote would create do.
+async fn judge_cluster_role(
+    member: &Client,
+    control_plane: &Client,
+    role: &str,
+    bound_cluster_wide: bool,
+) -> Vec<String> {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let mut why = Vec::new();
+    let mut in_control_plane = false;
+    let mut member_role = None;
+    for (cluster, client) in [("member", member), ("control plane", control_plane)] {
+        match Api::<ClusterRole>::all(client.clone()).get_opt(role).await {
+            Ok(Some(found)) => {
+                let value = serde_json::to_value(&found).unwrap_or_default();
+                if bound_cluster_wide {
+                    why.extend(
+                        crate::escalation::role_escalations(role, &value)
+                            .into_iter()
+                            .map(|w| format!("{w} (as the {cluster} defines it)")),
+                    );
+                }
+                if cluster == "member" {
+                    member_role = Some(value);
+                } else {
+                    in_control_plane = true;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => why.push(format!("cannot be read in the {cluster} ({e})")),
+        }
+    }
+    if !in_control_plane && let Some(value) = member_role {
+        why.extend(
+            crate::escalation::aggregation_labels(&value)
+                .into_iter()
+                .map(|l| format!("carries {l}=true, so the control plane would add its rules to every role aggregating it")),
+        );
+    }
+    why
+}
+
+/// Every RoleBinding of `namespaces` naming a ClusterRole that promote would create with an
+/// aggregation label: bound only in its namespace, such a role still widens the control plane's
+/// aggregated roles (`admin`, `edit`, `view`) for everyone bound to them. Allowed by
+/// `<namespace>/<name>` in `allowEscalatingBindings`.
+async fn check_role_bindings(
+    member: &Client,
+    control_plane: &Client,
+    request: &PrecheckRequest,
+    namespaces: &[String],
+    errors: &mut Vec<String>,
+) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    for ns in namespaces {
+        let bindings = match Api::<RoleBinding>::namespaced(member.clone(), ns)
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => {
+                errors.push(format!(
+                    "cannot list RoleBindings in namespace {ns} of the member cluster: {e}"
+                ));
+                continue;
+            }
+        };
+        for binding in bindings {
+            let name = format!("{ns}/{}", binding.metadata.name.as_deref().unwrap_or_default());
+            if binding.role_ref.kind != "ClusterRole" || request.allowed_escalating_bindings.contains(&name) {
+                continue;
+            }
+            let role = &binding.role_ref.name;
+            let why = judge_cluster_role(member, control_plane, role, false).await;
+            if !why.is_empty() {
+                errors.push(format!(
+                    "RoleBinding {name} refers to ClusterRole {role}, which {}; promote would create it in the control \
+                     plane: remove the label in the member, or list {name} in spec.allowEscalatingBindings \
+                     (--allow-escalating-binding) if the control plane should aggregate it",
+                    why.join(", ")
+                ));
+            }
         }
     }
 }

@@ -203,28 +203,33 @@ async fn cluster_kubeconfigs_that_run_commands_or_read_files_are_refused() {
     for (name, cluster, _) in &cases {
         env.apply(&policy(name, cluster));
     }
-    for (name, cluster, needles) in &cases {
-        let failed = env
-            .wait_phase(
+    let mut failed = Vec::new();
+    for (name, _, _) in &cases {
+        failed.push(
+            env.wait_phase(
                 name,
                 Phase::FailedPrecheck,
                 Duration::from_secs(60),
                 Some(&controller),
             )
-            .await;
-        let errors = failed.status.unwrap().precheck_errors.join("\n");
-        assert!(errors.contains(&format!("Cluster/{cluster}")), "{errors}");
-        assert!(errors.contains("kubeconfig refused"), "{errors}");
-        for needle in needles {
-            assert!(errors.contains(needle), "{needle:?} missing from:\n{errors}");
-        }
+            .await,
+        );
     }
+    // What the attacks did comes first: the messages matter only once they did nothing.
     assert!(!ran.exists(), "the exec command ran inside the controller");
     let seen = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
     assert!(
         !seen.contains(MARKER),
         "the controller sent its own file to the attacker's server:\n{seen}"
     );
+    for ((_, cluster, needles), policy) in cases.iter().zip(failed) {
+        let errors = policy.status.unwrap().precheck_errors.join("\n");
+        assert!(errors.contains(&format!("Cluster/{cluster}")), "{errors}");
+        assert!(errors.contains("kubeconfig refused"), "{errors}");
+        for needle in needles {
+            assert!(errors.contains(needle), "{needle:?} missing from:\n{errors}");
+        }
+    }
     server.abort();
     let outputs = controller_outputs(&env, &controller).await;
     assert_absent(&outputs, &[MARKER, &token_file.display().to_string()]);

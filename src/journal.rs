@@ -14,7 +14,17 @@
 //! the level in flight; resume redoes those steps, and they are idempotent. A torn last line (a crash in mid-write) is
 //! ignored; damage anywhere else is an error, because guessing would risk the user's namespaces.
 //!
+//! # Security
+//! The backup directory may be writable by others (a shared volume), and a journal decides what
+//! a resumed run skips and which UIDs ownerReferences are rewritten to. So a journal is trusted
+//! only if this process could have written it: it is created `0600` and opened with
+//! `O_NOFOLLOW` (a symlink planted at its path is refused, never followed); an existing one must
+//! be a regular file owned by the user kpromote runs as and writable by no one else; and its
+//! first record must bind it to its run, whose name carries the archive's digest (see
+//! [`JournalError`] for what to do when one does not match).
+//!
 //! # Crash injection
+//! Only in debug builds and builds with the `failpoints` feature ([`FAILPOINTS_ENABLED`]):
 //! `KPROMOTE_FAILPOINT=<step>:<n>` aborts the process right after the `n`-th `done` record of
 //! `step` is durable, and `<step>:<n>:begun` right after the `n`-th `begun` record (before the
 //! step acts). The crash tests use it to kill a run at every step boundary and in the middle of
@@ -30,6 +40,14 @@ use serde_json::Value;
 
 /// Environment variable that injects a crash; see the module docs.
 pub const FAILPOINT_ENV: &str = "KPROMOTE_FAILPOINT";
+
+/// Whether [`FAILPOINT_ENV`] is read at all: in debug builds (which the crash tests run) and
+/// with the `failpoints` feature; a release build ignores it.
+pub const FAILPOINTS_ENABLED: bool = cfg!(any(debug_assertions, feature = "failpoints"));
+
+/// Move-it-away advice shared by the errors about journals kpromote did not write.
+const MOVE_AWAY: &str = "move it out of the backup directory and run again (every step checks live state first, so \
+                         the run redoes what a journal would have skipped)";
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +75,10 @@ pub enum JournalError {
         detail: String,
     },
     /// The journal belongs to another run (another archive or direction).
-    #[error("journal {path} belongs to run {found:?}, not {expected:?}")]
+    #[error(
+        "journal {path} belongs to run {found:?}, not {expected:?} (another archive, or this archive's digest \
+         changed); if it is stale, {MOVE_AWAY}"
+    )]
     OtherRun {
         /// The journal file.
         path: PathBuf,
@@ -65,6 +86,23 @@ pub enum JournalError {
         expected: String,
         /// The run recorded in the file.
         found: String,
+    },
+    /// The journal does not start with the record that binds it to its archive.
+    #[error(
+        "journal {path} does not start with the record binding it to an archive (kpromote writes that record \
+         first), so kpromote did not write it; {MOVE_AWAY}"
+    )]
+    Unbound {
+        /// The journal file.
+        path: PathBuf,
+    },
+    /// The file at the journal's path is not one kpromote could have written.
+    #[error("journal {path} {why}, so kpromote did not write it; {MOVE_AWAY}")]
+    NotOurs {
+        /// The journal file.
+        path: PathBuf,
+        /// What gives it away.
+        why: String,
     },
 }
 
@@ -116,33 +154,37 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
+        let file = open_private(path)?;
         let mut latest = BTreeMap::new();
         let mut run_seen = None;
-        if path.exists() {
-            let lines: Vec<String> = BufReader::new(File::open(path).map_err(io)?)
-                .lines()
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
-            let last = lines.len();
-            for (i, line) in lines.iter().enumerate() {
-                match serde_json::from_str::<Record>(line) {
-                    Ok(record) => {
-                        if record.step == RUN_STEP {
-                            run_seen = Some(record.key.clone());
-                        }
-                        latest.insert((record.step.clone(), record.key.clone()), record);
-                    }
-                    // A crash while appending leaves at most the last line torn.
-                    Err(_) if i + 1 == last => {
-                        tracing::warn!(journal = %path.display(), "ignoring torn last line")
-                    }
-                    Err(e) => {
-                        return Err(JournalError::Damaged {
+        let lines: Vec<String> = BufReader::new(&file)
+            .lines()
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let last = lines.len();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Record>(line) {
+                Ok(record) => {
+                    if i == 0 && record.step != RUN_STEP {
+                        return Err(JournalError::Unbound {
                             path: path.to_owned(),
-                            line: i + 1,
-                            detail: e.to_string(),
                         });
                     }
+                    if record.step == RUN_STEP {
+                        run_seen = Some(record.key.clone());
+                    }
+                    latest.insert((record.step.clone(), record.key.clone()), record);
+                }
+                // A crash while appending leaves at most the last line torn.
+                Err(_) if i + 1 == last => {
+                    tracing::warn!(journal = %path.display(), "ignoring torn last line")
+                }
+                Err(e) => {
+                    return Err(JournalError::Damaged {
+                        path: path.to_owned(),
+                        line: i + 1,
+                        detail: e.to_string(),
+                    });
                 }
             }
         }
@@ -155,11 +197,7 @@ impl Journal {
                 found: found.clone(),
             });
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+
         let mut journal = Self {
             path: path.to_owned(),
             file,
@@ -270,8 +308,71 @@ impl Journal {
     }
 }
 
+/// Opens (creating `0600`) the journal at `path` for reading and appending, without following a
+/// symlink, and refuses a file this process could not have written: not a regular file, owned by
+/// another user, or writable by group or others.
+fn open_private(path: &Path) -> Result<File, JournalError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let not_ours = |why: String| JournalError::NotOurs {
+        path: path.to_owned(),
+        why,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                not_ours("is a symbolic link".to_owned())
+            } else {
+                JournalError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+    let meta = file.metadata().map_err(|source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(not_ours("is not a regular file".to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(not_ours(format!(
+            "is owned by uid {}, not by uid {me} that kpromote runs as",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(not_ours(format!("is writable by others (mode {mode:o})")));
+    }
+    if mode & 0o077 != 0 {
+        // An older kpromote created journals 0644: readable, never writable, by others.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    Ok(file)
+}
+
 fn failpoint() -> Option<(String, u64, State)> {
-    let spec = std::env::var(FAILPOINT_ENV).ok()?;
+    failpoint_from(std::env::var(FAILPOINT_ENV).ok())
+}
+
+/// The crash point `spec` asks for, if failpoints are compiled in.
+fn failpoint_from(spec: Option<String>) -> Option<(String, u64, State)> {
+    if !FAILPOINTS_ENABLED {
+        return None;
+    }
+    let spec = spec?;
     let mut parts = spec.split(':');
     let step = parts.next()?.to_owned();
     let n = parts.next()?.parse().ok()?;
@@ -332,6 +433,94 @@ mod tests {
             open(&dir, "promote:a"),
             Err(JournalError::Damaged { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_journal_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(&dir, "promote:a").expect("opens"));
+        let mode = std::fs::metadata(dir.path().join("j.journal"))
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_journal_path_is_refused_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "untouched\n").expect("writes");
+        std::os::unix::fs::symlink(&target, dir.path().join("j.journal")).expect("symlinks");
+        let err = open(&dir, "promote:a").expect_err("a symlink is refused");
+        assert!(matches!(err, JournalError::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).expect("reads"), "untouched\n");
+    }
+
+    #[test]
+    fn a_planted_journal_without_its_binding_record_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // UIDs a resumed restore would point ownerReferences at.
+        let planted = json!({ "step": "restore", "key": "deployments.apps/ns/web", "state": "done",
+                              "data": { "outcome": "created", "uid": "attacker-chosen" } });
+        write_private(&dir, &format!("{planted}\n"));
+        let err = open(&dir, "promote:a").expect_err("unbound");
+        assert!(matches!(err, JournalError::Unbound { .. }), "{err}");
+        assert!(
+            err.to_string().contains("move it out of the backup directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_journal_others_could_write_or_own_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(&dir, "promote:a").expect("opens"));
+        let path = dir.path().join("j.journal");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let err = open(&dir, "promote:a").expect_err("world-writable");
+        assert!(err.to_string().contains("writable by others"), "{err}");
+
+        // An older kpromote's 0644 journal is still ours: tightened, not refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(open(&dir, "promote:a").expect("0644 of our own is fine"));
+        let mode = std::fs::metadata(&path).expect("exists").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(4242), None).expect("chown");
+            let err = open(&dir, "promote:a").expect_err("owned by another user");
+            assert!(err.to_string().contains("uid 4242"), "{err}");
+        }
+    }
+
+    fn write_private(dir: &tempfile::TempDir, text: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join("j.journal"))
+            .expect("creates");
+        f.write_all(text.as_bytes()).expect("writes");
+    }
+
+    #[cfg(not(any(debug_assertions, feature = "failpoints")))]
+    #[test]
+    fn a_release_build_ignores_the_failpoint_variable() {
+        assert_eq!(failpoint_from(Some("detach:1:begun".into())), None);
+    }
+
+    #[cfg(any(debug_assertions, feature = "failpoints"))]
+    #[test]
+    fn a_test_build_reads_the_failpoint_variable() {
+        assert_eq!(
+            failpoint_from(Some("detach:1:begun".into())),
+            Some(("detach".to_owned(), 1, State::Begun))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`restore`]: the restore order and the per-object transforms, each with its reason.
 //! - [`policy`]: the `PromotePolicy` API users apply.
 //! - [`controller`]: the controller that drives `PromotePolicy` objects through their phases.
+//! - [`escalation`]: which RBAC grants would reach further in the control plane than in the member.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
@@ -21,6 +22,7 @@ pub mod archive;
 pub mod backup;
 pub mod controller;
 pub mod engine;
+pub mod escalation;
 pub mod journal;
 pub mod kosmos;
 pub mod object;

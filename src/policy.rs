@@ -38,19 +38,42 @@ pub struct PromotePolicySpec {
 
     /// Namespaces of the member cluster to promote. Must exist in the member and not in the
     /// control plane.
-    #[schemars(length(min = 1), inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    // At most MAX_LIST_ITEMS: each is a precheck, a backup list per type, and a status line;
+    // the API server enforces the bound before the controller reads the list.
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(length(max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     pub included_namespaces: Vec<String>,
 
     /// Namespace-scoped resource types left out of the promotion, as `kubectl api-resources`
     /// names them (`events`, `events.events.k8s.io`, `endpointslices.discovery.k8s.io`, short
     /// names, singular or plural).
+    // A group-resource is at most a 63-character resource, a dot and a 253-character group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 317)))]
     pub excluded_namespace_scoped_resources: Vec<String>,
 
     /// Name of the Kosmos `Cluster` (member cluster) to promote from; its virtual node in the
     /// control plane is `kosmos-<clusterName>`.
-    #[schemars(length(min = 1, max = 253))]
+    // A DNS subdomain (an object name), short enough that `kosmos-<clusterName>` is one too. It
+    // is joined into a node name, an archive's metadata and messages: no path or control
+    // characters get that far.
+    #[schemars(
+        length(min = 1, max = 246),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub cluster_name: String,
+
+    /// Bindings of the member that may be promoted although they escalate in the control plane,
+    /// where they grant the same cluster-wide: ClusterRoleBindings (by name) of a role with
+    /// wildcards, `bind`/`escalate`/`impersonate`, secrets cluster-wide or `cluster-admin`, or
+    /// with subjects outside the promoted namespaces; RoleBindings (`<namespace>/<name>`) of a
+    /// ClusterRole promote would create with an `aggregate-to-*` label. Precheck refuses every
+    /// such binding not named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
+    pub allow_escalating_bindings: Vec<String>,
 }
 
 impl PromotePolicySpec {

@@ -29,6 +29,9 @@ pub struct PrecheckRequest {
     pub forbidden_namespaces: Vec<String>,
     /// Namespaces other running promotions hold, with the holder's name.
     pub busy_namespaces: Vec<(String, String)>,
+    /// ClusterRoleBindings that may travel although their role escalates (the policy's
+    /// `allowEscalatingBindings`); see [`crate::escalation`].
+    pub allowed_escalating_bindings: Vec<String>,
 }
 
 /// What precheck learned and the later steps reuse.
@@ -130,6 +133,12 @@ pub async fn precheck(
         &mut errors,
     )
     .await;
+    if !excluded.contains(&well_known::CLUSTER_ROLE_BINDINGS) {
+        check_bindings(member, control_plane, request, &present, &mut errors).await;
+    }
+    if !excluded.contains(&well_known::ROLE_BINDINGS) {
+        check_role_bindings(member, control_plane, request, &present, &mut errors).await;
+    }
 
     if errors.is_empty() {
         Ok(Prechecked {
@@ -245,6 +254,155 @@ async fn check_contents(
     }
 }
 
+/// Every ClusterRoleBinding that would travel with `namespaces` and grant, in the control plane,
+/// an escalating role or a subject that is not one of the promoted accounts — unless the policy
+/// allows it by name. The role is judged as the member defines it (promote creates it when the
+/// control plane lacks it) and as the control plane defines it (a role already there is left as
+/// it is, so that is what the binding would grant).
+async fn check_bindings(
+    member: &Client,
+    control_plane: &Client,
+    request: &PrecheckRequest,
+    namespaces: &[String],
+    errors: &mut Vec<String>,
+) {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let included: BTreeSet<String> = namespaces.iter().cloned().collect();
+    if included.is_empty() {
+        return;
+    }
+    let bindings = match Api::<ClusterRoleBinding>::all(member.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            errors.push(format!(
+                "cannot list ClusterRoleBindings in the member cluster: {e}"
+            ));
+            return;
+        }
+    };
+    for binding in bindings {
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        let json = serde_json::to_value(&binding).unwrap_or_default();
+        let Some(reason) = crate::backup::dependencies::binding_subject_in(&json, &included) else {
+            continue;
+        };
+        if request.allowed_escalating_bindings.contains(&name) {
+            continue;
+        }
+        let role = &binding.role_ref.name;
+        let mut why = Vec::new();
+        if binding.role_ref.kind == "ClusterRole" {
+            why.extend(judge_cluster_role(member, control_plane, role, true).await);
+        }
+        why.extend(
+            crate::escalation::foreign_subjects(&json, &included)
+                .into_iter()
+                .map(|s| format!("is granted to {s} too, outside the promoted namespaces")),
+        );
+        if !why.is_empty() {
+            errors.push(format!(
+                "ClusterRoleBinding {name} ({reason}) would grant ClusterRole {role} across the whole control plane, \
+                 and the role {}: remove the binding from the member, or list {name} in spec.allowEscalatingBindings \
+                 (--allow-escalating-binding) if the control plane should grant it",
+                why.join("; ")
+            ));
+        }
+    }
+}
+
+/// Why ClusterRole `role` escalates once promoted: as the member defines it (promote creates it
+/// when the control plane lacks it) and as the control plane defines it (a role already there is
+/// left as it is, so that is what a binding grants). `bound_cluster_wide` says whether a
+/// ClusterRoleBinding grants it (then its rules matter); otherwise only the aggregation labels
+/// of a role promote would create do.
+async fn judge_cluster_role(
+    member: &Client,
+    control_plane: &Client,
+    role: &str,
+    bound_cluster_wide: bool,
+) -> Vec<String> {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let mut why = Vec::new();
+    let mut in_control_plane = false;
+    let mut member_role = None;
+    for (cluster, client) in [("member", member), ("control plane", control_plane)] {
+        match Api::<ClusterRole>::all(client.clone()).get_opt(role).await {
+            Ok(Some(found)) => {
+                let value = serde_json::to_value(&found).unwrap_or_default();
+                if bound_cluster_wide {
+                    why.extend(
+                        crate::escalation::role_escalations(role, &value)
+                            .into_iter()
+                            .map(|w| format!("{w} (as the {cluster} defines it)")),
+                    );
+                }
+                if cluster == "member" {
+                    member_role = Some(value);
+                } else {
+                    in_control_plane = true;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => why.push(format!("cannot be read in the {cluster} ({e})")),
+        }
+    }
+    if !in_control_plane && let Some(value) = member_role {
+        why.extend(
+            crate::escalation::aggregation_labels(&value)
+                .into_iter()
+                .map(|l| format!("carries {l}=true, so the control plane would add its rules to every role aggregating it")),
+        );
+    }
+    why
+}
+
+/// Every RoleBinding of `namespaces` naming a ClusterRole that promote would create with an
+/// aggregation label: bound only in its namespace, such a role still widens the control plane's
+/// aggregated roles (`admin`, `edit`, `view`) for everyone bound to them. Allowed by
+/// `<namespace>/<name>` in `allowEscalatingBindings`.
+async fn check_role_bindings(
+    member: &Client,
+    control_plane: &Client,
+    request: &PrecheckRequest,
+    namespaces: &[String],
+    errors: &mut Vec<String>,
+) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    for ns in namespaces {
+        let bindings = match Api::<RoleBinding>::namespaced(member.clone(), ns)
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => {
+                errors.push(format!(
+                    "cannot list RoleBindings in namespace {ns} of the member cluster: {e}"
+                ));
+                continue;
+            }
+        };
+        for binding in bindings {
+            let name = format!("{ns}/{}", binding.metadata.name.as_deref().unwrap_or_default());
+            if binding.role_ref.kind != "ClusterRole" || request.allowed_escalating_bindings.contains(&name) {
+                continue;
+            }
+            let role = &binding.role_ref.name;
+            let why = judge_cluster_role(member, control_plane, role, false).await;
+            if !why.is_empty() {
+                errors.push(format!(
+                    "RoleBinding {name} refers to ClusterRole {role}, which {}; promote would create it in the control \
+                     plane: remove the label in the member, or list {name} in spec.allowEscalatingBindings \
+                     (--allow-escalating-binding) if the control plane should aggregate it",
+                    why.join(", ")
+                ));
+            }
+        }
+    }
+}
+
 /// Kinds whose pods cannot keep running under a control-plane owner.
 fn refuse_unmovable(
     gr: &GroupResource,
@@ -333,6 +491,7 @@ mod tests {
                 .map(|s| (*s).to_owned())
                 .collect(),
             busy_namespaces: vec![("taken".into(), "other-policy".into())],
+            allowed_escalating_bindings: vec![],
         }
     }
 

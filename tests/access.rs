@@ -1,7 +1,7 @@
 //! Reaching clusters: kubeconfig files, Kosmos Cluster objects, and the errors users see.
 #![allow(clippy::unwrap_used)]
 
-use kpromote::access::{AccessError, ClusterClient};
+use kpromote::access::{AccessError, ClusterClient, KubeconfigPolicy};
 use kpromote::kosmos::cluster::{Cluster as KosmosCluster, ClusterSpec};
 use kpromote::testenv::{Binaries, TestEnv};
 use kube::Api;
@@ -59,7 +59,7 @@ async fn the_member_is_reached_through_its_kosmos_cluster_object() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cp_client = cp.client().await.unwrap();
 
-    let err = ClusterClient::from_kosmos_cluster(&cp_client, "member")
+    let err = ClusterClient::from_kosmos_cluster(&cp_client, "member", KubeconfigPolicy::default())
         .await
         .unwrap_err();
     // The CRD may still be settling: either way the error names the Cluster.
@@ -83,7 +83,7 @@ async fn the_member_is_reached_through_its_kosmos_cluster_object() {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
         }
     }
-    let reached = ClusterClient::from_kosmos_cluster(&cp_client, "member")
+    let reached = ClusterClient::from_kosmos_cluster(&cp_client, "member", KubeconfigPolicy::default())
         .await
         .unwrap();
     assert_eq!(reached.server.trim_end_matches('/'), member.server());

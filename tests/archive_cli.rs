@@ -266,3 +266,52 @@ fn errors_name_the_input_and_what_to_do() {
     let newer = kpromote(&["inspect", &f("hostile/unknown-major.tar.zst")]);
     assert!(stderr(&newer).contains("upgrade kpromote"), "{}", stderr(&newer));
 }
+
+/// Issue 10: `show` of a Secret printed its values to the terminal.
+#[test]
+fn show_masks_a_secrets_values_unless_asked() {
+    const MARKER: &str = "kpromote-secret-marker-5b21";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.tar.zst");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": { "name": "creds", "namespace": "nginx-test", "uid": "uid-creds" },
+        "data": { "password": base64_of(MARKER) },
+        "stringData": { "token": MARKER },
+    });
+    let object = kpromote::archive::NewObject::from_json(
+        "secrets",
+        "",
+        kpromote::archive::Inclusion::Namespaced,
+        serde_json::to_vec(&secret).unwrap(),
+    )
+    .unwrap();
+    write(&path, vec![object]);
+    let archive = path.display().to_string();
+    for format in ["yaml", "json"] {
+        let out = kpromote(&["show", "-o", format, &archive, "secrets/nginx-test/creds"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out) + &stderr(&out);
+        assert!(
+            !text.contains(MARKER) && !text.contains(&base64_of(MARKER)),
+            "a value was printed:\n{text}"
+        );
+        assert!(text.contains("<masked: 27 bytes>"), "{text}");
+        assert!(stderr(&out).contains("--reveal-secrets"), "{}", stderr(&out));
+    }
+    let revealed = json(&kpromote(&[
+        "show",
+        "-o",
+        "json",
+        "--reveal-secrets",
+        &archive,
+        "secrets/nginx-test/creds",
+    ]));
+    assert_eq!(revealed["stringData"]["token"], MARKER);
+    assert_eq!(revealed["data"]["password"], base64_of(MARKER));
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -501,6 +501,43 @@ fn small_caps_stop_big_archives() {
     }
 }
 
+/// Issue 10: a small zstd file could expand up to the 64 GiB total cap. 96 MiB of one repeated
+/// character compress to a few KiB; with the default limits the reader refuses it, both from the
+/// manifest's sizes (a file) and while decoding (a pipe, where no manifest is trusted first).
+#[test]
+fn a_small_archive_that_expands_far_beyond_the_ratio_is_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects: Vec<_> = (0..96)
+        .map(|i| configmap("ns", &format!("c{i:02}"), 1 << 20))
+        .collect();
+    let path = write(dir.path(), "bomb.tar.zst", objects, WriterOptions::zstd());
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 256 << 10, "the test needs a small file, got {size} bytes");
+
+    match ArchiveReader::open(&path) {
+        Err(err @ ArchiveError::RatioExceeded { ratio, .. }) => {
+            assert_eq!(ratio, kpromote::archive::DEFAULT_MAX_RATIO);
+            assert!(err.to_string().contains("decompression bomb"), "{err}");
+            assert_eq!(err.code(), "ratio_exceeded");
+        }
+        other => panic!("expected RatioExceeded, got {other:?}"),
+    }
+    let streamed = verify_stream(std::fs::File::open(&path).unwrap(), &ReaderOptions::default());
+    let refused = match &streamed {
+        Err(e) => matches!(e, ArchiveError::RatioExceeded { .. }),
+        Ok(report) => report
+            .problems
+            .iter()
+            .any(|p| matches!(p, ArchiveError::RatioExceeded { .. })),
+    };
+    assert!(refused, "the stream was not refused: {streamed:?}");
+
+    // The same archive reads when the caller trusts it with a higher ratio.
+    let trusting = ReaderOptions::default().max_ratio(1_000_000, 64 << 20);
+    let reader = ArchiveReader::open_with(&path, trusting).unwrap();
+    assert!(reader.verify().is_fully_verified());
+}
+
 #[test]
 fn add_json_equals_add() {
     let dir = tempfile::tempdir().unwrap();

@@ -166,7 +166,9 @@ fn the_manifests_parse_and_agree_with_each_other_and_the_controller() {
         ("", "pods", "delete"),
         ("apps", "replicasets", "patch"),
         ("apps", "deployments", "create"),
-        ("rbac.authorization.k8s.io", "rolebindings", "bind"),
+        ("rbac.authorization.k8s.io", "rolebindings", "create"),
+        ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+        ("rbac.authorization.k8s.io", "roles", "escalate"),
         ("", "persistentvolumes", "patch"),
     ] {
         assert!(allows(&rules, group, resource, verb), "{verb} {resource}.{group}");
@@ -178,6 +180,23 @@ fn the_manifests_parse_and_agree_with_each_other_and_the_controller() {
     assert!(
         !allows(&rules, "", "secrets", "list"),
         "no cluster-wide secret listing"
+    );
+    // Issue 10: `bind` and `escalate` only where the API server checks them (on roles), and no
+    // wildcard anywhere.
+    for resource in ["rolebindings", "clusterrolebindings", "pods", "secrets"] {
+        for verb in ["bind", "escalate"] {
+            assert!(
+                !allows(&rules, "rbac.authorization.k8s.io", resource, verb)
+                    && !allows(&rules, "", resource, verb),
+                "{verb} on {resource}"
+            );
+        }
+    }
+    assert!(
+        rules.iter().all(|r| !r.verbs.contains(&"*".to_owned())
+            && !r.resources.iter().flatten().any(|x| x == "*")
+            && !r.api_groups.iter().flatten().any(|x| x == "*")),
+        "no wildcards in the controller's rules"
     );
     // Namespaced grants: the lease in the controller's namespace, events in `default`.
     let role = |ns: &str| {

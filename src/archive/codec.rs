@@ -4,7 +4,7 @@
 //!
 //! Normative text: `format-spec/v1.md` §4.1 (frames), §8 (codecs).
 
-use super::error::{ArchiveError, Result, TotalLimit, location};
+use super::error::{ArchiveError, RatioLimit, Result, TotalLimit, location};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -310,6 +310,14 @@ impl<R: BufRead> FrameDecoder<R> {
         }
     }
 
+    /// The input, as far as the decoder has read it.
+    pub fn input(&self) -> &R {
+        match self {
+            FrameDecoder::Zstd(dec) => dec.get_ref(),
+            FrameDecoder::Gzip(dec) => dec.get_ref(),
+        }
+    }
+
     /// Gives the input back once the frame is fully read, positioned right after it.
     pub fn into_inner(self) -> R {
         match self {
@@ -459,6 +467,38 @@ impl Read for SeqDecoder {
     }
 }
 
+/// How much a decoder may produce (decompression-bomb defence): at most `total` bytes, and at
+/// most `ratio` times the compressed bytes it reads plus `floor`. The total cap alone let a
+/// small file expand to the whole 64 GiB; the ratio ties the work to the file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The total cap.
+    pub total: u64,
+    /// Decoded bytes allowed per compressed byte.
+    pub ratio: u64,
+    /// Decoded bytes allowed whatever the compressed size (small archives of repetitive
+    /// objects compress far beyond any ratio).
+    pub floor: u64,
+}
+
+impl Budget {
+    /// Fails once `decoded` bytes are more than `compressed` bytes may give.
+    fn check(&self, decoded: u64, compressed: u64) -> io::Result<()> {
+        if decoded > self.total {
+            return Err(io::Error::other(TotalLimit(self.total)));
+        }
+        let limit = compressed.saturating_mul(self.ratio).saturating_add(self.floor);
+        if decoded > limit {
+            return Err(io::Error::other(RatioLimit {
+                compressed,
+                limit,
+                ratio: self.ratio,
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// Sequential decoding of known frames (the frame table), each checked to fill its section.
 pub struct FrameSeq {
     codec: Codec,
@@ -470,9 +510,11 @@ pub struct FrameSeq {
     spare_zstd: Option<ZstdFrame>,
     /// Whether a section may hold several frames back to back (frame B, spec §4.1).
     concatenated: bool,
-    /// Decoded bytes so far, against the total cap.
+    /// Decoded bytes so far, against the budget.
     decoded: u64,
-    limit: u64,
+    budget: Budget,
+    /// Compressed bytes of all the frames, which the budget's ratio applies to.
+    compressed: u64,
     /// Name used in errors.
     what: &'static str,
 }
@@ -492,9 +534,10 @@ impl FrameSeq {
         codec: Codec,
         file: Arc<File>,
         frames: Vec<(u64, u64)>,
-        limit: u64,
+        budget: Budget,
         what: &'static str,
     ) -> Self {
+        let compressed = frames.iter().map(|(_, len)| *len).fold(0u64, u64::saturating_add);
         FrameSeq {
             codec,
             file,
@@ -503,7 +546,8 @@ impl FrameSeq {
             spare_zstd: None,
             concatenated: false,
             decoded: 0,
-            limit,
+            budget,
+            compressed,
             what,
         }
     }
@@ -568,9 +612,7 @@ impl Read for FrameSeq {
             };
         }
         self.decoded += n as u64;
-        if self.decoded > self.limit {
-            return Err(io::Error::other(TotalLimit(self.limit)));
-        }
+        self.budget.check(self.decoded, self.compressed)?;
         Ok(n)
     }
 }
@@ -749,12 +791,13 @@ pub struct ConcatFrames<R: Read> {
     pub frames: Vec<(u64, u64)>,
     current_start: u64,
     decoded: u64,
-    limit: u64,
+    budget: Budget,
 }
 
 impl<R: Read> ConcatFrames<R> {
-    /// Decodes `input`, which starts with a frame of `codec`.
-    pub fn new(codec: Codec, input: R, limit: u64) -> Self {
+    /// Decodes `input`, which starts with a frame of `codec`, within `budget` (its ratio
+    /// applies to the input consumed so far).
+    pub fn new(codec: Codec, input: R, budget: Budget) -> Self {
         ConcatFrames {
             codec,
             input: Some(CountingBufRead::new(PeekBuf::new(input, READ_BUF))),
@@ -762,7 +805,7 @@ impl<R: Read> ConcatFrames<R> {
             frames: Vec::new(),
             current_start: 0,
             decoded: 0,
-            limit,
+            budget,
         }
     }
 
@@ -827,9 +870,7 @@ impl<R: Read> Read for ConcatFrames<R> {
                 let n = decoder.read(buf)?;
                 if n > 0 {
                     self.decoded += n as u64;
-                    if self.decoded > self.limit {
-                        return Err(io::Error::other(TotalLimit(self.limit)));
-                    }
+                    self.budget.check(self.decoded, decoder.input().consumed())?;
                     return Ok(n);
                 }
                 self.close_current().map_err(ArchiveError::into_io)?;

@@ -3,7 +3,7 @@
 //! and the current entry, so duplicates, out-of-order, missing and extra entries are found with
 //! memory independent of the object count (spec §9.2).
 
-use super::codec::{FrameSeq, FrameSource, Pumped};
+use super::codec::{Budget, FrameSeq, FrameSource, Pumped};
 use super::error::{ArchiveError, Result, location};
 use super::layout::{self, EntryPath, INDEX_ENTRY, MANIFEST_ENTRY};
 use super::manifest::{self, FrameInfo, IndexInfo, ParsedLine};
@@ -22,11 +22,11 @@ pub(crate) fn source(
     codec: super::codec::Codec,
     file: &Arc<File>,
     frames: Vec<(u64, u64)>,
-    limit: u64,
+    budget: Budget,
     what: &'static str,
     pump: bool,
 ) -> Result<Source> {
-    let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, limit, what);
+    let mut seq = FrameSeq::new(codec, Arc::clone(file), frames, budget, what);
     if what == location::FRAME_B {
         // Frame B may be written as several frames (spec §4.1); kpromote 1.0 writes one.
         seq = seq.concatenated();

@@ -190,6 +190,27 @@ pub enum ArchiveError {
         /// The limit.
         limit: u64,
     },
+    /// The archive decompresses to more than [`ReaderOptions::max_ratio`] times its compressed
+    /// size (plus [`ReaderOptions::ratio_floor`]): a decompression bomb that would otherwise run
+    /// up to the total cap.
+    ///
+    /// [`ReaderOptions::max_ratio`]: super::ReaderOptions::max_ratio
+    /// [`ReaderOptions::ratio_floor`]: super::ReaderOptions::ratio_floor
+    #[error(
+        "entry `{entry}`: {compressed} compressed bytes decompress to more than {limit} bytes (over {ratio}:1); \
+         kpromote never writes such an archive, so it is refused as a decompression bomb (if you trust it, read \
+         it with a higher ratio limit)"
+    )]
+    RatioExceeded {
+        /// The entry being read when the limit was passed.
+        entry: String,
+        /// The compressed bytes of the section being read.
+        compressed: u64,
+        /// The bytes they may decompress to.
+        limit: u64,
+        /// The ratio allowed.
+        ratio: u64,
+    },
     /// The archive decompresses to more than the total cap (decompression-bomb defence).
     #[error("entry `{entry}`: archive decompresses to more than the limit of {limit} bytes")]
     TotalSizeExceeded {
@@ -257,6 +278,7 @@ impl ArchiveError {
             | ArchiveError::SizeMismatch { entry, .. }
             | ArchiveError::EntryTooLarge { entry, .. }
             | ArchiveError::TotalSizeExceeded { entry, .. }
+            | ArchiveError::RatioExceeded { entry, .. }
             | ArchiveError::InvalidManifest { entry, .. }
             | ArchiveError::InvalidRecord { entry, .. }
             | ArchiveError::InvalidObject { entry, .. }
@@ -289,6 +311,7 @@ impl ArchiveError {
             ArchiveError::SizeMismatch { .. } => "size_mismatch",
             ArchiveError::EntryTooLarge { .. } => "entry_too_large",
             ArchiveError::TotalSizeExceeded { .. } => "total_size_exceeded",
+            ArchiveError::RatioExceeded { .. } => "ratio_exceeded",
             ArchiveError::InvalidManifest { .. } => "invalid_manifest",
             ArchiveError::InvalidRecord { .. } => "invalid_record",
             ArchiveError::InvalidObject { .. } => "invalid_object",
@@ -352,6 +375,17 @@ impl ArchiveError {
             }
             Err(other) => other,
         };
+        let inner = match inner.downcast::<RatioLimit>() {
+            Ok(hit) => {
+                return ArchiveError::RatioExceeded {
+                    entry,
+                    compressed: hit.compressed,
+                    limit: hit.limit,
+                    ratio: hit.ratio,
+                };
+            }
+            Err(other) => other,
+        };
         if kind == io::ErrorKind::UnexpectedEof {
             ArchiveError::Truncated { entry }
         } else {
@@ -379,6 +413,27 @@ impl std::fmt::Display for TotalLimit {
 }
 
 impl std::error::Error for TotalLimit {}
+
+/// Marker carried inside an `io::Error` when decoding passes the ratio cap; turned into
+/// [`ArchiveError::RatioExceeded`] naming the entry being read.
+#[derive(Debug)]
+pub(crate) struct RatioLimit {
+    pub(crate) compressed: u64,
+    pub(crate) limit: u64,
+    pub(crate) ratio: u64,
+}
+
+impl std::fmt::Display for RatioLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} compressed bytes decompress to more than {} bytes (over {}:1)",
+            self.compressed, self.limit, self.ratio
+        )
+    }
+}
+
+impl std::error::Error for RatioLimit {}
 
 /// Result alias of the archive module.
 pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;

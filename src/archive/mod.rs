@@ -44,8 +44,10 @@
 //! - refuses duplicate, out-of-order, missing and unlisted entries, and checks every entry's
 //!   size and SHA-256 against the index before handing it out;
 //! - caps each entry ([`ReaderOptions::max_entry_bytes`], 64 MiB), the manifest, each index line,
-//!   the total decompressed size ([`ReaderOptions::max_total_bytes`], 64 GiB) and the zstd
-//!   window (8 MiB), against decompression bombs;
+//!   the total decompressed size ([`ReaderOptions::max_total_bytes`], 64 GiB), the
+//!   decompression ratio ([`ReaderOptions::max_ratio`], 250:1 beyond the first 64 MiB, so a small
+//!   file cannot expand to the total cap: [`ArchiveError::RatioExceeded`]) and the zstd window
+//!   (8 MiB), against decompression bombs;
 //! - refuses an unknown major version ([`ArchiveError::UnsupportedVersion`]) before parsing
 //!   anything else, and reads a newer minor version with a warning;
 //! - holds memory bounded by those caps, not by the number of entries.
@@ -78,8 +80,8 @@ pub use manifest::{
 };
 pub use reader::{
     ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
-    DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_TOTAL_BYTES, Objects, ReaderOptions, Records, VerifyReport,
-    verify_stream,
+    DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_RATIO_FLOOR, Objects,
+    ReaderOptions, Records, VerifyReport, verify_stream,
 };
 pub use writer::{
     ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,

@@ -23,6 +23,13 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 << 30;
 pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// Default cap on one index line: 1 MiB (a record with many owner references is a few KiB).
 pub const DEFAULT_MAX_INDEX_LINE: usize = 1 << 20;
+/// Default cap on the decompression ratio: 250 decoded bytes per compressed byte. Kubernetes
+/// JSON compresses about 10:1 with zstd; a file far beyond that is a decompression bomb, which
+/// the total cap alone would let run to 64 GiB.
+pub const DEFAULT_MAX_RATIO: u64 = 250;
+/// Decoded bytes allowed whatever the ratio: 64 MiB, so a small archive of very repetitive
+/// objects (a ConfigMap of one repeated character) still reads.
+pub const DEFAULT_RATIO_FLOOR: u64 = 64 << 20;
 /// Default number of problems a verification report keeps (the rest are counted).
 pub const DEFAULT_MAX_PROBLEMS: usize = 10_000;
 
@@ -34,6 +41,10 @@ pub struct ReaderOptions {
     pub max_entry_bytes: u64,
     /// Largest total decompressed size.
     pub max_total_bytes: u64,
+    /// Largest decompression ratio (decoded bytes per compressed byte of what is read).
+    pub max_ratio: u64,
+    /// Decoded bytes allowed whatever the ratio.
+    pub ratio_floor: u64,
     /// Largest manifest.
     pub max_manifest_bytes: u64,
     /// Longest index line.
@@ -52,6 +63,8 @@ impl Default for ReaderOptions {
         ReaderOptions {
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_ratio: DEFAULT_MAX_RATIO,
+            ratio_floor: DEFAULT_RATIO_FLOOR,
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_index_line: DEFAULT_MAX_INDEX_LINE,
             max_problems: DEFAULT_MAX_PROBLEMS,
@@ -74,6 +87,24 @@ impl ReaderOptions {
     pub fn max_total_bytes(mut self, bytes: u64) -> Self {
         self.max_total_bytes = bytes;
         self
+    }
+
+    /// Sets the decompression-ratio cap: at most `ratio` decoded bytes per compressed byte,
+    /// beyond the first `floor` decoded bytes.
+    #[must_use]
+    pub fn max_ratio(mut self, ratio: u64, floor: u64) -> Self {
+        self.max_ratio = ratio;
+        self.ratio_floor = floor;
+        self
+    }
+
+    /// The decoding budget these options give.
+    pub(crate) fn budget(&self) -> super::codec::Budget {
+        super::codec::Budget {
+            total: self.max_total_bytes,
+            ratio: self.max_ratio,
+            floor: self.ratio_floor,
+        }
     }
 
     /// Forces (or forbids) decoding on a separate thread.
@@ -563,7 +594,7 @@ impl ArchiveReader {
             self.codec,
             &self.file,
             vec![state.frame_b],
-            self.options.max_total_bytes,
+            self.options.budget(),
             location::FRAME_B,
             pump,
         )?;
@@ -591,7 +622,7 @@ impl ArchiveReader {
             self.codec,
             &self.file,
             selected.iter().map(|f| (f.offset, f.length)).collect(),
-            self.options.max_total_bytes,
+            self.options.budget(),
             location::FRAME_A,
             pump,
         )?;
@@ -653,7 +684,7 @@ fn open_located(
         codec,
         file,
         vec![(locator.frame_b_offset, locator.frame_b_len)],
-        options.max_total_bytes,
+        options.budget(),
         location::FRAME_B,
         false,
     )?;
@@ -706,6 +737,20 @@ fn open_located(
         return Err(ArchiveError::TotalSizeExceeded {
             entry: location::FRAME_A.to_owned(),
             limit: options.max_total_bytes,
+        });
+    }
+    // What the manifest declares is checked against the ratio before anything is decoded;
+    // decoding checks it again, since a manifest can lie.
+    let compressed: u64 = manifest.frames.iter().map(|f| f.length).sum();
+    let allowed = compressed
+        .saturating_mul(options.max_ratio)
+        .saturating_add(options.ratio_floor);
+    if total > allowed {
+        return Err(ArchiveError::RatioExceeded {
+            entry: location::FRAME_A.to_owned(),
+            compressed,
+            limit: allowed,
+            ratio: options.max_ratio,
         });
     }
     if minor > FORMAT_MINOR {

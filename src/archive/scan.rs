@@ -108,7 +108,7 @@ pub(crate) fn scan<R: Read>(
 ) -> Result<ScanOutcome> {
     let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spill_err = |e: std::io::Error| ArchiveError::io(&spill_dir, e);
-    let frames = ConcatFrames::new(codec, input, options.max_total_bytes);
+    let frames = ConcatFrames::new(codec, input, options.budget());
     let mut tar = TarStream::new(frames, Dialects::Velero);
     let mut sorter = ExternalSorter::new(SCAN_SORT_MEMORY, spill_dir.clone());
     let mut problems = Problems::new(options.max_problems);

@@ -6,6 +6,7 @@
 //! - [`BackupRequest`]: namespaces, exclusions (the design's list by default), output directory
 //!   (`/data/backup`), file name (`<policyName><YYYYMMDD-HHMMSS>.tar.zst`), codec, progress.
 //! - [`dependencies`]: which cluster-scoped objects a namespaced object pulls in, and why.
+//! - [`trusted`]: whether a file in the backup directory is one kpromote wrote.
 //! - [`lister`]: lists one resource type page by page as a stream, surviving continue token
 //!   expiry.
 //!
@@ -54,6 +55,7 @@ mod error;
 pub mod lister;
 mod report;
 mod request;
+pub mod trusted;
 mod write;
 
 pub use error::{BackupError, RBAC_MANIFEST};

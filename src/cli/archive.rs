@@ -27,7 +27,10 @@
 //!
 //! ## `show -o json`
 //! The object itself, pretty-printed, exactly as archived (`-o yaml`, the default, prints it as
-//! YAML).
+//! YAML) — except a Secret's values: each value of `data` and `stringData`, and the
+//! `kubectl.kubernetes.io/last-applied-configuration` annotation (which repeats them), is
+//! replaced by `<masked: N bytes>`, so a terminal, a scrollback or a pasted bug report does not
+//! carry credentials. `--reveal-secrets` prints them.
 //!
 //! ## `verify -o json`
 //! ```json
@@ -111,6 +114,9 @@ pub struct ShowArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = YamlOrJson::Yaml)]
     pub output: YamlOrJson,
+    /// Print a Secret's values instead of `<masked: N bytes>`.
+    #[arg(long)]
+    pub reveal_secrets: bool,
 }
 
 /// Arguments of `kpromote verify`.
@@ -412,12 +418,51 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         ),
         other => explain(&args.archive, other),
     })?;
-    let value = object.value().map_err(|e| explain(&args.archive, e))?;
+    let mut value = object.value().map_err(|e| explain(&args.archive, e))?;
+    if !args.reveal_secrets && mask_secret_values(&mut value) {
+        eprintln!("note: the Secret's values are masked; --reveal-secrets prints them");
+    }
     let text = match args.output {
         YamlOrJson::Json => format!("{}\n", serde_json::to_string_pretty(&value)?),
         YamlOrJson::Yaml => serde_saphyr::to_string(&value).context("rendering YAML")?,
     };
     print_str(&text)
+}
+
+/// Annotation in which `kubectl apply` keeps the object it applied, a Secret's values included.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Replaces every value of a core `Secret`'s `data` and `stringData` (and its last-applied
+/// annotation) with its size. Returns whether `object` is such a Secret.
+fn mask_secret_values(object: &mut Value) -> bool {
+    let is_secret = object.get("kind").and_then(Value::as_str) == Some("Secret")
+        && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if !is_secret {
+        return false;
+    }
+    for (field, base64) in [("data", true), ("stringData", false)] {
+        if let Some(Value::Object(map)) = object.get_mut(field) {
+            for value in map.values_mut() {
+                let text = value.as_str().unwrap_or_default();
+                let bytes = if base64 {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .map_or(text.len(), |b| b.len())
+                } else {
+                    text.len()
+                };
+                *value = Value::String(format!("<masked: {bytes} bytes>"));
+            }
+        }
+    }
+    if let Some(Value::String(applied)) = object.pointer_mut(&format!(
+        "/metadata/annotations/{}",
+        LAST_APPLIED.replace('/', "~1")
+    )) {
+        *applied = format!("<masked: {} bytes>", applied.len());
+    }
+    true
 }
 
 /// Turns `pods/ns/name`, `clusterroles/name` or an entry path into an entry path.
@@ -692,6 +737,23 @@ fn print_str(text: &str) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secrets_values_are_masked_and_other_objects_untouched() {
+        let mut secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "s", "annotations": { LAST_APPLIED: "{\"data\":{\"k\":\"c2VjcmV0\"}}" } },
+            "data": { "k": "c2VjcmV0" }, "stringData": { "s": "plain" },
+        });
+        assert!(mask_secret_values(&mut secret));
+        assert_eq!(secret["data"]["k"], "<masked: 6 bytes>");
+        assert_eq!(secret["stringData"]["s"], "<masked: 5 bytes>");
+        let text = secret.to_string();
+        assert!(!text.contains("c2VjcmV0") && !text.contains("plain"), "{text}");
+        let mut configmap = json!({ "apiVersion": "v1", "kind": "ConfigMap", "data": { "k": "v" } });
+        assert!(!mask_secret_values(&mut configmap));
+        assert_eq!(configmap["data"]["k"], "v");
+    }
 
     #[test]
     fn sizes_read_well() {

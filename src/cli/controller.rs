@@ -37,6 +37,10 @@ pub struct Args {
     /// Context of the member in --member-kubeconfig.
     #[arg(long, value_name = "NAME")]
     member_context: Option<String>,
+    /// Let a Kosmos `Cluster`'s kubeconfig run its `exec` command inside this process. Off by
+    /// default: whoever may edit Cluster objects would run code in the controller's pod.
+    #[arg(long)]
+    allow_kubeconfig_exec: bool,
     /// Directory of the archives (the backup volume).
     #[arg(long, value_name = "DIR", default_value = kpromote::backup::DEFAULT_OUTPUT_DIR)]
     backup_dir: PathBuf,
@@ -101,6 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.backup_dir = args.backup_dir.clone();
         config.member_kubeconfig = args.member_kubeconfig.clone();
         config.member_context = args.member_context.clone();
+        config.kubeconfig_policy.allow_exec = args.allow_kubeconfig_exec;
         config.forbidden_namespaces = args.forbidden_namespaces.clone();
         config.engine.concurrency = args.concurrency.max(1);
         config.engine.settle = Duration::from_secs_f64(args.settle_seconds.max(0.0));

@@ -100,6 +100,11 @@ pub struct PromoteArgs {
     /// events, events.events.k8s.io, endpoints, endpointslices.discovery.k8s.io).
     #[arg(long = "exclude", value_name = "RESOURCE")]
     exclude: Option<Vec<String>>,
+    /// ClusterRoleBinding that may be promoted although its role escalates (cluster-admin,
+    /// wildcards, bind/escalate/impersonate, secrets cluster-wide); repeat for several. In the
+    /// control plane it grants the same, cluster-wide.
+    #[arg(long = "allow-escalating-binding", value_name = "NAME")]
+    allow_escalating_bindings: Vec<String>,
     /// Directory of the backup archive.
     #[arg(long, value_name = "DIR", default_value = kpromote::backup::DEFAULT_OUTPUT_DIR)]
     backup_dir: PathBuf,
@@ -172,6 +177,7 @@ async fn precheck_and_backup(
             .map(|s| (*s).to_owned())
             .collect(),
         busy_namespaces: Vec::new(),
+        allowed_escalating_bindings: args.allow_escalating_bindings.clone(),
     };
     if let Err(failed) = kpromote::precheck::precheck(&member.client, &cp.client, &request).await {
         for error in &failed.errors {

@@ -82,7 +82,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
-use crate::access::{AccessError, ClusterClient};
+use crate::access::{AccessError, ClusterClient, KubeconfigPolicy};
 use crate::engine::EngineOptions;
 use crate::kosmos::cluster::Cluster;
 use crate::policy::PromotePolicy;
@@ -105,6 +105,9 @@ pub struct ControllerConfig {
     pub member_kubeconfig: Option<PathBuf>,
     /// Context in that kubeconfig.
     pub member_context: Option<String>,
+    /// What a Kosmos `Cluster`'s kubeconfig may ask of this process (inline credentials only,
+    /// unless the operator allowed `exec`).
+    pub kubeconfig_policy: KubeconfigPolicy,
     /// Namespaces never promoted.
     pub forbidden_namespaces: Vec<String>,
     /// Engine knobs.
@@ -123,6 +126,7 @@ impl ControllerConfig {
             backup_dir: PathBuf::from(crate::backup::DEFAULT_OUTPUT_DIR),
             member_kubeconfig: None,
             member_context: None,
+            kubeconfig_policy: KubeconfigPolicy::default(),
             forbidden_namespaces: crate::precheck::DEFAULT_FORBIDDEN_NAMESPACES
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -168,9 +172,12 @@ pub async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), Con
 /// Crash injection for tests, through the journal's variable ([`crate::journal::FAILPOINT_ENV`]):
 /// `phase:<Phase>` aborts the process right after a status with that phase is written (before
 /// the phase's work starts); `backup:written` aborts right after the archive exists, before the
-/// status names it. The controller tests kill it this way in every working phase.
+/// status names it. The controller tests kill it this way in every working phase. Compiled in
+/// only where [`crate::journal::FAILPOINTS_ENABLED`].
 fn failpoint(point: &str) {
-    if std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point) {
+    if crate::journal::FAILPOINTS_ENABLED
+        && std::env::var(crate::journal::FAILPOINT_ENV).is_ok_and(|v| v == point)
+    {
         eprintln!(
             "kpromote: {} reached ({point}); aborting to simulate a crash",
             crate::journal::FAILPOINT_ENV
@@ -212,7 +219,7 @@ impl Context {
                     .await;
             }
         }
-        ClusterClient::from_kosmos_cluster(&self.client, cluster_name).await
+        ClusterClient::from_kosmos_cluster(&self.client, cluster_name, self.config.kubeconfig_policy).await
     }
 
     /// Whether the policy named `name` is being deleted, as the watch cache knows it.

@@ -71,6 +71,7 @@ impl Run {
                     cluster_name: spec.cluster_name.clone(),
                     forbidden_namespaces: ctx.config.forbidden_namespaces.clone(),
                     busy_namespaces: busy,
+                    allowed_escalating_bindings: spec.allow_escalating_bindings.clone(),
                 };
                 if let Err(failed) = precheck(&member.client, &ctx.client, &request).await {
                     errors.extend(failed.errors);
@@ -153,7 +154,15 @@ impl Run {
         // The name depends only on the policy and its start time, and backup renames a finished
         // archive into place: one that exists is this run's, complete.
         let path = request.path_at(created_at);
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
+            if let Err(e) = crate::backup::trusted::owned_regular_file(&path) {
+                let reason = format!("backup failed, nothing was changed in either cluster: {e}");
+                self.transition(Phase::FailedBackup, &reason, None, |s| {
+                    s.failure_reason = Some(reason.clone());
+                })
+                .await?;
+                return Ok(Flow::Continue);
+            }
             tracing::info!(policy = %self.name, archive = %path.display(), "adopting the archive a killed run finished");
             return self.backed_up(&path, None).await;
         }
@@ -365,12 +374,16 @@ impl Run {
         ))
     }
 
-    /// The archive of `backedupFile`, verified.
+    /// The archive of `backedupFile`, checked to be one the controller wrote in its backup
+    /// directory, and verified.
     async fn archive(&self) -> Result<(PathBuf, Arc<Inventory>), String> {
         let Some(file) = self.status.backedup_file.clone() else {
             return Err("status.backedupFile names no archive".to_owned());
         };
-        let path = PathBuf::from(file);
+        // The status subresource is not only the controller's to write: the path is checked to
+        // be an archive it wrote in its backup directory before it is opened.
+        let path = crate::backup::trusted::archive_in(&self.ctx.config.backup_dir, Path::new(&file))
+            .map_err(|e| format!("status.backedupFile: {e}"))?;
         let reading = path.clone();
         // Reading verifies every entry's checksum: CPU and disk work, off the async threads.
         let inv = tokio::task::spawn_blocking(move || Inventory::from_archive(&reading))

@@ -33,7 +33,11 @@ pub const CLUSTER_OWNERS_ANNOTATION: &str = "kosmos-io/cluster-owners";
 /// `cluster` is not in it.
 #[must_use]
 pub fn without_cluster_owner(owners: &str, cluster: &str) -> Option<String> {
-    let names: Vec<&str> = owners.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    let names: Vec<&str> = owners
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
     names.contains(&cluster).then(|| {
         names
             .iter()
@@ -57,7 +61,10 @@ mod tests {
     #[test]
     fn cluster_owner_removed_from_the_list() {
         assert_eq!(without_cluster_owner("member", "member").as_deref(), Some(""));
-        assert_eq!(without_cluster_owner("a,member,b", "member").as_deref(), Some("a,b"));
+        assert_eq!(
+            without_cluster_owner("a,member,b", "member").as_deref(),
+            Some("a,b")
+        );
         assert_eq!(without_cluster_owner("a, b", "member"), None);
     }
 

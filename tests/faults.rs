@@ -47,8 +47,16 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         .unwrap_or_else(|e| panic!("promote under faults: {e}"));
     let (throttled, unavailable, dropped) = member_proxy.counts();
     let (cp_throttled, cp_unavailable, cp_dropped) = cp_proxy.counts();
-    assert!(throttled > 0 && unavailable > 0 && dropped > 0, "member faults {:?}", member_proxy.counts());
-    assert!(cp_throttled > 0 && cp_unavailable > 0 && cp_dropped > 0, "cp faults {:?}", cp_proxy.counts());
+    assert!(
+        throttled > 0 && unavailable > 0 && dropped > 0,
+        "member faults {:?}",
+        member_proxy.counts()
+    );
+    assert!(
+        cp_throttled > 0 && cp_unavailable > 0 && cp_dropped > 0,
+        "cp faults {:?}",
+        cp_proxy.counts()
+    );
     assert!(
         report.retried_calls >= throttled + unavailable + dropped,
         "every injected fault was retried: {} retried, {:?} + {:?} injected",
@@ -106,7 +114,10 @@ async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_dele
     assert!(err.to_string().contains("garbage collector"), "{err}");
     let deployments: Api<Deployment> = Api::namespaced(pair.member.clone(), ns);
     let pending = deployments.get("nginx").await.unwrap();
-    assert!(pending.metadata.deletion_timestamp.is_some(), "the Deployment is being deleted");
+    assert!(
+        pending.metadata.deletion_timestamp.is_some(),
+        "the Deployment is being deleted"
+    );
 
     // The collector comes back while rollback runs: rollback waits for the old Deployment to be
     // gone, then re-creates it (counted as present, it would never come back).
@@ -135,7 +146,13 @@ async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_dele
             .unwrap()
             .items
             .iter()
-            .all(|rs| rs.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+            .all(|rs| {
+                rs.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == uid)
+            })
             .then_some(())
     })
     .await;
@@ -174,7 +191,10 @@ async fn rollback_refuses_to_discard_what_changed_in_the_control_plane_unless_to
 
     let err = run.rollback("rollback.journal", &opts).await.unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, kpromote::engine::EngineError::Drift { .. }), "{message}");
+    assert!(
+        matches!(err, kpromote::engine::EngineError::Drift { .. }),
+        "{message}"
+    );
     assert!(message.contains("configmaps/nginx-test/notes"), "{message}");
     assert!(message.contains("deployments.apps/nginx-test/nginx"), "{message}");
     assert!(message.contains("--discard-changes"), "{message}");
@@ -213,27 +233,38 @@ async fn restore_waits_for_a_frozen_controller_manager_instead_of_racing_it() {
     // The control plane's controller manager freezes before the restore and thaws 15 s later,
     // far past any fixed settle: a restore that guessed would create owners its controllers
     // have not seen the pods of, and they would make new pods. The barrier waits instead.
-    pair.env.cluster("control-plane").pause_controller_manager().unwrap();
+    pair.env
+        .cluster("control-plane")
+        .pause_controller_manager()
+        .unwrap();
     let thaw = async {
         tokio::time::sleep(Duration::from_secs(15)).await;
-        pair.env.cluster("control-plane").resume_controller_manager().unwrap();
+        pair.env
+            .cluster("control-plane")
+            .resume_controller_manager()
+            .unwrap();
     };
     let defaults = EngineOptions::default();
     let (promoted, ()) = tokio::join!(run.promote_with(&defaults, false), thaw);
     promoted.unwrap();
     // The barrier's sentinels go (the garbage collector takes what the sentinel owners made).
     let sentinels = ListParams::default().labels(kpromote::engine::barrier::SENTINEL_LABEL);
-    wait_for("the barrier's sentinels to be gone", Duration::from_secs(60), || async {
-        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(pair.cp.clone(), ns)
-            .list(&sentinels)
-            .await
-            .unwrap();
-        let revisions = Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(pair.cp.clone(), ns)
-            .list(&sentinels)
-            .await
-            .unwrap();
-        (pods.items.is_empty() && revisions.items.is_empty()).then_some(())
-    })
+    wait_for(
+        "the barrier's sentinels to be gone",
+        Duration::from_secs(60),
+        || async {
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(pair.cp.clone(), ns)
+                .list(&sentinels)
+                .await
+                .unwrap();
+            let revisions =
+                Api::<k8s_openapi::api::apps::v1::ControllerRevision>::namespaced(pair.cp.clone(), ns)
+                    .list(&sentinels)
+                    .await
+                    .unwrap();
+            (pods.items.is_empty() && revisions.items.is_empty()).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     apps::snapshot(&pair.cp, ns)

@@ -35,9 +35,14 @@ async fn assert_twins_equal(pair: &Pair, ns: &str) {
     for pod in cp.list(&ListParams::default()).await.unwrap() {
         let name = pod.metadata.name.clone().unwrap();
         let twin = member.get(&name).await.unwrap();
-        let differences =
-            clustertree_differences(&serde_json::to_value(&twin).unwrap(), &serde_json::to_value(&pod).unwrap());
-        assert!(differences.is_empty(), "pod {ns}/{name}: the two views differ in {differences:?}");
+        let differences = clustertree_differences(
+            &serde_json::to_value(&twin).unwrap(),
+            &serde_json::to_value(&pod).unwrap(),
+        );
+        assert!(
+            differences.is_empty(),
+            "pod {ns}/{name}: the two views differ in {differences:?}"
+        );
     }
 }
 
@@ -168,15 +173,28 @@ async fn rich_namespace_promotes_and_rolls_back_with_clustertree_finding_nothing
     );
     assert_twins_equal(&pair, ns).await;
     assert_no_kosmos_side_effects(&pair, ns).await;
-    let cp_lonely = Api::<Pod>::namespaced(pair.cp.clone(), ns).get(lonely).await.unwrap();
+    let cp_lonely = Api::<Pod>::namespaced(pair.cp.clone(), ns)
+        .get(lonely)
+        .await
+        .unwrap();
     assert_eq!(
-        cp_lonely.metadata.annotations.unwrap_or_default().get(STAMP_ANNOTATION).map(String::as_str),
+        cp_lonely
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(STAMP_ANNOTATION)
+            .map(String::as_str),
         Some(run.inv.archive_id.as_str()),
         "the stamp survives clustertree's status copy"
     );
     let after = apps::snapshot(&pair.member, ns).await;
-    assert_eq!(after.pods, before.pods, "same member pods, same UIDs, no restarts");
-    apps::snapshot(&pair.cp, ns).await.assert_promoted_from(&before, "promote under clustertree");
+    assert_eq!(
+        after.pods, before.pods,
+        "same member pods, same UIDs, no restarts"
+    );
+    apps::snapshot(&pair.cp, ns)
+        .await
+        .assert_promoted_from(&before, "promote under clustertree");
 
     let log_start = pair.kosmos().log().len();
     run.rollback("rollback.journal", &opts).await.unwrap();
@@ -246,8 +264,14 @@ async fn limit_range_and_quota_added_after_the_pods_change_nothing_under_cluster
     let opts = EngineOptions::default();
     let log_start = pair.kosmos().log().len();
     let report = run.promote(&opts).await.unwrap();
-    assert!(report.created.iter().any(|c| c == "limitranges/cart/defaults"), "{report:#?}");
-    assert!(report.created.iter().any(|c| c == "resourcequotas/cart/counts"), "{report:#?}");
+    assert!(
+        report.created.iter().any(|c| c == "limitranges/cart/defaults"),
+        "{report:#?}"
+    );
+    assert!(
+        report.created.iter().any(|c| c == "resourcequotas/cart/counts"),
+        "{report:#?}"
+    );
     wait_control_plane_pods_running(&pair, ns, 2).await;
     tokio::time::sleep(QUIET).await;
 
@@ -267,7 +291,9 @@ async fn limit_range_and_quota_added_after_the_pods_change_nothing_under_cluster
     assert_eq!(pair.kosmos().update_attempts(log_start), Vec::<String>::new());
     assert_twins_equal(&pair, ns).await;
     assert_no_kosmos_side_effects(&pair, ns).await;
-    apps::snapshot(&pair.cp, ns).await.assert_promoted_from(&before, "promote");
+    apps::snapshot(&pair.cp, ns)
+        .await
+        .assert_promoted_from(&before, "promote");
 
     run.rollback("rollback.journal", &opts).await.unwrap();
     wait_namespace_gone(&pair.cp, ns).await;
@@ -315,7 +341,11 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
     let run = Promotion::archive(
         &pair,
         &[ns],
-        &[("apiextensions.k8s.io", "customresourcedefinitions", "webapps.example.kpromote.io")],
+        &[(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "webapps.example.kpromote.io",
+        )],
     )
     .await;
     let opts = EngineOptions::default();
@@ -324,7 +354,10 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
         report.warnings.iter().any(|w| w.contains("example.com/keep")),
         "the dropped finalizer is reported: {report:#?}"
     );
-    let cp_routes = Api::<ConfigMap>::namespaced(pair.cp.clone(), ns).get("routes").await.unwrap();
+    let cp_routes = Api::<ConfigMap>::namespaced(pair.cp.clone(), ns)
+        .get("routes")
+        .await
+        .unwrap();
     assert!(cp_routes.metadata.finalizers.unwrap_or_default().is_empty());
 
     // A user's object in the control plane with a finalizer nothing handles there: rollback
@@ -340,7 +373,13 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
         ..EngineOptions::default()
     };
     let err = run
-        .rollback("rollback.journal", &EngineOptions { discard_changes: true, ..short })
+        .rollback(
+            "rollback.journal",
+            &EngineOptions {
+                discard_changes: true,
+                ..short
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Stuck { .. }), "{err}");
@@ -358,12 +397,19 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
     run.rollback("rollback.journal", &opts).await.unwrap();
     wait_namespace_gone(&pair.cp, ns).await;
     assert!(
-        Api::<Namespace>::all(pair.cp.clone()).get_opt(ns).await.unwrap().is_none()
+        Api::<Namespace>::all(pair.cp.clone())
+            .get_opt(ns)
+            .await
+            .unwrap()
+            .is_none()
     );
     apps::snapshot(&pair.member, ns)
         .await
         .assert_rolled_back_to(&before, "rollback");
-    let member_routes = Api::<ConfigMap>::namespaced(pair.member.clone(), ns).get("routes").await.unwrap();
+    let member_routes = Api::<ConfigMap>::namespaced(pair.member.clone(), ns)
+        .get("routes")
+        .await
+        .unwrap();
     assert_eq!(
         member_routes.metadata.finalizers.unwrap_or_default(),
         vec!["example.com/keep".to_owned()],
@@ -404,7 +450,10 @@ async fn a_pod_admission_changes_in_the_control_plane_stops_promote_naming_field
     assert!(rollback.is_ok(), "{err}");
     assert!(matches!(**cause, EngineError::AdmissionChanged { .. }), "{cause}");
     let message = cause.to_string();
-    assert!(message.contains("spec.priority") && message.contains("Priority"), "{message}");
+    assert!(
+        message.contains("spec.priority") && message.contains("Priority"),
+        "{message}"
+    );
     wait_namespace_gone(&pair.cp, ns).await;
     apps::snapshot(&pair.member, ns)
         .await
@@ -441,10 +490,17 @@ async fn an_owner_with_its_operators_finalizer_is_refused_before_anything_is_det
     let run = Promotion::archive(
         &pair,
         &[ns],
-        &[("apiextensions.k8s.io", "customresourcedefinitions", "webapps.example.kpromote.io")],
+        &[(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "webapps.example.kpromote.io",
+        )],
     )
     .await;
-    let err = run.promote_with(&EngineOptions::default(), false).await.unwrap_err();
+    let err = run
+        .promote_with(&EngineOptions::default(), false)
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, EngineError::OwnerFinalizers { .. }), "{message}");
     assert!(
@@ -455,5 +511,11 @@ async fn an_owner_with_its_operators_finalizer_is_refused_before_anything_is_det
     let live = apps::webapps(&pair.member, ns).get("orders").await.unwrap();
     assert!(live.metadata.deletion_timestamp.is_none());
     assert_eq!(apps::snapshot(&pair.member, ns).await, before);
-    assert!(Api::<Namespace>::all(pair.cp.clone()).get_opt(ns).await.unwrap().is_none());
+    assert!(
+        Api::<Namespace>::all(pair.cp.clone())
+            .get_opt(ns)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -73,7 +73,9 @@ async fn start_kosmos(
 ) -> anyhow::Result<Option<Clustertree>> {
     match KosmosKit::locate() {
         Ok(kit) => {
-            step("starting the real Kosmos clustertree (it mirrors control-plane pods bound to kosmos-member)");
+            step(
+                "starting the real Kosmos clustertree (it mirrors control-plane pods bound to kosmos-member)",
+            );
             let kosmos = Clustertree::start(&kit, cp, member, member.name()).await?;
             println!("  clustertree log: {}", kosmos.log_path().display());
             Ok(Some(kosmos))
@@ -324,10 +326,7 @@ impl ControllerChild {
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--backup-dir={}", backup_dir.display()))
             .arg(format!("--metrics-address=127.0.0.1:{port}"))
-            .args([
-                "--leader-elect=false",
-                "--progress-interval-seconds=0.5",
-            ])
+            .args(["--leader-elect=false", "--progress-interval-seconds=0.5"])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -362,9 +362,15 @@ fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()>
     for (key, reason) in &report.skipped {
         println!("skipped {key}: {reason}");
     }
-    line("discarded (changed in the control plane since promote)", &report.discarded);
+    line(
+        "discarded (changed in the control plane since promote)",
+        &report.discarded,
+    );
     if report.retried_calls > 0 {
-        println!("retried {} API calls that failed transiently (throttling, server errors, dropped connections)", report.retried_calls);
+        println!(
+            "retried {} API calls that failed transiently (throttling, server errors, dropped connections)",
+            report.retried_calls
+        );
     }
     for step in &report.retried_steps {
         println!("ran the steps again from the journal, {step}");

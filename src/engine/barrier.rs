@@ -26,12 +26,12 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{ApiResource, DeleteParams, DynamicObject};
 use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
-use super::live::{LiveCluster, LiveError};
 use super::EngineError;
+use super::live::{LiveCluster, LiveError};
 use crate::object::ObjectKey;
 
 /// Label every sentinel carries, with the barrier's id as value.
@@ -57,7 +57,9 @@ impl Needs {
         let mut needs = Self::default();
         for key in keys {
             match (key.group.as_str(), key.resource.as_str()) {
-                ("apps", "replicasets" | "deployments") | ("", "replicationcontrollers") | ("batch", "jobs") => {
+                ("apps", "replicasets" | "deployments")
+                | ("", "replicationcontrollers")
+                | ("batch", "jobs") => {
                     needs.pods_and_replicasets = true;
                 }
                 ("apps", "statefulsets" | "daemonsets") => {
@@ -83,7 +85,12 @@ impl Needs {
 /// # Errors
 /// [`LiveError::Timeout`] naming the controller that did not act within `timeout` — is the
 /// control plane's kube-controller-manager running? — and API errors.
-pub async fn observe(target: &LiveCluster, ns: &str, needs: Needs, timeout: Duration) -> Result<(), EngineError> {
+pub async fn observe(
+    target: &LiveCluster,
+    ns: &str,
+    needs: Needs,
+    timeout: Duration,
+) -> Result<(), EngineError> {
     if needs.is_empty() {
         return Ok(());
     }
@@ -94,12 +101,20 @@ pub async fn observe(target: &LiveCluster, ns: &str, needs: Needs, timeout: Dura
     let outcome = async {
         let deadline = Instant::now() + timeout;
         if needs.pods_and_replicasets {
-            sentinels.create(&sentinels.pods, sentinel_pod(&name, &id)).await?;
-            sentinels.create(&sentinels.replicasets, sentinel_replicaset(&name, &id)).await?;
+            sentinels
+                .create(&sentinels.pods, sentinel_pod(&name, &id))
+                .await?;
+            sentinels
+                .create(&sentinels.replicasets, sentinel_replicaset(&name, &id))
+                .await?;
         }
         if needs.revisions {
-            sentinels.create(&sentinels.revisions, sentinel_revision(&name, &id)).await?;
-            sentinels.create(&sentinels.statefulsets, sentinel_statefulset(&name, &id)).await?;
+            sentinels
+                .create(&sentinels.revisions, sentinel_revision(&name, &id))
+                .await?;
+            sentinels
+                .create(&sentinels.statefulsets, sentinel_statefulset(&name, &id))
+                .await?;
         }
         if needs.pods_and_replicasets {
             sentinels
@@ -108,7 +123,14 @@ pub async fn observe(target: &LiveCluster, ns: &str, needs: Needs, timeout: Dura
         }
         if needs.revisions {
             sentinels
-                .await_claimed(&sentinels.revisions, &name, "StatefulSet", "controllerrevisions", deadline, timeout)
+                .await_claimed(
+                    &sentinels.revisions,
+                    &name,
+                    "StatefulSet",
+                    "controllerrevisions",
+                    deadline,
+                    timeout,
+                )
                 .await?;
         }
         Ok::<_, EngineError>(())
@@ -233,7 +255,12 @@ impl<'a> Sentinels<'a> {
     async fn any_left(&self) -> Result<bool, EngineError> {
         for api in [&self.statefulsets, &self.replicasets, &self.pods, &self.revisions] {
             let probe = self.key(api, SENTINEL_PREFIX);
-            if !self.target.list_selected(api, &probe, Some(SENTINEL_LABEL)).await?.is_empty() {
+            if !self
+                .target
+                .list_selected(api, &probe, Some(SENTINEL_LABEL))
+                .await?
+                .is_empty()
+            {
                 return Ok(true);
             }
         }
@@ -257,7 +284,12 @@ impl<'a> Sentinels<'a> {
             (&self.revisions, DeleteParams::background()),
         ] {
             let probe = self.key(api, SENTINEL_PREFIX);
-            for name in self.target.list_selected(api, &probe, Some(SENTINEL_LABEL)).await?.into_keys() {
+            for name in self
+                .target
+                .list_selected(api, &probe, Some(SENTINEL_LABEL))
+                .await?
+                .into_keys()
+            {
                 let key = self.key(api, &name);
                 self.target.delete(api, &key, None, params.clone()).await?;
             }

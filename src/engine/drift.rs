@@ -47,9 +47,9 @@ impl Drift {
             .iter()
             .map(|k| format!("{k} was created in the control plane after promote"))
             .chain(
-                self.edited
-                    .iter()
-                    .map(|(k, g)| format!("{k} was edited in the control plane after promote (generation {g})")),
+                self.edited.iter().map(|(k, g)| {
+                    format!("{k} was edited in the control plane after promote (generation {g})")
+                }),
             )
             .collect()
     }
@@ -82,12 +82,20 @@ pub async fn detect(
         .map_err(|e| LiveError::Unavailable {
             cluster: cp.role.clone(),
             verb: "discover",
-            key: ObjectKey::cluster("", "namespaces", namespaces.iter().next().map_or("", String::as_str)),
+            key: ObjectKey::cluster(
+                "",
+                "namespaces",
+                namespaces.iter().next().map_or("", String::as_str),
+            ),
             detail: e.to_string(),
         })?;
     // Events and the endpoints the control plane derives from Services are nobody's work.
     let excluded = surface
-        .resolve_exclusions(DEFAULT_EXCLUDED_RESOURCES.iter().filter(|n| surface.resolve(n).is_ok()))
+        .resolve_exclusions(
+            DEFAULT_EXCLUDED_RESOURCES
+                .iter()
+                .filter(|n| surface.resolve(n).is_ok()),
+        )
         .unwrap_or_default();
     let our_uids: BTreeSet<&str> = created
         .values()
@@ -151,7 +159,10 @@ fn is_user_work(key: &ObjectKey, object: &Value, our_uids: &BTreeSet<&str>) -> b
     };
     // A restore barrier's sentinel a crashed run left behind.
     let sentinel = object
-        .pointer(&format!("/metadata/labels/{}", super::barrier::SENTINEL_LABEL.replace('/', "~1")))
+        .pointer(&format!(
+            "/metadata/labels/{}",
+            super::barrier::SENTINEL_LABEL.replace('/', "~1")
+        ))
         .is_some();
     if made_by_the_cluster || sentinel {
         return false;
@@ -176,8 +187,16 @@ mod tests {
     fn what_the_cluster_makes_is_not_user_work() {
         let ours: BTreeSet<&str> = ["svc-uid", "rs-uid"].into_iter().collect();
         let key = |r: &str, n: &str| ObjectKey::namespaced("", r, "shop", n);
-        assert!(!is_user_work(&key("configmaps", "kube-root-ca.crt"), &json!({}), &ours));
-        assert!(!is_user_work(&key("serviceaccounts", "default"), &json!({}), &ours));
+        assert!(!is_user_work(
+            &key("configmaps", "kube-root-ca.crt"),
+            &json!({}),
+            &ours
+        ));
+        assert!(!is_user_work(
+            &key("serviceaccounts", "default"),
+            &json!({}),
+            &ours
+        ));
         assert!(!is_user_work(
             &key("secrets", "t"),
             &json!({"type": "kubernetes.io/service-account-token"}),

@@ -502,7 +502,11 @@ mod tests {
                 .min(policy.max_delay);
             for _ in 0..20 {
                 let d = policy.delay(attempt, None);
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} outside [{:?}, {full:?}]", full / 2);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} outside [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
         assert!(policy.delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));

@@ -22,9 +22,9 @@ use super::detach::{detached_owners, lock_report};
 use super::inventory::{Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
+use crate::kosmos;
 use crate::object::ObjectKey;
 use crate::restore::plan::{DetachPlan, RestorePlan, TeardownPlan, TeardownStep};
-use crate::kosmos;
 use crate::restore::transform::{Target, TransformContext};
 use crate::restore::twin::unmark_patch;
 
@@ -106,7 +106,11 @@ async fn check_drift(
         }
         lock_report(report).discarded.extend(drift.describe());
     }
-    lock(journal).done(STEP_DRIFT, "control-plane", json!({ "discarded": drift.describe() }))?;
+    lock(journal).done(
+        STEP_DRIFT,
+        "control-plane",
+        json!({ "discarded": drift.describe() }),
+    )?;
     lock(journal).sync()?;
     Ok(())
 }
@@ -362,7 +366,8 @@ async fn remove(
                 Err(super::LiveError::Timeout { .. }) => {
                     let why = match cp.get_opt(&api, key).await? {
                         Some(ns) => {
-                            let mut why = namespace_blockers(&serde_json::to_value(&ns).unwrap_or(Value::Null));
+                            let mut why =
+                                namespace_blockers(&serde_json::to_value(&ns).unwrap_or(Value::Null));
                             let held = held_by_finalizers(cp, ours.inv, &key.name).await?;
                             if !held.is_empty() {
                                 why.push_str(&format!("; held by finalizers: {}", held.join(", ")));
@@ -471,12 +476,15 @@ mod tests {
 
     #[test]
     fn only_copied_finalizers_are_taken_off() {
-        let archived = json!({ "metadata": { "finalizers": ["example.com/keep", "kubernetes.io/pvc-protection"] } });
+        let archived =
+            json!({ "metadata": { "finalizers": ["example.com/keep", "kubernetes.io/pvc-protection"] } });
         let live = json!({ "metadata": { "resourceVersion": "9",
             "finalizers": ["kubernetes.io/pvc-protection", "example.com/added-later"] } });
         assert_eq!(
             copied_finalizers_patch(&archived, &live),
-            Some(json!({ "metadata": { "finalizers": ["example.com/added-later"], "resourceVersion": "9" } }))
+            Some(
+                json!({ "metadata": { "finalizers": ["example.com/added-later"], "resourceVersion": "9" } })
+            )
         );
         assert_eq!(copied_finalizers_patch(&json!({}), &live), None);
     }

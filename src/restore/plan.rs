@@ -1246,8 +1246,14 @@ mod tests {
         ])
         .expect("graph");
         let plan = DetachPlan::build(&g, &BTreeSet::new());
-        assert!(plan.contains(&key("gateways.gateway.networking.k8s.io/shop/gw")), "{plan:?}");
-        assert_eq!(plan.levels[0].objects, vec![key("gateways.gateway.networking.k8s.io/shop/gw")]);
+        assert!(
+            plan.contains(&key("gateways.gateway.networking.k8s.io/shop/gw")),
+            "{plan:?}"
+        );
+        assert_eq!(
+            plan.levels[0].objects,
+            vec![key("gateways.gateway.networking.k8s.io/shop/gw")]
+        );
         assert!(!is_builtin_group("gateway.networking.k8s.io"));
         assert!(is_builtin_group("networking.k8s.io") && is_builtin_group(""));
     }

@@ -177,10 +177,7 @@ pub fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option<Value>
         );
     }
     if annotation(live, STAMP_ANNOTATION) != Some(archive_id) {
-        metadata.insert(
-            "annotations".to_owned(),
-            json!({ STAMP_ANNOTATION: archive_id }),
-        );
+        metadata.insert("annotations".to_owned(), json!({ STAMP_ANNOTATION: archive_id }));
     }
     let mut spec = Map::new();
     if let Some(tolerations) = live.pointer("/spec/tolerations") {

@@ -140,10 +140,7 @@ impl Clustertree {
                 return Err(TestEnvError::NotHealthy {
                     cluster: format!("clustertree for {cluster_name}"),
                     seconds: 120,
-                    waiting_for: format!(
-                        "its {READY_MARK} to start; log tail:\n{}",
-                        log_tail(&log, 4096)
-                    ),
+                    waiting_for: format!("its {READY_MARK} to start; log tail:\n{}", log_tail(&log, 4096)),
                     dir: dir.path().to_owned(),
                 });
             }
@@ -222,7 +219,10 @@ async fn install_crds(client: &Client, dir: &Path) -> Result<(), TestEnvError> {
         let text = std::fs::read_to_string(&file).map_err(|e| TestEnvError::io(&file, e))?;
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
             .map_err(|e| TestEnvError::Kubeconfig(format!("{}: {e}", file.display())))?;
-        for doc in docs.into_iter().filter(|d| d["kind"] == "CustomResourceDefinition") {
+        for doc in docs
+            .into_iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+        {
             let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&doc))
                 .await?;
@@ -270,7 +270,11 @@ async fn register_cluster(client: &Client, member: &Cluster, name: &str) -> Resu
             "clusterTreeOptions": { "enable": true },
         },
     });
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&cluster))
-        .await?;
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&cluster),
+    )
+    .await?;
     Ok(())
 }

@@ -120,9 +120,21 @@ pub fn rich_namespace_dependencies(ns: &str) -> Vec<(&'static str, &'static str,
     vec![
         ("", "persistentvolumes", format!("{ns}-db-pv-0")),
         ("", "persistentvolumes", format!("{ns}-db-pv-1")),
-        ("rbac.authorization.k8s.io", "clusterrolebindings", format!("{ns}-app-shared-reader")),
-        ("rbac.authorization.k8s.io", "clusterroles", "kpromote-test-shared-reader".to_owned()),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "webapps.example.kpromote.io".to_owned()),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            format!("{ns}-app-shared-reader"),
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "kpromote-test-shared-reader".to_owned(),
+        ),
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "webapps.example.kpromote.io".to_owned(),
+        ),
     ]
 }
 

@@ -77,7 +77,9 @@ impl FaultProxy {
         });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { return };
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _ = serve(socket, state).await;
@@ -127,9 +129,9 @@ async fn decide(state: &State, method: &str) -> Verdict {
             return Verdict::Unavailable;
         }
     }
-    if state.faults.drop_every > 0 && n % state.faults.drop_every == 0 {
+    if state.faults.drop_every > 0 && n.is_multiple_of(state.faults.drop_every) {
         Verdict::Drop
-    } else if state.faults.throttle_every > 0 && n % state.faults.throttle_every == 0 {
+    } else if state.faults.throttle_every > 0 && n.is_multiple_of(state.faults.throttle_every) {
         Verdict::Throttle
     } else {
         Verdict::Forward
@@ -177,18 +179,31 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             }
             Verdict::Throttle => {
                 state.injected.throttled.fetch_add(1, Ordering::Relaxed);
-                (429, "application/json", Some(1), status_body(429, "TooManyRequests", 1))
+                (
+                    429,
+                    "application/json",
+                    Some(1),
+                    status_body(429, "TooManyRequests", 1),
+                )
             }
             Verdict::Unavailable => {
                 state.injected.unavailable.fetch_add(1, Ordering::Relaxed);
-                (503, "application/json", None, status_body(503, "ServiceUnavailable", 0))
+                (
+                    503,
+                    "application/json",
+                    None,
+                    status_body(503, "ServiceUnavailable", 0),
+                )
             }
             Verdict::Forward => {
                 state.injected.forwarded.fetch_add(1, Ordering::Relaxed);
                 let mut request = Request::builder().method(method.as_str()).uri(target.as_str());
                 for (name, value) in &headers {
                     let lower = name.to_ascii_lowercase();
-                    if !matches!(lower.as_str(), "host" | "content-length" | "connection" | "authorization") {
+                    if !matches!(
+                        lower.as_str(),
+                        "host" | "content-length" | "connection" | "authorization"
+                    ) {
                         request = request.header(name.as_str(), value.as_str());
                     }
                 }
@@ -214,7 +229,10 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     }
 }
 
-async fn forward(upstream: &Client, request: Request<kube::client::Body>) -> Option<(u16, &'static str, Vec<u8>)> {
+async fn forward(
+    upstream: &Client,
+    request: Request<kube::client::Body>,
+) -> Option<(u16, &'static str, Vec<u8>)> {
     use http_body_util::BodyExt;
     let response = upstream.send(request).await.ok()?;
     let status = response.status().as_u16();

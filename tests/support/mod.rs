@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 pub mod apps;
 /// Archives written straight from a cluster.
 pub mod archiving;
-/// The two clusters a promote test starts from.
-pub mod pair;
 /// A proxy that injects the faults of a busy API server.
 pub mod faults;
+/// The two clusters a promote test starts from.
+pub mod pair;
 /// One archived promotion a test drives.
 pub mod promotion;
 

@@ -57,12 +57,16 @@ impl Pair {
 
     /// The running clustertree (panics unless started with [`Pair::start_with_kosmos`]).
     pub fn kosmos(&self) -> &Clustertree {
-        self.kosmos.as_ref().expect("started with Pair::start_with_kosmos")
+        self.kosmos
+            .as_ref()
+            .expect("started with Pair::start_with_kosmos")
     }
 
     /// See [`Pair::kosmos`].
     pub fn kosmos_mut(&mut self) -> &mut Clustertree {
-        self.kosmos.as_mut().expect("started with Pair::start_with_kosmos")
+        self.kosmos
+            .as_mut()
+            .expect("started with Pair::start_with_kosmos")
     }
 
     /// The `kpromote <subcommand>` process, aimed at these two clusters with the member named

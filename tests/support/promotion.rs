@@ -35,7 +35,10 @@ impl Promotion {
     /// Archives [`super::apps::rich_namespace`] `ns` with the cluster-scoped objects it depends on.
     pub async fn archive_rich(pair: &Pair, ns: &str) -> Self {
         let dependencies = super::apps::rich_namespace_dependencies(ns);
-        let cluster: Vec<(&str, &str, &str)> = dependencies.iter().map(|(g, r, n)| (*g, *r, n.as_str())).collect();
+        let cluster: Vec<(&str, &str, &str)> = dependencies
+            .iter()
+            .map(|(g, r, n)| (*g, *r, n.as_str()))
+            .collect();
         Self::archive(pair, &[ns], &cluster).await
     }
 
@@ -48,7 +51,9 @@ impl Promotion {
 
     /// The journal file `name` of run `run`.
     pub fn journal(&self, name: &str, run: &str) -> SharedJournal {
-        Arc::new(Mutex::new(Journal::open(&self.dir.path().join(name), run).unwrap()))
+        Arc::new(Mutex::new(
+            Journal::open(&self.dir.path().join(name), run).unwrap(),
+        ))
     }
 
     /// Promote, with the automatic rollback on.
@@ -57,7 +62,11 @@ impl Promotion {
     }
 
     /// Promote; the automatic rollback only when `auto_rollback`.
-    pub async fn promote_with(&self, opts: &EngineOptions, auto_rollback: bool) -> Result<Report, EngineError> {
+    pub async fn promote_with(
+        &self,
+        opts: &EngineOptions,
+        auto_rollback: bool,
+    ) -> Result<Report, EngineError> {
         let rollback_journal = auto_rollback.then(|| self.journal("auto-rollback.journal", "rollback"));
         kpromote::engine::promote::promote(
             &self.member,

@@ -110,12 +110,19 @@ fn control_plane_copies_keep_only_finalizers_a_control_plane_removes() {
         "spec": {}
     });
     let c = create(&object, &cp(), &TransformContext::new());
-    assert_eq!(c.object["metadata"]["finalizers"], json!(["kubernetes.io/pvc-protection"]));
+    assert_eq!(
+        c.object["metadata"]["finalizers"],
+        json!(["kubernetes.io/pvc-protection"])
+    );
     assert_eq!(c.dropped_finalizers, vec!["example.com/keep".to_owned()]);
     let mut only_foreign = object.clone();
     only_foreign["metadata"]["finalizers"] = json!(["example.com/keep"]);
     let c = create(&only_foreign, &cp(), &TransformContext::new());
-    assert_eq!(c.object["metadata"].get("finalizers"), None, "no empty list left behind");
+    assert_eq!(
+        c.object["metadata"].get("finalizers"),
+        None,
+        "no empty list left behind"
+    );
     assert!(c.applied.is_empty());
     for field in STRIPPED_METADATA.iter().chain(KEPT_METADATA) {
         assert!(!field.reason.is_empty(), "{} has no reason", field.field);

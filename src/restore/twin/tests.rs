@@ -69,26 +69,39 @@ fn marked_member_pod_equals_its_twin_where_clustertree_looks() {
                            "effect": "NoExecute", "tolerationSeconds": 300});
     for (labels, annotations, tolerations) in [
         (json!({"app": "web"}), None, None),
-        (json!({"app": "web"}), Some(json!({"a": "b"})), Some(json!([not_ready.clone()]))),
+        (
+            json!({"app": "web"}),
+            Some(json!({"a": "b"})),
+            Some(json!([not_ready.clone()])),
+        ),
         // Already tolerates every taint: nothing is added to either view.
         (json!({}), None, Some(json!([{"operator": "Exists"}]))),
     ] {
         let archived = member_pod(labels, annotations, tolerations);
         let member = marked(&archived);
         let twin = control_plane_twin(&archived);
-        assert_eq!(clustertree_differences(&member, &twin), Vec::<String>::new(), "{archived}");
+        assert_eq!(
+            clustertree_differences(&member, &twin),
+            Vec::<String>::new(),
+            "{archived}"
+        );
     }
 }
 
 #[test]
 fn mark_patch_carries_the_resource_version_and_is_idempotent() {
     let archived = member_pod(json!({"app": "web"}), None, None);
-    let patch = member_mark_patch(&archived, ARCHIVE).expect("patch").expect("something to add");
+    let patch = member_mark_patch(&archived, ARCHIVE)
+        .expect("patch")
+        .expect("something to add");
     assert_eq!(patch["metadata"]["resourceVersion"], "7");
     assert_eq!(patch["metadata"]["labels"]["kosmos-io/pod"], "true");
     assert_eq!(patch["metadata"]["annotations"][STAMP_ANNOTATION], ARCHIVE);
     assert_eq!(patch["spec"]["tolerations"].as_array().map(Vec::len), Some(1));
-    assert_eq!(member_mark_patch(&marked(&archived), ARCHIVE).expect("patch"), None);
+    assert_eq!(
+        member_mark_patch(&marked(&archived), ARCHIVE).expect("patch"),
+        None
+    );
 }
 
 #[test]
@@ -103,7 +116,10 @@ fn unmark_takes_off_the_label_and_stamp_and_keeps_the_toleration() {
     );
     apply(&mut live, &patch);
     assert_eq!(live["metadata"]["labels"], archived["metadata"]["labels"]);
-    assert_eq!(live["metadata"]["annotations"], archived["metadata"]["annotations"]);
+    assert_eq!(
+        live["metadata"]["annotations"],
+        archived["metadata"]["annotations"]
+    );
     assert_eq!(unmark_patch(&archived, &live), None, "nothing left to take off");
     // The prototype's synced label goes too; a pod that was a Kosmos pod before keeps its label.
     let mut was_kosmos = archived.clone();
@@ -163,14 +179,24 @@ fn missing_null_and_empty_compare_equal() {
 
 fn toleration() -> impl Strategy<Value = Value> {
     (
-        prop::sample::select(vec!["", "kosmos.io/node", "dedicated", "node.kubernetes.io/not-ready"]),
+        prop::sample::select(vec![
+            "",
+            "kosmos.io/node",
+            "dedicated",
+            "node.kubernetes.io/not-ready",
+        ]),
         prop::sample::select(vec!["", "Equal", "Exists"]),
         prop::sample::select(vec!["", "true", "web"]),
         prop::sample::select(vec!["", "NoSchedule", "NoExecute"]),
     )
         .prop_map(|(key, operator, value, effect)| {
             let mut t = serde_json::Map::new();
-            for (k, v) in [("key", key), ("operator", operator), ("value", value), ("effect", effect)] {
+            for (k, v) in [
+                ("key", key),
+                ("operator", operator),
+                ("value", value),
+                ("effect", effect),
+            ] {
                 if !v.is_empty() {
                     t.insert(k.to_owned(), json!(v));
                 }

@@ -57,9 +57,11 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         "cp faults {:?}",
         cp_proxy.counts()
     );
+    // 429 and 503 are retried first inside the client (kube-rs honours the Retry-After header);
+    // a dropped connection only by kpromote's own policy, which the report counts.
     assert!(
-        report.retried_calls >= throttled + unavailable + dropped,
-        "every injected fault was retried: {} retried, {:?} + {:?} injected",
+        report.retried_calls >= dropped + cp_dropped,
+        "every dropped connection was retried: {} retried, {:?} + {:?} injected",
         report.retried_calls,
         member_proxy.counts(),
         cp_proxy.counts()
@@ -76,12 +78,14 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         .await
         .assert_promoted_from(&before, "promote under faults");
 
+    member_proxy.rearm().await;
+    cp_proxy.rearm().await;
     let report = run
         .rollback("rollback.journal", &opts)
         .await
         .unwrap_or_else(|e| panic!("rollback under faults: {e}"));
     assert!(cp_proxy.counts().1 > cp_unavailable, "teardown met an outage");
-    assert!(report.retried_calls > 0);
+    assert!(report.retried_calls > 0, "{report:#?}");
     println!(
         "rollback: {} calls retried; member faults {:?}, control-plane faults {:?}",
         report.retried_calls,

@@ -52,6 +52,7 @@ struct State {
 pub struct FaultProxy {
     pub url: String,
     pub injected: Arc<Injected>,
+    state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -75,18 +76,29 @@ impl FaultProxy {
             outages_opened: Mutex::new(Vec::new()),
             injected: injected.clone(),
         });
+        let accepting = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
-                let state = state.clone();
+                let state = accepting.clone();
                 tokio::spawn(async move {
                     let _ = serve(socket, state).await;
                 });
             }
         });
-        Self { url, injected, task }
+        Self {
+            url,
+            injected,
+            state,
+            task,
+        }
+    }
+
+    /// Lets each method of `outage_on` open its outage window once more.
+    pub async fn rearm(&self) {
+        self.state.outages_opened.lock().await.clear();
     }
 
     /// A client of the proxied cluster.

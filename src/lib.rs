@@ -10,6 +10,7 @@
 //! - [`policy`]: the `PromotePolicy` API users apply.
 //! - [`controller`]: the controller that drives `PromotePolicy` objects through their phases.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
+//! - [`run_status`]: where a run stands, read from its archive and journals (`kpromote status`).
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
 //! - [`ownership`]: who owns whom, from ownerReferences; restore goes bottom-up, detach top-down.
@@ -29,4 +30,5 @@ pub mod policy;
 pub mod precheck;
 pub mod resources;
 pub mod restore;
+pub mod run_status;
 pub mod testenv;

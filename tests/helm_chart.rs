@@ -69,11 +69,8 @@ fn render(args: &[&str]) -> Vec<Value> {
         .output()
         .unwrap();
     let text = ok(out, "helm template");
-    serde_saphyr::from_str_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {

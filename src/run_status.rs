@@ -79,7 +79,7 @@ pub struct StepStatus {
     /// How many objects the plan has for this step; `None` for steps with no plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<usize>,
-    /// Objects whose step is done.
+    /// Objects whose step is done (of the plan, when there is one).
     pub done: usize,
     /// Objects begun and not done: in flight when the run stopped, redone on resume.
     pub in_flight: Vec<String>,
@@ -342,10 +342,16 @@ fn step(name: &str, planned: Option<&[ObjectKey]>, records: &[Record]) -> StepSt
         .map(ToString::to_string)
         .filter(|k| !done.contains(k) && !begun.contains(k))
         .collect();
+    // With a plan, `done` counts its objects, so done + in flight + remaining = planned (the
+    // in-flight list keeps any object outside it: that is where a run stopped).
+    let done = match planned {
+        Some(keys) => keys.iter().filter(|k| done.contains(&k.to_string())).count(),
+        None => done.len(),
+    };
     StepStatus {
         step: name.to_owned(),
         planned: planned.map(<[ObjectKey]>::len),
-        done: done.len(),
+        done,
         in_flight: begun.into_iter().collect(),
         remaining,
     }

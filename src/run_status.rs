@@ -14,10 +14,11 @@
 //!
 //! # JSON
 //! [`RunStatus`] serializes (camelCase) as `kpromote status -o json` prints it:
-//! `{"archive", "archiveId", "policy", "clusterName", "objects", "state", "resumable", "next",
-//! "problem", "promote": {"journal", "steps": [{"step", "planned", "done", "inFlight",
-//! "remaining"}]}, "rollback": {…}}`. `state` is one of `NotStarted`, `Promoting`, `Promoted`,
-//! `RollingBack`, `RolledBack`, `Damaged`; `planned` is absent for steps with no plan (`adopt`).
+//! `{"archive", "archiveId", "policy", "clusterName", "objects", "state", "resumable", "next"?,
+//! "problem"?, "promote": {"journal", "started", "steps": [{"step", "planned"?, "done",
+//! "inFlight": [...], "remaining": [...]}]}, "rollback": {…}}`. `state` is one of `NotStarted`,
+//! `Promoting`, `Promoted`, `RollingBack`, `RolledBack`, `Damaged`; `planned` is absent for
+//! steps with no plan (`adopt`); object names are `ObjectKey`s (`deployments.apps/ns/name`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The ways users reach the binary besides its own name: shell completions and man pages made
 //! from the clap definitions, `kubectl promote` through the real kubectl's plugin mechanism, the
-//! krew package, and `status` on an archive with no cluster.
+//! krew package installed by the real krew, and `status` on an archive with no cluster.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -111,36 +111,79 @@ fn kubectl_runs_the_binary_as_its_promote_plugin() {
     assert_eq!(status["state"], "NotStarted");
 }
 
+/// The `kubectl-krew` that `tests/testenv/krew/build.sh` made (`$KPROMOTE_KREW_CACHE`, else
+/// `~/.cache/kpromote/krew`). Missing, the test fails with the command that builds it.
+fn krew() -> PathBuf {
+    let cache = match std::env::var_os("KPROMOTE_KREW_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+            .join("kpromote/krew"),
+    };
+    let path = cache.join("current/bin/kubectl-krew");
+    assert!(
+        path.is_file(),
+        "krew not found at {}: build it with `tests/testenv/build.sh` (or tests/testenv/krew/build.sh)",
+        path.display()
+    );
+    path
+}
+
 #[test]
-fn the_krew_package_holds_the_plugin_and_its_manifest_names_it_with_its_checksum() {
+fn krew_installs_the_plugin_package_and_kubectl_then_runs_it() {
+    let kubectl = Binaries::locate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .path("kubectl");
     let out_dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/krew/package.sh");
     let out = run(Command::new("bash").arg(script).arg(KPROMOTE).arg(out_dir.path()));
     let manifest_path = PathBuf::from(stdout(&out).trim());
     let manifest: Value = serde_saphyr::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
-    assert_eq!(manifest["kind"], "Plugin");
     assert_eq!(manifest["metadata"]["name"], "promote");
     assert_eq!(
         manifest["spec"]["version"],
         format!("v{}", env!("CARGO_PKG_VERSION"))
     );
     let platform = &manifest["spec"]["platforms"][0];
-    assert_eq!(platform["bin"], "kubectl-promote");
-    let uri = platform["uri"].as_str().unwrap();
-    let archive = out_dir.path().join(uri.rsplit('/').next().unwrap());
-    let sum = stdout(&run(Command::new("sha256sum").arg(&archive)));
-    assert_eq!(platform["sha256"].as_str(), sum.split_whitespace().next());
-    // What krew would unpack runs as the plugin.
-    let unpacked = tempfile::tempdir().unwrap();
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(unpacked.path()));
-    let help = stdout(&run(
-        Command::new(unpacked.path().join("kubectl-promote")).arg("--help")
-    ));
+    let archive = out_dir
+        .path()
+        .join(platform["uri"].as_str().unwrap().rsplit('/').next().unwrap());
+
+    // As a krew user installs a plugin that is not in an index: krew validates the manifest,
+    // checks the archive's SHA-256 and links the plugin into $KREW_ROOT/bin.
+    let krew_root = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        krew_root.path().join("bin").display(),
+        krew().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new(&kubectl)
+        .args(["krew", "install"])
+        .arg(format!("--manifest={}", manifest_path.display()))
+        .arg(format!("--archive={}", archive.display()))
+        .env("KREW_ROOT", krew_root.path())
+        .env("PATH", &path));
+    let help = stdout(&run(Command::new(&kubectl)
+        .args(["promote", "--help"])
+        .env("PATH", &path)));
     assert!(help.contains("Usage: kubectl promote"), "{help}");
+    // A tampered archive is refused.
+    std::fs::write(&archive, b"not the package").unwrap();
+    let other_root = tempfile::tempdir().unwrap();
+    let out = Command::new(&kubectl)
+        .args(["krew", "install"])
+        .arg(format!("--manifest={}", manifest_path.display()))
+        .arg(format!("--archive={}", archive.display()))
+        .env("KREW_ROOT", other_root.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "krew accepted an archive whose checksum differs"
+    );
 }
 
 fn status(archive: &Path) -> (Value, Output) {

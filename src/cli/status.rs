@@ -69,6 +69,12 @@ fn text(s: &RunStatus) -> String {
     let _ = writeln!(out, "resumable: {}", if s.resumable { "yes" } else { "no" });
     if let Some(next) = &s.next {
         let _ = writeln!(out, "next:      {next}");
+        if s.resumable {
+            let _ = writeln!(
+                out,
+                "           (a PromotePolicy's run is resumed by the controller when it restarts)"
+            );
+        }
     }
     for (name, d) in [("promote", &s.promote), ("rollback", &s.rollback)] {
         direction(&mut out, name, d);

@@ -142,7 +142,7 @@ pub struct Journal {
 
 /// The first record of every journal names its run, so a journal is never applied to the wrong
 /// archive or direction.
-const RUN_STEP: &str = "run";
+pub const RUN_STEP: &str = "run";
 
 impl Journal {
     /// Opens (or creates) the journal at `path` for run `run` (e.g. `promote:<archive path>`).
@@ -363,6 +363,50 @@ fn open_private(path: &Path) -> Result<File, JournalError> {
     Ok(file)
 }
 
+/// Reads the journal at `path` without changing it: every record in file order (the run
+/// record first), leaving out a torn last line as [`Journal::open`] does. `None` when there is
+/// no journal file. For observers such as `kpromote status`; a run uses [`Journal::open`].
+///
+/// # Errors
+/// I/O errors or a damaged line other than the last.
+pub fn read(path: &Path) -> Result<Option<Vec<Record>>, JournalError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Record>(line) {
+            Ok(record) => records.push(record),
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(JournalError::Damaged {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(Some(records))
+}
+
+/// The run a journal's records belong to (`<direction>:<archive id>`), from its first record.
+#[must_use]
+pub fn run_of(records: &[Record]) -> Option<&str> {
+    records
+        .iter()
+        .find(|r| r.step == RUN_STEP)
+        .map(|r| r.key.as_str())
+}
+
 fn failpoint() -> Option<(String, u64, State)> {
     failpoint_from(std::env::var(FAILPOINT_ENV).ok())
 }
@@ -521,6 +565,29 @@ mod tests {
             failpoint_from(Some("detach:1:begun".into())),
             Some(("detach".to_owned(), 1, State::Begun))
         );
+    }
+
+    #[test]
+    fn read_sees_what_open_sees_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.journal");
+        assert!(read(&path).expect("no file is fine").is_none());
+        assert!(!path.exists(), "reading must not create the journal");
+        let mut j = open(&dir, "promote:a").expect("opens");
+        j.begin("detach", "deployments.apps/ns/web", Value::Null)
+            .expect("writes");
+        j.done("detach", "deployments.apps/ns/web", Value::Null)
+            .expect("writes");
+        drop(j);
+        let mut text = std::fs::read_to_string(&path).expect("reads");
+        text.push_str("{\"step\":\"mark\"");
+        std::fs::write(&path, &text).expect("writes");
+        let records = read(&path).expect("reads").expect("exists");
+        assert_eq!(run_of(&records), Some("promote:a"));
+        assert_eq!(records.len(), 3, "run, begun, done; the torn tail left out");
+        assert_eq!(std::fs::read_to_string(&path).expect("reads"), text);
+        std::fs::write(&path, format!("garbage\n{text}")).expect("writes");
+        assert!(matches!(read(&path), Err(JournalError::Damaged { line: 1, .. })));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`controller`]: the controller that drives `PromotePolicy` objects through their phases.
 //! - [`escalation`]: which RBAC grants would reach further in the control plane than in the member.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
+//! - [`run_status`]: where a run stands, read from its archive and journals (`kpromote status`).
 //! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
 //! - [`object`]: [`object::ObjectKey`], the name of one object across archive, plan and cluster.
 //! - [`ownership`]: who owns whom, from ownerReferences; restore goes bottom-up, detach top-down.
@@ -31,4 +32,5 @@ pub mod policy;
 pub mod precheck;
 pub mod resources;
 pub mod restore;
+pub mod run_status;
 pub mod testenv;

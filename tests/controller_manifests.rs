@@ -229,28 +229,6 @@ fn the_manifests_parse_and_agree_with_each_other_and_the_controller() {
     }
 }
 
-/// A kubeconfig for the control plane that authenticates as the controller's service account.
-fn service_account_kubeconfig(env: &Env) -> PathBuf {
-    let out = env.kubectl_cp(&[
-        "create",
-        "token",
-        "kpromote-controller",
-        "-n",
-        "kosmos-system",
-        "--duration=1h",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let admin = env.env.cluster("control-plane").kubeconfig_yaml();
-    let mut config: Value = serde_saphyr::from_str(admin).unwrap();
-    for user in config["users"].as_array_mut().unwrap() {
-        user["user"] = serde_json::json!({ "token": token });
-    }
-    let path = env.backup_dir.path().join("service-account.kubeconfig");
-    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn the_api_server_accepts_the_manifests_and_their_rbac_is_enough_to_promote_and_roll_back() {
     let env = Env::start().await;
@@ -281,7 +259,7 @@ async fn the_api_server_accepts_the_manifests_and_their_rbac_is_enough_to_promot
     }
 
     // The controller as its service account: nothing but rbac.yaml's grants.
-    let kubeconfig = service_account_kubeconfig(&env);
+    let kubeconfig = env.service_account_kubeconfig("kosmos-system", "kpromote-controller");
     let controller = env.controller(
         "rbac",
         &[

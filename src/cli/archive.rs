@@ -729,7 +729,7 @@ fn print_json(value: &Value) -> anyhow::Result<ExitCode> {
     print_str(&text)
 }
 
-fn print_str(text: &str) -> anyhow::Result<ExitCode> {
+pub(super) fn print_str(text: &str) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     finish_output(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
 }

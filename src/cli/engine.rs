@@ -20,11 +20,12 @@ pub struct Clusters {
     /// Context of the member cluster in its kubeconfig.
     #[arg(long, value_name = "NAME")]
     member_context: Option<String>,
-    /// Kubeconfig of the Kosmos control plane (default: $KUBECONFIG, ~/.kube/config).
-    #[arg(long, value_name = "FILE")]
+    /// Kubeconfig of the Kosmos control plane (default: $KUBECONFIG, ~/.kube/config); as with
+    /// kubectl, `--kubeconfig` names the cluster you talk to.
+    #[arg(long, visible_alias = "kubeconfig", value_name = "FILE")]
     control_plane_kubeconfig: Option<PathBuf>,
-    /// Context of the control plane in its kubeconfig.
-    #[arg(long, value_name = "NAME")]
+    /// Context of the control plane in its kubeconfig (`--context`, as with kubectl).
+    #[arg(long, visible_alias = "context", value_name = "NAME")]
     control_plane_context: Option<String>,
     /// The member's Kosmos cluster name: its virtual node is `kosmos-<NAME>`.
     #[arg(long, value_name = "NAME")]

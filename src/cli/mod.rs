@@ -7,9 +7,11 @@ mod controller;
 mod crd;
 mod demo;
 mod engine;
+mod shell;
+mod status;
 mod testenv;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Promote applications from a Kosmos member cluster into the control plane, and roll them back.
@@ -50,11 +52,40 @@ enum Command {
     Verify(archive::VerifyArgs),
     /// Compare two archives: objects added, removed and changed.
     Diff(archive::DiffArgs),
+    /// Where a promote or rollback run stands, from its journals: steps done, what remains,
+    /// whether it can be resumed.
+    Status(status::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(shell::CompletionArgs),
+    /// Print the man page, or write one per subcommand into a directory.
+    Man(shell::ManArgs),
+}
+
+/// The file name under which the binary is a kubectl plugin: kubectl runs `kubectl-promote`
+/// for `kubectl promote …`, and the binary then calls itself `kubectl promote`.
+pub const KUBECTL_PLUGIN: &str = "kubectl-promote";
+
+/// The command-line definition, named as the binary was invoked (`kpromote`, or
+/// `kubectl promote` when installed as [`KUBECTL_PLUGIN`]).
+fn command() -> clap::Command {
+    let invoked = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    let command = Cli::command();
+    if invoked.as_deref() == Some(KUBECTL_PLUGIN) {
+        command
+            .name(KUBECTL_PLUGIN)
+            .bin_name("kubectl promote")
+            .display_name("kubectl promote")
+    } else {
+        command
+    }
 }
 
 /// Parses the command line, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     init_logging();
     let outcome = match cli.command {
         Command::Backup(args) => backup::run(args),
@@ -68,6 +99,9 @@ pub fn main() -> ExitCode {
         Command::Show(args) => archive::show(args),
         Command::Verify(args) => archive::verify(args),
         Command::Diff(args) => archive::diff(args),
+        Command::Status(args) => status::run(args),
+        Command::Completion(args) => shell::completion(args, command()),
+        Command::Man(args) => shell::man(args, command()),
     };
     match outcome {
         Ok(code) => code,

@@ -112,6 +112,25 @@ impl Env {
             .unwrap()
     }
 
+    /// A kubeconfig for the control plane that authenticates as service account
+    /// `namespace/name` (a token from `kubectl create token`): exactly that account's RBAC.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let out = self.kubectl_cp(&["create", "token", name, "-n", namespace, "--duration=1h"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let admin = self.env.cluster("control-plane").kubeconfig_yaml();
+        let mut config: serde_json::Value = serde_saphyr::from_str(admin).unwrap();
+        for user in config["users"].as_array_mut().unwrap() {
+            user["user"] = serde_json::json!({ "token": token });
+        }
+        let path = self
+            .backup_dir
+            .path()
+            .join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
     /// `kubectl apply -f -` of `yaml` in the control plane.
     pub fn apply(&self, yaml: &str) {
         let file = self.env.cluster("control-plane").dir().join(format!(

@@ -3,6 +3,8 @@
 # (kube-apiserver, kube-controller-manager, kubectl, etcd) from the Go module
 # proxy, into a cache directory keyed by the pinned version and go.sum, so a
 # second run reuses them in seconds. Prints the bin directory on stdout.
+# Helm and krew, which the chart and plugin tests run, are built first by helm/build.sh and
+# krew/build.sh (each with its own cache).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$here/go.mod")
@@ -11,6 +13,9 @@ key=$(cd "$here" && sha256sum go.mod go.sum | sha256sum | cut -c1-12)
 cache=${KPROMOTE_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kpromote/testenv}
 bin="$cache/$version-$key/bin"
 tools=(kube-apiserver kube-controller-manager kubectl etcd)
+
+"$here/helm/build.sh" >/dev/null
+"$here/krew/build.sh" >/dev/null
 
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 # `current` points at the build matching this checkout; kpromote's launcher looks there first.

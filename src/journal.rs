@@ -96,6 +96,27 @@ pub enum JournalError {
         /// The journal file.
         path: PathBuf,
     },
+    /// Another process is running promote or rollback on the archive.
+    #[error(
+        "another kpromote process (the controller, or a command line) is working on {path}; wait for it to \
+         finish, or stop it — two runs on one archive would undo each other's steps"
+    )]
+    Locked {
+        /// The archive.
+        path: PathBuf,
+    },
+    /// The run this journal records finished; it is not resumed.
+    #[error(
+        "journal {path} records a promotion that finished ({outcome}); it is not resumed. The archive \
+         describes the member before that promotion: to promote again, run promote without --archive (a new \
+         backup), or set the archive and its journals aside"
+    )]
+    Finished {
+        /// The journal file.
+        path: PathBuf,
+        /// How it finished.
+        outcome: String,
+    },
     /// The file at the journal's path is not one kpromote could have written.
     #[error("journal {path} {why}, so kpromote did not write it; {MOVE_AWAY}")]
     NotOurs {
@@ -143,6 +164,8 @@ pub struct Journal {
 /// The first record of every journal names its run, so a journal is never applied to the wrong
 /// archive or direction.
 pub const RUN_STEP: &str = "run";
+/// The last record of a finished run (see [`Journal::close`]).
+pub const CLOSED_STEP: &str = "closed";
 
 impl Journal {
     /// Opens (or creates) the journal at `path` for run `run` (e.g. `promote:<archive path>`).
@@ -154,7 +177,11 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
+        let created = !path.exists();
         let file = open_private(path)?;
+        if created {
+            sync_parent(path)?;
+        }
         let mut latest = BTreeMap::new();
         let mut run_seen = None;
         let lines: Vec<String> = BufReader::new(&file)
@@ -162,6 +189,11 @@ impl Journal {
             .collect::<Result<_, _>>()
             .map_err(io)?;
         let last = lines.len();
+        // Bytes up to the end of the last complete record: a torn tail beyond is cut off before
+        // anything is appended, or the next record would be glued to the fragment and the whole
+        // line — and so the journal — unreadable on the following open.
+        let mut intact: u64 = 0;
+        let mut torn = false;
         for (i, line) in lines.iter().enumerate() {
             match serde_json::from_str::<Record>(line) {
                 Ok(record) => {
@@ -174,10 +206,12 @@ impl Journal {
                         run_seen = Some(record.key.clone());
                     }
                     latest.insert((record.step.clone(), record.key.clone()), record);
+                    intact += line.len() as u64 + 1;
                 }
                 // A crash while appending leaves at most the last line torn.
                 Err(_) if i + 1 == last => {
-                    tracing::warn!(journal = %path.display(), "ignoring torn last line")
+                    tracing::warn!(journal = %path.display(), "cutting off a torn last line");
+                    torn = true;
                 }
                 Err(e) => {
                     return Err(JournalError::Damaged {
@@ -198,6 +232,13 @@ impl Journal {
             });
         }
 
+        if torn {
+            file.set_len(intact).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        } else if intact > file.metadata().map_err(io)?.len() {
+            // The last record is whole but its newline was lost: end the line before appending.
+            (&file).write_all(b"\n").map_err(io)?;
+        }
         let mut journal = Self {
             path: path.to_owned(),
             file,
@@ -221,6 +262,30 @@ impl Journal {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Records that the run finished with `outcome` (`completed`, `rolled back`) and syncs: a
+    /// closed journal is never resumed — a later run of the same archive starts a new journal
+    /// (see [`crate::engine::open_journal`]).
+    ///
+    /// # Errors
+    /// The journal's I/O errors.
+    pub fn close(&mut self, outcome: &str) -> Result<(), JournalError> {
+        self.append(Record {
+            step: CLOSED_STEP.into(),
+            key: RUN_STEP.into(),
+            state: State::Done,
+            data: serde_json::json!({ "outcome": outcome }),
+        })?;
+        self.sync()
+    }
+
+    /// How the run finished, when it is closed.
+    #[must_use]
+    pub fn closed(&self) -> Option<&str> {
+        self.get(CLOSED_STEP, RUN_STEP)
+            .and_then(|r| r.data.get("outcome"))
+            .and_then(Value::as_str)
     }
 
     /// Whether `step` on `key` is recorded as done.
@@ -306,6 +371,44 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Sets a finished journal aside as `<path>.<n>` (the first free `n`), so a new run starts
+/// from live state with a journal of its own and the old one stays for the record.
+///
+/// # Errors
+/// I/O errors.
+pub fn retire(path: &Path) -> Result<PathBuf, JournalError> {
+    let mut n = 1;
+    loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let target = PathBuf::from(name);
+        if !target.exists() {
+            std::fs::rename(path, &target).map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            sync_parent(path)?;
+            return Ok(target);
+        }
+        n += 1;
+    }
+}
+
+/// Syncs the directory holding `path`, so a journal just created survives a machine crash
+/// (the file's own fsync does not persist its directory entry).
+fn sync_parent(path: &Path) -> Result<(), JournalError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| JournalError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Opens (creating `0600`) the journal at `path` for reading and appending, without following a
@@ -477,6 +580,53 @@ mod tests {
             open(&dir, "promote:a"),
             Err(JournalError::Damaged { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_so_the_next_append_and_reopen_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(&dir, "promote:a").expect("opens");
+        j.done("detach", "deployments.apps/ns/web", Value::Null)
+            .expect("writes");
+        drop(j);
+        let path = dir.path().join("j.journal");
+        let mut text = std::fs::read_to_string(&path).expect("reads");
+        text.push_str("{\"step\":\"mark\",\"ke");
+        std::fs::write(&path, &text).expect("writes");
+        let mut j = open(&dir, "promote:a").expect("torn tail tolerated");
+        j.done("mark", "pods/ns/web-1", Value::Null).expect("appends");
+        drop(j);
+        let j = open(&dir, "promote:a").expect("reopens: the fragment is gone, not glued");
+        assert!(j.is_done("detach", "deployments.apps/ns/web"));
+        assert!(j.is_done("mark", "pods/ns/web-1"));
+        let text = std::fs::read_to_string(&path).expect("reads");
+        assert!(!text.contains("\"ke{"), "{text}");
+        // A whole last record that lost its newline is ended before the next one.
+        drop(j);
+        std::fs::write(&path, text.trim_end()).expect("writes");
+        let mut j = open(&dir, "promote:a").expect("opens");
+        j.done("adopt", "x", Value::Null).expect("appends");
+        drop(j);
+        let j = open(&dir, "promote:a").expect("reopens");
+        assert!(j.is_done("mark", "pods/ns/web-1") && j.is_done("adopt", "x"));
+    }
+
+    #[test]
+    fn a_closed_run_says_how_it_finished_and_can_be_retired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(&dir, "rollback:a").expect("opens");
+        assert_eq!(j.closed(), None);
+        j.close("rolled back").expect("closes");
+        drop(j);
+        let j = open(&dir, "rollback:a").expect("reopens");
+        assert_eq!(j.closed(), Some("rolled back"));
+        drop(j);
+        let path = dir.path().join("j.journal");
+        let retired = retire(&path).expect("retires");
+        assert_eq!(retired, dir.path().join("j.journal.1"));
+        let j = open(&dir, "rollback:a").expect("a new run");
+        assert_eq!(j.closed(), None);
+        assert_eq!(j.records("detach").count(), 0);
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub struct PromotePolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), inner(length(min = 1, max = 253)))]
     pub allow_escalating_bindings: Vec<String>,
+
+    /// Whether a rollback may discard what changed in the control plane since promote: objects
+    /// created in the promoted namespaces and owners edited there (rolling back deletes the first
+    /// and reverts the second in the member). Without it a rollback that would lose such work
+    /// fails, naming each change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_changes: bool,
 }
 
 impl PromotePolicySpec {

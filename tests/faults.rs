@@ -276,3 +276,82 @@ async fn restore_waits_for_a_frozen_controller_manager_instead_of_racing_it() {
         .assert_promoted_from(&before, "restore against a frozen controller manager");
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
+
+/// The CLI's promote of an archive the way `cli_promote` runs it.
+fn cli(pair: &Pair, subcommand: &str, archive: &std::path::Path) -> std::process::Command {
+    let mut cmd = pair.kpromote(subcommand);
+    cmd.arg(format!("--archive={}", archive.display()))
+        .env_remove("KPROMOTE_FAILPOINT");
+    cmd
+}
+
+#[tokio::test]
+async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archive() {
+    let pair = Pair::start().await;
+    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let ns = "nginx-test";
+    let before = apps::snapshot(&pair.member, ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = support::archiving::archive(&pair.member, &[ns], &[], dir.path()).await;
+
+    // Two runs at once on one archive: the second is refused while the first holds it.
+    let first = cli(&pair, "promote", &archive)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = kpromote::engine::journal_path(&archive, kpromote::engine::PROMOTE);
+    wait_for("the first run's journal", Duration::from_secs(60), || async {
+        journal.exists().then_some(())
+    })
+    .await;
+    let second = cli(&pair, "rollback", &archive).output().unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    assert!(said.contains("another kpromote process"), "{said}");
+    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // Completed: running the same promote again does nothing and says so.
+    let again = cli(&pair, "promote", &archive).output().unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already promoted"));
+
+    // Rolled back: the promotion is finished for good; promote --archive refuses and says what to
+    // do, instead of skipping detach and mark because the old journal says they are done.
+    let rolled = cli(&pair, "rollback", &archive).output().unwrap();
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    wait_namespace_gone(&pair.cp, ns).await;
+    let resumed = cli(&pair, "promote", &archive).output().unwrap();
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!resumed.status.success(), "{said}");
+    assert!(
+        said.contains("finished (rolled back)") && said.contains("without --archive"),
+        "{said}"
+    );
+    apps::snapshot(&pair.member, ns)
+        .await
+        .assert_rolled_back_to(&before, "rollback, then a refused resume");
+    // A second rollback starts a new run from live state and finds nothing to do.
+    let twice = cli(&pair, "rollback", &archive).output().unwrap();
+    assert!(
+        twice.status.success(),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+    assert!(
+        kpromote::engine::journal_path(&archive, kpromote::engine::ROLLBACK)
+            .with_extension("journal.1")
+            .exists()
+    );
+}

@@ -219,7 +219,19 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
             print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
             return Ok(ExitCode::SUCCESS);
         }
-        let journal = open_journal(&archive, "promote", &inv)?;
+        let _lock = kpromote::engine::lock_archive(&archive)?;
+        let journal = match kpromote::engine::open_journal(&archive, "promote", &inv) {
+            Err(kpromote::journal::JournalError::Finished { outcome, path })
+                if outcome == kpromote::engine::COMPLETED =>
+            {
+                println!(
+                    "already promoted: journal {} records the run as completed",
+                    path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            journal => journal?,
+        };
         let rollback_journal = if args.no_auto_rollback {
             None
         } else {
@@ -257,6 +269,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
+        let _lock = kpromote::engine::lock_archive(&args.archive)?;
         let journal = open_journal(&args.archive, "rollback", &inv)?;
         let progress = progress_printer();
         let report = rollback::rollback(

@@ -32,6 +32,10 @@ pub enum ReconcileError {
     /// The member cluster cannot be reached (outside precheck, where it is a precheck error).
     #[error(transparent)]
     Member(#[from] AccessError),
+    /// Another process holds the archive (a command-line run): retried with backoff, the phase
+    /// unchanged.
+    #[error(transparent)]
+    Busy(#[from] crate::journal::JournalError),
     /// Adding or removing the finalizer failed, or the step inside failed.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
@@ -55,6 +59,7 @@ impl ReconcileError {
         match self {
             Self::Kube(_) => "kube",
             Self::Member(_) => "member",
+            Self::Busy(_) => "busy",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),

@@ -223,8 +223,19 @@ impl Run {
         let (member, control_plane) = self.engine_clusters(&cluster_name).await?;
         let (on_progress, rx) = engine_progress();
         let opts = ctx.config.engine.clone();
+        // Another process on this archive (a command line) is waited out, not failed on.
+        let lock = engine::lock_archive(&path)?;
         let work = async {
-            let journal = engine::open_journal(&path, engine::PROMOTE, &inv)?;
+            let _lock = lock;
+            let journal = match engine::open_journal(&path, engine::PROMOTE, &inv) {
+                // A restart after the run completed but before the phase said so.
+                Err(crate::journal::JournalError::Finished { outcome, .. })
+                    if outcome == engine::COMPLETED =>
+                {
+                    return Ok(engine::Report::default());
+                }
+                journal => journal?,
+            };
             // No rollback journal: on failure the controller itself records `RollingBack`
             // before rolling back, so a crash then resumes the rollback, not the promote.
             engine::promote::promote(
@@ -292,8 +303,15 @@ impl Run {
         };
         let (member, control_plane) = self.engine_clusters(&cluster_name).await?;
         let (on_progress, rx) = engine_progress();
-        let opts = ctx.config.engine.clone();
+        // An automatic rollback undoes a promotion that never completed: what it made is not
+        // user work, and nobody could have built on it.
+        let opts = crate::engine::EngineOptions {
+            discard_changes: self.policy.spec.discard_changes || trigger != RollbackTrigger::Requested,
+            ..ctx.config.engine.clone()
+        };
+        let lock = engine::lock_archive(&path)?;
         let work = async {
+            let _lock = lock;
             let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
             engine::rollback::rollback(
                 &member,

@@ -234,6 +234,11 @@ impl EngineError {
 /// The journal as the concurrent steps share it.
 pub type SharedJournal = Arc<Mutex<Journal>>;
 
+/// How a closed journal's run finished (see [`Journal::close`]): promote completed.
+pub const COMPLETED: &str = "completed";
+/// See [`COMPLETED`]: the promotion was rolled back.
+pub const ROLLED_BACK: &str = "rolled back";
+
 /// Journal step directions: one journal file per direction beside the archive.
 pub const PROMOTE: &str = "promote";
 /// See [`PROMOTE`].
@@ -251,16 +256,84 @@ pub fn journal_path(archive: &std::path::Path, direction: &str) -> std::path::Pa
 /// Opens the journal of `archive` for `direction`; its run is `<direction>:<archive id>`, so a
 /// journal is never applied to another archive.
 ///
+/// A journal belongs to one run. A promotion that finished — completed, or rolled back (its
+/// rollback journal is closed) — is never resumed: promoting the archive again would skip the
+/// detach and mark steps its journal records as done although rollback undid them, and the
+/// archive no longer describes the member (rollback re-created its owners). A finished rollback
+/// is retired and a new one starts from live state.
+///
 /// # Errors
-/// The journal's I/O errors, damage, or a journal of another run.
+/// The journal's I/O errors, damage, a journal of another run, or
+/// [`JournalError::Finished`] for a promotion that finished.
 pub fn open_journal(
     archive: &std::path::Path,
     direction: &str,
     inv: &Inventory,
 ) -> Result<SharedJournal, JournalError> {
+    let run = format!("{direction}:{}", inv.archive_id);
     let path = journal_path(archive, direction);
-    let journal = Journal::open(&path, &format!("{direction}:{}", inv.archive_id))?;
+    let journal = Journal::open(&path, &run)?;
+    if direction == PROMOTE {
+        let rolled_back = rollback_closed(archive, inv)?;
+        // A rollback after a completed promotion finishes it for good, whatever the promote
+        // journal says.
+        if let Some(outcome) = rolled_back.or_else(|| journal.closed().map(str::to_owned)) {
+            return Err(JournalError::Finished { path, outcome });
+        }
+    } else if journal.closed().is_some() {
+        drop(journal);
+        crate::journal::retire(&path)?;
+        return Ok(Arc::new(Mutex::new(Journal::open(&path, &run)?)));
+    }
     Ok(Arc::new(Mutex::new(journal)))
+}
+
+/// An exclusive lock on an archive, held for a whole promote or rollback run: the command line
+/// and the controller (sharing the backup volume) never act on the same archive at once — two
+/// runs interleaving their journals and steps could each undo the other's work. Released when
+/// dropped (or when the process dies: the kernel drops `flock` locks with the process).
+#[derive(Debug)]
+pub struct ArchiveLock {
+    _file: std::fs::File,
+}
+
+/// Takes the [`ArchiveLock`] of `archive`, without waiting.
+///
+/// # Errors
+/// [`JournalError::Locked`] when another process holds it; I/O errors.
+pub fn lock_archive(archive: &std::path::Path) -> Result<ArchiveLock, JournalError> {
+    let file = std::fs::File::open(archive).map_err(|source| JournalError::Io {
+        path: archive.to_owned(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(ArchiveLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
+            path: archive.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io {
+            path: archive.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// How the rollback of `archive` finished, if it did (read without creating the journal).
+fn rollback_closed(archive: &std::path::Path, inv: &Inventory) -> Result<Option<String>, JournalError> {
+    let path = journal_path(archive, ROLLBACK);
+    let Some(records) = crate::journal::read(&path)? else {
+        return Ok(None);
+    };
+    if crate::journal::run_of(&records) != Some(format!("{ROLLBACK}:{}", inv.archive_id).as_str()) {
+        return Ok(None);
+    }
+    Ok(records
+        .iter()
+        .rev()
+        .find(|r| r.step == crate::journal::CLOSED_STEP)
+        .and_then(|r| r.data.get("outcome"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned))
 }
 
 fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {

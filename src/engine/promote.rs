@@ -61,7 +61,10 @@ pub async fn promote(
     let retried_calls = member.retried() + control_plane.retried();
     super::detach::lock_report(&report).retried_calls = retried_calls;
     match (outcome, rollback_journal) {
-        (Ok(()), _) => Ok(Report::finish(report)),
+        (Ok(()), _) => {
+            lock(journal).close(super::COMPLETED)?;
+            Ok(Report::finish(report))
+        }
         (Err(cause), Some(rj)) => {
             tracing::error!(error = %cause, "promote failed; rolling back");
             // What the failed run created is not user work: the automatic rollback discards it.
@@ -74,6 +77,9 @@ pub async fn promote(
                     .await
                     .map(|_| ())
                     .map_err(Box::new);
+            if rollback.is_ok() {
+                lock(journal).close(super::ROLLED_BACK)?;
+            }
             Err(EngineError::RolledBack {
                 cause: Box::new(cause),
                 rollback,

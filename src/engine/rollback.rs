@@ -79,6 +79,7 @@ pub async fn rollback(
 
     teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
     lock_report(&report).retried_calls = member.retried() + control_plane.retried();
+    lock(journal).close(super::ROLLED_BACK)?;
     Ok(Report::finish(report))
 }
 

@@ -177,3 +177,68 @@ fn describe(env: &Env) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[tokio::test]
+async fn the_controller_promotes_and_rolls_back_with_the_real_clustertree_finding_nothing_to_change() {
+    use kpromote::testenv::{Clustertree, KosmosKit};
+    let env = Env::start().await;
+    let kit = KosmosKit::locate().unwrap_or_else(|e| panic!("{e}"));
+    let mut kosmos = Clustertree::start(
+        &kit,
+        env.env.cluster("control-plane"),
+        env.env.cluster("member"),
+        "member",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let original = apps::snapshot(&env.member, "nginx-test").await;
+    let controller = env.controller("kosmos", &[], &[]);
+
+    env.apply(DESIGN_POLICY);
+    env.wait_phase(
+        DESIGN_POLICY_NAME,
+        Phase::Completed,
+        Duration::from_secs(120),
+        Some(&controller),
+    )
+    .await;
+    let cp_pods: Api<Pod> = Api::namespaced(env.cp.clone(), "nginx-test");
+    support::wait_for(
+        "the promoted pod Running in the control plane",
+        Duration::from_secs(30),
+        || async {
+            cp_pods
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .then_some(())
+        },
+    )
+    .await;
+    // clustertree retries a refused member update every 10 s: a longer quiet window.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(kosmos.update_attempts(0), Vec::<String>::new());
+    assert_eq!(
+        apps::snapshot(&env.member, "nginx-test").await.pods,
+        original.pods
+    );
+
+    let log_start = kosmos.log().len();
+    env.apply(&design_rollback_policy());
+    env.wait_phase(
+        DESIGN_POLICY_NAME,
+        Phase::RolledBack,
+        Duration::from_secs(120),
+        Some(&controller),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(kosmos.update_attempts(log_start), Vec::<String>::new());
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "controller rollback under clustertree");
+    kosmos.check_running().unwrap();
+}

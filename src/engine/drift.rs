@@ -31,6 +31,8 @@ pub struct Drift {
     pub added: Vec<ObjectKey>,
     /// Objects promote created whose spec changed since (generation above 1).
     pub edited: Vec<(ObjectKey, i64)>,
+    /// Types this process may not list, so not checked for added objects.
+    pub unchecked: Vec<String>,
 }
 
 impl Drift {
@@ -115,31 +117,46 @@ pub async fn detect(
             })
         })
         .collect();
-    let listed: Vec<Vec<ObjectKey>> = futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
-        let (stamped, our_uids, created) = (&stamped, &our_uids, created);
-        async move {
-            let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
-            let objects = cp.list_by_name(&api, &probe).await?;
-            Ok::<_, EngineError>(
-                objects
-                    .into_iter()
-                    .filter_map(|(name, object)| {
-                        let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
-                        let value = serde_json::to_value(&object).unwrap_or(Value::Null);
-                        (!created.contains_key(&key)
-                            && !stamped(&value)
-                            && is_user_work(&key, &value, our_uids))
-                        .then_some(key)
-                    })
-                    .collect(),
-            )
-        }
-    }))
-    .buffer_unordered(8)
-    .try_collect()
-    .await?;
-    drift.added = listed.into_iter().flatten().collect();
+    let listed: Vec<(Vec<ObjectKey>, Option<String>)> =
+        futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
+            let (stamped, our_uids, created) = (&stamped, &our_uids, created);
+            async move {
+                let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
+                let objects = match cp.list_by_name(&api, &probe).await {
+                    Ok(objects) => objects,
+                    // A type this process may not list (the controller never lists Secrets, and
+                    // is granted no custom resources by default): not checked, and said so.
+                    Err(LiveError::Refused { code: 403, .. }) => {
+                        return Ok::<_, EngineError>((Vec::new(), Some(probe.group_resource())));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok::<_, EngineError>((
+                    objects
+                        .into_iter()
+                        .filter_map(|(name, object)| {
+                            let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
+                            let value = serde_json::to_value(&object).unwrap_or(Value::Null);
+                            (!created.contains_key(&key)
+                                && !stamped(&value)
+                                && is_user_work(&key, &value, our_uids))
+                            .then_some(key)
+                        })
+                        .collect(),
+                    None,
+                ))
+            }
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    for (added, unchecked) in listed {
+        drift.added.extend(added);
+        drift.unchecked.extend(unchecked);
+    }
     drift.added.sort();
+    drift.unchecked.sort();
+    drift.unchecked.dedup();
     Ok(drift)
 }
 

@@ -144,6 +144,50 @@ async fn touch_member_status_and_wait_for_the_copy(pair: &Pair, ns: &str, name: 
     .await;
 }
 
+/// A WebApp (`finalizers` on it) owning a Deployment `name` whose pods run `pod_spec`, running in
+/// namespace `ns` of the member: an operator's pattern, with no operator.
+async fn webapp_owning_a_deployment(
+    pair: &Pair,
+    ns: &str,
+    name: &str,
+    finalizers: &[&str],
+    pod_spec: serde_json::Value,
+) {
+    apps::install_webapp_crd(&pair.member).await;
+    let webapp = apps::create(
+        &pair.member,
+        json!({ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp",
+            "metadata": { "name": name, "namespace": ns, "finalizers": finalizers },
+            "spec": { "replicas": 1 } }),
+    )
+    .await;
+    apps::create(
+        &pair.member,
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": name, "namespace": ns,
+                "ownerReferences": [{ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp", "name": name,
+                    "uid": webapp.metadata.uid, "controller": true, "blockOwnerDeletion": true }] },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": name } },
+                      "template": { "metadata": { "labels": { "app": name } }, "spec": pod_spec } } }),
+    )
+    .await;
+    apps::run_pods(&pair.member, &pair.kubelet, ns, &format!("app={name}"), 1).await;
+}
+
+/// [`Promotion::archive`] of `ns` with the WebApp CRD.
+async fn archive_with_webapps(pair: &Pair, ns: &str) -> Promotion {
+    Promotion::archive(
+        pair,
+        &[ns],
+        &[(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "webapps.example.kpromote.io",
+        )],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn rich_namespace_promotes_and_rolls_back_with_clustertree_finding_nothing_to_change() {
     let mut pair = Pair::start_with_kosmos().await;
@@ -314,40 +358,19 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
             "data": { "routes": "a" } }),
     )
     .await;
-    apps::install_webapp_crd(&pair.member).await;
-    let webapp = apps::create(
-        &pair.member,
-        json!({ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp",
-            "metadata": { "name": "edge", "namespace": ns },
-            "spec": { "replicas": 1 } }),
+    webapp_owning_a_deployment(
+        &pair,
+        ns,
+        "edge",
+        &[],
+        json!({ "containers": [{ "name": "main", "image": "envoy:1.30",
+                    "volumeMounts": [{ "name": "routes", "mountPath": "/etc/routes" }] }],
+                "volumes": [{ "name": "routes", "configMap": { "name": "routes" } }] }),
     )
     .await;
-    apps::create(
-        &pair.member,
-        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": { "name": "edge", "namespace": ns,
-                "ownerReferences": [{ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp", "name": "edge",
-                    "uid": webapp.metadata.uid, "controller": true, "blockOwnerDeletion": true }] },
-            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "edge" } },
-                      "template": { "metadata": { "labels": { "app": "edge" } },
-                                    "spec": { "containers": [{ "name": "main", "image": "envoy:1.30",
-                                        "volumeMounts": [{ "name": "routes", "mountPath": "/etc/routes" }] }],
-                                        "volumes": [{ "name": "routes", "configMap": { "name": "routes" } }] } } } }),
-    )
-    .await;
-    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=edge", 1).await;
     let before = apps::snapshot(&pair.member, ns).await;
 
-    let run = Promotion::archive(
-        &pair,
-        &[ns],
-        &[(
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            "webapps.example.kpromote.io",
-        )],
-    )
-    .await;
+    let run = archive_with_webapps(&pair, ns).await;
     let opts = EngineOptions::default();
     let report = run.promote(&opts).await.unwrap();
     assert!(
@@ -465,38 +488,17 @@ async fn an_owner_with_its_operators_finalizer_is_refused_before_anything_is_det
     let pair = Pair::start().await;
     let ns = "db";
     apps::namespace(&pair.member, ns).await;
-    apps::install_webapp_crd(&pair.member).await;
-    let webapp = apps::create(
-        &pair.member,
-        json!({ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp",
-            "metadata": { "name": "orders", "namespace": ns, "finalizers": ["example.com/drop-database"] },
-            "spec": { "replicas": 1 } }),
+    webapp_owning_a_deployment(
+        &pair,
+        ns,
+        "orders",
+        &["example.com/drop-database"],
+        json!({ "containers": [{ "name": "main", "image": "postgres:16" }] }),
     )
     .await;
-    apps::create(
-        &pair.member,
-        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": { "name": "orders", "namespace": ns,
-                "ownerReferences": [{ "apiVersion": "example.kpromote.io/v1", "kind": "WebApp", "name": "orders",
-                    "uid": webapp.metadata.uid, "controller": true, "blockOwnerDeletion": true }] },
-            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "orders" } },
-                      "template": { "metadata": { "labels": { "app": "orders" } },
-                                    "spec": { "containers": [{ "name": "main", "image": "postgres:16" }] } } } }),
-    )
-    .await;
-    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=orders", 1).await;
     let before = apps::snapshot(&pair.member, ns).await;
 
-    let run = Promotion::archive(
-        &pair,
-        &[ns],
-        &[(
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            "webapps.example.kpromote.io",
-        )],
-    )
-    .await;
+    let run = archive_with_webapps(&pair, ns).await;
     let err = run
         .promote_with(&EngineOptions::default(), false)
         .await

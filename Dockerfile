@@ -7,15 +7,16 @@
 #   docker build -t ghcr.io/kosmos-io/kpromote:0.1.0 .
 #
 # Build stage: edition 2024, rust-version 1.89 (1.95 is what the project is tested with). Only what
-# the binary compiles from is copied (deploy/examples holds the demo's embedded manifests).
+# the workspace needs is copied; `-p kpromote` builds the thin binary and the model, archive and
+# core crates, never the test rig (crates/testenv), whose manifest cargo only reads.
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY deploy/examples ./deploy/examples
+COPY crates ./crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kpromote \
+    cargo build --release --locked -p kpromote --bin kpromote \
     && install -D target/release/kpromote /out/kpromote
 
 # Runtime stage: glibc, CA certificates, no shell, non-root (uid 65532, as deployment.yaml runs it).

@@ -29,8 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use kpromote::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES, ServedResource};
-use kpromote::testenv::{Binaries, Cluster};
+use kpromote_core::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES, ServedResource};
+use kpromote_testenv::{Binaries, Cluster};
 use kube::Client;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
@@ -223,7 +223,8 @@ fn kpromote_backup(kubeconfig: &Path, out: &Path, name: &str) -> (Duration, u64,
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .env(
             "RUST_LOG",
-            std::env::var("KPROMOTE_BENCH_LOG").unwrap_or_else(|_| "warn,kpromote::backup=debug".to_owned()),
+            std::env::var("KPROMOTE_BENCH_LOG")
+                .unwrap_or_else(|_| "warn,kpromote_core::backup=debug".to_owned()),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -398,7 +399,7 @@ async fn backup_throughput_and_memory() {
 
         for (concurrency, runs) in [
             (1, &mut raw_serial),
-            (kpromote::backup::DEFAULT_CONCURRENCY, &mut raw_concurrent),
+            (kpromote_core::backup::DEFAULT_CONCURRENCY, &mut raw_concurrent),
         ] {
             let (api_before, own_before) = (cpu_seconds(api_pid).unwrap(), cpu_seconds(own_pid).unwrap());
             let (o, _, elapsed) = raw_list_all(&client, &paths, concurrency).await;
@@ -446,7 +447,7 @@ async fn backup_throughput_and_memory() {
         (
             format!(
                 "raw paginated LIST, {} types at a time",
-                kpromote::backup::DEFAULT_CONCURRENCY
+                kpromote_core::backup::DEFAULT_CONCURRENCY
             ),
             &raw_concurrent,
         ),

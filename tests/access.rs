@@ -1,9 +1,9 @@
 //! Reaching clusters: kubeconfig files, Kosmos Cluster objects, and the errors users see.
 #![allow(clippy::unwrap_used)]
 
-use kpromote::access::{AccessError, ClusterClient, KubeconfigPolicy};
-use kpromote::kosmos::cluster::{Cluster as KosmosCluster, ClusterSpec};
-use kpromote::testenv::{Binaries, TestEnv};
+use kpromote_core::access::{AccessError, ClusterClient, KubeconfigPolicy};
+use kpromote_core::kosmos::cluster::{Cluster as KosmosCluster, ClusterSpec};
+use kpromote_testenv::{Binaries, TestEnv};
 use kube::Api;
 use kube::api::PostParams;
 

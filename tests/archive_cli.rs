@@ -1,10 +1,11 @@
 //! The offline commands, run as a user would: `kpromote inspect | show | verify | diff`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../crates/archive/tests/archive_support/mod.rs"]
 mod archive_support;
 
 use archive_support::{configmap, facts, fixture, nginx_objects};
-use kpromote::archive::{ArchiveWriter, WriterOptions};
+use kpromote_archive::{ArchiveWriter, WriterOptions};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -200,7 +201,7 @@ fn verify_exit_codes_and_reports() {
     assert_eq!(json(&piped)["entriesChecked"], 6);
 }
 
-fn write(path: &Path, objects: Vec<kpromote::archive::NewObject>) {
+fn write(path: &Path, objects: Vec<kpromote_archive::NewObject>) {
     let mut writer = ArchiveWriter::create(path, facts(), WriterOptions::zstd()).unwrap();
     for o in objects {
         writer.add(o).unwrap();
@@ -279,10 +280,10 @@ fn show_masks_a_secrets_values_unless_asked() {
         "data": { "password": base64_of(MARKER) },
         "stringData": { "token": MARKER },
     });
-    let object = kpromote::archive::NewObject::from_json(
+    let object = kpromote_archive::NewObject::from_json(
         "secrets",
         "",
-        kpromote::archive::Inclusion::Namespaced,
+        kpromote_archive::Inclusion::Namespaced,
         serde_json::to_vec(&secret).unwrap(),
     )
     .unwrap();

@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use kpromote::archive::{ArchiveReader, Inclusion, IndexRecord, ObjectKey};
-use kpromote::backup::{self, BackupRequest, BackupWarning, CollectedDependency, SkipReason};
-use kpromote::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES};
-use kpromote::testenv::{Cluster, FakeKubelet};
+use kpromote_archive::{ArchiveReader, Inclusion, IndexRecord};
+use kpromote_core::backup::{self, BackupRequest, BackupWarning, CollectedDependency, SkipReason};
+use kpromote_core::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES};
+use kpromote_model::ObjectKey;
+use kpromote_testenv::{Cluster, FakeKubelet};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde_json::json;
@@ -160,14 +161,12 @@ async fn listed_paths(client: &Client, surface: &ApiSurface, ns: &str) -> BTreeS
             if object.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let key = ObjectKey::new(
-                served.group_resource.resource(),
-                served.group_resource.group(),
-                Some(ns.to_owned()),
-                object.metadata.name.clone().unwrap(),
-            )
-            .unwrap();
-            paths.insert(key.path());
+            let key = ObjectKey::typed(
+                &served.group_resource,
+                Some(ns),
+                object.metadata.name.as_deref().unwrap(),
+            );
+            paths.insert(kpromote_archive::layout::object_path(&key).unwrap());
         }
     }
     paths

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kpromote::backup::{self, BackupError, BackupRequest};
-use kpromote::testenv::Cluster;
+use kpromote_core::backup::{self, BackupError, BackupRequest};
+use kpromote_testenv::Cluster;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;

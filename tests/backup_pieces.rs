@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt, stream};
-use kpromote::backup::lister::{ListError, ListEvent, ListRequest, list_paged, list_raw, paginate};
-use kpromote::resources::{ApiSurface, DiscoveryDocument, ExcludedResources, GroupResource, well_known};
-use kpromote::testenv::Cluster;
+use kpromote_core::backup::lister::{ListError, ListEvent, ListRequest, list_paged, list_raw, paginate};
+use kpromote_core::resources::{ApiSurface, DiscoveryDocument, ExcludedResources, GroupResource, well_known};
+use kpromote_testenv::Cluster;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::{Value, json};

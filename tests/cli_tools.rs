@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kpromote::engine::{Inventory, PROMOTE, journal_path};
-use kpromote::journal::Journal;
-use kpromote::testenv::Binaries;
+use kpromote_core::engine::{Inventory, PROMOTE, journal_path};
+use kpromote_core::journal::Journal;
+use kpromote_testenv::Binaries;
 use serde_json::Value;
 
 const KPROMOTE: &str = env!("CARGO_BIN_EXE_kpromote");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
-use kpromote::testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote_testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;

@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kpromote::policy::{CONDITION_READY, CONDITION_ROLLED_BACK, Phase};
+use kpromote_core::policy::{CONDITION_READY, CONDITION_ROLLED_BACK, Phase};
 use kube::Api;
 use support::apps;
 
@@ -180,7 +180,7 @@ fn describe(env: &Env) -> String {
 
 #[tokio::test]
 async fn the_controller_promotes_and_rolls_back_with_the_real_clustertree_finding_nothing_to_change() {
-    use kpromote::testenv::{Clustertree, KosmosKit};
+    use kpromote_testenv::{Clustertree, KosmosKit};
     let env = Env::start().await;
     let kit = KosmosKit::locate().unwrap_or_else(|e| panic!("{e}"));
     let mut kosmos = Clustertree::start(

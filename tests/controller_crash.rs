@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use kpromote::policy::Phase;
+use kpromote_core::policy::Phase;
 use support::{apps, wait_for};
 
 use controller_env::{ControllerProcess, DESIGN_POLICY, Env};
@@ -76,7 +76,7 @@ fn policy_yaml(name: &str, rollback: bool) -> String {
     }
 }
 
-fn phase_of(policy: &kpromote::policy::PromotePolicy) -> Option<Phase> {
+fn phase_of(policy: &kpromote_core::policy::PromotePolicy) -> Option<Phase> {
     policy.status.as_ref().and_then(|s| s.phase)
 }
 
@@ -91,7 +91,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
         let mut doomed = env.controller(
             &format!("{name}-promote-killed"),
             &[],
-            &[(kpromote::journal::FAILPOINT_ENV, cycle.promote_failpoint)],
+            &[(kpromote_core::journal::FAILPOINT_ENV, cycle.promote_failpoint)],
         );
         env.apply(&policy_yaml(&name, false));
         crash(&env, &mut doomed, cycle.promote_failpoint).await;
@@ -157,7 +157,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
         let mut doomed = env.controller(
             &format!("{name}-rollback-killed"),
             &[],
-            &[(kpromote::journal::FAILPOINT_ENV, cycle.rollback_failpoint)],
+            &[(kpromote_core::journal::FAILPOINT_ENV, cycle.rollback_failpoint)],
         );
         env.apply(&policy_yaml(&name, true));
         crash(&env, &mut doomed, cycle.rollback_failpoint).await;

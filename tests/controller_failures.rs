@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kpromote::policy::{CONDITION_ROLLED_BACK, Phase};
+use kpromote_core::policy::{CONDITION_ROLLED_BACK, Phase};
 use kube::Api;
 use serde_json::json;
 use support::{apps, wait_for};
@@ -68,7 +68,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
     let doomed = env.controller(
         "auto-rollback-killed",
         &[],
-        &[(kpromote::journal::FAILPOINT_ENV, "phase:RollingBack")],
+        &[(kpromote_core::journal::FAILPOINT_ENV, "phase:RollingBack")],
     );
     env.apply(DESIGN_POLICY);
     wait_for("the controller to crash", Duration::from_secs(90), || {

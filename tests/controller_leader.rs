@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use kpromote::policy::Phase;
+use kpromote_core::policy::Phase;
 use kube::Api;
 use kube::api::ListParams;
 use support::{apps, wait_for};
@@ -81,7 +81,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
     let a = env.controller(
         "replica-a",
         ELECTION,
-        &[(kpromote::journal::FAILPOINT_ENV, "detach:1")],
+        &[(kpromote_core::journal::FAILPOINT_ENV, "detach:1")],
     );
     wait_holder(&env, "replica-a", Duration::from_secs(30)).await;
     let b = env.controller("replica-b", ELECTION, &[]);

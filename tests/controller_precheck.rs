@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kpromote::policy::{Phase, PromotePolicy};
+use kpromote_core::policy::{Phase, PromotePolicy};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;

@@ -2,7 +2,7 @@
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let generated = kpromote::policy::crds_yaml().expect("CRDs serialize");
+    let generated = kpromote_core::policy::crds_yaml().expect("CRDs serialize");
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml"))
         .expect("deploy/crds.yaml exists");
     assert!(
@@ -16,8 +16,8 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kpromote::policy::PromotePolicy;
-use kpromote::testenv::{Binaries, Cluster};
+use kpromote_core::policy::PromotePolicy;
+use kpromote_testenv::{Binaries, Cluster};
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 

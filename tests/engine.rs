@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kpromote::engine::{EngineOptions, Inventory, LiveCluster, promote::promote, rollback::rollback};
-use kpromote::journal::Journal;
+use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, promote::promote, rollback::rollback};
+use kpromote_core::journal::Journal;
 use kube::Api;
 use kube::api::ListParams;
 use support::pair::Pair;

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kpromote::engine::EngineOptions;
+use kpromote_core::engine::EngineOptions;
 use kube::Api;
 use kube::api::ListParams;
 use support::faults::{FaultProxy, Faults};
@@ -196,7 +196,7 @@ async fn rollback_refuses_to_discard_what_changed_in_the_control_plane_unless_to
     let err = run.rollback("rollback.journal", &opts).await.unwrap_err();
     let message = err.to_string();
     assert!(
-        matches!(err, kpromote::engine::EngineError::Drift { .. }),
+        matches!(err, kpromote_core::engine::EngineError::Drift { .. }),
         "{message}"
     );
     assert!(message.contains("configmaps/nginx-test/notes"), "{message}");
@@ -252,7 +252,7 @@ async fn restore_waits_for_a_frozen_controller_manager_instead_of_racing_it() {
     let (promoted, ()) = tokio::join!(run.promote_with(&defaults, false), thaw);
     promoted.unwrap();
     // The barrier's sentinels go (the garbage collector takes what the sentinel owners made).
-    let sentinels = ListParams::default().labels(kpromote::engine::barrier::SENTINEL_LABEL);
+    let sentinels = ListParams::default().labels(kpromote_core::engine::barrier::SENTINEL_LABEL);
     wait_for(
         "the barrier's sentinels to be gone",
         Duration::from_secs(60),
@@ -300,7 +300,7 @@ async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archi
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let journal = kpromote::engine::journal_path(&archive, kpromote::engine::PROMOTE);
+    let journal = kpromote_core::engine::journal_path(&archive, kpromote_core::engine::PROMOTE);
     wait_for("the first run's journal", Duration::from_secs(60), || async {
         journal.exists().then_some(())
     })
@@ -350,7 +350,7 @@ async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archi
         String::from_utf8_lossy(&twice.stderr)
     );
     assert!(
-        kpromote::engine::journal_path(&archive, kpromote::engine::ROLLBACK)
+        kpromote_core::engine::journal_path(&archive, kpromote_core::engine::ROLLBACK)
             .with_extension("journal.1")
             .exists()
     );

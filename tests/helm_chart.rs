@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kpromote::policy::Phase;
-use kpromote::testenv::Binaries;
+use kpromote_core::policy::Phase;
+use kpromote_testenv::Binaries;
 use kube::Api;
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::Value;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kpromote::kosmos::cluster::{Cluster, ClusterSpec};
-use kpromote::policy::Phase;
+use kpromote_core::kosmos::cluster::{Cluster, ClusterSpec};
+use kpromote_core::policy::Phase;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;

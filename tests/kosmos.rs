@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-use kpromote::engine::{EngineError, EngineOptions};
-use kpromote::restore::twin::{STAMP_ANNOTATION, clustertree_differences};
+use kpromote_core::engine::{EngineError, EngineOptions};
+use kpromote_core::plan::twin::{STAMP_ANNOTATION, clustertree_differences};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -269,7 +269,7 @@ async fn rich_namespace_promotes_and_rolls_back_with_clustertree_finding_nothing
 
 /// Pods without resources (BestEffort), then a LimitRange with defaults and a ResourceQuota, as
 /// they often come after the workloads in a real namespace.
-async fn policies_after_pods(client: &Client, kubelet: &kpromote::testenv::FakeKubelet, ns: &str) {
+async fn policies_after_pods(client: &Client, kubelet: &kpromote_testenv::FakeKubelet, ns: &str) {
     apps::namespace(client, ns).await;
     apps::create(
         client,

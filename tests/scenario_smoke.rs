@@ -4,7 +4,7 @@
 
 mod support;
 
-use kpromote::testenv::{Cluster, FakeKubelet};
+use kpromote_testenv::{Cluster, FakeKubelet};
 use support::apps;
 
 #[tokio::test]

@@ -52,10 +52,10 @@
 //! Exit status as `diff(1)`: 0 identical, 1 different, 2 error.
 
 use anyhow::Context as _;
-use kpromote::archive::{
-    self, ArchiveError, ArchiveKind, ArchiveObject, ArchiveReader, IndexRecord, ReaderOptions, VerifyReport,
-    layout,
+use kpromote_archive::{
+    ArchiveError, ArchiveKind, ArchiveObject, ArchiveReader, IndexRecord, ReaderOptions, VerifyReport, layout,
 };
+use kpromote_model::{GroupResource, ObjectKey};
 use serde_json::{Value, json};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -383,12 +383,12 @@ fn list(reader: &ArchiveReader, args: &InspectArgs) -> anyhow::Result<ExitCode> 
     finish_output(result)
 }
 
-fn inclusion_text(inclusion: &archive::Inclusion) -> String {
+fn inclusion_text(inclusion: &kpromote_archive::Inclusion) -> String {
     match inclusion {
-        archive::Inclusion::Namespaced => "namespaced".to_owned(),
-        archive::Inclusion::Namespace => "namespace".to_owned(),
-        archive::Inclusion::Dependency { of, via } => format!("dependency of {of} via {via}"),
-        archive::Inclusion::Unrecorded => "unrecorded".to_owned(),
+        kpromote_archive::Inclusion::Namespaced => "namespaced".to_owned(),
+        kpromote_archive::Inclusion::Namespace => "namespace".to_owned(),
+        kpromote_archive::Inclusion::Dependency { of, via } => format!("dependency of {of} via {via}"),
+        kpromote_archive::Inclusion::Unrecorded => "unrecorded".to_owned(),
         _ => "unknown".to_owned(),
     }
 }
@@ -470,36 +470,36 @@ fn resolve_object(reader: &ArchiveReader, spec: &str) -> anyhow::Result<String> 
     if spec.starts_with("resources/") {
         return Ok(spec.to_owned());
     }
-    let parts: Vec<&str> = spec.split('/').collect();
-    let (resource, namespace, name) = match parts.as_slice() {
-        [r, ns, n] => (*r, Some(*ns), *n),
-        [r, n] => (*r, None, *n),
-        _ => anyhow::bail!(
-            "{spec:?} is not <resource>/<namespace>/<name> or <resource>/<name> (e.g. deployments.apps/nginx-test/nginx)"
-        ),
-    };
-    let gr = if resource.contains('.') || reader.summary().by_resource.contains_key(resource) {
-        resource.to_owned()
+    let key: ObjectKey = spec.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{spec:?} does not name an object as <resource>/<namespace>/<name> or <resource>/<name> \
+             (e.g. deployments.apps/nginx-test/nginx): {e}"
+        )
+    })?;
+    let by_resource = &reader.summary().by_resource;
+    let key = if !key.group.is_empty() || by_resource.contains_key(&key.resource) {
+        key
     } else {
         // `deployments` → the one group-resource of the archive named `deployments.<group>`.
-        let candidates: Vec<&String> = reader
-            .summary()
-            .by_resource
+        let candidates: Vec<GroupResource> = by_resource
             .keys()
-            .filter(|gr| layout::split_group_resource(gr).0 == resource)
+            .filter_map(|gr| gr.parse::<GroupResource>().ok())
+            .filter(|gr| gr.resource() == key.resource)
             .collect();
         match candidates.as_slice() {
-            [one] => (*one).clone(),
-            [] => resource.to_owned(),
+            [one] => ObjectKey::typed(one, key.namespace.as_deref(), &key.name),
+            [] => key,
             many => anyhow::bail!(
-                "{resource:?} is ambiguous in this archive: {}; name the group",
-                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                "{:?} is ambiguous in this archive: {}; name the group",
+                key.resource,
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     };
-    let (resource, group) = layout::split_group_resource(&gr);
-    layout::object_path(resource, group, namespace, name)
-        .map_err(|e| anyhow::anyhow!("{spec:?} does not name a Kubernetes object: {e}"))
+    layout::object_path(&key).map_err(|e| anyhow::anyhow!("{spec:?} does not name a Kubernetes object: {e}"))
 }
 
 /// Runs `kpromote verify`.
@@ -508,7 +508,7 @@ fn resolve_object(reader: &ArchiveReader, spec: &str) -> anyhow::Result<String> 
 /// Only when stdout fails; archive problems are the report.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = if args.archive.as_os_str() == "-" {
-        archive::verify_stream(io::stdin().lock(), &ReaderOptions::default())
+        kpromote_archive::verify_stream(io::stdin().lock(), &ReaderOptions::default())
     } else {
         ArchiveReader::open(&args.archive).map(|reader| reader.verify())
     };
@@ -616,7 +616,7 @@ fn diff_inner(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let (ra, rb) = (open(&args.a)?, open(&args.b)?);
     let mut a = ra.objects().map_err(|e| explain(&args.a, e))?;
     let mut b = rb.objects().map_err(|e| explain(&args.b, e))?;
-    let next = |it: &mut archive::Objects, path: &Path| -> anyhow::Result<Option<ArchiveObject>> {
+    let next = |it: &mut kpromote_archive::Objects, path: &Path| -> anyhow::Result<Option<ArchiveObject>> {
         it.next().transpose().map_err(|e| explain(path, e))
     };
     let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kpromote::access::ClusterClient;
-use kpromote::archive::{Codec, WriterOptions};
-use kpromote::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_OUTPUT_DIR};
+use kpromote_archive::{Codec, WriterOptions};
+use kpromote_core::access::ClusterClient;
+use kpromote_core::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_OUTPUT_DIR};
 
 /// Arguments of `kpromote backup`.
 #[derive(Debug, clap::Args)]

@@ -1,24 +1,16 @@
 //! `kpromote controller`: the PromotePolicy controller, with leader election, `/metrics`,
-//! `/healthz` and `/readyz`.
-//!
-//! Shutdown (SIGTERM, Ctrl-C) and lost leadership drop the running reconciles at once rather
-//! than waiting for a promotion to finish: the journals make that equivalent to a crash, which
-//! the next leader resumes from. On shutdown the lease is released so a standby takes over
-//! without waiting for it to expire; on lost leadership the process exits non-zero (and is
-//! restarted as a candidate), never acting again on a stale belief that it leads.
+//! `/healthz` and `/readyz` — flags here, the process loop in
+//! [`kpromote_core::controller::serve`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kpromote::access::ClusterClient;
-use kpromote::controller::http::{self, Health};
-use kpromote::controller::leader::{LeaderElector, LeaseConfig};
-use kpromote::controller::metrics::Metrics;
-use kpromote::controller::{self, ControllerConfig};
+use kpromote_core::controller::ControllerConfig;
+use kpromote_core::controller::leader::LeaseConfig;
+use kpromote_core::controller::serve::{self, Ended, ServeOptions};
 
 /// Arguments of `kpromote controller`.
 #[derive(Debug, clap::Args)]
@@ -42,7 +34,7 @@ pub struct Args {
     #[arg(long)]
     allow_kubeconfig_exec: bool,
     /// Directory of the archives (the backup volume).
-    #[arg(long, value_name = "DIR", default_value = kpromote::backup::DEFAULT_OUTPUT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_OUTPUT_DIR)]
     backup_dir: PathBuf,
     /// Namespaces that may never be promoted.
     #[arg(
@@ -90,119 +82,49 @@ pub struct Args {
     progress_interval_seconds: f64,
 }
 
-/// Runs the controller until SIGTERM / Ctrl-C, or until leadership is lost.
+/// Runs the controller until SIGTERM / Ctrl-C, or until leadership is lost (exit code 1).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let identity = args.identity.clone().unwrap_or_else(default_identity);
-        let cp = ClusterClient::connect(
-            "control plane",
-            args.kubeconfig.as_deref(),
-            args.context.as_deref(),
-        )
-        .await?;
-        let mut config = ControllerConfig::new(&identity);
-        config.backup_dir = args.backup_dir.clone();
-        config.member_kubeconfig = args.member_kubeconfig.clone();
-        config.member_context = args.member_context.clone();
-        config.kubeconfig_policy.allow_exec = args.allow_kubeconfig_exec;
-        config.forbidden_namespaces = args.forbidden_namespaces.clone();
-        config.engine.concurrency = args.concurrency.max(1);
-        config.engine.settle = Duration::from_secs_f64(args.settle_seconds.max(0.0));
-        config.progress_interval = Duration::from_secs_f64(args.progress_interval_seconds.max(0.0));
-
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
-        if args.metrics_address != "off" {
-            let address: SocketAddr = args
-                .metrics_address
-                .parse()
-                .with_context(|| format!("--metrics-address {}", args.metrics_address))?;
-            let listener = http::serve(address, metrics.clone(), health.clone());
-            tokio::spawn(async move {
-                if let Err(e) = listener.await {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            });
-        }
-        controller::probe(&cp.client, &config).await?;
-        health.set_ready(true);
-        tracing::info!(identity, server = %cp.server, backup_dir = %config.backup_dir.display(), "connected");
-
-        if !args.leader_elect {
-            metrics.set_leader(true);
-            tokio::select! {
-                () = controller::run(cp.client, config, metrics) => {}
-                () = shutdown_signal() => tracing::info!("shutting down"),
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-
+    let identity = args.identity.clone().unwrap_or_else(serve::default_identity);
+    let mut config = ControllerConfig::new(&identity);
+    config.backup_dir = args.backup_dir.clone();
+    config.member_kubeconfig = args.member_kubeconfig.clone();
+    config.member_context = args.member_context.clone();
+    config.kubeconfig_policy.allow_exec = args.allow_kubeconfig_exec;
+    config.forbidden_namespaces = args.forbidden_namespaces.clone();
+    config.engine.concurrency = args.concurrency.max(1);
+    config.engine.settle = Duration::from_secs_f64(args.settle_seconds.max(0.0));
+    config.progress_interval = Duration::from_secs_f64(args.progress_interval_seconds.max(0.0));
+    let metrics_address = match args.metrics_address.as_str() {
+        "off" => None,
+        address => Some(
+            address
+                .parse::<SocketAddr>()
+                .with_context(|| format!("--metrics-address {address}"))?,
+        ),
+    };
+    let lease = args.leader_elect.then(|| {
         let namespace = args
             .leader_election_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".to_owned());
-        let lease = LeaseConfig {
+        LeaseConfig {
             lease_duration: Duration::from_secs(args.lease_duration_seconds),
             renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
             retry_period: Duration::from_secs(args.retry_period_seconds),
             ..LeaseConfig::new(&namespace, &args.leader_election_name, &identity)
-        };
-        let mut elector = LeaderElector::new(cp.client.clone(), lease)?;
-        let renewed = tokio::select! {
-            at = elector.acquire() => at,
-            () = shutdown_signal() => return Ok(ExitCode::SUCCESS),
-        };
-        metrics.set_leader(true);
-        let lost = tokio::select! {
-            lost = elector.hold(renewed) => Some(lost),
-            () = controller::run(cp.client, config, metrics.clone()) => None,
-            () = shutdown_signal() => None,
-        };
-        // The controller future is dropped: its reconciles are aborted at their next await.
-        // Give them a moment to unwind before a standby may take over.
-        metrics.set_leader(false);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        match lost {
-            Some(lost) => {
-                tracing::error!(reason = %lost, "lost leadership; exiting so no stale leader acts");
-                Ok(ExitCode::FAILURE)
-            }
-            None => {
-                tracing::info!("shutting down");
-                elector.release().await;
-                Ok(ExitCode::SUCCESS)
-            }
         }
-    })
-}
-
-fn default_identity() -> String {
-    if let Ok(pod) = std::env::var("POD_NAME") {
-        return pod;
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "kpromote".to_owned());
-    format!("{host}-{}", std::process::id())
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    });
+    let options = ServeOptions {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+        config,
+        metrics_address,
+        lease,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(serve::serve(options, serve::shutdown_signal()))? {
+        Ended::Shutdown => Ok(ExitCode::SUCCESS),
+        Ended::LostLeadership(_) => Ok(ExitCode::FAILURE),
     }
 }

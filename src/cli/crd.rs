@@ -8,6 +8,6 @@ pub struct Args {}
 
 /// Prints the CRD YAML to stdout.
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    print!("{}", kpromote::policy::crds_yaml()?);
+    print!("{}", kpromote_core::policy::crds_yaml()?);
     Ok(ExitCode::SUCCESS)
 }

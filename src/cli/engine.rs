@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use kpromote::access::ClusterClient;
-use kpromote::engine::live::RetryPolicy;
-use kpromote::engine::{EngineOptions, Inventory, LiveCluster, ProgressFn, Report, promote, rollback};
-use kpromote::journal::Journal;
-use kpromote::restore::plan::{DetachPlan, RestorePlan};
+use kpromote_core::access::ClusterClient;
+use kpromote_core::engine::live::RetryPolicy;
+use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, ProgressFn, Report, promote, rollback};
+use kpromote_core::journal::Journal;
+use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 
 /// How to reach the two clusters.
 #[derive(Debug, clap::Args)]
@@ -107,7 +107,7 @@ pub struct PromoteArgs {
     #[arg(long = "allow-escalating-binding", value_name = "NAME")]
     allow_escalating_bindings: Vec<String>,
     /// Directory of the backup archive.
-    #[arg(long, value_name = "DIR", default_value = kpromote::backup::DEFAULT_OUTPUT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_OUTPUT_DIR)]
     backup_dir: PathBuf,
     /// Name recorded in the archive and used as its file name's prefix.
     #[arg(long, value_name = "NAME", default_value = "kpromote")]
@@ -145,7 +145,7 @@ pub struct RollbackArgs {
 }
 
 fn open_journal(archive: &Path, direction: &str, inv: &Inventory) -> anyhow::Result<Arc<Mutex<Journal>>> {
-    Ok(kpromote::engine::open_journal(archive, direction, inv)?)
+    Ok(kpromote_core::engine::open_journal(archive, direction, inv)?)
 }
 
 fn load(archive: &Path) -> anyhow::Result<Inventory> {
@@ -164,23 +164,23 @@ async fn precheck_and_backup(
         "name the namespaces to promote with -n/--namespace, or resume with --archive"
     );
     let excluded = args.exclude.clone().unwrap_or_else(|| {
-        kpromote::resources::DEFAULT_EXCLUDED_RESOURCES
+        kpromote_core::resources::DEFAULT_EXCLUDED_RESOURCES
             .iter()
             .map(|s| (*s).to_owned())
             .collect()
     });
-    let request = kpromote::precheck::PrecheckRequest {
+    let request = kpromote_core::precheck::PrecheckRequest {
         namespaces: args.namespaces.clone(),
         excluded: excluded.clone(),
         cluster_name: args.clusters.cluster_name.clone(),
-        forbidden_namespaces: kpromote::precheck::DEFAULT_FORBIDDEN_NAMESPACES
+        forbidden_namespaces: kpromote_core::precheck::DEFAULT_FORBIDDEN_NAMESPACES
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
         busy_namespaces: Vec::new(),
         allowed_escalating_bindings: args.allow_escalating_bindings.clone(),
     };
-    if let Err(failed) = kpromote::precheck::precheck(&member.client, &cp.client, &request).await {
+    if let Err(failed) = kpromote_core::precheck::precheck(&member.client, &cp.client, &request).await {
         for error in &failed.errors {
             eprintln!("precheck: {error}");
         }
@@ -189,11 +189,11 @@ async fn precheck_and_backup(
             failed.errors.len()
         );
     }
-    let backup = kpromote::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
+    let backup = kpromote_core::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
         .excluded(excluded)
         .output_dir(dir)
         .cluster_name(&args.clusters.cluster_name);
-    let report = kpromote::backup::run(&member.client, &backup).await?;
+    let report = kpromote_core::backup::run(&member.client, &backup).await?;
     eprintln!(
         "backup: {} ({} objects)",
         report.path.display(),
@@ -219,10 +219,10 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
             print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
             return Ok(ExitCode::SUCCESS);
         }
-        let _lock = kpromote::engine::lock_archive(&archive)?;
-        let journal = match kpromote::engine::open_journal(&archive, "promote", &inv) {
-            Err(kpromote::journal::JournalError::Finished { outcome, path })
-                if outcome == kpromote::engine::COMPLETED =>
+        let _lock = kpromote_core::engine::lock_archive(&archive)?;
+        let journal = match kpromote_core::engine::open_journal(&archive, "promote", &inv) {
+            Err(kpromote_core::journal::JournalError::Finished { outcome, path })
+                if outcome == kpromote_core::engine::COMPLETED =>
             {
                 println!(
                     "already promoted: journal {} records the run as completed",
@@ -269,7 +269,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
-        let _lock = kpromote::engine::lock_archive(&args.archive)?;
+        let _lock = kpromote_core::engine::lock_archive(&args.archive)?;
         let journal = open_journal(&args.archive, "rollback", &inv)?;
         let progress = progress_printer();
         let report = rollback::rollback(
@@ -332,7 +332,7 @@ fn plan_text(inv: &Inventory, cluster_name: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn join(keys: &[kpromote::object::ObjectKey]) -> String {
+fn join(keys: &[kpromote_model::object_key::ObjectKey]) -> String {
     keys.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()

@@ -5,11 +5,9 @@ mod archive;
 mod backup;
 mod controller;
 mod crd;
-mod demo;
 mod engine;
 mod shell;
 mod status;
-mod testenv;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,17 +30,12 @@ enum Command {
     Controller(controller::Args),
     /// Print the CRDs kpromote installs (PromotePolicy, and Kosmos Cluster for setups without Kosmos).
     Crd(crd::Args),
-    /// Run the main job end to end on two local clusters: the design's nginx example is
-    /// promoted from the member into the control plane, then rolled back.
-    Demo(demo::Args),
     /// Promote namespaces of a member cluster into the Kosmos control plane, without restarting
     /// a pod (resumes where an interrupted run stopped).
     Promote(engine::PromoteArgs),
     /// Roll a promotion back from its archive: the member's owners re-adopt the running pods and
     /// the control plane loses exactly what promote created.
     Rollback(engine::RollbackArgs),
-    /// Start local Kubernetes clusters built from upstream sources (for trying kpromote and tests).
-    Testenv(testenv::Args),
     /// Summarize an archive offline: version, source cluster, policy, counts per resource and
     /// namespace; `--list` lists its objects.
     Inspect(archive::InspectArgs),
@@ -91,10 +84,8 @@ pub fn main() -> ExitCode {
         Command::Backup(args) => backup::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Crd(args) => crd::run(args),
-        Command::Demo(args) => demo::run(args),
         Command::Promote(args) => engine::run_promote(args),
         Command::Rollback(args) => engine::run_rollback(args),
-        Command::Testenv(args) => testenv::run(args),
         Command::Inspect(args) => archive::inspect(args),
         Command::Show(args) => archive::show(args),
         Command::Verify(args) => archive::verify(args),

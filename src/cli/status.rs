@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kpromote::run_status::{self, DirectionStatus, RunState, RunStatus};
+use kpromote_core::run_status::{self, DirectionStatus, RunState, RunStatus};
 
 /// How many remaining objects the text output names per step.
 const SHOWN: usize = 5;

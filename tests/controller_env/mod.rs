@@ -8,9 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kpromote::kosmos::cluster::{Cluster, ClusterSpec};
-use kpromote::policy::{Phase, PromotePolicy};
-use kpromote::testenv::{Binaries, FakeKubelet, TestEnv};
+use kpromote_core::kosmos::cluster::{Cluster, ClusterSpec};
+use kpromote_core::policy::{Phase, PromotePolicy};
+use kpromote_testenv::{Binaries, FakeKubelet, TestEnv};
 use kube::api::PostParams;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
@@ -241,7 +241,7 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     fn spawn(env: &Env, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let metrics_port = kpromote::testenv::process::free_port().unwrap();
+        let metrics_port = kpromote_testenv::process::free_port().unwrap();
         let log_path = env
             .env
             .cluster("control-plane")
@@ -268,7 +268,7 @@ impl ControllerProcess {
             }
         }
         cmd.args(args)
-            .env_remove(kpromote::journal::FAILPOINT_ENV)
+            .env_remove(kpromote_core::journal::FAILPOINT_ENV)
             .env("RUST_LOG", "info,kpromote=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

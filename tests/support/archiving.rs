@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kpromote::archive::{
+use kpromote_archive::{
     ArchiveFacts, ArchiveWriter, Inclusion, NewObject, PolicyFacts, SourceCluster, WriterOptions,
 };
-use kpromote::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES};
+use kpromote_core::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client};
 

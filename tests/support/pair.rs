@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use kpromote::testenv::{Clustertree, FakeKubelet, KosmosKit, TestEnv, register_virtual_node};
+use kpromote_testenv::{Clustertree, FakeKubelet, KosmosKit, TestEnv, register_virtual_node};
 use kube::Client;
 
 /// A control plane and a member, ready for a promote.

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use kpromote::engine::{EngineError, EngineOptions, Inventory, LiveCluster, Report, SharedJournal};
-use kpromote::journal::Journal;
+use kpromote_core::engine::{EngineError, EngineOptions, Inventory, LiveCluster, Report, SharedJournal};
+use kpromote_core::journal::Journal;
 use kube::Client;
 
 use super::archiving;
@@ -68,7 +68,7 @@ impl Promotion {
         auto_rollback: bool,
     ) -> Result<Report, EngineError> {
         let rollback_journal = auto_rollback.then(|| self.journal("auto-rollback.journal", "rollback"));
-        kpromote::engine::promote::promote(
+        kpromote_core::engine::promote::promote(
             &self.member,
             &self.cp,
             &self.inv,
@@ -83,7 +83,7 @@ impl Promotion {
 
     /// Rollback, journaled in `journal` (a new name starts a new run, the same name resumes).
     pub async fn rollback(&self, journal: &str, opts: &EngineOptions) -> Result<Report, EngineError> {
-        kpromote::engine::rollback::rollback(
+        kpromote_core::engine::rollback::rollback(
             &self.member,
             &self.cp,
             &self.inv,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real Kosmos clustertree cluster-manager and the Kosmos CRDs where the tests and
-# `kpromote demo` look for them: ~/.cache/kpromote/kosmos/current/{clustertree-cluster-manager,crds/}
+# `kpromote-testenv demo` look for them: ~/.cache/kpromote/kosmos/current/{clustertree-cluster-manager,crds/}
 # (or under $XDG_CACHE_HOME). Prints that directory. kpromote itself never needs them.
 #
 # Sources, first found:

@@ -1,0 +1,509 @@
+//! Rebuilding archived objects in a target cluster, level by level in restore-plan order: the
+//! control plane on promote, the member's detached owners on rollback.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::detach::lock_report;
+use super::inventory::{Inventory, stamp, stamped_by};
+use super::live::{LiveCluster, LiveError};
+use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
+use crate::plan::order::{RestorePlan, WaitPoint};
+use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
+use crate::plan::twin::admission_changes;
+use kpromote_model::object_key::ObjectKey;
+use kpromote_model::ownership::OwnerReference;
+
+/// Journal step that points a dependent's ownerReference at its re-created owner.
+pub const STEP_ADOPT: &str = "adopt";
+
+/// How many dependents of one type in one namespace make a LIST cheaper than a GET each.
+const PREFETCH_MIN: usize = 8;
+
+/// The journal name of pointing `dependent` at `owner`.
+fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
+    format!("{dependent}<-{owner}")
+}
+
+/// How an object ended up in the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Created by this run (or by an earlier attempt of it: it carries the stamp).
+    Created(String),
+    /// Was there already; left untouched, but owns like any other object.
+    Existed(String),
+    /// Merged into the target's own object.
+    Merged(String),
+    /// Not restored.
+    Skipped,
+}
+
+/// Restores objects of an [`Inventory`] into one target cluster.
+#[derive(Debug)]
+pub struct Restorer<'a> {
+    /// The target cluster.
+    pub target: &'a LiveCluster,
+    /// The archived objects.
+    pub inv: &'a Inventory,
+    /// Control plane or member.
+    pub kind: Target,
+    /// The run's journal.
+    pub journal: &'a SharedJournal,
+    /// Options.
+    pub opts: &'a EngineOptions,
+    /// Journal step name of one object's restore (`restore` or `recreate`).
+    pub step: &'static str,
+    /// Whether created objects carry the archive's stamp (the control plane's do: rollback
+    /// removes exactly those).
+    pub stamp: bool,
+}
+
+impl Restorer<'_> {
+    /// Restores every object of `plan`; `ctx` holds the UIDs of owners already in the target and
+    /// learns each new one. After each level, the dependents of the level's objects get their
+    /// ownerReferences pointed at them.
+    ///
+    /// # Errors
+    /// The first object that could not be restored (its level finishes first), API and journal
+    /// errors.
+    pub async fn run(
+        &self,
+        plan: &RestorePlan,
+        ctx: &mut TransformContext,
+        report: &Mutex<Report>,
+        on_progress: Option<&ProgressFn>,
+    ) -> Result<(), EngineError> {
+        let total = plan.len() as u64;
+        let mut done = 0;
+        // Announce the step before its first level: observers (the controller's phase) must
+        // attribute a failure in that level to this step.
+        progress(on_progress, self.step, 0, total);
+        let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut adopt_pending: Option<&[ObjectKey]> = None;
+        for (index, level) in plan.levels.iter().enumerate() {
+            if index > 0 && level.height > 0 {
+                self.barrier(level).await?;
+            }
+            // The previous level's dependents are pointed at it only now, after the settle: by
+            // then the target's controllers have adopted by selector what they adopt, so those
+            // dependents need no patch from us.
+            if let Some(owners) = adopt_pending.take() {
+                self.adopt_dependents(owners, ctx, report).await?;
+            }
+            let snapshot = ctx.clone();
+            // The futures are made before streaming them: a `map` closure kept in the stream
+            // across `.await` makes the run fail `Send` for spawned callers (the controller;
+            // rust-lang/rust#110338).
+            let restores: Vec<_> = level
+                .objects
+                .iter()
+                .map(|key| {
+                    let snapshot = &snapshot;
+                    async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
+                })
+                .collect();
+            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(restores)
+                .buffer_unordered(self.opts.concurrency)
+                .collect()
+                .await;
+            let mut first_error = None;
+            for (key, result) in results {
+                match result {
+                    Ok(Outcome::Created(uid) | Outcome::Existed(uid) | Outcome::Merged(uid)) => {
+                        if let Some(old) = self.inv.uid(&key) {
+                            ctx.record_created(old, &uid);
+                        }
+                        restored.insert(key);
+                    }
+                    Ok(Outcome::Skipped) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            if let Some(wait) = level.wait_after {
+                self.wait(wait, &level.objects).await?;
+            }
+            adopt_pending = Some(&level.objects);
+            done += level.objects.len() as u64;
+            lock(self.journal).sync()?;
+            progress(on_progress, self.step, done, total);
+        }
+        if let Some(owners) = adopt_pending {
+            self.adopt_dependents(owners, ctx, report).await?;
+            lock(self.journal).sync()?;
+        }
+        Ok(())
+    }
+
+    /// Before a level of owners: the target's controllers must have seen what they will adopt
+    /// (see [`super::barrier`]), or — only when asked for with a non-zero `settle` — a fixed pause.
+    async fn barrier(&self, level: &crate::plan::order::Level) -> Result<(), EngineError> {
+        if !self.opts.settle.is_zero() {
+            tokio::time::sleep(self.opts.settle).await;
+            return Ok(());
+        }
+        let needs = super::barrier::Needs::of(&level.objects);
+        let Some(ns) = level.objects.iter().find_map(|k| k.namespace.as_deref()) else {
+            return Ok(());
+        };
+        super::barrier::observe(self.target, ns, needs, self.opts.barrier_timeout).await
+    }
+
+    async fn restore_one(
+        &self,
+        key: &ObjectKey,
+        ctx: &TransformContext,
+        report: &Mutex<Report>,
+    ) -> Result<Outcome, EngineError> {
+        let name = key.to_string();
+        if let Some(outcome) = self.journaled(&name) {
+            return Ok(outcome);
+        }
+        let archived = &self.inv.objects[key];
+        let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform {
+            key: key.clone(),
+            source,
+        })?;
+        let outcome = match prepared {
+            Prepared::Skip(reason) => {
+                lock_report(report)
+                    .skipped
+                    .insert(name.clone(), reason.reason().to_owned());
+                Outcome::Skipped
+            }
+            Prepared::Merge(merge) => {
+                let api = self.target.api_for(key, archived)?;
+                let live = self.wait_exists(&api, key).await?;
+                let uid = live.metadata.uid.clone().unwrap_or_default();
+                let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                if let Some(patch) = merge.patch_for(&live) {
+                    self.target.merge_patch(&api, key, &patch).await?;
+                }
+                lock_report(report).merged.push(name.clone());
+                Outcome::Merged(uid)
+            }
+            Prepared::Create(creation) => {
+                let mut object = creation.object;
+                if self.stamp {
+                    stamp(&mut object, &self.inv.archive_id);
+                }
+                let api = self.target.api_for(key, &object)?;
+                lock(self.journal).begin(self.step, &name, Value::Null)?;
+                let (outcome, live) = match self.target.create(&api, key, &object).await {
+                    Ok(created) => (
+                        Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
+                        serde_json::to_value(&created).unwrap_or(Value::Null),
+                    ),
+                    Err(LiveError::AlreadyExists { .. }) => {
+                        let live =
+                            self.target
+                                .get_opt(&api, key)
+                                .await?
+                                .ok_or_else(|| LiveError::NotFound {
+                                    cluster: self.target.role.clone(),
+                                    key: key.clone(),
+                                })?;
+                        let uid = live.metadata.uid.clone().unwrap_or_default();
+                        let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                        if self.stamp && stamped_by(&live, &self.inv.archive_id) {
+                            (Outcome::Created(uid), live)
+                        } else {
+                            (Outcome::Existed(uid), live)
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                // A pod admission changed would differ from the member pod it mirrors: Kosmos
+                // would try to update the running pod forever. Stop before anything else.
+                if matches!(outcome, Outcome::Created(_))
+                    && matches!(self.kind, Target::ControlPlane { .. })
+                    && key.is("", "pods")
+                {
+                    let changes = admission_changes(archived, &object, &live);
+                    if !changes.is_empty() {
+                        return Err(EngineError::AdmissionChanged {
+                            key: key.clone(),
+                            changes,
+                        });
+                    }
+                }
+                if let (Outcome::Created(_), Some(status)) = (&outcome, &creation.status) {
+                    self.target
+                        .merge_patch_status(&api, key, &json!({ "status": status }))
+                        .await?;
+                }
+                for finalizer in &creation.dropped_finalizers {
+                    lock_report(report).warnings.push(format!(
+                        "{name}: finalizer {finalizer} not copied: its controller runs in the member, and nothing \
+                         in the control plane would remove it"
+                    ));
+                }
+                for dropped in &creation.owner_references.dropped {
+                    lock_report(report).warnings.push(format!(
+                        "{name}: ownerReference to {} {} dropped: the owner is not in the archive",
+                        dropped.kind, dropped.name
+                    ));
+                }
+                let mut r = lock_report(report);
+                match &outcome {
+                    Outcome::Created(_) => r.created.push(name.clone()),
+                    Outcome::Existed(_) => r.existed.push(name.clone()),
+                    _ => {}
+                }
+                outcome
+            }
+        };
+        let data = match &outcome {
+            Outcome::Created(uid) => json!({ "outcome": "created", "uid": uid }),
+            Outcome::Existed(uid) => json!({ "outcome": "existed", "uid": uid }),
+            Outcome::Merged(uid) => json!({ "outcome": "merged", "uid": uid }),
+            Outcome::Skipped => json!({ "outcome": "skipped" }),
+        };
+        lock(self.journal).done(self.step, &name, data)?;
+        Ok(outcome)
+    }
+
+    /// The outcome an earlier attempt journaled for this object, if it finished.
+    fn journaled(&self, name: &str) -> Option<Outcome> {
+        let journal = lock(self.journal);
+        let record = journal
+            .get(self.step, name)
+            .filter(|r| r.state == crate::journal::State::Done)?;
+        let uid = record
+            .data
+            .get("uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Some(match record.data.get("outcome").and_then(Value::as_str) {
+            Some("created") => Outcome::Created(uid),
+            Some("existed") => Outcome::Existed(uid),
+            Some("merged") => Outcome::Merged(uid),
+            _ => Outcome::Skipped,
+        })
+    }
+
+    /// Points every archived dependent of `owners` at its owner's UID in the target, as the
+    /// archive recorded it. The target's controllers adopt by selector too; this makes the
+    /// ownership exact for kinds no controller adopts (a custom resource owning a Deployment).
+    async fn adopt_dependents(
+        &self,
+        owners: &[ObjectKey],
+        ctx: &TransformContext,
+        report: &Mutex<Report>,
+    ) -> Result<(), EngineError> {
+        let mut pairs = Vec::new();
+        for owner in owners {
+            let Some(owner_uid) = self.inv.uid(owner) else {
+                continue;
+            };
+            if ctx.new_uid(owner_uid).is_none() {
+                continue;
+            }
+            for dependent in self.inv.graph.dependents(owner) {
+                let refs: Vec<OwnerReference> = self
+                    .inv
+                    .graph
+                    .record(dependent)
+                    .map(|r| {
+                        r.owner_references
+                            .iter()
+                            .filter(|o| o.uid == owner_uid)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !refs.is_empty() {
+                    pairs.push((dependent.clone(), owner.clone(), refs));
+                }
+            }
+        }
+        pairs.retain(|(dependent, owner, _)| {
+            !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(dependent, owner))
+        });
+        let mut prefetched = self
+            .prefetch(pairs.iter().map(|(dependent, _, _)| dependent))
+            .await?;
+        let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
+            .map(|(dependent, owner, refs)| {
+                let live = prefetched.remove(&dependent);
+                async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
+            })
+            .buffer_unordered(self.opts.concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// The live state of many `dependents` at once: one LIST per type and namespace where at
+    /// least [`PREFETCH_MIN`] dependents share them, instead of a GET each (a level of 100
+    /// ReplicaSets has 1,000 pods to check). `None` inside: listed, and not in the target.
+    async fn prefetch<'k>(
+        &self,
+        dependents: impl Iterator<Item = &'k ObjectKey>,
+    ) -> Result<HashMap<ObjectKey, Option<Value>>, EngineError> {
+        let mut by_list: BTreeMap<(&str, &str, Option<&str>), Vec<&ObjectKey>> = BTreeMap::new();
+        for key in dependents {
+            by_list
+                .entry((&key.group, &key.resource, key.namespace.as_deref()))
+                .or_default()
+                .push(key);
+        }
+        let mut views = HashMap::new();
+        for keys in by_list.into_values().filter(|keys| keys.len() >= PREFETCH_MIN) {
+            let first = keys[0];
+            let api = self.target.api_for(first, &self.inv.objects[first])?;
+            let listed = self.target.list_by_name(&api, first).await?;
+            for key in keys {
+                let view = listed
+                    .get(&key.name)
+                    .map(|live| serde_json::to_value(live).unwrap_or(Value::Null));
+                views.insert(key.clone(), view);
+            }
+        }
+        Ok(views)
+    }
+
+    /// Points `dependent` at `owner`'s new UID unless it already is; `prefetched` is its live
+    /// state from [`Self::prefetch`], read again only if a patch based on it conflicts.
+    async fn adopt(
+        &self,
+        dependent: &ObjectKey,
+        owner: &ObjectKey,
+        refs: &[OwnerReference],
+        ctx: &TransformContext,
+        report: &Mutex<Report>,
+        mut prefetched: Option<Option<Value>>,
+    ) -> Result<(), EngineError> {
+        let name = adoption_name(dependent, owner);
+        let api = self.target.api_for(dependent, &self.inv.objects[dependent])?;
+        for _ in 0..5 {
+            let live = match prefetched.take() {
+                Some(view) => view,
+                None => self
+                    .target
+                    .get_opt(&api, dependent)
+                    .await?
+                    .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+            };
+            let Some(live) = live else {
+                // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
+                break;
+            };
+            if self.stamp && !stamped_by(&live, &self.inv.archive_id) {
+                // It existed before promote: left as it was.
+                break;
+            }
+            let adoption = adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
+                key: dependent.clone(),
+                source,
+            })?;
+            for conflict in &adoption.conflicts {
+                lock_report(report).warnings.push(format!(
+                    "{dependent}: already controlled by another owner; not adding {} {}",
+                    conflict.kind, conflict.name
+                ));
+            }
+            let Some(patch) = adoption.patch else { break };
+            match self.target.merge_patch(&api, dependent, &patch).await {
+                Ok(_) => {
+                    lock_report(report).adopted.push(name.clone());
+                    break;
+                }
+                // A controller adopted it between our read and write: read again.
+                Err(LiveError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        lock(self.journal).done(STEP_ADOPT, &name, Value::Null)?;
+        Ok(())
+    }
+
+    async fn wait(&self, wait: WaitPoint, objects: &[ObjectKey]) -> Result<(), EngineError> {
+        match wait {
+            WaitPoint::CrdsEstablished => {
+                for key in objects
+                    .iter()
+                    .filter(|k| k.is("apiextensions.k8s.io", "customresourcedefinitions"))
+                {
+                    self.wait_for(key, "the CRD to be Established", |obj| {
+                        obj.pointer("/status/conditions")
+                            .and_then(Value::as_array)
+                            .is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+                            })
+                    })
+                    .await?;
+                }
+                // The target now serves the new types: the next levels' requests name them directly.
+            }
+            WaitPoint::DefaultServiceAccounts => {
+                for ns in objects.iter().filter(|k| k.is("", "namespaces")) {
+                    let sa = ObjectKey::namespaced("", "serviceaccounts", &ns.name, "default");
+                    let api = self.target.api(&sa, "v1", "ServiceAccount");
+                    self.wait_exists(&api, &sa).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        key: &ObjectKey,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Result<(), EngineError> {
+        let api = self.target.api_for(key, &self.inv.objects[key])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(obj) = self.target.get_opt(&api, key).await?
+                && ready(&serde_json::to_value(&obj).unwrap_or(Value::Null))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LiveError::Timeout {
+                    cluster: self.target.role.clone(),
+                    key: key.clone(),
+                    what: what.into(),
+                    seconds: 60,
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_exists(
+        &self,
+        api: &kube::Api<kube::api::DynamicObject>,
+        key: &ObjectKey,
+    ) -> Result<kube::api::DynamicObject, EngineError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(obj) = self.target.get_opt(api, key).await? {
+                return Ok(obj);
+            }
+            if Instant::now() >= deadline {
+                return Err(LiveError::Timeout {
+                    cluster: self.target.role.clone(),
+                    key: key.clone(),
+                    what: "the target's controllers to create it".into(),
+                    seconds: 60,
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! What changed in the control plane since promote, found before rollback deletes anything:
+//! objects users created in the promoted namespaces, and objects promote created whose spec they
+//! edited. Rolling back deletes the first and re-creates the member's owners from the archive,
+//! reverting the second (an edited pod template would even roll out new pods in the member), so
+//! rollback refuses unless told to discard them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::DynamicObject;
+use serde_json::Value;
+
+use super::live::LiveCluster;
+use super::{EngineError, LiveError};
+use crate::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES, GroupResource};
+use kpromote_model::object_key::ObjectKey;
+
+/// Kinds whose objects a controller makes from another object's spec: one made since promote
+/// from an object promote created is derived, not user work — except these, which mean new pods
+/// or a rollout in the member.
+const REPORTED_EVEN_WHEN_DERIVED: &[(&str, &str)] = &[
+    ("", "pods"),
+    ("apps", "replicasets"),
+    ("apps", "controllerrevisions"),
+];
+
+/// Changes found; empty when the control plane holds exactly what promote made.
+#[derive(Debug, Default)]
+pub struct Drift {
+    /// Objects created since promote in the promoted namespaces.
+    pub added: Vec<ObjectKey>,
+    /// Objects promote created whose spec changed since (generation above 1).
+    pub edited: Vec<(ObjectKey, i64)>,
+    /// Types this process may not list, so not checked for added objects.
+    pub unchecked: Vec<String>,
+}
+
+impl Drift {
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.edited.is_empty()
+    }
+
+    /// One line per change.
+    #[must_use]
+    pub fn describe(&self) -> Vec<String> {
+        self.added
+            .iter()
+            .map(|k| format!("{k} was created in the control plane after promote"))
+            .chain(
+                self.edited.iter().map(|(k, g)| {
+                    format!("{k} was edited in the control plane after promote (generation {g})")
+                }),
+            )
+            .collect()
+    }
+}
+
+/// Compares the control plane with `created` (what promote created there, live) in
+/// `namespaces` (the namespaces it created); `stamped` tells a live object promote created.
+///
+/// # Errors
+/// Discovery and API errors.
+pub async fn detect(
+    cp: &LiveCluster,
+    created: &BTreeMap<ObjectKey, Value>,
+    namespaces: &BTreeSet<String>,
+    stamped: impl Fn(&Value) -> bool,
+) -> Result<Drift, EngineError> {
+    let mut drift = Drift::default();
+    for (key, live) in created {
+        if let Some(generation) = live.pointer("/metadata/generation").and_then(Value::as_i64)
+            && generation > 1
+        {
+            drift.edited.push((key.clone(), generation));
+        }
+    }
+    if namespaces.is_empty() {
+        return Ok(drift);
+    }
+    // Discovery is many requests; like every other call it rides out a busy API server.
+    let deadline = std::time::Instant::now() + cp.retry.deadline;
+    let mut attempt = 0;
+    let surface = loop {
+        match ApiSurface::discover(&cp.client).await {
+            Ok(surface) => break surface,
+            Err(e) => {
+                attempt += 1;
+                let pause = cp.retry.delay(attempt, None);
+                if std::time::Instant::now() + pause > deadline {
+                    return Err(LiveError::Unavailable {
+                        cluster: cp.role.clone(),
+                        verb: "discover",
+                        key: ObjectKey::cluster(
+                            "",
+                            "namespaces",
+                            namespaces.iter().next().map_or("", String::as_str),
+                        ),
+                        detail: e.to_string(),
+                    }
+                    .into());
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    // Events and the endpoints the control plane derives from Services are nobody's work.
+    let excluded = surface
+        .resolve_exclusions(
+            DEFAULT_EXCLUDED_RESOURCES
+                .iter()
+                .filter(|n| surface.resolve(n).is_ok()),
+        )
+        .unwrap_or_default();
+    let our_uids: BTreeSet<&str> = created
+        .values()
+        .filter_map(|v| v.pointer("/metadata/uid").and_then(Value::as_str))
+        .collect();
+    let lists: Vec<(GroupResource, String, kube::Api<DynamicObject>)> = surface
+        .resources()
+        .iter()
+        .filter(|r| r.is_backup_candidate() && !excluded.contains(&r.group_resource))
+        .flat_map(|r| {
+            namespaces.iter().map(move |ns| {
+                (
+                    r.group_resource.clone(),
+                    ns.clone(),
+                    kube::Api::namespaced_with(cp.client.clone(), ns, &r.api_resource()),
+                )
+            })
+        })
+        .collect();
+    let listed: Vec<(Vec<ObjectKey>, Option<String>)> =
+        futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
+            let (stamped, our_uids, created) = (&stamped, &our_uids, created);
+            async move {
+                let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
+                let objects = match cp.list_by_name(&api, &probe).await {
+                    Ok(objects) => objects,
+                    // A type this process may not list (the controller never lists Secrets, and
+                    // is granted no custom resources by default): not checked, and said so.
+                    Err(LiveError::Refused { code: 403, .. }) => {
+                        return Ok::<_, EngineError>((Vec::new(), Some(probe.group_resource().to_string())));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok::<_, EngineError>((
+                    objects
+                        .into_iter()
+                        .filter_map(|(name, object)| {
+                            let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
+                            let value = serde_json::to_value(&object).unwrap_or(Value::Null);
+                            (!created.contains_key(&key)
+                                && !stamped(&value)
+                                && is_user_work(&key, &value, our_uids))
+                            .then_some(key)
+                        })
+                        .collect(),
+                    None,
+                ))
+            }
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    for (added, unchecked) in listed {
+        drift.added.extend(added);
+        drift.unchecked.extend(unchecked);
+    }
+    drift.added.sort();
+    drift.unchecked.sort();
+    drift.unchecked.dedup();
+    Ok(drift)
+}
+
+/// Whether an object promote did not create is someone's work rather than what the control
+/// plane or Kosmos makes in every namespace by itself.
+fn is_user_work(key: &ObjectKey, object: &Value, our_uids: &BTreeSet<&str>) -> bool {
+    let str_at = |p: &str| object.pointer(p).and_then(Value::as_str);
+    let made_by_the_cluster = match (key.group.as_str(), key.resource.as_str()) {
+        ("", "configmaps") => key.name == "kube-root-ca.crt",
+        ("", "serviceaccounts") => key.name == "default",
+        ("", "secrets") => {
+            str_at("/type") == Some("kubernetes.io/service-account-token")
+                // Kosmos's token copy, made when it converts a pod's service-account volume.
+                || key.name == "kosmos-default-token"
+        }
+        _ => false,
+    };
+    // A restore barrier's sentinel a crashed run left behind.
+    let sentinel = object
+        .pointer(&format!(
+            "/metadata/labels/{}",
+            super::barrier::SENTINEL_LABEL.replace('/', "~1")
+        ))
+        .is_some();
+    if made_by_the_cluster || sentinel {
+        return false;
+    }
+    let derived = object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .any(|uid| our_uids.contains(uid))
+        });
+    !derived || REPORTED_EVEN_WHEN_DERIVED.iter().any(|(g, r)| key.is(g, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_the_cluster_makes_is_not_user_work() {
+        let ours: BTreeSet<&str> = ["svc-uid", "rs-uid"].into_iter().collect();
+        let key = |r: &str, n: &str| ObjectKey::namespaced("", r, "shop", n);
+        assert!(!is_user_work(
+            &key("configmaps", "kube-root-ca.crt"),
+            &json!({}),
+            &ours
+        ));
+        assert!(!is_user_work(
+            &key("serviceaccounts", "default"),
+            &json!({}),
+            &ours
+        ));
+        assert!(!is_user_work(
+            &key("secrets", "t"),
+            &json!({"type": "kubernetes.io/service-account-token"}),
+            &ours
+        ));
+        let slice = ObjectKey::namespaced("discovery.k8s.io", "endpointslices", "shop", "web-x");
+        assert!(!is_user_work(
+            &slice,
+            &json!({"metadata": {"ownerReferences": [{"uid": "svc-uid"}]}}),
+            &ours
+        ));
+        // A pod a control-plane ReplicaSet made after promote is a new pod in the member.
+        assert!(is_user_work(
+            &key("pods", "web-new"),
+            &json!({"metadata": {"ownerReferences": [{"uid": "rs-uid"}]}}),
+            &ours
+        ));
+        assert!(is_user_work(&key("configmaps", "notes"), &json!({}), &ours));
+    }
+}

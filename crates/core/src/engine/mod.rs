@@ -1,0 +1,347 @@
+//! The promote and rollback engine.
+//!
+//! Promote: [`detach`](detach::detach) the workload owners in the member top-down with orphan
+//! propagation, [mark](detach::mark_pods) the pods as Kosmos-managed, then
+//! [rebuild](apply::Restorer) every archived object bottom-up in the control plane, rewriting
+//! ownerReferences to the new owners' UIDs. Rollback: take the marks off the member pods,
+//! re-create the detached owners in the member bottom-up so they re-adopt the running pods, and
+//! remove from the control plane exactly what promote created (the objects stamped with the
+//! archive's identity).
+//!
+//! # Guarantees
+//! - No pod is deleted or re-created in the member, and no pod template is changed anywhere.
+//! - Every step is journaled before and after it acts, and checks live state before acting, so
+//!   a run killed at any moment resumes with the same result.
+//! - Rollback needs only the archive: what promote created is recognised by its stamp.
+
+pub mod apply;
+pub mod barrier;
+pub mod detach;
+mod drift;
+pub mod inventory;
+pub mod live;
+pub mod promote;
+pub mod rollback;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::journal::{Journal, JournalError};
+use crate::plan::order::PlanError;
+use crate::plan::transform::TransformError;
+pub use inventory::{Inventory, STAMP_ANNOTATION};
+use kpromote_model::object_key::ObjectKey;
+use kpromote_model::ownership::OwnershipError;
+pub use live::{LiveCluster, LiveError};
+
+/// Knobs of a run.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Objects of one level created (or deleted) at once.
+    pub concurrency: usize,
+    /// A fixed pause before each level of owners instead of the observed barrier
+    /// ([`barrier`]): only when non-zero, as an explicit fallback.
+    pub settle: Duration,
+    /// How long the barrier before a level of owners waits for the target's controllers to show
+    /// they have seen what the owners will adopt.
+    pub barrier_timeout: Duration,
+    /// How long the garbage collector may take to orphan an owner's dependents.
+    pub gc_timeout: Duration,
+    /// How long a namespace may take to be deleted on rollback.
+    pub namespace_timeout: Duration,
+    /// How often promote runs its steps again (resuming from the journal) after a transient
+    /// failure — the API server throttling or restarting for longer than one call's retries —
+    /// before it rolls back.
+    pub step_retries: u32,
+    /// Whether rollback may discard what changed in the control plane since promote (objects
+    /// users created in the promoted namespaces, owners whose spec they edited). Without it,
+    /// rollback refuses and names them.
+    pub discard_changes: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            settle: Duration::ZERO,
+            barrier_timeout: Duration::from_secs(120),
+            gc_timeout: Duration::from_secs(120),
+            namespace_timeout: Duration::from_secs(180),
+            step_retries: 3,
+            discard_changes: false,
+        }
+    }
+}
+
+/// Called with (step, items done, items total) as a run progresses.
+pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// What a run did, object by object.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    /// Owners deleted from the member (orphan propagation).
+    pub detached: Vec<String>,
+    /// Member pods marked Kosmos-managed.
+    pub marked: Vec<String>,
+    /// Objects created in the target.
+    pub created: Vec<String>,
+    /// Objects that already existed in the target and were left as they were.
+    pub existed: Vec<String>,
+    /// Objects merged into the target's own (the `default` ServiceAccount).
+    pub merged: Vec<String>,
+    /// Objects not restored, with the reason.
+    pub skipped: BTreeMap<String, String>,
+    /// Dependents whose ownerReferences were pointed at their re-created owners.
+    pub adopted: Vec<String>,
+    /// Member pods whose Kosmos marks were removed (rollback).
+    pub unmarked: Vec<String>,
+    /// Objects removed from the control plane (rollback).
+    pub deleted: Vec<String>,
+    /// Things a user should know that did not stop the run.
+    pub warnings: Vec<String>,
+    /// API calls that failed transiently (throttled, server error, no answer) and were retried.
+    pub retried_calls: u64,
+    /// Whole steps run again from the journal after a transient failure, with the failure.
+    pub retried_steps: Vec<String>,
+    /// Changes made in the control plane since promote that rollback discarded (only with
+    /// [`EngineOptions::discard_changes`]).
+    pub discarded: Vec<String>,
+}
+
+impl Report {
+    /// The report a run's steps filled, in a stable order.
+    fn finish(report: Mutex<Self>) -> Self {
+        let mut report = report
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.sort();
+        report
+    }
+
+    fn sort(&mut self) {
+        for list in [
+            &mut self.detached,
+            &mut self.marked,
+            &mut self.created,
+            &mut self.existed,
+            &mut self.merged,
+            &mut self.adopted,
+            &mut self.unmarked,
+            &mut self.deleted,
+        ] {
+            list.sort();
+        }
+    }
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The cluster refused or did not answer.
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// The journal could not be written; the run stopped before acting.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// An archived object cannot be restored.
+    #[error("{key}: {source}")]
+    Transform {
+        /// The object.
+        key: ObjectKey,
+        /// Why.
+        source: TransformError,
+    },
+    /// The archived objects' ownerReferences are inconsistent.
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+    /// A plan could not be made.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A member object changed after the backup; promoting the archive would undo the change.
+    #[error(
+        "{key} changed in the member after the backup ({detail}); nothing more was detached — run promote again to take a fresh backup"
+    )]
+    ChangedSinceBackup {
+        /// The object.
+        key: ObjectKey,
+        /// What changed.
+        detail: String,
+    },
+    /// Owners to detach carry finalizers of their own controllers; nothing was detached.
+    #[error(
+        "cannot detach {}: deleting an owner that carries its controller's finalizer makes that controller (an \
+         operator in the member) run its cleanup; nothing was detached — stop the operator or remove the \
+         finalizer, or leave the namespace out",
+        .owners.join(", ")
+    )]
+    OwnerFinalizers {
+        /// Each owner, with its finalizers.
+        owners: Vec<String>,
+    },
+    /// Admission in the control plane changed a pod kpromote created: it would differ from the
+    /// member pod it mirrors, and Kosmos would try to update the running pod forever.
+    #[error("{key} was changed by the control plane's admission: {}; promote stopped at this level of the restore", .changes.iter().map(|c| format!("{} ({})", c.field, c.admission)).collect::<Vec<_>>().join("; "))]
+    AdmissionChanged {
+        /// The pod.
+        key: ObjectKey,
+        /// What changed, and the admission that likely did it.
+        changes: Vec<crate::plan::twin::AdmissionChange>,
+    },
+    /// The control plane changed since promote; rolling back would lose the changes.
+    #[error(
+        "the control plane changed since promote, and rolling back would discard it: {}; keep what you need, then roll back with --discard-changes (spec.discardChanges: true)",
+        .changes.join("; ")
+    )]
+    Drift {
+        /// Each change, described.
+        changes: Vec<String>,
+    },
+    /// A deletion in the control plane waits on something outside kpromote (a finalizer whose
+    /// controller does not run there, for one).
+    #[error("{key} is not going away: {why}")]
+    Stuck {
+        /// The object.
+        key: ObjectKey,
+        /// What the cluster says it waits for.
+        why: String,
+    },
+    /// Promote failed after it had changed the member; the automatic rollback ran.
+    #[error("promote failed: {cause}; {}", match .rollback { Ok(()) => "the automatic rollback restored the member and removed what promote created".to_owned(), Err(e) => format!("the automatic rollback failed too: {e}") })]
+    RolledBack {
+        /// Why promote failed.
+        cause: Box<EngineError>,
+        /// How the rollback went.
+        rollback: Result<(), Box<EngineError>>,
+    },
+}
+
+impl EngineError {
+    /// Whether running the step again may succeed: the cluster did not answer or was
+    /// overloaded past one call's retries, or a wait on its controllers ran out.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Live(e) => e.is_transient() || matches!(e, LiveError::Timeout { .. }),
+            _ => false,
+        }
+    }
+}
+
+/// The journal as the concurrent steps share it.
+pub type SharedJournal = Arc<Mutex<Journal>>;
+
+/// How a closed journal's run finished (see [`Journal::close`]): promote completed.
+pub const COMPLETED: &str = "completed";
+/// See [`COMPLETED`]: the promotion was rolled back.
+pub const ROLLED_BACK: &str = "rolled back";
+
+/// Journal step directions: one journal file per direction beside the archive.
+pub const PROMOTE: &str = "promote";
+/// See [`PROMOTE`].
+pub const ROLLBACK: &str = "rollback";
+
+/// The journal file of `archive` for `direction` ([`PROMOTE`] or [`ROLLBACK`]): beside the
+/// archive, so the command line and the controller resume each other's runs.
+#[must_use]
+pub fn journal_path(archive: &std::path::Path, direction: &str) -> std::path::PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(format!(".{direction}.journal"));
+    std::path::PathBuf::from(name)
+}
+
+/// Opens the journal of `archive` for `direction`; its run is `<direction>:<archive id>`, so a
+/// journal is never applied to another archive.
+///
+/// A journal belongs to one run. A promotion that finished — completed, or rolled back (its
+/// rollback journal is closed) — is never resumed: promoting the archive again would skip the
+/// detach and mark steps its journal records as done although rollback undid them, and the
+/// archive no longer describes the member (rollback re-created its owners). A finished rollback
+/// is retired and a new one starts from live state.
+///
+/// # Errors
+/// The journal's I/O errors, damage, a journal of another run, or
+/// [`JournalError::Finished`] for a promotion that finished.
+pub fn open_journal(
+    archive: &std::path::Path,
+    direction: &str,
+    inv: &Inventory,
+) -> Result<SharedJournal, JournalError> {
+    let run = format!("{direction}:{}", inv.archive_id);
+    let path = journal_path(archive, direction);
+    let journal = Journal::open(&path, &run)?;
+    if direction == PROMOTE {
+        let rolled_back = rollback_closed(archive, inv)?;
+        // A rollback after a completed promotion finishes it for good, whatever the promote
+        // journal says.
+        if let Some(outcome) = rolled_back.or_else(|| journal.closed().map(str::to_owned)) {
+            return Err(JournalError::Finished { path, outcome });
+        }
+    } else if journal.closed().is_some() {
+        drop(journal);
+        crate::journal::retire(&path)?;
+        return Ok(Arc::new(Mutex::new(Journal::open(&path, &run)?)));
+    }
+    Ok(Arc::new(Mutex::new(journal)))
+}
+
+/// An exclusive lock on an archive, held for a whole promote or rollback run: the command line
+/// and the controller (sharing the backup volume) never act on the same archive at once — two
+/// runs interleaving their journals and steps could each undo the other's work. Released when
+/// dropped (or when the process dies: the kernel drops `flock` locks with the process).
+#[derive(Debug)]
+pub struct ArchiveLock {
+    _file: std::fs::File,
+}
+
+/// Takes the [`ArchiveLock`] of `archive`, without waiting.
+///
+/// # Errors
+/// [`JournalError::Locked`] when another process holds it; I/O errors.
+pub fn lock_archive(archive: &std::path::Path) -> Result<ArchiveLock, JournalError> {
+    let file = std::fs::File::open(archive).map_err(|source| JournalError::Io {
+        path: archive.to_owned(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(ArchiveLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
+            path: archive.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io {
+            path: archive.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// How the rollback of `archive` finished, if it did (read without creating the journal).
+fn rollback_closed(archive: &std::path::Path, inv: &Inventory) -> Result<Option<String>, JournalError> {
+    let path = journal_path(archive, ROLLBACK);
+    let Some(records) = crate::journal::read(&path)? else {
+        return Ok(None);
+    };
+    if crate::journal::run_of(&records) != Some(format!("{ROLLBACK}:{}", inv.archive_id).as_str()) {
+        return Ok(None);
+    }
+    Ok(records
+        .iter()
+        .rev()
+        .find(|r| r.step == crate::journal::CLOSED_STEP)
+        .and_then(|r| r.data.get("outcome"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned))
+}
+
+fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn progress(progress: Option<&ProgressFn>, step: &str, done: u64, total: u64) {
+    if let Some(f) = progress {
+        f(step, done, total);
+    }
+}

@@ -1,0 +1,133 @@
+//! Promote: detach, mark, restore — and, when a step after detach fails, the automatic rollback.
+
+use std::sync::Mutex;
+
+use super::apply::Restorer;
+use super::detach::{TwinFactory, detach, mark_pods};
+use super::inventory::Inventory;
+use super::live::LiveCluster;
+use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock};
+use crate::plan::order::{DetachPlan, RestorePlan};
+use crate::plan::transform::{Target, TransformContext};
+
+/// Journal step of one object's restore in the control plane.
+pub const STEP_RESTORE: &str = "restore";
+
+/// Runs promote for an archive already written. `rollback_journal` receives the automatic
+/// rollback's records when a step fails after the member was changed; `None` disables it.
+///
+/// # Errors
+/// The step's error, wrapped in [`EngineError::RolledBack`] when the automatic rollback ran.
+#[allow(clippy::too_many_arguments)]
+pub async fn promote(
+    member: &LiveCluster,
+    control_plane: &LiveCluster,
+    inv: &Inventory,
+    cluster_name: &str,
+    journal: &SharedJournal,
+    rollback_journal: Option<&SharedJournal>,
+    opts: &EngineOptions,
+    on_progress: Option<&ProgressFn>,
+) -> Result<Report, EngineError> {
+    let report = Mutex::new(Report::default());
+    let run = || {
+        steps(
+            member,
+            control_plane,
+            inv,
+            cluster_name,
+            journal,
+            opts,
+            &report,
+            on_progress,
+        )
+    };
+    let mut outcome = run().await;
+    // A sick API server is no reason to undo the promotion against the same sick server: the
+    // steps resume from the journal, so run them again first.
+    let mut retried = 0;
+    while let Err(cause) = &outcome
+        && cause.is_transient()
+        && retried < opts.step_retries
+    {
+        retried += 1;
+        tracing::warn!(error = %cause, attempt = retried, "promote step failed transiently; running it again");
+        super::detach::lock_report(&report)
+            .retried_steps
+            .push(format!("attempt {retried} after: {cause}"));
+        tokio::time::sleep(member.retry.delay(retried, None)).await;
+        outcome = run().await;
+    }
+    let retried_calls = member.retried() + control_plane.retried();
+    super::detach::lock_report(&report).retried_calls = retried_calls;
+    match (outcome, rollback_journal) {
+        (Ok(()), _) => {
+            lock(journal).close(super::COMPLETED)?;
+            Ok(Report::finish(report))
+        }
+        (Err(cause), Some(rj)) => {
+            tracing::error!(error = %cause, "promote failed; rolling back");
+            // What the failed run created is not user work: the automatic rollback discards it.
+            let opts = EngineOptions {
+                discard_changes: true,
+                ..opts.clone()
+            };
+            let rollback =
+                super::rollback::rollback(member, control_plane, inv, cluster_name, rj, &opts, on_progress)
+                    .await
+                    .map(|_| ())
+                    .map_err(Box::new);
+            if rollback.is_ok() {
+                lock(journal).close(super::ROLLED_BACK)?;
+            }
+            Err(EngineError::RolledBack {
+                cause: Box::new(cause),
+                rollback,
+            })
+        }
+        (Err(cause), None) => Err(cause),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps(
+    member: &LiveCluster,
+    control_plane: &LiveCluster,
+    inv: &Inventory,
+    cluster_name: &str,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+    on_progress: Option<&ProgressFn>,
+) -> Result<(), EngineError> {
+    let skipped = inv.skipped_by_restore(cluster_name);
+    let detach_plan = DetachPlan::build(&inv.graph, &skipped);
+    detach(member, inv, &detach_plan, journal, opts, report, on_progress).await?;
+    let twins = TwinFactory::new(inv, cluster_name);
+    mark_pods(member, &twins, &skipped, journal, opts, report, on_progress).await?;
+
+    let plan = RestorePlan::build(&inv.graph);
+    let mut ctx = TransformContext::for_control_plane(inv.objects.values());
+    // Owners an earlier attempt already created keep their UIDs.
+    for record in lock(journal).records(STEP_RESTORE) {
+        if let (Ok(key), Some(uid)) = (
+            record.key.parse(),
+            record.data.get("uid").and_then(serde_json::Value::as_str),
+        ) && let Some(old) = inv.uid(&key)
+        {
+            ctx.record_created(old, uid);
+        }
+    }
+    let restorer = Restorer {
+        target: control_plane,
+        inv,
+        kind: Target::ControlPlane {
+            cluster_name: cluster_name.to_owned(),
+        },
+        journal,
+        opts,
+        step: STEP_RESTORE,
+        stamp: true,
+    };
+    restorer.run(&plan, &mut ctx, report, on_progress).await
+}

@@ -1,0 +1,575 @@
+//! Rollback: the member back to its original state, and the control plane rid of exactly what
+//! promote created — from the archive and live state alone.
+//!
+//! Order, and why:
+//! 1. **Unmark** the member pods: Kosmos deletes a member pod with its control-plane twin only
+//!    while the pod carries `kosmos-io/pod=true`, so the mark goes first.
+//! 2. **Re-create** the detached owners in the member, bottom-up, and point the pods (and other
+//!    dependents) at them: the member's controllers manage the same pods again.
+//! 3. **Tear down** in the control plane every object stamped with this archive: owners top-down
+//!    with orphan propagation, pods with grace period 0 (no kubelet answers for a virtual
+//!    node), the rest, the namespaces, and CRDs promote created. Nothing unstamped is touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::DeleteParams;
+use serde_json::{Value, json};
+
+use super::apply::Restorer;
+use super::detach::{detached_owners, lock_report};
+use super::inventory::{Inventory, stamped_by};
+use super::live::LiveCluster;
+use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
+use crate::kosmos;
+use crate::plan::order::{DetachPlan, RestorePlan, TeardownPlan, TeardownStep};
+use crate::plan::transform::{Target, TransformContext};
+use crate::plan::twin::unmark_patch;
+use kpromote_model::object_key::ObjectKey;
+
+/// Journal step of one member pod's unmarking.
+pub const STEP_UNMARK: &str = "unmark";
+/// Journal step of one re-created member owner.
+pub const STEP_RECREATE: &str = "recreate";
+/// The Secret Kosmos makes in a namespace when it converts a pod's service-account volume.
+const KOSMOS_TOKEN_SECRET: &str = "kosmos-default-token";
+/// Journal step of the check for changes made in the control plane since promote.
+pub const STEP_DRIFT: &str = "drift";
+/// Journal step of one control-plane deletion.
+pub const STEP_TEARDOWN: &str = "teardown";
+
+/// Rolls the promotion of `inv` back.
+///
+/// # Errors
+/// API and journal errors; the rollback can be run again and continues where it stopped.
+pub async fn rollback(
+    member: &LiveCluster,
+    control_plane: &LiveCluster,
+    inv: &Inventory,
+    cluster_name: &str,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    on_progress: Option<&ProgressFn>,
+) -> Result<Report, EngineError> {
+    let report = Mutex::new(Report::default());
+    let ours = Ours {
+        inv,
+        virtual_node: kosmos::virtual_node_name(cluster_name),
+        cluster_name,
+    };
+    check_drift(control_plane, &ours, journal, opts, &report).await?;
+    unmark_member_pods(member, inv, journal, opts, &report).await?;
+    lock(journal).sync()?;
+    progress(on_progress, "unmark", 1, 1);
+
+    let skipped = inv.skipped_by_restore(cluster_name);
+    let detach_plan = DetachPlan::build(&inv.graph, &skipped);
+    let recreate = detached_owners(member, inv, &detach_plan, opts).await?;
+    let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
+    let mut ctx = TransformContext::for_member(inv.objects.iter(), &recreate);
+    let restorer = Restorer {
+        target: member,
+        inv,
+        kind: Target::Member,
+        journal,
+        opts,
+        step: STEP_RECREATE,
+        stamp: false,
+    };
+    restorer.run(&plan, &mut ctx, &report, on_progress).await?;
+
+    teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
+    lock_report(&report).retried_calls = member.retried() + control_plane.retried();
+    lock(journal).close(super::ROLLED_BACK)?;
+    Ok(Report::finish(report))
+}
+
+/// Before rollback changes anything: refuses (or, with `discard_changes`, records) what changed
+/// in the control plane since promote (see [`super::drift`]). Journaled, so a resumed rollback,
+/// whose teardown already removed part of what promote made, does not take its own work for
+/// someone else's.
+async fn check_drift(
+    cp: &LiveCluster,
+    ours: &Ours<'_>,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    if lock(journal).is_done(STEP_DRIFT, "control-plane") {
+        return Ok(());
+    }
+    let (created, namespaces) = created_in_control_plane(cp, ours, opts).await?;
+    let drift = super::drift::detect(cp, &created, &namespaces, |live| ours.stamped(live)).await?;
+    if !drift.unchecked.is_empty() {
+        lock_report(report).warnings.push(format!(
+            "not checked for objects added since promote (not allowed to list them): {}",
+            drift.unchecked.join(", ")
+        ));
+    }
+    if !drift.is_empty() {
+        if !opts.discard_changes {
+            return Err(EngineError::Drift {
+                changes: drift.describe(),
+            });
+        }
+        lock_report(report).discarded.extend(drift.describe());
+    }
+    lock(journal).done(
+        STEP_DRIFT,
+        "control-plane",
+        json!({ "discarded": drift.describe() }),
+    )?;
+    lock(journal).sync()?;
+    Ok(())
+}
+
+async fn unmark_member_pods(
+    member: &LiveCluster,
+    inv: &Inventory,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    futures::stream::iter(inv.pods().map(Ok::<_, EngineError>))
+        .try_for_each_concurrent(opts.concurrency, |(key, archived)| async move {
+            let name = key.to_string();
+            if lock(journal).is_done(STEP_UNMARK, &name) {
+                return Ok(());
+            }
+            let api = member.api_for(key, archived)?;
+            if let Some(live) = member.get_opt(&api, key).await?
+                && live.metadata.uid.as_deref() == inv.uid(key)
+            {
+                let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                if let Some(patch) = unmark_patch(archived, &live) {
+                    member.merge_patch(&api, key, &patch).await?;
+                    lock_report(report).unmarked.push(name.clone());
+                }
+            }
+            lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
+            Ok(())
+        })
+        .await
+}
+
+/// What this promotion created in the control plane: the objects carrying the archive's stamp,
+/// and the pods of a namespace it created that are bound to the member's virtual node.
+///
+/// Pods need the second rule: Kosmos copies the member pod's labels and annotations over the
+/// control-plane pod's whenever it copies status, so a stamp only survives there while the member
+/// pod carries it too (detach stamps both). A namespace promote created held nothing before, and
+/// a pod of an archived name bound to the virtual node there is the copy promote made.
+#[derive(Debug)]
+struct Ours<'a> {
+    inv: &'a Inventory,
+    cluster_name: &'a str,
+    virtual_node: String,
+}
+
+impl Ours<'_> {
+    fn stamped(&self, live: &Value) -> bool {
+        stamped_by(live, &self.inv.archive_id)
+    }
+
+    /// Whether `live`, the control plane's object of `key`, is this promotion's copy;
+    /// `namespaces` are the namespaces it created.
+    fn owns(&self, key: &ObjectKey, live: &Value, namespaces: &BTreeSet<String>) -> bool {
+        self.stamped(live)
+            || (key.is("", "pods")
+                && key.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns))
+                && live.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.virtual_node.as_str()))
+    }
+}
+
+/// The archived objects this promotion created in the control plane (see [`Ours`]), and the
+/// namespaces among them.
+async fn created_in_control_plane(
+    cp: &LiveCluster,
+    ours: &Ours<'_>,
+    opts: &EngineOptions,
+) -> Result<(BTreeMap<ObjectKey, Value>, BTreeSet<String>), EngineError> {
+    let inv = ours.inv;
+    // The futures are made before streaming them (see `Restorer::run`).
+    let lookups: Vec<_> = inv
+        .objects
+        .iter()
+        .map(|(key, archived)| async move {
+            let api = cp.api_for(key, archived)?;
+            Ok::<_, EngineError>(match cp.get_opt(&api, key).await {
+                Ok(Some(live)) => Some((key.clone(), serde_json::to_value(&live).unwrap_or(Value::Null))),
+                Ok(None) => None,
+                // A type the control plane does not serve (its CRD is gone): nothing of it there.
+                Err(e) if matches!(&e, super::LiveError::Refused { code: 404, .. }) => None,
+                Err(e) => return Err(e.into()),
+            })
+        })
+        .collect();
+    let found: Vec<Option<(ObjectKey, Value)>> = futures::stream::iter(lookups)
+        .buffer_unordered(opts.concurrency)
+        .try_collect()
+        .await?;
+    let found: Vec<(ObjectKey, Value)> = found.into_iter().flatten().collect();
+    let namespaces: BTreeSet<String> = found
+        .iter()
+        .filter(|(key, live)| key.is("", "namespaces") && ours.stamped(live))
+        .map(|(key, _)| key.name.clone())
+        .collect();
+    let created = found
+        .into_iter()
+        .filter(|(key, live)| ours.owns(key, live, &namespaces))
+        .collect();
+    Ok((created, namespaces))
+}
+
+async fn teardown(
+    cp: &LiveCluster,
+    ours: &Ours<'_>,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+    on_progress: Option<&ProgressFn>,
+) -> Result<(), EngineError> {
+    let (created, namespaces) = created_in_control_plane(cp, ours, opts).await?;
+    let created: BTreeSet<ObjectKey> = created.into_keys().collect();
+    for ns in &namespaces {
+        release_kosmos_copies(cp, ours, ns, report).await?;
+    }
+    let plan = TeardownPlan::build(&ours.inv.graph, &created)?;
+    let total = created.len() as u64;
+    let mut done = 0;
+    for level in &plan.levels {
+        futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
+            .try_for_each_concurrent(opts.concurrency, |key| {
+                let namespaces = &namespaces;
+                async move { remove(cp, ours, namespaces, key, level.step, journal, opts, report).await }
+            })
+            .await?;
+        done += level.objects.len() as u64;
+        lock(journal).sync()?;
+        progress(on_progress, "teardown", done, total);
+    }
+    Ok(())
+}
+
+/// Takes member cluster `cluster` off the `kosmos-io/cluster-owners` annotation of every
+/// ConfigMap and Secret in control-plane namespace `ns`. Kosmos deletes the member's object of
+/// the same name when an annotated one is deleted in the control plane — whether or not Kosmos
+/// made the member's — and tearing down the namespace deletes them all.
+async fn release_kosmos_copies(
+    cp: &LiveCluster,
+    ours: &Ours<'_>,
+    ns: &str,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    let cluster = ours.cluster_name;
+    // ConfigMaps are listed; Secrets are only ever read by name (the controller may not list
+    // them): the archived ones, and the token copy Kosmos makes.
+    let probe = ObjectKey::namespaced("", "configmaps", ns, "");
+    let configmaps = cp.api(&probe, "v1", "ConfigMap");
+    let mut candidates: Vec<(ObjectKey, kube::api::DynamicObject)> = cp
+        .list_by_name(&configmaps, &probe)
+        .await?
+        .into_iter()
+        .map(|(name, object)| (ObjectKey::namespaced("", "configmaps", ns, &name), object))
+        .collect();
+    let secret_names: BTreeSet<&str> = ours
+        .inv
+        .objects
+        .keys()
+        .filter(|k| k.is("", "secrets") && k.namespace.as_deref() == Some(ns))
+        .map(|k| k.name.as_str())
+        .chain([KOSMOS_TOKEN_SECRET])
+        .collect();
+    for name in secret_names {
+        let key = ObjectKey::namespaced("", "secrets", ns, name);
+        let api = cp.api(&key, "v1", "Secret");
+        if let Some(object) = cp.get_opt(&api, &key).await? {
+            candidates.push((key, object));
+        }
+    }
+    for (key, object) in candidates {
+        let owners = object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(kosmos::CLUSTER_OWNERS_ANNOTATION));
+        let Some(remaining) = owners.and_then(|o| kosmos::without_cluster_owner(o, cluster)) else {
+            continue;
+        };
+        let kind = if key.resource == "secrets" {
+            "Secret"
+        } else {
+            "ConfigMap"
+        };
+        let api = cp.api(&key, "v1", kind);
+        let value = if remaining.is_empty() {
+            Value::Null
+        } else {
+            Value::String(remaining)
+        };
+        let patch = json!({ "metadata": {
+            "annotations": { kosmos::CLUSTER_OWNERS_ANNOTATION: value },
+            "resourceVersion": object.metadata.resource_version,
+        } });
+        cp.merge_patch(&api, &key, &patch).await?;
+        lock_report(report).warnings.push(format!(
+            "{key}: Kosmos had marked it as copied to member {cluster}; the mark was removed so that \
+             deleting it in the control plane does not delete the member's"
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn remove(
+    cp: &LiveCluster,
+    ours: &Ours<'_>,
+    namespaces: &BTreeSet<String>,
+    key: &ObjectKey,
+    step: TeardownStep,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    let name = key.to_string();
+    if lock(journal).is_done(STEP_TEARDOWN, &name) {
+        return Ok(());
+    }
+    let archived = &ours.inv.objects[key];
+    let api = cp.api_for(key, archived)?;
+    let Some(live) = cp.get_opt(&api, key).await? else {
+        lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
+        return Ok(());
+    };
+    let uid = live.metadata.uid.clone();
+    let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
+    if !ours.owns(key, &live_json, namespaces) {
+        lock(journal).done(
+            STEP_TEARDOWN,
+            &name,
+            json!({ "kept": "not created by this promotion" }),
+        )?;
+        return Ok(());
+    }
+    lock(journal).begin(STEP_TEARDOWN, &name, json!({ "uid": uid }))?;
+    remove_copied_finalizers(cp, &api, key, archived, live_json.clone()).await?;
+    match step {
+        TeardownStep::Owners => {
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::orphan())
+                .await?;
+            cp.wait_gone(
+                &api,
+                key,
+                uid.as_deref(),
+                opts.gc_timeout,
+                "the garbage collector to orphan its dependents",
+            )
+            .await?;
+        }
+        TeardownStep::Pods => {
+            if let Some(patch) = unmark_patch(archived, &live_json) {
+                cp.merge_patch(&api, key, &patch).await?;
+            }
+            // No kubelet confirms a graceful deletion of a pod bound to a virtual node.
+            cp.delete(
+                &api,
+                key,
+                uid.as_deref(),
+                DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await?;
+        }
+        TeardownStep::Namespaces => {
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
+                .await?;
+            match cp
+                .wait_gone(
+                    &api,
+                    key,
+                    uid.as_deref(),
+                    opts.namespace_timeout,
+                    "the namespace to be deleted",
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(super::LiveError::Timeout { .. }) => {
+                    let why = match cp.get_opt(&api, key).await? {
+                        Some(ns) => {
+                            let mut why =
+                                namespace_blockers(&serde_json::to_value(&ns).unwrap_or(Value::Null));
+                            let held = held_by_finalizers(cp, ours.inv, &key.name).await?;
+                            if !held.is_empty() {
+                                why.push_str(&format!("; held by finalizers: {}", held.join(", ")));
+                            }
+                            why
+                        }
+                        None => "it is gone now".to_owned(),
+                    };
+                    return Err(EngineError::Stuck {
+                        key: key.clone(),
+                        why: format!(
+                            "still terminating after {}s: {why}",
+                            opts.namespace_timeout.as_secs()
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        _ => {
+            if key.is("", "persistentvolumes") {
+                // Deleting a control-plane volume must never reach the storage behind it.
+                let retain = json!({ "spec": { "persistentVolumeReclaimPolicy": "Retain" } });
+                cp.merge_patch(&api, key, &retain).await?;
+            }
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
+                .await?;
+        }
+    }
+    lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
+    lock_report(report).deleted.push(name);
+    Ok(())
+}
+
+/// Takes off the control-plane copy `key` the finalizers kpromote copied from `archived`. The
+/// patch carries the resourceVersion it was computed from (the list is replaced whole); when the
+/// object changed in between (the volume binder updating a PersistentVolume), it is read again.
+async fn remove_copied_finalizers(
+    cp: &LiveCluster,
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+    archived: &Value,
+    mut live: Value,
+) -> Result<(), EngineError> {
+    for _ in 0..5 {
+        let Some(patch) = copied_finalizers_patch(archived, &live) else {
+            return Ok(());
+        };
+        match cp.merge_patch(api, key, &patch).await {
+            Ok(_) | Err(super::LiveError::NotFound { .. }) => return Ok(()),
+            Err(super::LiveError::Conflict { .. }) => match cp.get_opt(api, key).await? {
+                Some(fresh) => live = serde_json::to_value(&fresh).unwrap_or(Value::Null),
+                None => return Ok(()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(super::LiveError::Conflict {
+        cluster: cp.role.clone(),
+        key: key.clone(),
+        message: "still changing after 5 attempts to take off the finalizers kpromote copied".to_owned(),
+    }
+    .into())
+}
+
+/// The merge patch that takes off a control-plane copy the finalizers kpromote copied from the
+/// archive, before kpromote deletes its own copy: the controllers they stand for run in the
+/// member (or, in the control plane, have nothing left to protect once the copy goes). A
+/// finalizer someone added in the control plane since is kept, and named if it blocks the
+/// namespace. `None` when there is none to take off.
+fn copied_finalizers_patch(archived: &Value, live: &Value) -> Option<Value> {
+    let names = |v: &Value| -> Vec<String> {
+        v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let (copied, present) = (names(archived), names(live));
+    let kept: Vec<&String> = present.iter().filter(|f| !copied.contains(f)).collect();
+    (kept.len() != present.len()).then(|| {
+        json!({ "metadata": {
+            "finalizers": kept,
+            "resourceVersion": live.pointer("/metadata/resourceVersion"),
+        } })
+    })
+}
+
+/// The objects of control-plane namespace `ns` that a finalizer keeps, as `key (finalizers)`,
+/// among the archive's kinds in that namespace: the ones a rollback can name.
+async fn held_by_finalizers(cp: &LiveCluster, inv: &Inventory, ns: &str) -> Result<Vec<String>, EngineError> {
+    let mut kinds: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut probes = Vec::new();
+    for (key, archived) in &inv.objects {
+        if key.namespace.as_deref() == Some(ns) && kinds.insert((&key.group, &key.resource)) {
+            probes.push((key, archived));
+        }
+    }
+    let mut held = Vec::new();
+    for (probe, archived) in probes {
+        let api = cp.api_for(probe, archived)?;
+        let listed = match cp.list_by_name(&api, probe).await {
+            Ok(listed) => listed,
+            // A type this process may not list (Secrets): named by the namespace's conditions.
+            Err(super::LiveError::Refused { code: 403, .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for (name, object) in listed {
+            let finalizers = object.metadata.finalizers.unwrap_or_default();
+            if object.metadata.deletion_timestamp.is_some() && !finalizers.is_empty() {
+                let key = ObjectKey::namespaced(&probe.group, &probe.resource, ns, &name);
+                held.push(format!("{key} ({})", finalizers.join(", ")));
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// What a terminating namespace waits for, from its own conditions (the namespace controller
+/// names the remaining content and finalizers there).
+fn namespace_blockers(namespace: &Value) -> String {
+    let reasons: Vec<String> = namespace
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| {
+            let kind = c["type"].as_str()?;
+            let message = c["message"].as_str().unwrap_or_default();
+            Some(format!("{kind}: {message}"))
+        })
+        .collect();
+    if reasons.is_empty() {
+        "the namespace reports no condition yet".to_owned()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_copied_finalizers_are_taken_off() {
+        let archived =
+            json!({ "metadata": { "finalizers": ["example.com/keep", "kubernetes.io/pvc-protection"] } });
+        let live = json!({ "metadata": { "resourceVersion": "9",
+            "finalizers": ["kubernetes.io/pvc-protection", "example.com/added-later"] } });
+        assert_eq!(
+            copied_finalizers_patch(&archived, &live),
+            Some(
+                json!({ "metadata": { "finalizers": ["example.com/added-later"], "resourceVersion": "9" } })
+            )
+        );
+        assert_eq!(copied_finalizers_patch(&json!({}), &live), None);
+    }
+
+    #[test]
+    fn stuck_namespace_names_what_remains() {
+        let ns = json!({ "status": { "phase": "Terminating", "conditions": [
+            { "type": "NamespaceDeletionDiscoveryFailure", "status": "False", "message": "All resources successfully discovered" },
+            { "type": "NamespaceFinalizersRemaining", "status": "True",
+              "message": "Some content in the namespace has finalizers remaining: example.com/keep in 1 resource instances" },
+        ] } });
+        assert_eq!(
+            namespace_blockers(&ns),
+            "NamespaceFinalizersRemaining: Some content in the namespace has finalizers remaining: example.com/keep in 1 resource instances"
+        );
+    }
+}

@@ -1,19 +1,20 @@
 //! Promote/rollback benchmark against two real local clusters (`cargo bench --bench promote`).
 //!
 //! A namespace of `KPROMOTE_BENCH_DEPLOYMENTS` Deployments (default 100) with
-//! `KPROMOTE_BENCH_REPLICAS` pods each (default 10) is promoted and rolled back; the restore
-//! step's objects per second at the default concurrency is compared with restoring the same
-//! objects one at a time (concurrency 1, same settle pauses), in the same run on the same clusters.
-//! Figures are printed as a Markdown table for `benches/RESULTS.md`.
+//! `KPROMOTE_BENCH_REPLICAS` pods each (default 10) is backed up (the real backup), promoted and
+//! rolled back, each phase timed with this process's peak RSS. In the same run on the same
+//! clusters, the restore's objects per second are compared with the physical limit (the same
+//! objects created by a raw client at the same concurrency, [`raw_create`]) and, unless
+//! `KPROMOTE_BENCH_SERIAL=0`, with the restore one object at a time. Figures are printed as
+//! Markdown tables for `benches/RESULTS.md`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kpromote_core::engine::apply::Restorer;
 use kpromote_core::engine::detach::{TwinFactory, detach, mark_pods};
-use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, Report, rollback::rollback};
+use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, Report, Run, rollback::rollback};
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 use kpromote_core::plan::transform::{Target, TransformContext};
@@ -82,13 +83,12 @@ fn cpu_jiffies() -> (u64, u64) {
 }
 
 /// What one promote cost: detach+mark s, restore s, restored objects, machine CPU busy during
-/// the restore (0..1), seconds of the restore spent in settle pauses.
+/// the restore (0..1).
 struct Timings {
     detach_s: f64,
     restore_s: f64,
     restored: usize,
     restore_busy: f64,
-    settle_s: f64,
 }
 
 /// Detach + mark + restore, timed separately.
@@ -135,12 +135,6 @@ async fn promote_timed(
         step: "restore",
         stamp: true,
     };
-    let settles = plan
-        .levels
-        .iter()
-        .enumerate()
-        .filter(|(i, level)| *i > 0 && level.height > 0)
-        .count();
     let (busy0, total0) = cpu_jiffies();
     let t = Instant::now();
     restorer
@@ -154,13 +148,93 @@ async fn promote_timed(
         restore_s,
         restored: report.into_inner().expect("report").created.len(),
         restore_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
-        settle_s: settles as f64 * opts.settle.as_secs_f64(),
     }
+}
+
+/// Peak resident memory of this process since the last [`reset_peak_rss`], in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Resets the peak so the next phase is measured alone (Linux `clear_refs` value 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The physical limit of the restore: the same objects the restore creates (prepared by the same
+/// transforms beforehand, untimed), POSTed by a plain client at the same concurrency with no
+/// order, no waits, no reads and no journal. The namespace goes first (nothing else can be
+/// created before it). The control plane's controller manager is paused meanwhile, so no
+/// controller adds work of its own (a Deployment seen before its ReplicaSet would create one).
+/// Returns (objects, seconds); the namespace is deleted afterwards.
+async fn raw_create(
+    cp_cluster: &kpromote_testenv::Cluster,
+    cp: &LiveCluster,
+    inv: &Inventory,
+    concurrency: usize,
+) -> (usize, f64) {
+    use futures::TryStreamExt;
+    use kpromote_core::plan::transform::{Prepared, prepare};
+    let target = Target::ControlPlane {
+        cluster_name: "member".into(),
+    };
+    let ctx = TransformContext::for_control_plane(inv.objects.values());
+    let mut namespaces = Vec::new();
+    let mut rest = Vec::new();
+    for (key, archived) in &inv.objects {
+        if let Ok(Prepared::Create(c)) = prepare(archived, &target, &ctx) {
+            let api = cp.api_for(key, &c.object).expect("api");
+            let object: kube::api::DynamicObject = serde_json::from_value(c.object).expect("object");
+            if key.is("", "namespaces") {
+                namespaces.push((api, object));
+            } else {
+                rest.push((api, object));
+            }
+        }
+    }
+    let n = namespaces.len() + rest.len();
+    cp_cluster.pause_controller_manager().expect("pause");
+    let t = Instant::now();
+    for (api, object) in &namespaces {
+        api.create(&PostParams::default(), object)
+            .await
+            .expect("raw create namespace");
+    }
+    futures::stream::iter(rest.iter().map(Ok::<_, kube::Error>))
+        .try_for_each_concurrent(concurrency, |(api, object)| async move {
+            api.create(&PostParams::default(), object).await.map(|_| ())
+        })
+        .await
+        .expect("raw create");
+    let seconds = t.elapsed().as_secs_f64();
+    cp_cluster.resume_controller_manager().expect("resume");
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.client.clone());
+    for (_, object) in &namespaces {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        nss.delete(&name, &Default::default())
+            .await
+            .expect("delete namespace");
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while nss.get_opt(&name).await.expect("get namespace").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "namespace {name} not gone in 15 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    (n, seconds)
 }
 
 fn main() {
     let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 100);
     let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 10);
+    let serial = env_usize("KPROMOTE_BENCH_SERIAL", 1) == 1;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let env = TestEnv::start(&["control-plane", "member"]).await.expect("clusters");
@@ -173,44 +247,83 @@ fn main() {
         eprintln!("built {deployments}x{replicas} in {:.1}s", t.elapsed().as_secs_f64());
         let member = LiveCluster::new("member", member_client.clone());
         let cp = LiveCluster::new("control plane", cp_client.clone());
-        let mut rows = BTreeMap::new();
-        for (label, opts) in [
-            ("concurrency 16 (default)", EngineOptions::default()),
-            ("one at a time", EngineOptions { concurrency: 1, ..EngineOptions::default() }),
-        ] {
+
+        // The end-to-end promote with its phases: the real backup, the inventory, detach + mark,
+        // restore, then rollback; peak RSS of this process per phase (the clusters are other
+        // processes).
+        let dir = tempfile::tempdir().expect("tempdir");
+        reset_peak_rss();
+        let t = Instant::now();
+        let request = kpromote_core::backup::BackupRequest::new("bench", vec!["bench".to_owned()])
+            .excluded(kpromote_core::resources::DEFAULT_EXCLUDED_RESOURCES.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>())
+            .output_dir(dir.path())
+            .cluster_name("member");
+        let backup = kpromote_core::backup::run(&member_client, &request).await.expect("backup");
+        let backup_s = t.elapsed().as_secs_f64();
+        let backup_rss = peak_rss_mib();
+        reset_peak_rss();
+        let t = Instant::now();
+        let inv = Inventory::from_archive(&backup.path).expect("inventory");
+        let load_s = t.elapsed().as_secs_f64();
+        let load_rss = peak_rss_mib();
+        let opts = EngineOptions::default();
+        let (raw_n, raw_s) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
+        eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
+        reset_peak_rss();
+        let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), "default").await;
+        let promote_rss = peak_rss_mib();
+        let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
+        reset_peak_rss();
+        let t = Instant::now();
+        let run = Run {
+            member: &member,
+            control_plane: &cp,
+            inventory: &inv,
+            cluster_name: "member",
+            options: &opts,
+            on_progress: None,
+        };
+        rollback(&run, &journal).await.expect("rollback");
+        let rollback_s = t.elapsed().as_secs_f64();
+        let rollback_rss = peak_rss_mib();
+        let objects = inv.objects.len();
+        println!("\n{objects} archived objects ({deployments} Deployments x {replicas} pods)\n");
+        println!("| phase | wall s | objects/s | peak RSS MiB |");
+        println!("|---|---|---|---|");
+        let row = |phase: &str, seconds: f64, n: usize, rss: f64| {
+            println!("| {phase} | {seconds:.1} | {:.0} | {rss:.0} |", n as f64 / seconds);
+        };
+        row("backup (real, 6 lists at once)", backup_s, objects, backup_rss);
+        row("inventory (read + verify + graph)", load_s, objects, load_rss);
+        row("detach + mark", timings.detach_s, objects, promote_rss);
+        row("restore", timings.restore_s, timings.restored, promote_rss);
+        row(
+            "promote end to end (backup + inventory + detach + restore)",
+            backup_s + load_s + timings.detach_s + timings.restore_s,
+            objects,
+            backup_rss.max(load_rss).max(promote_rss),
+        );
+        row("rollback", rollback_s, objects, rollback_rss);
+        let restore_rate = timings.restored as f64 / timings.restore_s;
+        let raw_rate = raw_n as f64 / raw_s;
+        println!("\n| creation of the restored objects | objects | s | objects/s |");
+        println!("|---|---|---|---|");
+        println!("| raw client, concurrency {}, no order (physical limit) | {raw_n} | {raw_s:.1} | {raw_rate:.0} |", opts.concurrency);
+        println!("| restore, concurrency {} | {} | {:.1} | {restore_rate:.0} |", opts.concurrency, timings.restored, timings.restore_s);
+        if serial {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = support::archiving::archive(&member_client, &["bench"], &[], dir.path()).await;
             let inv = Inventory::from_archive(&path).expect("inventory");
-            let t = Instant::now();
-            let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), label).await;
-            let promote_s = t.elapsed().as_secs_f64();
+            let opts = EngineOptions { concurrency: 1, ..EngineOptions::default() };
+            let one = promote_timed(&member, &cp, &inv, &opts, dir.path(), "serial").await;
             let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
-            let t = Instant::now();
-            rollback(&member, &cp, &inv, "member", &journal, &opts, None).await.expect("rollback");
-            let rollback_s = t.elapsed().as_secs_f64();
-            rows.insert(label, (inv.objects.len(), timings, promote_s, rollback_s));
-            eprintln!("{label}: done");
+            let run = Run { member: &member, control_plane: &cp, inventory: &inv, cluster_name: "member", options: &opts, on_progress: None };
+            rollback(&run, &journal).await.expect("rollback");
+            let one_rate = one.restored as f64 / one.restore_s;
+            println!("| restore, one at a time | {} | {:.1} | {one_rate:.0} |", one.restored, one.restore_s);
+            println!("\nrestore ÷ one at a time: {:.2}x", restore_rate / one_rate);
         }
-        println!(
-            "| run | archived objects | detach+mark s | restored objects | restore s | restore objects/s | of it settle pauses s | objects/s without them | CPU busy during restore | promote s | rollback s |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        for (label, (objects, t, promote_s, rollback_s)) in &rows {
-            println!(
-                "| {label} | {objects} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.0} % | {promote_s:.1} | {rollback_s:.1} |",
-                t.detach_s,
-                t.restored,
-                t.restore_s,
-                t.restored as f64 / t.restore_s,
-                t.settle_s,
-                t.restored as f64 / (t.restore_s - t.settle_s),
-                t.restore_busy * 100.0,
-            );
-        }
-        let rate = |t: &Timings| t.restored as f64 / t.restore_s;
-        let rate_working = |t: &Timings| t.restored as f64 / (t.restore_s - t.settle_s);
-        let (fast, slow) = (&rows["concurrency 16 (default)"].1, &rows["one at a time"].1);
-        println!("\nrestore speed-up: {:.2}x", rate(fast) / rate(slow));
-        println!("restore speed-up without the settle pauses: {:.2}x", rate_working(fast) / rate_working(slow));
+        println!("restore ÷ raw client: {:.2}x", restore_rate / raw_rate);
+        println!("CPU busy during restore: {:.0} %", timings.restore_busy * 100.0);
     });
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, promote::promote, rollback::rollback};
+use kpromote_core::engine::{
+    EngineOptions, Inventory, LiveCluster, Run, promote::promote, rollback::rollback,
+};
 use kpromote_core::journal::Journal;
 use kube::Api;
 use kube::api::ListParams;
@@ -19,6 +21,22 @@ use support::{apps, archiving, wait_for};
 /// Controllers get this long to react (and so to reveal any pod they would create) before the
 /// after-snapshot is taken.
 const SETTLE: Duration = Duration::from_secs(5);
+
+fn run<'a>(
+    member: &'a LiveCluster,
+    cp: &'a LiveCluster,
+    inv: &'a Inventory,
+    opts: &'a EngineOptions,
+) -> Run<'a> {
+    Run {
+        member,
+        control_plane: cp,
+        inventory: inv,
+        cluster_name: "member",
+        options: opts,
+        on_progress: None,
+    }
+}
 
 fn journal(dir: &std::path::Path, name: &str, run: &str) -> Arc<Mutex<Journal>> {
     Arc::new(Mutex::new(Journal::open(&dir.join(name), run).unwrap()))
@@ -40,13 +58,8 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
     let opts = EngineOptions::default();
 
     let report = promote(
-        &member,
-        &cp,
-        &inv,
-        "member",
+        &run(&member, &cp, &inv, &opts),
         &journal(dir.path(), "p.journal", "promote"),
-        None,
-        &opts,
         None,
     )
     .await
@@ -120,13 +133,8 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
 
     // Rollback: the member's owners are back and adopt the same pod; the control plane is clean.
     let report = rollback(
-        &member,
-        &cp,
-        &inv,
-        "member",
+        &run(&member, &cp, &inv, &opts),
         &journal(dir.path(), "r.journal", "rollback"),
-        &opts,
-        None,
     )
     .await
     .unwrap();
@@ -218,13 +226,8 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     let opts = EngineOptions::default();
 
     let report = promote(
-        &member,
-        &cp,
-        &inv,
-        "member",
+        &run(&member, &cp, &inv, &opts),
         &journal(dir.path(), "p.journal", "promote"),
-        None,
-        &opts,
         None,
     )
     .await
@@ -299,13 +302,8 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
 
     // Rollback.
     rollback(
-        &member,
-        &cp,
-        &inv,
-        "member",
+        &run(&member, &cp, &inv, &opts),
         &journal(dir.path(), "r.journal", "rollback"),
-        &opts,
-        None,
     )
     .await
     .unwrap();

@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kpromote_core::engine::EngineOptions;
+use kpromote_archive::{ArchiveReader, WriterOptions};
+use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster};
 use kube::Api;
 use kube::api::ListParams;
 use support::faults::{FaultProxy, Faults};
@@ -354,4 +355,93 @@ async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archi
             .with_extension("journal.1")
             .exists()
     );
+}
+
+#[tokio::test]
+async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
+    let pair = Pair::start().await;
+    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let ns = "nginx-test";
+    let before = apps::snapshot(&pair.member, ns).await;
+    // One entry per frame, so damaging one frame damages one object.
+    let dir = tempfile::tempdir().unwrap();
+    let one_per_frame = WriterOptions::zstd().frame_size(512);
+    let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
+    let mut run = Promotion {
+        inv: Inventory::from_archive(&path).unwrap(),
+        dir,
+        member: LiveCluster::new("member", pair.member.clone()),
+        cp: LiveCluster::new("control plane", pair.cp.clone()),
+    };
+    run.promote(&EngineOptions::default()).await.unwrap();
+
+    // A flipped bit in the Deployment's entry, after promote.
+    let frame = ArchiveReader::open(&path)
+        .unwrap()
+        .manifest()
+        .unwrap()
+        .frames
+        .iter()
+        .find(|f| f.first_path == "resources/deployments.apps/namespaces/nginx-test/nginx.json")
+        .cloned()
+        .expect("the Deployment's frame");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[usize::try_from(frame.offset + frame.length / 2).unwrap()] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(
+        Inventory::from_archive(&path).is_err(),
+        "promote refuses a damaged archive"
+    );
+
+    // Rollback reads the rest, rolls it back and names the owner it could not re-create.
+    run.inv = Inventory::for_rollback(&path).unwrap();
+    let deployment_key = "deployments.apps/nginx-test/nginx".parse().unwrap();
+    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&deployment_key]);
+    let report = run
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
+    assert!(
+        report.unreadable[0].starts_with("deployments.apps/nginx-test/nginx was not re-created"),
+        "{:?}",
+        report.unreadable
+    );
+    assert!(
+        report.unmarked.len() >= 2,
+        "every pod unmarked: {:?}",
+        report.unmarked
+    );
+    // The ReplicaSet is re-created and takes the same pods back; nothing restarted.
+    wait_for(
+        "the re-created ReplicaSet to own the pods",
+        Duration::from_secs(60),
+        || async {
+            let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(pair.member.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            pods.items
+                .iter()
+                .all(|p| {
+                    p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "ReplicaSet")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let after = apps::snapshot(&pair.member, ns).await;
+    assert_eq!(after.pods, before.pods, "same pods, same UIDs, no restarts");
+    assert!(
+        Api::<Deployment>::namespaced(pair.member.clone(), ns)
+            .get_opt("nginx")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    wait_namespace_gone(&pair.cp, ns).await;
 }

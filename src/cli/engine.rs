@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use kpromote_core::access::ClusterClient;
 use kpromote_core::engine::live::RetryPolicy;
-use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, ProgressFn, Report, promote, rollback};
+use kpromote_core::engine::{
+    EngineOptions, Inventory, LiveCluster, ProgressFn, Report, Run, promote, rollback,
+};
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 
@@ -239,17 +241,15 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         };
         let opts = args.knobs.options();
         let progress = progress_printer();
-        let report = promote::promote(
-            &member,
-            &cp,
-            &inv,
-            &args.clusters.cluster_name,
-            &journal,
-            rollback_journal.as_ref(),
-            &opts,
-            Some(&progress),
-        )
-        .await?;
+        let run = Run {
+            member: &member,
+            control_plane: &cp,
+            inventory: &inv,
+            cluster_name: &args.clusters.cluster_name,
+            options: &opts,
+            on_progress: Some(&progress),
+        };
+        let report = promote::promote(&run, &journal, rollback_journal.as_ref()).await?;
         print_report(
             &format!("promoted (archive {})", archive.display()),
             &report,
@@ -261,7 +261,9 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `kpromote rollback`.
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
-    let inv = load(&args.archive)?;
+    // One damaged entry must not block a rollback: the rest is rolled back, the damage reported.
+    let inv = Inventory::for_rollback(&args.archive)
+        .with_context(|| format!("reading archive {}", args.archive.display()))?;
     if args.dry_run {
         print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
         return Ok(ExitCode::SUCCESS);
@@ -272,19 +274,19 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         let _lock = kpromote_core::engine::lock_archive(&args.archive)?;
         let journal = open_journal(&args.archive, "rollback", &inv)?;
         let progress = progress_printer();
-        let report = rollback::rollback(
-            &member,
-            &cp,
-            &inv,
-            &args.clusters.cluster_name,
-            &journal,
-            &EngineOptions {
-                discard_changes: args.discard_changes,
-                ..args.knobs.options()
-            },
-            Some(&progress),
-        )
-        .await?;
+        let opts = EngineOptions {
+            discard_changes: args.discard_changes,
+            ..args.knobs.options()
+        };
+        let run = Run {
+            member: &member,
+            control_plane: &cp,
+            inventory: &inv,
+            cluster_name: &args.clusters.cluster_name,
+            options: &opts,
+            on_progress: Some(&progress),
+        };
+        let report = rollback::rollback(&run, &journal).await?;
         print_report("rolled back", &report, &args.knobs.output)?;
         Ok(ExitCode::SUCCESS)
     })
@@ -391,6 +393,9 @@ fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()>
     }
     for warning in &report.warnings {
         println!("warning: {warning}");
+    }
+    for damaged in &report.unreadable {
+        println!("error: {damaged}");
     }
     Ok(())
 }

@@ -20,6 +20,17 @@ pub async fn archive(
     cluster: &[(&str, &str, &str)],
     dir: &Path,
 ) -> PathBuf {
+    archive_with(client, namespaces, cluster, dir, WriterOptions::zstd()).await
+}
+
+/// [`archive`], written with `options` (e.g. small frames, so damage stays in one entry).
+pub async fn archive_with(
+    client: &Client,
+    namespaces: &[&str],
+    cluster: &[(&str, &str, &str)],
+    dir: &Path,
+    options: WriterOptions,
+) -> PathBuf {
     let surface = ApiSurface::discover(client).await.unwrap();
     let excluded = surface.resolve_exclusions(DEFAULT_EXCLUDED_RESOURCES).unwrap();
     let path = dir.join("test-archive.tar.zst");
@@ -39,7 +50,7 @@ pub async fn archive(
         },
         list_resource_versions: Default::default(),
     };
-    let mut writer = ArchiveWriter::create(&path, facts, WriterOptions::zstd()).unwrap();
+    let mut writer = ArchiveWriter::create(&path, facts, options).unwrap();
     let mut add = |resource: &str, group: &str, inclusion: Inclusion, obj: &DynamicObject| {
         let json = serde_json::to_vec(obj).unwrap();
         writer

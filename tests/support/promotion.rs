@@ -69,29 +69,26 @@ impl Promotion {
     ) -> Result<Report, EngineError> {
         let rollback_journal = auto_rollback.then(|| self.journal("auto-rollback.journal", "rollback"));
         kpromote_core::engine::promote::promote(
-            &self.member,
-            &self.cp,
-            &self.inv,
-            "member",
+            &self.run(opts),
             &self.journal("promote.journal", "promote"),
             rollback_journal.as_ref(),
-            opts,
-            None,
         )
         .await
     }
 
     /// Rollback, journaled in `journal` (a new name starts a new run, the same name resumes).
     pub async fn rollback(&self, journal: &str, opts: &EngineOptions) -> Result<Report, EngineError> {
-        kpromote_core::engine::rollback::rollback(
-            &self.member,
-            &self.cp,
-            &self.inv,
-            "member",
-            &self.journal(journal, "rollback"),
-            opts,
-            None,
-        )
-        .await
+        kpromote_core::engine::rollback::rollback(&self.run(opts), &self.journal(journal, "rollback")).await
+    }
+
+    fn run<'a>(&'a self, opts: &'a EngineOptions) -> kpromote_core::engine::Run<'a> {
+        kpromote_core::engine::Run {
+            member: &self.member,
+            control_plane: &self.cp,
+            inventory: &self.inv,
+            cluster_name: "member",
+            options: opts,
+            on_progress: None,
+        }
     }
 }

@@ -439,6 +439,23 @@ impl ArchiveReader {
         self.objects_in(Range::All, true)
     }
 
+    /// Streams every object like [`ArchiveReader::objects`], but a bad entry (checksum, size,
+    /// undecodable frame) is an error item and the reading goes on with the next good one, as
+    /// [`ArchiveReader::verify`] does. For a consumer that can act on part of an archive and
+    /// report the rest — a rollback re-creates the owners it can read and names the others. The
+    /// index itself must verify (else nothing says which objects exist): that is still an error
+    /// when opening.
+    ///
+    /// # Errors
+    /// Opening: the index does not match the manifest.
+    pub fn objects_lenient(&self) -> Result<Objects> {
+        let mut objects = self.objects_in(Range::All, true)?;
+        if let ObjectsInner::Join { lenient, .. } = &mut objects.0 {
+            *lenient = true;
+        }
+        Ok(objects)
+    }
+
     /// Streams the objects of one group-resource (e.g. `("deployments", "apps")`), seeking to
     /// the first frame holding them rather than decompressing everything before.
     ///
@@ -552,6 +569,7 @@ impl ArchiveReader {
                 Ok(Objects(ObjectsInner::Join {
                     join: Box::new(self.join(state, range, keep_body, pump)?),
                     done: false,
+                    lenient: false,
                 }))
             }
             Inner::Velero { .. } => {
@@ -844,15 +862,20 @@ impl Iterator for Records {
     }
 }
 
-/// Verified objects in path order. The first error ends the iteration: a consumer that acts on
-/// objects never sees anything after a problem.
+/// Verified objects in path order. The first error ends the iteration — a consumer that acts on
+/// objects never sees anything after a problem — unless made by
+/// [`ArchiveReader::objects_lenient`].
 #[derive(Debug)]
 pub struct Objects(ObjectsInner);
 
 #[derive(Debug)]
 enum ObjectsInner {
-    /// From a kpromote archive.
-    Join { join: Box<Join>, done: bool },
+    /// From a kpromote archive; `lenient` goes on after a bad entry.
+    Join {
+        join: Box<Join>,
+        done: bool,
+        lenient: bool,
+    },
     /// From a Velero tarball (unverifiable: digests are computed, not checked).
     Velero {
         sorted: Sorted,
@@ -867,7 +890,7 @@ impl Iterator for Objects {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
-            ObjectsInner::Join { join, done } => loop {
+            ObjectsInner::Join { join, done, lenient } => loop {
                 if *done {
                     return None;
                 }
@@ -883,7 +906,7 @@ impl Iterator for Objects {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        *done = true;
+                        *done = !*lenient;
                         return Some(Err(e));
                     }
                     None => {

@@ -14,6 +14,9 @@ pub struct Workload {
     pub resource: &'static str,
     /// JSON pointer of the pod template (a `PodTemplateSpec`), e.g. `/spec/template`.
     pub template: &'static str,
+    /// Whether a controller creates pods (or Jobs) from the template. Every kind here but
+    /// PodTemplate, which is only a stored template.
+    pub controlled: bool,
 }
 
 /// Every built-in kind with a pod template.
@@ -23,48 +26,56 @@ pub const WORKLOADS: &[Workload] = &[
         kind: "Deployment",
         resource: "deployments",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "apps",
         kind: "ReplicaSet",
         resource: "replicasets",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "apps",
         kind: "StatefulSet",
         resource: "statefulsets",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "apps",
         kind: "DaemonSet",
         resource: "daemonsets",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "batch",
         kind: "Job",
         resource: "jobs",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "batch",
         kind: "CronJob",
         resource: "cronjobs",
         template: "/spec/jobTemplate/spec/template",
+        controlled: true,
     },
     Workload {
         group: "",
         kind: "ReplicationController",
         resource: "replicationcontrollers",
         template: "/spec/template",
+        controlled: true,
     },
     Workload {
         group: "",
         kind: "PodTemplate",
         resource: "podtemplates",
         template: "/template",
+        controlled: false,
     },
 ];
 
@@ -80,6 +91,12 @@ pub fn by_resource(group: &str, resource: &str) -> Option<&'static Workload> {
     WORKLOADS
         .iter()
         .find(|w| w.group == group && w.resource == resource)
+}
+
+/// Whether objects of `resource` in `group` are run by a workload controller.
+#[must_use]
+pub fn is_controlled(group: &str, resource: &str) -> bool {
+    by_resource(group, resource).is_some_and(|w| w.controlled)
 }
 
 impl Workload {

@@ -216,7 +216,7 @@ impl Run {
         let ctx = self.ctx.clone();
         let cluster_name = self.policy.spec.cluster_name.clone();
         let phase = self.phase().unwrap_or(Phase::Detaching);
-        let (path, inv) = match self.archive().await {
+        let (path, inv) = match self.archive(false).await {
             Ok(found) => found,
             Err(why) => return self.stranded(&why).await,
         };
@@ -238,17 +238,15 @@ impl Run {
             };
             // No rollback journal: on failure the controller itself records `RollingBack`
             // before rolling back, so a crash then resumes the rollback, not the promote.
-            engine::promote::promote(
-                &member,
-                &control_plane,
-                &inv,
-                &cluster_name,
-                &journal,
-                None,
-                &opts,
-                Some(&on_progress),
-            )
-            .await
+            let run = engine::Run {
+                member: &member,
+                control_plane: &control_plane,
+                inventory: &inv,
+                cluster_name: &cluster_name,
+                options: &opts,
+                on_progress: Some(&on_progress),
+            };
+            engine::promote::promote(&run, &journal, None).await
         };
         let started = Instant::now();
         match self.supervise(work, rx, Mode::Promote).await {
@@ -297,7 +295,7 @@ impl Run {
             .status
             .rollback_trigger()
             .unwrap_or(RollbackTrigger::Requested);
-        let (path, inv) = match self.archive().await {
+        let (path, inv) = match self.archive(true).await {
             Ok(found) => found,
             Err(why) => return self.stranded(&why).await,
         };
@@ -313,16 +311,15 @@ impl Run {
         let work = async {
             let _lock = lock;
             let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
-            engine::rollback::rollback(
-                &member,
-                &control_plane,
-                &inv,
-                &cluster_name,
-                &journal,
-                &opts,
-                Some(&on_progress),
-            )
-            .await
+            let run = engine::Run {
+                member: &member,
+                control_plane: &control_plane,
+                inventory: &inv,
+                cluster_name: &cluster_name,
+                options: &opts,
+                on_progress: Some(&on_progress),
+            };
+            engine::rollback::rollback(&run, &journal).await
         };
         let started = Instant::now();
         let Supervised::Done(outcome) = self.supervise(work, rx, Mode::Rollback).await else {
@@ -332,13 +329,19 @@ impl Run {
         match outcome {
             Ok(report) => {
                 ctx.metrics.step("rollback", "ok", started.elapsed());
-                let done = format!(
+                let mut done = format!(
                     "rolled back: {} owners re-created in the member, {} pods unmarked, {} objects removed from the \
                      control plane",
                     report.created.len(),
                     report.unmarked.len(),
                     report.deleted.len()
                 );
+                if !report.unreadable.is_empty() {
+                    done.push_str(&format!(
+                        "; damaged archive entries: {}",
+                        report.unreadable.join("; ")
+                    ));
+                }
                 let (message, failure) = match (trigger, cause) {
                     (RollbackTrigger::DetachFailed | RollbackTrigger::RestoreFailed, Some(cause)) => {
                         let text = format!(
@@ -393,8 +396,9 @@ impl Run {
     }
 
     /// The archive of `backedupFile`, checked to be one the controller wrote in its backup
-    /// directory, and verified.
-    async fn archive(&self) -> Result<(PathBuf, Arc<Inventory>), String> {
+    /// directory, and verified: whole for promote, as far as it can be read for a rollback
+    /// ([`Inventory::for_rollback`]).
+    async fn archive(&self, for_rollback: bool) -> Result<(PathBuf, Arc<Inventory>), String> {
         let Some(file) = self.status.backedup_file.clone() else {
             return Err("status.backedupFile names no archive".to_owned());
         };
@@ -404,7 +408,12 @@ impl Run {
             .map_err(|e| format!("status.backedupFile: {e}"))?;
         let reading = path.clone();
         // Reading verifies every entry's checksum: CPU and disk work, off the async threads.
-        let inv = tokio::task::spawn_blocking(move || Inventory::from_archive(&reading))
+        let load = if for_rollback {
+            Inventory::for_rollback
+        } else {
+            Inventory::from_archive
+        };
+        let inv = tokio::task::spawn_blocking(move || load(&reading))
             .await
             .map_err(|e| format!("reading archive {}: {e}", path.display()))?
             .map_err(|e| format!("archive {}: {}", path.display(), chain(&e)))?;

@@ -40,6 +40,10 @@ pub struct Inventory {
     pub objects: BTreeMap<ObjectKey, Value>,
     /// Who owns whom among them.
     pub graph: OwnershipGraph,
+    /// Objects whose archive entry could not be read, with why (only from
+    /// [`Inventory::for_rollback`]). Their entry in `objects` is a stub made from the verified
+    /// index: kind, name, namespace, uid and ownerReferences, no spec.
+    pub unreadable: BTreeMap<ObjectKey, String>,
 }
 
 impl Inventory {
@@ -53,6 +57,7 @@ impl Inventory {
             archive_id: archive_id.to_owned(),
             objects,
             graph,
+            unreadable: BTreeMap::new(),
         })
     }
 
@@ -63,30 +68,61 @@ impl Inventory {
     /// # Errors
     /// Archive errors (corruption, tampering, unsupported version), malformed objects.
     pub fn from_archive(path: &std::path::Path) -> Result<Self, InventoryError> {
-        use kpromote_archive::{ArchiveKind, ArchiveReader};
-        let reader = ArchiveReader::open(path)?;
-        if reader.kind() != ArchiveKind::Kpromote || !reader.is_anchored() {
-            return Err(InventoryError::Unverifiable {
-                path: path.to_owned(),
-            });
-        }
-        let archive_id = reader
-            .manifest_sha256()
-            .ok_or_else(|| InventoryError::Unverifiable {
-                path: path.to_owned(),
-            })?;
+        let (reader, archive_id) = open_verified(path)?;
         let mut objects = BTreeMap::new();
         for object in reader.objects()? {
             let object = object?;
             let value = object.value()?;
-            let r = &object.record;
-            let key = match &r.namespace {
-                Some(ns) => ObjectKey::namespaced(&r.group, &r.resource, ns, &r.name),
-                None => ObjectKey::cluster(&r.group, &r.resource, &r.name),
-            };
-            objects.insert(key, value);
+            objects.insert(object.record.key(), value);
         }
         Ok(Self::new(&archive_id, objects)?)
+    }
+
+    /// Reads a verified archive for a rollback, which must not be blocked by one damaged entry:
+    /// every readable object is read, and a damaged one (checksum, size, undecodable frame) is
+    /// kept as a stub made from its index record — verified through the manifest, it still names
+    /// the object's kind, uid and owners, so the ownership graph is whole — and listed in
+    /// [`Inventory::unreadable`] with why. Rollback unmarks, adopts and tears down with stubs;
+    /// it cannot re-create an unreadable owner, and reports it.
+    ///
+    /// # Errors
+    /// As [`Inventory::from_archive`], except damage confined to entries.
+    pub fn for_rollback(path: &std::path::Path) -> Result<Self, InventoryError> {
+        let (reader, archive_id) = open_verified(path)?;
+        let mut objects = BTreeMap::new();
+        let mut problems = Vec::new();
+        for object in reader.objects_lenient()? {
+            match object.and_then(|o| Ok((o.record.key(), o.value()?))) {
+                Ok((key, value)) => {
+                    objects.insert(key, value);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let mut unreadable = BTreeMap::new();
+        for record in reader.records()? {
+            let record = record?;
+            let key = record.key();
+            if objects.contains_key(&key) {
+                continue;
+            }
+            let why = problems
+                .iter()
+                .find(|p| p.contains(&record.path))
+                .cloned()
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} is in a part of the archive that cannot be decoded",
+                        record.path
+                    )
+                });
+            objects.insert(key.clone(), stub(&record));
+            unreadable.insert(key, why);
+        }
+        Ok(Self {
+            unreadable,
+            ..Self::new(&archive_id, objects)?
+        })
     }
 
     /// The archived UID of `key`.
@@ -117,6 +153,38 @@ impl Inventory {
     pub fn pods(&self) -> impl Iterator<Item = (&ObjectKey, &Value)> {
         self.objects.iter().filter(|(k, _)| k.is("", "pods"))
     }
+}
+
+/// Opens a kpromote archive whose manifest is anchored, and its identity. A Velero tarball or an
+/// archive whose manifest cannot be anchored is refused: promote and rollback act only on what
+/// they can prove unaltered.
+fn open_verified(
+    path: &std::path::Path,
+) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
+    use kpromote_archive::{ArchiveKind, ArchiveReader};
+    let unverifiable = || InventoryError::Unverifiable {
+        path: path.to_owned(),
+    };
+    let reader = ArchiveReader::open(path)?;
+    if reader.kind() != ArchiveKind::Kpromote || !reader.is_anchored() {
+        return Err(unverifiable());
+    }
+    let archive_id = reader.manifest_sha256().ok_or_else(unverifiable)?;
+    Ok((reader, archive_id))
+}
+
+/// What the index says of an object whose entry cannot be read.
+fn stub(record: &kpromote_archive::IndexRecord) -> Value {
+    serde_json::json!({
+        "apiVersion": record.api_version,
+        "kind": record.kind,
+        "metadata": {
+            "name": record.name,
+            "namespace": record.namespace,
+            "uid": record.uid,
+            "ownerReferences": record.owner_references,
+        },
+    })
 }
 
 /// Whether a live object carries the stamp of archive `archive_id`.

@@ -37,6 +37,34 @@ use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
 pub use live::{LiveCluster, LiveError};
 
+/// One promote or rollback: the two clusters, the archived objects and how to act. The command
+/// line, the controller and the tests assemble it the same way and hand it over whole.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    /// The member cluster.
+    pub member: &'a LiveCluster,
+    /// The Kosmos control plane.
+    pub control_plane: &'a LiveCluster,
+    /// The archive's objects.
+    pub inventory: &'a Inventory,
+    /// The member's name in Kosmos (its virtual node is `kosmos-<name>`).
+    pub cluster_name: &'a str,
+    /// Knobs.
+    pub options: &'a EngineOptions,
+    /// Called as steps progress.
+    pub on_progress: Option<&'a ProgressFn>,
+}
+
+impl std::fmt::Debug for Run<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("archive", &self.inventory.archive_id)
+            .field("cluster_name", &self.cluster_name)
+            .field("options", self.options)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Knobs of a run.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -109,6 +137,9 @@ pub struct Report {
     /// Changes made in the control plane since promote that rollback discarded (only with
     /// [`EngineOptions::discard_changes`]).
     pub discarded: Vec<String>,
+    /// Owners rollback could not re-create because their archive entry is damaged, with why
+    /// ([`Inventory::for_rollback`]); their pods run on in the member without them.
+    pub unreadable: Vec<String>,
 }
 
 impl Report {

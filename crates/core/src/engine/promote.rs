@@ -4,9 +4,7 @@ use std::sync::Mutex;
 
 use super::apply::Restorer;
 use super::detach::{TwinFactory, detach, mark_pods};
-use super::inventory::Inventory;
-use super::live::LiveCluster;
-use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock};
+use super::{EngineError, EngineOptions, Report, Run, SharedJournal, lock};
 use crate::plan::order::{DetachPlan, RestorePlan};
 use crate::plan::transform::{Target, TransformContext};
 
@@ -18,31 +16,19 @@ pub const STEP_RESTORE: &str = "restore";
 ///
 /// # Errors
 /// The step's error, wrapped in [`EngineError::RolledBack`] when the automatic rollback ran.
-#[allow(clippy::too_many_arguments)]
 pub async fn promote(
-    member: &LiveCluster,
-    control_plane: &LiveCluster,
-    inv: &Inventory,
-    cluster_name: &str,
+    run: &Run<'_>,
     journal: &SharedJournal,
     rollback_journal: Option<&SharedJournal>,
-    opts: &EngineOptions,
-    on_progress: Option<&ProgressFn>,
 ) -> Result<Report, EngineError> {
+    let Run {
+        member,
+        control_plane,
+        options: opts,
+        ..
+    } = *run;
     let report = Mutex::new(Report::default());
-    let run = || {
-        steps(
-            member,
-            control_plane,
-            inv,
-            cluster_name,
-            journal,
-            opts,
-            &report,
-            on_progress,
-        )
-    };
-    let mut outcome = run().await;
+    let mut outcome = steps(run, journal, &report).await;
     // A sick API server is no reason to undo the promotion against the same sick server: the
     // steps resume from the journal, so run them again first.
     let mut retried = 0;
@@ -56,7 +42,7 @@ pub async fn promote(
             .retried_steps
             .push(format!("attempt {retried} after: {cause}"));
         tokio::time::sleep(member.retry.delay(retried, None)).await;
-        outcome = run().await;
+        outcome = steps(run, journal, &report).await;
     }
     let retried_calls = member.retried() + control_plane.retried();
     super::detach::lock_report(&report).retried_calls = retried_calls;
@@ -72,11 +58,16 @@ pub async fn promote(
                 discard_changes: true,
                 ..opts.clone()
             };
-            let rollback =
-                super::rollback::rollback(member, control_plane, inv, cluster_name, rj, &opts, on_progress)
-                    .await
-                    .map(|_| ())
-                    .map_err(Box::new);
+            let rollback = super::rollback::rollback(
+                &Run {
+                    options: &opts,
+                    ..*run
+                },
+                rj,
+            )
+            .await
+            .map(|_| ())
+            .map_err(Box::new);
             if rollback.is_ok() {
                 lock(journal).close(super::ROLLED_BACK)?;
             }
@@ -89,17 +80,15 @@ pub async fn promote(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn steps(
-    member: &LiveCluster,
-    control_plane: &LiveCluster,
-    inv: &Inventory,
-    cluster_name: &str,
-    journal: &SharedJournal,
-    opts: &EngineOptions,
-    report: &Mutex<Report>,
-    on_progress: Option<&ProgressFn>,
-) -> Result<(), EngineError> {
+async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -> Result<(), EngineError> {
+    let Run {
+        member,
+        control_plane,
+        inventory: inv,
+        cluster_name,
+        options: opts,
+        on_progress,
+    } = *run;
     let skipped = inv.skipped_by_restore(cluster_name);
     let detach_plan = DetachPlan::build(&inv.graph, &skipped);
     detach(member, inv, &detach_plan, journal, opts, report, on_progress).await?;

@@ -21,7 +21,7 @@ use super::apply::Restorer;
 use super::detach::{detached_owners, lock_report};
 use super::inventory::{Inventory, stamped_by};
 use super::live::LiveCluster;
-use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
+use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::kosmos;
 use crate::plan::order::{DetachPlan, RestorePlan, TeardownPlan, TeardownStep};
 use crate::plan::transform::{Target, TransformContext};
@@ -43,15 +43,15 @@ pub const STEP_TEARDOWN: &str = "teardown";
 ///
 /// # Errors
 /// API and journal errors; the rollback can be run again and continues where it stopped.
-pub async fn rollback(
-    member: &LiveCluster,
-    control_plane: &LiveCluster,
-    inv: &Inventory,
-    cluster_name: &str,
-    journal: &SharedJournal,
-    opts: &EngineOptions,
-    on_progress: Option<&ProgressFn>,
-) -> Result<Report, EngineError> {
+pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, EngineError> {
+    let Run {
+        member,
+        control_plane,
+        inventory: inv,
+        cluster_name,
+        options: opts,
+        on_progress,
+    } = *run;
     let report = Mutex::new(Report::default());
     let ours = Ours {
         inv,
@@ -65,7 +65,17 @@ pub async fn rollback(
 
     let skipped = inv.skipped_by_restore(cluster_name);
     let detach_plan = DetachPlan::build(&inv.graph, &skipped);
-    let recreate = detached_owners(member, inv, &detach_plan, opts).await?;
+    let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
+    // An owner whose entry is damaged cannot be re-created; everything else still can.
+    for (key, why) in &inv.unreadable {
+        if recreate.remove(key) {
+            tracing::error!(object = %key, reason = %why, "archived owner unreadable; not re-created");
+            lock_report(&report).unreadable.push(format!(
+                "{key} was not re-created: {why}; its pods run on in the member without it, re-create it from \
+                 its manifest"
+            ));
+        }
+    }
     let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
     let mut ctx = TransformContext::for_member(inv.objects.iter(), &recreate);
     let restorer = Restorer {

@@ -576,18 +576,14 @@ impl RestorePlan {
     }
 }
 
-/// Workload controllers detach always deletes (with `propagationPolicy: Orphan`), whatever their
-/// height: left in the member, their controller would keep managing the pods — or, for a
-/// CronJob, keep starting Jobs — next to the copy in the control plane.
-pub const DETACHED_WORKLOADS: &[(&str, &str)] = &[
-    ("apps", "deployments"),
-    ("apps", "replicasets"),
-    ("apps", "statefulsets"),
-    ("apps", "daemonsets"),
-    ("batch", "jobs"),
-    ("batch", "cronjobs"),
-    ("", "replicationcontrollers"),
-];
+/// Whether detach always deletes `key` (with `propagationPolicy: Orphan`), whatever its height:
+/// a workload run by a controller ([`kpromote_model::workload::WORKLOADS`]). Left in the member,
+/// its controller would keep managing the pods — or, for a CronJob, keep starting Jobs — next to
+/// the copy in the control plane.
+#[must_use]
+pub fn is_detached_workload(key: &ObjectKey) -> bool {
+    kpromote_model::workload::is_controlled(&key.group, &key.resource)
+}
 
 /// Whether `group` is one Kubernetes itself serves ([`BUILTIN_GROUPS`], a list of exact names).
 /// Any other group is a custom resource's — including CRDs in `*.k8s.io` groups such as
@@ -610,7 +606,7 @@ pub struct DetachLevel {
 /// still there to re-create a dependent the plan already detached.
 ///
 /// # Which objects
-/// - every workload controller ([`DETACHED_WORKLOADS`]), whatever its height;
+/// - every workload controller ([`is_detached_workload`]), whatever its height;
 /// - every custom resource (a kind outside the [built-in groups](is_builtin_group)) that owns,
 ///   directly or through others, a pod or a detached workload: its operator would otherwise
 ///   re-create the children it lost.
@@ -634,7 +630,7 @@ impl DetachPlan {
     /// re-create, and the pods among them).
     #[must_use]
     pub fn build(graph: &OwnershipGraph, skipped: &BTreeSet<ObjectKey>) -> Self {
-        let is_workload = |k: &ObjectKey| DETACHED_WORKLOADS.iter().any(|(g, r)| k.is(g, r));
+        let is_workload = is_detached_workload;
         let mut detached: BTreeSet<&ObjectKey> = graph
             .keys()
             .filter(|k| is_workload(k) && !skipped.contains(k))
@@ -1311,7 +1307,7 @@ mod tests {
             let order: Vec<&ObjectKey> = plan.objects().collect();
             for (i, k) in order.iter().enumerate() {
                 prop_assert!(!k.is("", "pods") && !k.is("", "namespaces") && !k.is("", "services"));
-                prop_assert!(DETACHED_WORKLOADS.iter().any(|(gr, r)| k.is(gr, r)) || !is_builtin_group(&k.group));
+                prop_assert!(is_detached_workload(k) || !is_builtin_group(&k.group));
                 // No detached ancestor comes later.
                 for a in g.ancestors(k) {
                     if let Some(j) = order.iter().position(|x| *x == a) {

@@ -187,6 +187,15 @@ async fn raw_create(
     let mut namespaces = Vec::new();
     let mut rest = Vec::new();
     for (key, archived) in &inv.objects {
+        // Pods are admitted only once their ServiceAccount exists, and with the controller
+        // manager paused nothing makes `default`: accounts go first, with the namespace.
+        if key.is("", "serviceaccounts") {
+            let object = json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                                 "metadata": { "name": key.name, "namespace": key.namespace } });
+            let api = cp.api_for(key, &object).expect("api");
+            namespaces.push((api, serde_json::from_value(object).expect("object")));
+            continue;
+        }
         if let Ok(Prepared::Create(c)) = prepare(archived, &target, &ctx) {
             let api = cp.api_for(key, &c.object).expect("api");
             let object: kube::api::DynamicObject = serde_json::from_value(c.object).expect("object");
@@ -213,18 +222,31 @@ async fn raw_create(
         .expect("raw create");
     let seconds = t.elapsed().as_secs_f64();
     cp_cluster.resume_controller_manager().expect("resume");
+    // The namespace goes first (no controller creates in a terminating namespace); its pods,
+    // bound to the virtual node, go only with grace period 0 (no kubelet answers for it), as
+    // rollback's teardown deletes them.
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.client.clone());
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
     for (_, object) in &namespaces {
+        if object.types.as_ref().is_none_or(|t| t.kind != "Namespace") {
+            continue;
+        }
         let name = object.metadata.name.clone().unwrap_or_default();
         nss.delete(&name, &Default::default())
             .await
             .expect("delete namespace");
+        let pods: Api<Pod> = Api::namespaced(cp.client.clone(), &name);
         let deadline = Instant::now() + Duration::from_secs(900);
         while nss.get_opt(&name).await.expect("get namespace").is_some() {
             assert!(
                 Instant::now() < deadline,
                 "namespace {name} not gone in 15 minutes"
             );
+            // One call may outlast the API server's request timeout on thousands of pods.
+            let _ = pods.delete_collection(&now, &ListParams::default()).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

@@ -21,10 +21,8 @@ fn kpromote(pair: &Pair, cmd: &str, extra: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
-    let pair = Pair::start().await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
-    apps::nginx_example(&member_client, &pair.kubelet).await;
-    let before = apps::snapshot(&member_client, "nginx-test").await;
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = format!("--backup-dir={}", dir.path().display());
 

@@ -29,15 +29,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
 
     // Promote: the design's YAML, verbatim.
     let started = Instant::now();
-    env.apply(DESIGN_POLICY);
-    let policy = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::Completed,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let policy = env.apply_design(&controller, Phase::Completed, 120).await;
     let to_completed = started.elapsed();
     eprintln!("design policy applied -> Completed in {to_completed:.1?}");
 
@@ -118,14 +110,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     // Rollback: the design's YAML with rollback: "true".
     let started = Instant::now();
     env.apply(&design_rollback_policy());
-    let policy = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::RolledBack,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let policy = env.wait_design(&controller, Phase::RolledBack, 120).await;
     let to_rolled_back = started.elapsed();
     eprintln!("rollback applied -> RolledBack in {to_rolled_back:.1?}");
     let status = policy.status.clone().unwrap();
@@ -195,13 +180,7 @@ async fn the_controller_promotes_and_rolls_back_with_the_real_clustertree_findin
     let controller = env.controller("kosmos", &[], &[]);
 
     env.apply(DESIGN_POLICY);
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::Completed,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.wait_design(&controller, Phase::Completed, 120).await;
     let cp_pods: Api<Pod> = Api::namespaced(env.cp.clone(), "nginx-test");
     support::wait_for(
         "the promoted pod Running in the control plane",
@@ -228,13 +207,7 @@ async fn the_controller_promotes_and_rolls_back_with_the_real_clustertree_findin
 
     let log_start = kosmos.log().len();
     env.apply(&design_rollback_policy());
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::RolledBack,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.wait_design(&controller, Phase::RolledBack, 120).await;
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(kosmos.update_attempts(log_start), Vec::<String>::new());
     apps::snapshot(&env.member, "nginx-test")

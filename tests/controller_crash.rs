@@ -106,14 +106,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
 
         // Restarted: finishes.
         let controller = env.controller(&format!("{name}-promote-resumed"), &[], &[]);
-        let policy = env
-            .wait_phase(
-                &name,
-                Phase::Completed,
-                Duration::from_secs(120),
-                Some(&controller),
-            )
-            .await;
+        let policy = env.wait_for(&controller, &name, Phase::Completed, 120).await;
         let archives: Vec<_> = std::fs::read_dir(env.backup_dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -171,13 +164,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
 
         // Restarted: finishes.
         let controller = env.controller(&format!("{name}-rollback-resumed"), &[], &[]);
-        env.wait_phase(
-            &name,
-            Phase::RolledBack,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+        env.wait_for(&controller, &name, Phase::RolledBack, 120).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         apps::snapshot(&env.member, "nginx-test")
             .await

@@ -91,14 +91,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
 
     // Restarted, it finishes the rollback — it does not resume the promote.
     let controller = env.controller("auto-rollback-resumed", &[], &[]);
-    let policy = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::FailedRestore,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let policy = env.wait_design(&controller, Phase::FailedRestore, 120).await;
     let status = policy.status.unwrap();
     let reason = status.failure_reason.clone().unwrap();
     assert!(
@@ -136,13 +129,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
 
     // A rollback request on the failed policy is accepted and ends in RolledBack.
     env.apply(&controller_env::design_rollback_policy());
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::RolledBack,
-        Duration::from_secs(60),
-        Some(&controller),
-    )
-    .await;
+    env.wait_design(&controller, Phase::RolledBack, 60).await;
     assert_eq!(
         apps::snapshot(&env.member, "nginx-test").await.pods,
         original.pods
@@ -194,15 +181,7 @@ async fn deleting_a_completed_policy_leaves_the_promotion_and_its_archive_rolls_
     let env = Env::start().await;
     let original = apps::snapshot(&env.member, "nginx-test").await;
     let controller = env.controller("keeper", &[], &[]);
-    env.apply(DESIGN_POLICY);
-    let policy = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::Completed,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let policy = env.apply_design(&controller, Phase::Completed, 120).await;
     let archive = policy.status.unwrap().backedup_file.unwrap();
     let out = env.kubectl_cp(&["delete", "promotepolicy", DESIGN_POLICY_NAME, "--timeout=30s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -115,13 +115,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
     assert!(events(&env).await.iter().all(|(_, by)| by == "replica-a"));
 
     // `b` takes over once the lease expires, and finishes the promotion.
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::Completed,
-        Duration::from_secs(90),
-        Some(&b),
-    )
-    .await;
+    env.wait_design(&b, Phase::Completed, 90).await;
     let takeover = died.elapsed();
     eprintln!("leader killed mid-detach -> standby finished the promotion in {takeover:.1?}");
     assert!(
@@ -167,13 +161,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
     );
 
     env.apply(&design_rollback_policy());
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::RolledBack,
-        Duration::from_secs(90),
-        Some(&c),
-    )
-    .await;
+    env.wait_design(&c, Phase::RolledBack, 90).await;
     let seen = events(&env).await;
     let tail: Vec<_> = seen.iter().skip_while(|(r, _)| r != "RollingBack").collect();
     assert!(

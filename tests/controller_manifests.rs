@@ -15,14 +15,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kpromote_core::policy::Phase;
 use kube::Api;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use support::apps;
 
-use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env, design_rollback_policy};
+use controller_env::{DESIGN_POLICY_NAME, Env};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/controller");
 
@@ -269,22 +268,7 @@ async fn the_api_server_accepts_the_manifests_and_their_rbac_is_enough_to_promot
         ],
         &[],
     );
-    env.apply(DESIGN_POLICY);
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::Completed,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
-    env.apply(&design_rollback_policy());
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::RolledBack,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.promote_and_roll_back_design(&controller).await;
     let lease = Api::<Lease>::namespaced(env.cp.clone(), "kosmos-system")
         .get("kpromote-controller")
         .await

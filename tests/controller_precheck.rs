@@ -156,14 +156,7 @@ async fn invalid_policies_fail_precheck_with_every_reason_and_touch_nothing() {
         env.apply(yaml);
     }
     for (name, _, needles) in cases {
-        let failed = env
-            .wait_phase(
-                name,
-                Phase::FailedPrecheck,
-                Duration::from_secs(60),
-                Some(&controller),
-            )
-            .await;
+        let failed = env.wait_for(&controller, name, Phase::FailedPrecheck, 60).await;
         assert_mentions(&failed, needles);
         let status = failed.status.as_ref().unwrap();
         assert!(status.backedup_file.is_none() && status.completion_timestamp.is_some());
@@ -197,21 +190,11 @@ async fn an_overlapping_policy_is_refused_naming_the_holder_and_runs_once_it_is_
     let controller = env.controller("overlap", &[], &[]);
 
     env.apply(DESIGN_POLICY);
-    env.wait_phase(
-        "promote-policy-example",
-        Phase::Completed,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.wait_for(&controller, "promote-policy-example", Phase::Completed, 120)
+        .await;
     env.apply(&policy("second", &["nginx-test"], &["events"], "member", false));
     let refused = env
-        .wait_phase(
-            "second",
-            Phase::FailedPrecheck,
-            Duration::from_secs(60),
-            Some(&controller),
-        )
+        .wait_for(&controller, "second", Phase::FailedPrecheck, 60)
         .await;
     assert_mentions(
         &refused,
@@ -220,13 +203,8 @@ async fn an_overlapping_policy_is_refused_naming_the_holder_and_runs_once_it_is_
 
     // The holder rolls back; the second policy, edited, starts over and runs.
     env.apply(&controller_env::design_rollback_policy());
-    env.wait_phase(
-        "promote-policy-example",
-        Phase::RolledBack,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.wait_for(&controller, "promote-policy-example", Phase::RolledBack, 120)
+        .await;
     wait_gone(&env, "nginx-test").await;
     env.apply(&policy(
         "second",
@@ -235,14 +213,7 @@ async fn an_overlapping_policy_is_refused_naming_the_holder_and_runs_once_it_is_
         "member",
         false,
     ));
-    let done = env
-        .wait_phase(
-            "second",
-            Phase::Completed,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let done = env.wait_for(&controller, "second", Phase::Completed, 120).await;
     let status = done.status.unwrap();
     assert!(status.precheck_errors.is_empty() && status.failure_reason.is_none());
     assert_eq!(status.observed_generation, done.metadata.generation);
@@ -258,13 +229,7 @@ async fn an_overlapping_policy_is_refused_naming_the_holder_and_runs_once_it_is_
         "member",
         true,
     ));
-    env.wait_phase(
-        "second",
-        Phase::RolledBack,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.wait_for(&controller, "second", Phase::RolledBack, 120).await;
     assert_eq!(
         apps::snapshot(&env.member, "nginx-test").await.pods,
         original.pods

@@ -52,10 +52,8 @@ fn assert_ok(out: &std::process::Output, what: &str) {
 
 #[tokio::test]
 async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
-    let pair = Pair::start().await;
+    let (pair, original) = Pair::start_with_nginx().await;
     let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
-    apps::nginx_example(&member_client, &pair.kubelet).await;
-    let original = apps::snapshot(&member_client, "nginx-test").await;
 
     for (cycle, (promote_fp, rollback_fp)) in CYCLES.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();

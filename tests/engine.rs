@@ -4,66 +4,52 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kpromote_core::engine::{
-    EngineOptions, Inventory, LiveCluster, Run, promote::promote, rollback::rollback,
-};
-use kpromote_core::journal::Journal;
+use kpromote_core::engine::EngineOptions;
 use kube::Api;
 use kube::api::ListParams;
 use support::pair::Pair;
-use support::{apps, archiving, wait_for};
+use support::promotion::Promotion;
+use support::{apps, wait_for};
 
 /// Controllers get this long to react (and so to reveal any pod they would create) before the
 /// after-snapshot is taken.
 const SETTLE: Duration = Duration::from_secs(5);
 
-fn run<'a>(
-    member: &'a LiveCluster,
-    cp: &'a LiveCluster,
-    inv: &'a Inventory,
-    opts: &'a EngineOptions,
-) -> Run<'a> {
-    Run {
-        member,
-        control_plane: cp,
-        inventory: inv,
-        cluster_name: "member",
-        options: opts,
-        on_progress: None,
-    }
-}
-
-fn journal(dir: &std::path::Path, name: &str, run: &str) -> Arc<Mutex<Journal>> {
-    Arc::new(Mutex::new(Journal::open(&dir.join(name), run).unwrap()))
+/// In `client`'s `shop`: the StatefulSet `db` owns its pod, the WebApp owns its Deployment.
+/// Returns the StatefulSets' UIDs.
+async fn assert_exact_owners(client: &kube::Client) -> std::collections::BTreeMap<String, String> {
+    let sts = apps::statefulsets(client, "shop").await;
+    let db0 = Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("db-0")
+        .await
+        .unwrap();
+    assert_eq!(db0.metadata.owner_references.unwrap()[0].uid, sts["db"]);
+    let webapp = apps::webapps(client, "shop").get("shop").await.unwrap();
+    let shop = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .get("shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        shop.metadata.owner_references.unwrap()[0].uid,
+        webapp.metadata.uid.unwrap()
+    );
+    sts
 }
 
 #[tokio::test]
 async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart() {
-    let pair = Pair::start().await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
-    apps::nginx_example(&member_client, &pair.kubelet).await;
-    let before = apps::snapshot(&member_client, "nginx-test").await;
     assert_eq!(before.pods.len(), 1);
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = archiving::archive(&member_client, &["nginx-test"], &[], dir.path()).await;
-    let inv = Inventory::from_archive(&path).unwrap();
-    let member = LiveCluster::new("member", member_client.clone());
-    let cp = LiveCluster::new("control plane", cp_client.clone());
+    let promotion = Promotion::archive(&pair, &["nginx-test"], &[]).await;
     let opts = EngineOptions::default();
 
-    let report = promote(
-        &run(&member, &cp, &inv, &opts),
-        &journal(dir.path(), "p.journal", "promote"),
-        None,
-    )
-    .await
-    .unwrap();
+    let report = promotion.promote_with(&opts, false).await.unwrap();
     assert_eq!(report.detached.len(), 2, "{report:#?}"); // the Deployment, then its ReplicaSet
     tokio::time::sleep(SETTLE).await;
 
@@ -132,12 +118,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
     );
 
     // Rollback: the member's owners are back and adopt the same pod; the control plane is clean.
-    let report = rollback(
-        &run(&member, &cp, &inv, &opts),
-        &journal(dir.path(), "r.journal", "rollback"),
-    )
-    .await
-    .unwrap();
+    let report = promotion.rollback("rollback.journal", &opts).await.unwrap();
     assert!(
         report.deleted.iter().any(|d| d == "namespaces/nginx-test"),
         "{report:#?}"
@@ -198,7 +179,6 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     let before = apps::snapshot(&member_client, "shop").await;
     let sts_before = apps::statefulsets(&member_client, "shop").await;
 
-    let dir = tempfile::tempdir().unwrap();
     let cluster_objects = [
         ("", "persistentvolumes", "shop-db-pv-0"),
         ("", "persistentvolumes", "shop-db-pv-1"),
@@ -219,19 +199,10 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
             "webapps.example.kpromote.io",
         ),
     ];
-    let path = archiving::archive(&member_client, &["shop"], &cluster_objects, dir.path()).await;
-    let inv = Inventory::from_archive(&path).unwrap();
-    let member = LiveCluster::new("member", member_client.clone());
-    let cp = LiveCluster::new("control plane", cp_client.clone());
+    let promotion = Promotion::archive(&pair, &["shop"], &cluster_objects).await;
     let opts = EngineOptions::default();
 
-    let report = promote(
-        &run(&member, &cp, &inv, &opts),
-        &journal(dir.path(), "p.journal", "promote"),
-        None,
-    )
-    .await
-    .unwrap();
+    let report = promotion.promote_with(&opts, false).await.unwrap();
     assert!(
         report
             .existed
@@ -263,21 +234,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     cp_snap.assert_promoted_from(&before, "promote");
     assert!(cp_snap.pods.values().all(|(_, _, node)| node == "kosmos-member"));
     // Exact owners: the StatefulSet owns its pods, the WebApp owns its Deployment.
-    let cp_sts = apps::statefulsets(&cp_client, "shop").await;
-    let db0 = Api::<Pod>::namespaced(cp_client.clone(), "shop")
-        .get("db-0")
-        .await
-        .unwrap();
-    assert_eq!(db0.metadata.owner_references.unwrap()[0].uid, cp_sts["db"]);
-    let cp_webapp = apps::webapps(&cp_client, "shop").get("shop").await.unwrap();
-    let cp_shop = Api::<Deployment>::namespaced(cp_client.clone(), "shop")
-        .get("shop")
-        .await
-        .unwrap();
-    assert_eq!(
-        cp_shop.metadata.owner_references.unwrap()[0].uid,
-        cp_webapp.metadata.uid.unwrap()
-    );
+    assert_exact_owners(&cp_client).await;
     let nodeport = Api::<Service>::namespaced(cp_client.clone(), "shop")
         .get("web-nodeport")
         .await
@@ -301,12 +258,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     .await;
 
     // Rollback.
-    rollback(
-        &run(&member, &cp, &inv, &opts),
-        &journal(dir.path(), "r.journal", "rollback"),
-    )
-    .await
-    .unwrap();
+    promotion.rollback("rollback.journal", &opts).await.unwrap();
     tokio::time::sleep(SETTLE).await;
     let rolled = apps::snapshot(&member_client, "shop").await;
     rolled.assert_rolled_back_to(&before, "rollback");
@@ -314,22 +266,8 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
         rolled.revisions, before.revisions,
         "the StatefulSet's revisions are the original ones"
     );
-    let member_sts = apps::statefulsets(&member_client, "shop").await;
+    let member_sts = assert_exact_owners(&member_client).await;
     assert_ne!(member_sts["db"], sts_before["db"], "re-created");
-    let db0 = Api::<Pod>::namespaced(member_client.clone(), "shop")
-        .get("db-0")
-        .await
-        .unwrap();
-    assert_eq!(db0.metadata.owner_references.unwrap()[0].uid, member_sts["db"]);
-    let webapp = apps::webapps(&member_client, "shop").get("shop").await.unwrap();
-    let shop = Api::<Deployment>::namespaced(member_client.clone(), "shop")
-        .get("shop")
-        .await
-        .unwrap();
-    assert_eq!(
-        shop.metadata.owner_references.unwrap()[0].uid,
-        webapp.metadata.uid.unwrap()
-    );
 
     // The control plane holds nothing of the namespace; what existed before is still there.
     support::wait_namespace_gone(&cp_client, "shop").await;

@@ -9,8 +9,10 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
 use kpromote_archive::{ArchiveReader, WriterOptions};
 use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster};
+use kpromote_model::ObjectKey;
 use kube::Api;
 use kube::api::ListParams;
 use support::faults::{FaultProxy, Faults};
@@ -93,18 +95,14 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         member_proxy.counts(),
         cp_proxy.counts()
     );
-    wait_namespace_gone(&pair.cp, ns).await;
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "rollback under faults");
+    pair.assert_rolled_back(ns, &before, "rollback under faults")
+        .await;
 }
 
 #[tokio::test]
 async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_deleting() {
-    let pair = Pair::start().await;
-    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    let before = apps::snapshot(&pair.member, ns).await;
     let run = Promotion::archive(&pair, &[ns], &[]).await;
 
     // The member's garbage collector freezes: detach's orphan deletion of the Deployment stays
@@ -161,18 +159,14 @@ async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_dele
             .then_some(())
     })
     .await;
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "rollback after a slow garbage collector");
-    wait_namespace_gone(&pair.cp, ns).await;
+    pair.assert_rolled_back(ns, &before, "rollback after a slow garbage collector")
+        .await;
 }
 
 #[tokio::test]
 async fn rollback_refuses_to_discard_what_changed_in_the_control_plane_unless_told() {
-    let pair = Pair::start().await;
-    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    let before = apps::snapshot(&pair.member, ns).await;
     let run = Promotion::archive(&pair, &[ns], &[]).await;
     let opts = EngineOptions::default();
     run.promote_with(&opts, false).await.unwrap();
@@ -219,10 +213,8 @@ async fn rollback_refuses_to_discard_what_changed_in_the_control_plane_unless_to
     };
     let report = run.rollback("rollback.journal", &discard).await.unwrap();
     assert_eq!(report.discarded.len(), 2, "{:?}", report.discarded);
-    wait_namespace_gone(&pair.cp, ns).await;
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "rollback discarding changes");
+    pair.assert_rolled_back(ns, &before, "rollback discarding changes")
+        .await;
 }
 
 #[tokio::test]
@@ -288,10 +280,8 @@ fn cli(pair: &Pair, subcommand: &str, archive: &std::path::Path) -> std::process
 
 #[tokio::test]
 async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archive() {
-    let pair = Pair::start().await;
-    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    let before = apps::snapshot(&pair.member, ns).await;
     let dir = tempfile::tempdir().unwrap();
     let archive = support::archiving::archive(&pair.member, &[ns], &[], dir.path()).await;
 
@@ -359,10 +349,8 @@ async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archi
 
 #[tokio::test]
 async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
-    let pair = Pair::start().await;
-    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    let before = apps::snapshot(&pair.member, ns).await;
     // One entry per frame, so damaging one frame damages one object.
     let dir = tempfile::tempdir().unwrap();
     let one_per_frame = WriterOptions::zstd().frame_size(512);
@@ -375,50 +363,75 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     };
     run.promote(&EngineOptions::default()).await.unwrap();
 
-    // A flipped bit in the last entry (a Service, in path order), after promote. (A damaged frame
-    // ends the reading: what follows it in path order is known only from the index.)
-    let frame = ArchiveReader::open(&path)
+    // After promote, a flipped bit in two entries: the Deployment (an owner rollback must
+    // re-create) and the last entry, a Service (which rollback removes from the control plane).
+    let frames = ArchiveReader::open(&path)
         .unwrap()
         .manifest()
         .unwrap()
         .frames
+        .clone();
+    let deployment = frames
         .iter()
-        .last()
+        .find(|f| f.first_path == "resources/deployments.apps/namespaces/nginx-test/nginx.json")
         .cloned()
-        .expect("frames");
-    let damaged = kpromote_archive::layout::parse_object_path(&frame.first_path).unwrap();
-    assert_eq!(damaged.resource, "services", "{frame:?}");
+        .expect("the Deployment's frame");
+    let last = frames.last().cloned().expect("frames");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[usize::try_from(frame.offset + frame.length / 2).unwrap()] ^= 0x10;
+    for frame in [&deployment, &last] {
+        assert_eq!(frame.entries, 1, "{frame:?}");
+        bytes[usize::try_from(frame.offset + frame.length / 2).unwrap()] ^= 0x10;
+    }
     std::fs::write(&path, &bytes).unwrap();
     assert!(
         Inventory::from_archive(&path).is_err(),
         "promote refuses a damaged archive"
     );
+    let service = kpromote_archive::layout::parse_object_path(&last.first_path).unwrap();
+    assert_eq!(service.resource, "services", "{last:?}");
+    let owner: ObjectKey = "deployments.apps/nginx-test/nginx".parse().unwrap();
 
-    // Rollback reads the rest, rolls everything back (the Service is torn down from its index
-    // record) and names the damaged entry.
+    // Rollback reads everything else (frames are independent), knows the damaged objects from
+    // the verified index, rolls back all it can and names the owner it could not re-create.
     run.inv = Inventory::for_rollback(&path).unwrap();
-    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&damaged]);
+    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&owner, &service]);
     let report = run
         .rollback("rollback.journal", &EngineOptions::default())
         .await
         .unwrap();
+    assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
     assert!(
-        report.unreadable.is_empty(),
-        "no owner was lost: {:?}",
+        report.unreadable[0].starts_with("deployments.apps/nginx-test/nginx was not re-created"),
+        "{:?}",
         report.unreadable
     );
     assert!(
-        report
-            .deleted
-            .iter()
-            .any(|d| d.contains("services/nginx-test/nginx")),
-        "{:?}",
+        report.deleted.contains(&service.to_string()),
+        "the damaged Service is removed from the control plane all the same: {:?}",
         report.deleted
     );
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "rollback from an archive with a damaged entry");
+    // The ReplicaSet is re-created and takes the same pods back: no pod restarted or replaced.
+    wait_for(
+        "the re-created ReplicaSet to own the pods",
+        Duration::from_secs(60),
+        || async {
+            let pods = Api::<Pod>::namespaced(pair.member.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            pods.items
+                .iter()
+                .all(|p| {
+                    p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "ReplicaSet")
+                })
+                .then_some(())
+        },
+    )
+    .await;
     wait_namespace_gone(&pair.cp, ns).await;
+    assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }

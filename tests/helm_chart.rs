@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kpromote_core::policy::Phase;
+
 use kpromote_testenv::Binaries;
 use kube::Api;
 use kube::runtime::wait::{await_condition, conditions};
@@ -22,7 +22,7 @@ use serde_json::Value;
 use support::apps;
 use support::pair::Pair;
 
-use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env, design_rollback_policy};
+use controller_env::Env;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kpromote");
@@ -329,22 +329,7 @@ async fn helm_install_yields_a_controller_that_promotes_and_rolls_back_the_desig
     let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let controller = env.controller("helm", &arg_refs, &env_refs);
 
-    env.apply(DESIGN_POLICY);
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::Completed,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
-    env.apply(&design_rollback_policy());
-    env.wait_phase(
-        DESIGN_POLICY_NAME,
-        Phase::RolledBack,
-        Duration::from_secs(120),
-        Some(&controller),
-    )
-    .await;
+    env.promote_and_roll_back_design(&controller).await;
     assert!(!controller.log().contains("forbidden"), "{}", controller.log());
     // The Lease the chart's RBAC allows, named by the chart, in the namespace $POD_NAMESPACE
     // gives (the harness names the holder).

@@ -8,8 +8,6 @@
 mod controller_env;
 mod support;
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kpromote_core::kosmos::cluster::{Cluster, ClusterSpec};
@@ -205,15 +203,7 @@ async fn cluster_kubeconfigs_that_run_commands_or_read_files_are_refused() {
     }
     let mut failed = Vec::new();
     for (name, _, _) in &cases {
-        failed.push(
-            env.wait_phase(
-                name,
-                Phase::FailedPrecheck,
-                Duration::from_secs(60),
-                Some(&controller),
-            )
-            .await,
-        );
+        failed.push(env.wait_for(&controller, name, Phase::FailedPrecheck, 60).await);
     }
     // What the attacks did comes first: the messages matter only once they did nothing.
     assert!(!ran.exists(), "the exec command ran inside the controller");
@@ -316,15 +306,7 @@ async fn escalating_bindings_need_the_policys_consent_and_nothing_leaks_secrets(
     let consent = "spec:\n  allowEscalatingBindings:\n    - builder-admin\n    - nginx-test/sneaky\n";
 
     let controller = env.controller("hostile-rbac", &[], &[]);
-    env.apply(DESIGN_POLICY);
-    let failed = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::FailedPrecheck,
-            Duration::from_secs(60),
-            Some(&controller),
-        )
-        .await;
+    let failed = env.apply_design(&controller, Phase::FailedPrecheck, 60).await;
     let errors = failed.status.unwrap().precheck_errors;
     assert!(
         errors
@@ -345,14 +327,7 @@ async fn escalating_bindings_need_the_policys_consent_and_nothing_leaks_secrets(
 
     // The policy consents by name: it runs, and the binding is granted in the control plane.
     env.apply(&DESIGN_POLICY.replacen("spec:\n", consent, 1));
-    let done = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::Completed,
-            Duration::from_secs(120),
-            Some(&controller),
-        )
-        .await;
+    let done = env.wait_design(&controller, Phase::Completed, 120).await;
     assert!(crbs.get_opt("builder-admin").await.unwrap().is_some());
     let described = env.kubectl_cp(&["describe", "promotepolicy", DESIGN_POLICY_NAME]);
     let described = String::from_utf8_lossy(&described.stdout).into_owned();
@@ -382,14 +357,7 @@ async fn escalating_bindings_need_the_policys_consent_and_nothing_leaks_secrets(
         .await
         .unwrap();
     env.apply(&controller_env::design_rollback_policy().replacen("spec:\n", consent, 1));
-    let stranded = env
-        .wait_phase(
-            DESIGN_POLICY_NAME,
-            Phase::FailedRollback,
-            Duration::from_secs(60),
-            Some(&controller),
-        )
-        .await;
+    let stranded = env.wait_design(&controller, Phase::FailedRollback, 60).await;
     let reason = stranded.status.unwrap().failure_reason.unwrap();
     assert!(
         reason.contains("is not in the backup directory") && reason.contains(&planted.display().to_string()),

@@ -340,10 +340,7 @@ async fn limit_range_and_quota_added_after_the_pods_change_nothing_under_cluster
         .assert_promoted_from(&before, "promote");
 
     run.rollback("rollback.journal", &opts).await.unwrap();
-    wait_namespace_gone(&pair.cp, ns).await;
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "rollback");
+    pair.assert_rolled_back(ns, &before, "rollback").await;
 }
 
 #[tokio::test]
@@ -477,10 +474,7 @@ async fn a_pod_admission_changes_in_the_control_plane_stops_promote_naming_field
         message.contains("spec.priority") && message.contains("Priority"),
         "{message}"
     );
-    wait_namespace_gone(&pair.cp, ns).await;
-    apps::snapshot(&pair.member, ns)
-        .await
-        .assert_rolled_back_to(&before, "automatic rollback");
+    pair.assert_rolled_back(ns, &before, "automatic rollback").await;
 }
 
 #[tokio::test]

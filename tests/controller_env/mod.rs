@@ -203,6 +203,48 @@ impl Env {
         }
     }
 
+    /// Waits up to `seconds` until policy `name`, driven by `controller`, is in `phase` (see
+    /// [`Env::wait_phase`]).
+    pub async fn wait_for(
+        &self,
+        controller: &ControllerProcess,
+        name: &str,
+        phase: Phase,
+        seconds: u64,
+    ) -> PromotePolicy {
+        self.wait_phase(name, phase, Duration::from_secs(seconds), Some(controller))
+            .await
+    }
+
+    /// Waits until the design's policy is in `phase` (see [`Env::wait_for`]).
+    pub async fn wait_design(
+        &self,
+        controller: &ControllerProcess,
+        phase: Phase,
+        seconds: u64,
+    ) -> PromotePolicy {
+        self.wait_for(controller, DESIGN_POLICY_NAME, phase, seconds)
+            .await
+    }
+
+    /// Applies the design's policy verbatim and waits until it is in `phase`.
+    pub async fn apply_design(
+        &self,
+        controller: &ControllerProcess,
+        phase: Phase,
+        seconds: u64,
+    ) -> PromotePolicy {
+        self.apply(DESIGN_POLICY);
+        self.wait_design(controller, phase, seconds).await
+    }
+
+    /// The design's policy applied, `Completed`, then rolled back, `RolledBack` (two minutes each).
+    pub async fn promote_and_roll_back_design(&self, controller: &ControllerProcess) {
+        self.apply_design(controller, Phase::Completed, 120).await;
+        self.apply(&design_rollback_policy());
+        self.wait_design(controller, Phase::RolledBack, 120).await;
+    }
+
     /// Waits until policy `name` has a phase from `phases`, returning it.
     pub async fn wait_any_phase(&self, name: &str, phases: &[Phase], timeout: Duration) -> Phase {
         let deadline = Instant::now() + timeout;

@@ -37,6 +37,23 @@ impl Pair {
         }
     }
 
+    /// Two clusters with the design's nginx example running in the member, and its snapshot.
+    pub async fn start_with_nginx() -> (Self, super::apps::Snapshot) {
+        let pair = Self::start().await;
+        super::apps::nginx_example(&pair.member, &pair.kubelet).await;
+        let before = super::apps::snapshot(&pair.member, "nginx-test").await;
+        (pair, before)
+    }
+
+    /// After a rollback: the control plane lost namespace `ns`, and the member's `ns` is as in
+    /// `before` (same pods, UIDs and restart counts; nothing a controller created).
+    pub async fn assert_rolled_back(&self, ns: &str, before: &super::apps::Snapshot, what: &str) {
+        super::wait_namespace_gone(&self.cp, ns).await;
+        super::apps::snapshot(&self.member, ns)
+            .await
+            .assert_rolled_back_to(before, what);
+    }
+
     /// [`Pair::start`], then the real Kosmos clustertree serving the member as cluster `member`
     /// (it adopts the virtual node `kosmos-member`). Fails — never skips — when the kit is not
     /// installed (`tests/testenv/kosmos.sh`).

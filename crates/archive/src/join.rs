@@ -17,6 +17,18 @@ use std::sync::Arc;
 /// A decompressed frame source, possibly running on its own thread.
 pub(crate) type Source = Box<dyn FrameSource + Send>;
 
+/// Opens a [`Source`] on the given frames (a suffix of the frame table).
+pub(crate) type OpenFrames = dyn FnMut(&[FrameInfo]) -> Result<Source> + Send;
+
+/// Makes a [`Source`] decoding the given frames, for [`EntrySide::resync`].
+pub(crate) struct Reopen(pub(crate) Box<OpenFrames>);
+
+impl std::fmt::Debug for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reopen")
+    }
+}
+
 /// Builds a source decoding `frames` of `file`; `pump` moves decoding to a thread.
 pub(crate) fn source(
     codec: super::codec::Codec,
@@ -345,6 +357,9 @@ pub(crate) struct EntryItem {
 /// Reads the entries of frame A frame by frame, checking each against the frame table.
 pub(crate) struct EntrySide {
     tar: TarStream<Source>,
+    /// Opens a source on a suffix of the frame table: how a lenient reading resumes at the
+    /// frame after a damaged one ([`EntrySide::resync`]).
+    reopen: Option<Reopen>,
     frames: Vec<FrameInfo>,
     frame: usize,
     in_frame: u64,
@@ -376,6 +391,7 @@ impl EntrySide {
     ) -> Self {
         EntrySide {
             tar: TarStream::new(source, Dialects::Strict),
+            reopen: None,
             frames,
             frame: 0,
             in_frame: 0,
@@ -493,6 +509,40 @@ impl EntrySide {
     }
 
     /// At the end of a frame: check it against the table and move to the next.
+    /// Lets [`EntrySide::resync`] resume after damage, through `reopen`.
+    pub(crate) fn resumable(mut self, reopen: Reopen) -> Self {
+        self.reopen = Some(reopen);
+        self
+    }
+
+    /// After an error that ends the current frame (undecodable data, a malformed header),
+    /// resumes at the next frame of the frame table: frames are independent, so the damage stays
+    /// in one. Returns whether reading goes on (false: not resumable, or no frame left).
+    pub(crate) fn resync(&mut self) -> bool {
+        let Some(reopen) = self.reopen.as_mut() else {
+            return false;
+        };
+        let next = self.frame + 1;
+        if next >= self.frames.len() {
+            self.finished = true;
+            return false;
+        }
+        match (reopen.0)(&self.frames[next..]) {
+            Ok(source) => {
+                self.tar = TarStream::new(source, Dialects::Strict);
+                self.frame = next;
+                self.in_frame = 0;
+                self.frame_start = 0;
+                self.finished = false;
+                true
+            }
+            Err(_) => {
+                self.finished = true;
+                false
+            }
+        }
+    }
+
     fn end_frame(&mut self) -> Result<()> {
         let Some(info) = self.frames.get(self.frame) else {
             self.finished = true;
@@ -544,6 +594,8 @@ pub(crate) struct Join {
     index_done: bool,
     entries_done: bool,
     fused: bool,
+    /// Whether a bad frame is skipped ([`EntrySide::resync`]) rather than ending the join.
+    lenient: bool,
     /// An entry refused for itself (too large, not a regular file): its record, if any, is
     /// dropped rather than reported again as missing.
     refused: Option<String>,
@@ -560,8 +612,15 @@ impl Join {
             index_done: false,
             entries_done: false,
             fused: false,
+            lenient: false,
             refused: None,
         }
+    }
+
+    /// Goes on after a damaged frame, at the next one (the entries side must be resumable).
+    pub(crate) fn lenient(mut self) -> Self {
+        self.lenient = true;
+        self
     }
 
     /// The next matched entry, or an error about one entry (reading goes on after
@@ -573,6 +632,7 @@ impl Join {
         let out = self.step();
         if let Some(Err(e)) = &out
             && !e.is_entry_local()
+            && (!self.lenient || self.entries_done)
         {
             self.fused = true;
         }
@@ -620,7 +680,9 @@ impl Join {
                             | ArchiveError::UnsupportedEntryType { entry, .. } => {
                                 self.refused = Some(entry.clone());
                             }
-                            _ if !e.is_entry_local() => self.entries_done = true,
+                            _ if !e.is_entry_local() => {
+                                self.entries_done = !(self.lenient && self.entries.resync());
+                            }
                             _ => {}
                         }
                         return Some(Err(e));

@@ -439,9 +439,10 @@ impl ArchiveReader {
         self.objects_in(Range::All, true)
     }
 
-    /// Streams every object like [`ArchiveReader::objects`], but a bad entry (checksum, size,
-    /// undecodable frame) is an error item and the reading goes on with the next good one, as
-    /// [`ArchiveReader::verify`] does. For a consumer that can act on part of an archive and
+    /// Streams every object like [`ArchiveReader::objects`], but a bad entry (checksum, size)
+    /// is an error item and the reading goes on with the next good one, and a frame that cannot
+    /// be decoded is skipped: the reading resumes at the next frame of the frame table (frames
+    /// are independent), its entries reported missing. For a consumer that can act on part of an archive and
     /// report the rest — a rollback re-creates the owners it can read and names the others. The
     /// index itself must verify (else nothing says which objects exist): that is still an error
     /// when opening.
@@ -449,11 +450,17 @@ impl ArchiveReader {
     /// # Errors
     /// Opening: the index does not match the manifest.
     pub fn objects_lenient(&self) -> Result<Objects> {
-        let mut objects = self.objects_in(Range::All, true)?;
-        if let ObjectsInner::Join { lenient, .. } = &mut objects.0 {
-            *lenient = true;
+        match &self.inner {
+            Inner::Kpromote(state) => {
+                self.ensure_index_verified(state)?;
+                Ok(Objects(ObjectsInner::Join {
+                    join: Box::new(self.join_with(state, Range::All, true, false, true)?),
+                    done: false,
+                    lenient: true,
+                }))
+            }
+            Inner::Velero { .. } => self.objects(),
         }
-        Ok(objects)
     }
 
     /// Streams the objects of one group-resource (e.g. `("deployments", "apps")`), seeking to
@@ -628,6 +635,18 @@ impl ArchiveReader {
     }
 
     fn join(&self, state: &KpromoteState, range: Range, keep_body: bool, pump: bool) -> Result<Join> {
+        self.join_with(state, range, keep_body, pump, false)
+    }
+
+    /// A join; `lenient` skips a damaged frame and resumes at the next one.
+    fn join_with(
+        &self,
+        state: &KpromoteState,
+        range: Range,
+        keep_body: bool,
+        pump: bool,
+        lenient: bool,
+    ) -> Result<Join> {
         let frames = &state.manifest.frames;
         // Frames are in path order: start at the last frame whose first path is not after the
         // range start.
@@ -646,7 +665,7 @@ impl ArchiveReader {
             location::FRAME_A,
             pump,
         )?;
-        let entries = EntrySide::new(
+        let mut entries = EntrySide::new(
             source,
             selected,
             self.options.max_entry_bytes,
@@ -654,7 +673,21 @@ impl ArchiveReader {
             keep_body,
         );
         let index = self.index_side(state, pump)?;
-        Ok(Join::new(index, entries, range))
+        if !lenient {
+            return Ok(Join::new(index, entries, range));
+        }
+        let (codec, file, budget) = (self.codec, Arc::clone(&self.file), self.options.budget());
+        entries = entries.resumable(join::Reopen(Box::new(move |frames| {
+            join::source(
+                codec,
+                &file,
+                frames.iter().map(|f| (f.offset, f.length)).collect(),
+                budget,
+                location::FRAME_A,
+                false,
+            )
+        })));
+        Ok(Join::new(index, entries, range).lenient())
     }
 }
 

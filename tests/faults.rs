@@ -394,7 +394,7 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     // Rollback reads everything else (frames are independent), knows the damaged objects from
     // the verified index, rolls back all it can and names the owner it could not re-create.
     run.inv = Inventory::for_rollback(&path).unwrap();
-    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&owner, &service]);
+    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&service, &owner]);
     let report = run
         .rollback("rollback.journal", &EngineOptions::default())
         .await

@@ -415,7 +415,7 @@ fn sync_parent(path: &Path) -> Result<(), JournalError> {
 /// symlink, and refuses a file this process could not have written: not a regular file, owned by
 /// another user, or writable by group or others.
 fn open_private(path: &Path) -> Result<File, JournalError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let not_ours = |why: String| JournalError::NotOurs {
         path: path.to_owned(),
         why,
@@ -441,20 +441,10 @@ fn open_private(path: &Path) -> Result<File, JournalError> {
         path: path.to_owned(),
         source,
     })?;
-    if !meta.is_file() {
-        return Err(not_ours("is not a regular file".to_owned()));
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(not_ours(format!(
-            "is owned by uid {}, not by uid {me} that kpromote runs as",
-            meta.uid()
-        )));
+    if let Some(why) = crate::backup::trusted::why_not_ours(&meta) {
+        return Err(not_ours(why));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(not_ours(format!("is writable by others (mode {mode:o})")));
-    }
     if mode & 0o077 != 0 {
         // An older kpromote created journals 0644: readable, never writable, by others.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -563,14 +553,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_ignored_but_damage_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut j = open(&dir, "promote:a").expect("opens");
-        j.done("detach", "deployments.apps/ns/web", Value::Null)
-            .expect("writes");
-        drop(j);
-        let path = dir.path().join("j.journal");
-        let mut text = std::fs::read_to_string(&path).expect("reads");
-        text.push_str("{\"step\":\"detach\",\"ke");
-        std::fs::write(&path, &text).expect("writes");
+        let (path, text) = with_torn_tail(&dir, "detach");
         let j = open(&dir, "promote:a").expect("torn tail tolerated");
         assert!(j.is_done("detach", "deployments.apps/ns/web"));
         drop(j);
@@ -582,17 +565,23 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_torn_tail_is_cut_off_so_the_next_append_and_reopen_succeed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut j = open(&dir, "promote:a").expect("opens");
+    /// A journal with one `detach` record, then the first bytes of a `step` record (a torn tail).
+    fn with_torn_tail(dir: &tempfile::TempDir, step: &str) -> (std::path::PathBuf, String) {
+        let mut j = open(dir, "promote:a").expect("opens");
         j.done("detach", "deployments.apps/ns/web", Value::Null)
             .expect("writes");
         drop(j);
         let path = dir.path().join("j.journal");
         let mut text = std::fs::read_to_string(&path).expect("reads");
-        text.push_str("{\"step\":\"mark\",\"ke");
+        text.push_str(&format!("{{\"step\":\"{step}\",\"ke"));
         std::fs::write(&path, &text).expect("writes");
+        (path, text)
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_so_the_next_append_and_reopen_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _) = with_torn_tail(&dir, "mark");
         let mut j = open(&dir, "promote:a").expect("torn tail tolerated");
         j.done("mark", "pods/ns/web-1", Value::Null).expect("appends");
         drop(j);

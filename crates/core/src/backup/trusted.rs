@@ -94,23 +94,24 @@ pub fn owned_regular_file(path: &Path) -> Result<(), UntrustedFile> {
     if meta.file_type().is_symlink() {
         return Err(not_ours("is a symbolic link".to_owned()));
     }
+    why_not_ours(&meta).map_or(Ok(()), |why| Err(not_ours(why)))
+}
+
+/// Why a file kpromote is about to trust is not its own: not a regular file, owned by another
+/// user, or writable by others. `None` when it is. One rule for archives and journals.
+pub(crate) fn why_not_ours(meta: &std::fs::Metadata) -> Option<String> {
     if !meta.is_file() {
-        return Err(not_ours("is not a regular file".to_owned()));
+        return Some("is not a regular file".to_owned());
     }
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(not_ours(format!(
+        return Some(format!(
             "is owned by uid {}, not by uid {me} that kpromote runs as",
             meta.uid()
-        )));
+        ));
     }
-    if meta.mode() & 0o022 != 0 {
-        return Err(not_ours(format!(
-            "is writable by others (mode {:o})",
-            meta.mode() & 0o777
-        )));
-    }
-    Ok(())
+    let mode = meta.mode() & 0o777;
+    (mode & 0o022 != 0).then(|| format!("is writable by others (mode {mode:o})"))
 }
 
 #[cfg(test)]

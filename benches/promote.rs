@@ -297,14 +297,7 @@ fn main() {
         let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
         reset_peak_rss();
         let t = Instant::now();
-        let run = Run {
-            member: &member,
-            control_plane: &cp,
-            inventory: &inv,
-            cluster_name: "member",
-            options: &opts,
-            on_progress: None,
-        };
+        let run = Run::new(&member, &cp, &inv, "member", &opts);
         rollback(&run, &journal).await.expect("rollback");
         let rollback_s = t.elapsed().as_secs_f64();
         let rollback_rss = peak_rss_mib();
@@ -339,7 +332,7 @@ fn main() {
             let opts = EngineOptions { concurrency: 1, ..EngineOptions::default() };
             let one = promote_timed(&member, &cp, &inv, &opts, dir.path(), "serial").await;
             let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
-            let run = Run { member: &member, control_plane: &cp, inventory: &inv, cluster_name: "member", options: &opts, on_progress: None };
+            let run = Run::new(&member, &cp, &inv, "member", &opts);
             rollback(&run, &journal).await.expect("rollback");
             let one_rate = one.restored as f64 / one.restore_s;
             println!("| restore, one at a time | {} | {:.1} | {one_rate:.0} |", one.restored, one.restore_s);

@@ -241,14 +241,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         };
         let opts = args.knobs.options();
         let progress = progress_printer();
-        let run = Run {
-            member: &member,
-            control_plane: &cp,
-            inventory: &inv,
-            cluster_name: &args.clusters.cluster_name,
-            options: &opts,
-            on_progress: Some(&progress),
-        };
+        let run = Run::new(&member, &cp, &inv, &args.clusters.cluster_name, &opts).reporting(&progress);
         let report = promote::promote(&run, &journal, rollback_journal.as_ref()).await?;
         print_report(
             &format!("promoted (archive {})", archive.display()),
@@ -278,14 +271,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             discard_changes: args.discard_changes,
             ..args.knobs.options()
         };
-        let run = Run {
-            member: &member,
-            control_plane: &cp,
-            inventory: &inv,
-            cluster_name: &args.clusters.cluster_name,
-            options: &opts,
-            on_progress: Some(&progress),
-        };
+        let run = Run::new(&member, &cp, &inv, &args.clusters.cluster_name, &opts).reporting(&progress);
         let report = rollback::rollback(&run, &journal).await?;
         print_report("rolled back", &report, &args.knobs.output)?;
         Ok(ExitCode::SUCCESS)

@@ -82,13 +82,6 @@ impl Promotion {
     }
 
     fn run<'a>(&'a self, opts: &'a EngineOptions) -> kpromote_core::engine::Run<'a> {
-        kpromote_core::engine::Run {
-            member: &self.member,
-            control_plane: &self.cp,
-            inventory: &self.inv,
-            cluster_name: "member",
-            options: opts,
-            on_progress: None,
-        }
+        kpromote_core::engine::Run::new(&self.member, &self.cp, &self.inv, "member", opts)
     }
 }

@@ -238,14 +238,8 @@ impl Run {
             };
             // No rollback journal: on failure the controller itself records `RollingBack`
             // before rolling back, so a crash then resumes the rollback, not the promote.
-            let run = engine::Run {
-                member: &member,
-                control_plane: &control_plane,
-                inventory: &inv,
-                cluster_name: &cluster_name,
-                options: &opts,
-                on_progress: Some(&on_progress),
-            };
+            let run =
+                engine::Run::new(&member, &control_plane, &inv, &cluster_name, &opts).reporting(&on_progress);
             engine::promote::promote(&run, &journal, None).await
         };
         let started = Instant::now();
@@ -311,14 +305,8 @@ impl Run {
         let work = async {
             let _lock = lock;
             let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
-            let run = engine::Run {
-                member: &member,
-                control_plane: &control_plane,
-                inventory: &inv,
-                cluster_name: &cluster_name,
-                options: &opts,
-                on_progress: Some(&on_progress),
-            };
+            let run =
+                engine::Run::new(&member, &control_plane, &inv, &cluster_name, &opts).reporting(&on_progress);
             engine::rollback::rollback(&run, &journal).await
         };
         let started = Instant::now();

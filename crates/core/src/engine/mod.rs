@@ -55,6 +55,36 @@ pub struct Run<'a> {
     pub on_progress: Option<&'a ProgressFn>,
 }
 
+impl<'a> Run<'a> {
+    /// A run with no progress callback (see [`Run::reporting`]).
+    #[must_use]
+    pub fn new(
+        member: &'a LiveCluster,
+        control_plane: &'a LiveCluster,
+        inventory: &'a Inventory,
+        cluster_name: &'a str,
+        options: &'a EngineOptions,
+    ) -> Self {
+        Self {
+            member,
+            control_plane,
+            inventory,
+            cluster_name,
+            options,
+            on_progress: None,
+        }
+    }
+
+    /// The same run, calling `on_progress` as steps progress.
+    #[must_use]
+    pub fn reporting(self, on_progress: &'a ProgressFn) -> Self {
+        Self {
+            on_progress: Some(on_progress),
+            ..self
+        }
+    }
+}
+
 impl std::fmt::Debug for Run<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Run")

@@ -79,17 +79,13 @@ fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// Human-readable logs on a terminal, JSON lines otherwise (the demo reads its controller's log).
+/// JSON lines on stderr (the demo reads its controller's log); `RUST_LOG` overrides `info`.
 fn init_logging() {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.compact().init();
-    } else {
-        builder.json().init();
-    }
+        .with_writer(std::io::stderr)
+        .json()
+        .init();
 }

@@ -359,13 +359,7 @@ impl Run {
                     Some(cause) => format!("{cause}; {failed}"),
                     None => failed,
                 };
-                self.transition(
-                    Phase::FailedRollback,
-                    &reason,
-                    Some((false, REASON_ROLLBACK_FAILED)),
-                    |s| s.failure_reason = Some(reason.clone()),
-                )
-                .await?;
+                return self.failed_rollback(&reason).await;
             }
         }
         Ok(Flow::Continue)
@@ -415,11 +409,16 @@ impl Run {
             "{why}; promote cannot continue and rollback cannot run without the archive: put it back and set \
              rollback: \"true\""
         );
+        self.failed_rollback(&reason).await
+    }
+
+    /// `FailedRollback` with `reason` as the message and the failure reason.
+    async fn failed_rollback(&mut self, reason: &str) -> Result<Flow, ReconcileError> {
         self.transition(
             Phase::FailedRollback,
-            &reason,
+            reason,
             Some((false, REASON_ROLLBACK_FAILED)),
-            |s| s.failure_reason = Some(reason.clone()),
+            |s| s.failure_reason = Some(reason.to_owned()),
         )
         .await?;
         Ok(Flow::Continue)

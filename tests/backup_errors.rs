@@ -233,15 +233,20 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
     // size limit (RLIMIT_FSIZE, SIGXFSZ ignored so the write fails with an error instead of
     // killing the process), far below the archive's size.
     let kubeconfig = dir.path().join("kubeconfig");
+    let backup_args = |out: &std::path::Path, kubeconfig: &std::path::Path| {
+        let mut args: Vec<std::ffi::OsString> = ["backup", "-n", NS, "--name", "full.tar.zst"]
+            .map(Into::into)
+            .to_vec();
+        args.extend(["--output-dir".into(), out.into()]);
+        args.extend(["--kubeconfig".into(), kubeconfig.into()]);
+        args
+    };
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
     let full = Command::new("sh")
         .arg("-c")
         .arg(r#"trap '' XFSZ; ulimit -f 4 && exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_kpromote"))
-        .args(["backup", "-n", NS, "--name", "full.tar.zst", "--output-dir"])
-        .arg(&out)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .args(backup_args(&out, &kubeconfig))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&full.stderr);
@@ -258,10 +263,7 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
 
     // The same command without the limit succeeds (the limit was the only problem).
     let ok = Command::new(env!("CARGO_BIN_EXE_kpromote"))
-        .args(["backup", "-n", NS, "--name", "full.tar.zst", "--output-dir"])
-        .arg(&out)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .args(backup_args(&out, &kubeconfig))
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));

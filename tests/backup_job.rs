@@ -77,28 +77,12 @@ fn the_manifests_say_what_a_backup_job_needs_and_grant_only_reading() {
     assert!(!job_namespaces(job).is_empty());
 
     // The volume at /data/backup is the manifests' PVC.
-    let mount = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == "/data/backup")
-        .expect("a volume mounted at /data/backup");
+    let (mount, claim) = support::claim_mounted_at(pod, container, "/data/backup");
     assert_ne!(mount.read_only, Some(true));
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
-    let claim = &volume
-        .persistent_volume_claim
-        .as_ref()
-        .expect("a PVC volume")
-        .claim_name;
     let pvcs: Vec<PersistentVolumeClaim> = of_kind(&docs, "PersistentVolumeClaim");
     assert!(
         pvcs.iter()
-            .any(|p| p.metadata.name.as_deref() == Some(claim.as_str())
+            .any(|p| p.metadata.name.as_deref() == Some(claim)
                 && p.metadata.namespace == job.metadata.namespace)
     );
 

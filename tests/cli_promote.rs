@@ -4,7 +4,6 @@
 
 mod support;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use support::apps;
@@ -64,20 +63,8 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "a dry run keeps no archive"
     );
-    assert!(
-        Api::<Namespace>::all(cp_client.clone())
-            .get_opt("nginx-test")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
-            .get_opt("nginx")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(!support::present(Api::<Namespace>::all(cp_client.clone()), "nginx-test").await);
+    assert!(support::has_deployment(&member_client, "nginx-test", "nginx").await);
 
     let (ok, out, err) = kpromote(
         &pair,
@@ -93,20 +80,8 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
                 && p.extension().is_some_and(|e| e == "zst")
         })
         .unwrap();
-    assert!(
-        Api::<Deployment>::namespaced(cp_client.clone(), "nginx-test")
-            .get_opt("nginx")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
-            .get_opt("nginx")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(support::has_deployment(&cp_client, "nginx-test", "nginx").await);
+    assert!(!support::has_deployment(&member_client, "nginx-test", "nginx").await);
     assert_eq!(
         apps::snapshot(&member_client, "nginx-test").await.pods,
         before.pods

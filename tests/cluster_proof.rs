@@ -257,13 +257,7 @@ async fn two_clusters_are_independent() {
         (taint.key.as_str(), taint.value.as_deref(), taint.effect.as_str()),
         ("kosmos.io/node", Some("true"), "NoSchedule")
     );
-    assert!(
-        Api::<Node>::all(member_client)
-            .get_opt("kosmos-member")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!support::present(Api::<Node>::all(member_client), "kosmos-member").await);
 }
 
 #[tokio::test]

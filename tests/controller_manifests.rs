@@ -118,20 +118,8 @@ fn the_manifests_parse_and_agree_with_each_other_and_the_controller() {
     let args = container.args.clone().unwrap();
     assert_eq!(args[0], "controller");
     assert!(args.contains(&"--backup-dir=/data/backup".to_owned()));
-    let mount = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|v| v.mount_path == "/data/backup")
-        .expect("the backup volume is mounted at /data/backup");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
-    let claim = &volume.persistent_volume_claim.as_ref().unwrap().claim_name;
-    assert!(m.claims.iter().any(|c| c.metadata.name.as_ref() == Some(claim)));
+    let (_, claim) = support::claim_mounted_at(pod, container, "/data/backup");
+    assert!(m.claims.iter().any(|c| c.metadata.name.as_deref() == Some(claim)));
     let env: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
     assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"));
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {

@@ -7,8 +7,6 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 use support::pair::Pair;
 use support::{apps, archiving};
 
@@ -76,13 +74,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
         apps::snapshot(&cp_client, "nginx-test")
             .await
             .assert_promoted_from(&original, &format!("cycle {cycle} ({promote_fp})"));
-        assert!(
-            Api::<Deployment>::namespaced(cp_client.clone(), "nginx-test")
-                .get_opt("nginx")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(support::has_deployment(&cp_client, "nginx-test", "nginx").await);
 
         let out = kpromote(&pair, "rollback", &archive, Some(rollback_fp));
         assert_crashed(&out, rollback_fp);
@@ -95,13 +87,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
         apps::snapshot(&member_client, "nginx-test")
             .await
             .assert_rolled_back_to(&original, &format!("cycle {cycle} ({rollback_fp})"));
-        assert!(
-            Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
-                .get_opt("nginx")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(support::has_deployment(&member_client, "nginx-test", "nginx").await);
         support::wait_namespace_gone(&cp_client, "nginx-test").await;
     }
 }

@@ -62,16 +62,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
         .get(pod_name)
         .await
         .unwrap();
-    assert_eq!(
-        member_pod
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .get("kosmos-io/pod")
-            .map(String::as_str),
-        Some("true")
-    );
+    assert_eq!(kosmos_label(&member_pod), Some("true"));
     assert!(
         member_pod
             .metadata
@@ -130,15 +121,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
         .get(pod_name)
         .await
         .unwrap();
-    assert!(
-        member_pod
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .get("kosmos-io/pod")
-            .is_none()
-    );
+    assert_eq!(kosmos_label(&member_pod), None);
     let new_rs_uid = rolled.replicasets.values().next().unwrap();
     assert_eq!(&member_pod.metadata.owner_references.unwrap()[0].uid, new_rs_uid);
     let deploy = Api::<Deployment>::namespaced(member_client.clone(), "nginx-test")
@@ -280,17 +263,20 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
         "the pre-existing ClusterRole is untouched"
     );
     assert!(
-        Api::<ClusterRoleBinding>::all(cp_client.clone())
-            .get_opt("shop-app-shared-reader")
-            .await
-            .unwrap()
-            .is_none()
+        !support::present(
+            Api::<ClusterRoleBinding>::all(cp_client.clone()),
+            "shop-app-shared-reader"
+        )
+        .await
     );
-    assert!(
-        Api::<StorageClass>::all(cp_client.clone())
-            .get_opt("kpromote-manual")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!support::present(Api::<StorageClass>::all(cp_client.clone()), "kpromote-manual").await);
+}
+
+/// The pod's `kosmos-io/pod` label, which marks a pod Kosmos mirrors.
+fn kosmos_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get("kosmos-io/pod")
+        .map(String::as_str)
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
-use kpromote_testenv::Binaries;
 use kube::Api;
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::Value;
@@ -242,21 +241,7 @@ fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn helm_install_yields_a_controller_that_promotes_and_rolls_back_the_design_example() {
     // Two clusters; the control plane gets its CRDs from the chart, not from deploy/.
-    let Pair {
-        env,
-        cp,
-        member,
-        kubelet,
-        ..
-    } = Pair::start().await;
-    let env = Env {
-        env,
-        cp,
-        member,
-        kubelet,
-        backup_dir: tempfile::tempdir().unwrap(),
-        kubectl: Binaries::locate().unwrap().path("kubectl"),
-    };
+    let env = Env::without_crds(Pair::start().await);
     let kubeconfig = env.cp_kubeconfig().display().to_string();
 
     // The README's line.

@@ -416,13 +416,7 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
         .unwrap();
     run.rollback("rollback.journal", &opts).await.unwrap();
     wait_namespace_gone(&pair.cp, ns).await;
-    assert!(
-        Api::<Namespace>::all(pair.cp.clone())
-            .get_opt(ns)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!support::present(Api::<Namespace>::all(pair.cp.clone()), ns).await);
     apps::snapshot(&pair.member, ns)
         .await
         .assert_rolled_back_to(&before, "rollback");
@@ -507,11 +501,5 @@ async fn an_owner_with_its_operators_finalizer_is_refused_before_anything_is_det
     let live = apps::webapps(&pair.member, ns).get("orders").await.unwrap();
     assert!(live.metadata.deletion_timestamp.is_none());
     assert_eq!(apps::snapshot(&pair.member, ns).await, before);
-    assert!(
-        Api::<Namespace>::all(pair.cp.clone())
-            .get_opt(ns)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!support::present(Api::<Namespace>::all(pair.cp.clone()), ns).await);
 }

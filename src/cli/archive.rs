@@ -304,7 +304,7 @@ fn list_or_none(items: &[String]) -> String {
 }
 
 /// `1.2 KiB`-style sizes.
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

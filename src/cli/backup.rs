@@ -138,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "archive {} ({} objects, {})",
                         report.path.display(),
                         report.collected.total_objects(),
-                        human_bytes(report.archive_bytes)
+                        super::archive::human(report.archive_bytes)
                     );
                     print_collected(&report.collected);
                 }
@@ -274,19 +274,4 @@ fn chain(err: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

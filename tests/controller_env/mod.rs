@@ -39,23 +39,28 @@ pub struct Env {
 }
 
 impl Env {
-    /// Starts everything; the nginx pod is running in the member when it returns.
-    pub async fn start() -> Self {
+    /// The environment around `pair`, with no CRD installed and no member registered yet.
+    pub fn without_crds(pair: Pair) -> Self {
         let Pair {
             env,
             cp,
             member,
             kubelet,
             ..
-        } = Pair::start().await;
-        let this = Self {
+        } = pair;
+        Self {
             kubelet,
             backup_dir: tempfile::tempdir().unwrap(),
             env,
             cp,
             member,
             kubectl: Binaries::locate().unwrap().path("kubectl"),
-        };
+        }
+    }
+
+    /// Starts everything; the nginx pod is running in the member when it returns.
+    pub async fn start() -> Self {
+        let this = Self::without_crds(Pair::start().await);
         this.install_crds().await;
         this.register_member("member").await;
         apps::nginx_example(&this.member, &this.kubelet).await;

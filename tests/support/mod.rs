@@ -47,3 +47,46 @@ pub async fn wait_namespace_gone(client: &kube::Client, ns: &str) {
     )
     .await;
 }
+
+/// Whether object `name` exists behind `api` (a presence check the tests make after each step).
+pub async fn present<K>(api: kube::Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.get_opt(name).await.unwrap().is_some()
+}
+
+/// Whether Deployment `ns/name` exists in the cluster behind `client`.
+pub async fn has_deployment(client: &kube::Client, ns: &str, name: &str) -> bool {
+    present(
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns),
+        name,
+    )
+    .await
+}
+
+/// The mount of `container` at `path` and the name of the PersistentVolumeClaim behind it in
+/// `pod`; fails the test naming what is missing.
+pub fn claim_mounted_at<'a>(
+    pod: &'a k8s_openapi::api::core::v1::PodSpec,
+    container: &'a k8s_openapi::api::core::v1::Container,
+    path: &str,
+) -> (&'a k8s_openapi::api::core::v1::VolumeMount, &'a str) {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("no volume mounted at {path}"));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("no volume {} in the pod", mount.name));
+    let claim = volume
+        .persistent_volume_claim
+        .as_ref()
+        .unwrap_or_else(|| panic!("volume {} is not a PVC volume", mount.name));
+    (mount, &claim.claim_name)
+}

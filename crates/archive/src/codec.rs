@@ -974,6 +974,17 @@ impl Pumped {
             done: false,
         }
     }
+
+    /// Makes `data` (of which `len` bytes are filled) the chunk being read, handing the previous
+    /// full-size buffer back to the decoding thread.
+    fn take(&mut self, data: Vec<u8>, len: usize) {
+        let old = std::mem::replace(&mut self.current, data);
+        if old.len() == PUMP_CHUNK {
+            let _ = self.recycle.try_send(old);
+        }
+        self.len = len;
+        self.pos = 0;
+    }
 }
 
 impl Read for Pumped {
@@ -989,14 +1000,7 @@ impl Read for Pumped {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Chunk::Data(data, len)) => {
-                    let old = std::mem::replace(&mut self.current, data);
-                    if old.len() == PUMP_CHUNK {
-                        let _ = self.recycle.try_send(old);
-                    }
-                    self.len = len;
-                    self.pos = 0;
-                }
+                Ok(Chunk::Data(data, len)) => self.take(data, len),
                 Ok(Chunk::FrameEnd) => self.at_frame_end = true,
                 Ok(Chunk::Failed(e)) => {
                     self.done = true;
@@ -1031,12 +1035,7 @@ impl FrameSource for Pumped {
         // follows. Peek by receiving the next message.
         match self.rx.recv() {
             Ok(Chunk::Data(data, len)) => {
-                let old = std::mem::replace(&mut self.current, data);
-                if old.len() == PUMP_CHUNK {
-                    let _ = self.recycle.try_send(old);
-                }
-                self.len = len;
-                self.pos = 0;
+                self.take(data, len);
                 Ok(true)
             }
             Ok(Chunk::FrameEnd) => {

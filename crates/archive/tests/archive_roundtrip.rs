@@ -294,17 +294,7 @@ fn long_names_and_many_frames() {
     assert!(reader.verify().is_fully_verified());
 
     if tool_available("zstd") && tool_available("tar") {
-        let listing = Command::new("sh")
-            .arg("-c")
-            .arg(format!("zstd -dc {} | tar tf -", path.display()))
-            .output()
-            .unwrap();
-        assert!(
-            listing.status.success(),
-            "{}",
-            String::from_utf8_lossy(&listing.stderr)
-        );
-        let names = String::from_utf8(listing.stdout).unwrap();
+        let names = zstd_tar_listing(&path, "tf");
         assert!(names.lines().any(|l| l == long_path));
         assert_eq!(names.lines().count(), 1 + 502 + 2);
     }
@@ -329,17 +319,7 @@ fn real_tools_read_zstd_archive() {
         "zstd -t: {}",
         String::from_utf8_lossy(&test.stderr)
     );
-    let listing = Command::new("sh")
-        .arg("-c")
-        .arg(format!("zstd -dc {} | tar tvf -", path.display()))
-        .output()
-        .unwrap();
-    assert!(
-        listing.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listing.stderr)
-    );
-    let text = String::from_utf8(listing.stdout).unwrap();
+    let text = zstd_tar_listing(&path, "tvf");
     let names: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
     assert_eq!(names[0], "metadata/version");
     assert_eq!(
@@ -606,4 +586,19 @@ fn a_lenient_reading_skips_a_damaged_frame_and_names_what_it_held() {
             .any(|e| e.contains("cm-10.json") && e.contains("missing")),
         "the lost entry is named: {errors:?}"
     );
+}
+
+/// What `zstd -dc <path> | tar <flags> -` prints: the archive as the standard tools see it.
+fn zstd_tar_listing(path: &std::path::Path, flags: &str) -> String {
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | tar {flags} -", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    String::from_utf8(listing.stdout).unwrap()
 }

@@ -44,14 +44,8 @@ pub const STEP_TEARDOWN: &str = "teardown";
 /// # Errors
 /// API and journal errors; the rollback can be run again and continues where it stopped.
 pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, EngineError> {
-    let Run {
-        member,
-        control_plane,
-        inventory: inv,
-        cluster_name,
-        options: opts,
-        on_progress,
-    } = *run;
+    let (member, control_plane, inv) = (run.member, run.control_plane, run.inventory);
+    let (cluster_name, opts, on_progress) = (run.cluster_name, run.options, run.on_progress);
     let report = Mutex::new(Report::default());
     let ours = Ours {
         inv,

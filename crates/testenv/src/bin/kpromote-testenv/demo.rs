@@ -172,21 +172,16 @@ async fn controller_demo(
 
     step("applying the design's PromotePolicy");
     let policy_file = cp.dir().join("promote-nginx.yaml");
-    std::fs::write(&policy_file, PROMOTE_POLICY)?;
     println!("{PROMOTE_POLICY}");
-    let started = std::time::Instant::now();
-    kubectl_run(
+    let applied = Applied {
         kubectl,
-        cp.kubeconfig_path(),
-        &["apply", "-f", &policy_file.display().to_string()],
-    )?;
-    watch_phases(&cp_client, Phase::Completed, &mut controller).await?;
-    let promoted_in = started.elapsed();
-    kubectl_run(
-        kubectl,
-        cp.kubeconfig_path(),
-        &["describe", "promotepolicy", POLICY_NAME],
-    )?;
+        cp,
+        client: &cp_client,
+        file: &policy_file,
+    };
+    let promoted_in = applied
+        .watch(PROMOTE_POLICY, Phase::Completed, &mut controller)
+        .await?;
     kubectl_run(kubectl, cp.kubeconfig_path(), &["get", "promotepolicy"])?;
     println!("\n  the application, now in the control plane, its pod bound to the virtual node:");
     kubectl_run(
@@ -214,20 +209,9 @@ async fn controller_demo(
 
     step("rolling back: the same policy with rollback: \"true\"");
     let rollback = PROMOTE_POLICY.replacen("spec:\n", "spec:\n  rollback: \"true\"\n", 1);
-    std::fs::write(&policy_file, &rollback)?;
-    let started = std::time::Instant::now();
-    kubectl_run(
-        kubectl,
-        cp.kubeconfig_path(),
-        &["apply", "-f", &policy_file.display().to_string()],
-    )?;
-    watch_phases(&cp_client, Phase::RolledBack, &mut controller).await?;
-    let rolled_back_in = started.elapsed();
-    kubectl_run(
-        kubectl,
-        cp.kubeconfig_path(),
-        &["describe", "promotepolicy", POLICY_NAME],
-    )?;
+    let rolled_back_in = applied
+        .watch(&rollback, Phase::RolledBack, &mut controller)
+        .await?;
     println!("\n  the member is as it was, its owners back around the same pod:");
     kubectl_run(
         kubectl,
@@ -251,6 +235,42 @@ async fn controller_demo(
         rolled_back_in.as_secs_f64()
     );
     Ok(())
+}
+
+/// Where the demo's policy is written and applied.
+struct Applied<'a> {
+    kubectl: &'a Path,
+    cp: &'a kpromote_testenv::Cluster,
+    client: &'a kube::Client,
+    file: &'a Path,
+}
+
+impl Applied<'_> {
+    /// Writes `policy` and applies it, watches the phases until `goal`, then describes the policy;
+    /// returns how long it took from apply to `goal`.
+    async fn watch(
+        &self,
+        policy: &str,
+        goal: kpromote_core::policy::Phase,
+        controller: &mut ControllerChild,
+    ) -> anyhow::Result<std::time::Duration> {
+        std::fs::write(self.file, policy)?;
+        let started = std::time::Instant::now();
+        let kubeconfig = self.cp.kubeconfig_path();
+        kubectl_run(
+            self.kubectl,
+            kubeconfig,
+            &["apply", "-f", &self.file.display().to_string()],
+        )?;
+        watch_phases(self.client, goal, controller).await?;
+        let took = started.elapsed();
+        kubectl_run(
+            self.kubectl,
+            kubeconfig,
+            &["describe", "promotepolicy", POLICY_NAME],
+        )?;
+        Ok(took)
+    }
 }
 
 /// Prints each phase (and the progress of its step) as the controller writes it, until `goal`;

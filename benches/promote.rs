@@ -106,6 +106,7 @@ async fn promote_timed(
     let report = Mutex::new(Report::default());
     let skipped = inv.skipped_by_restore("member");
     let t = Instant::now();
+    let progress = timeline(t);
     detach(
         member,
         inv,
@@ -113,12 +114,12 @@ async fn promote_timed(
         &journal,
         opts,
         &report,
-        None,
+        Some(&progress),
     )
     .await
     .expect("detach");
     let twins = TwinFactory::new(inv, "member");
-    mark_pods(member, &twins, &skipped, &journal, opts, &report, None)
+    mark_pods(member, &twins, &skipped, &journal, opts, &report, Some(&progress))
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
@@ -138,7 +139,7 @@ async fn promote_timed(
     let (busy0, total0) = cpu_jiffies();
     let t = Instant::now();
     restorer
-        .run(&plan, &mut ctx, &report, None)
+        .run(&plan, &mut ctx, &report, Some(&progress))
         .await
         .expect("restore");
     let restore_s = t.elapsed().as_secs_f64();
@@ -149,6 +150,17 @@ async fn promote_timed(
         restored: report.into_inner().expect("report").created.len(),
         restore_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
     }
+}
+
+/// A progress callback that prints each step's progress with the seconds since `start`, so a
+/// run shows where its time goes (`KPROMOTE_BENCH_TIMELINE=1`; silent otherwise).
+fn timeline(start: Instant) -> kpromote_core::engine::ProgressFn {
+    let on = std::env::var_os("KPROMOTE_BENCH_TIMELINE").is_some();
+    Arc::new(move |step: &str, done: u64, total: u64| {
+        if on {
+            eprintln!("{:>8.2}s {step} {done}/{total}", start.elapsed().as_secs_f64());
+        }
+    })
 }
 
 /// Peak resident memory of this process since the last [`reset_peak_rss`], in MiB (`VmHWM`).
@@ -254,6 +266,12 @@ async fn raw_create(
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 100);
     let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 10);
     let serial = env_usize("KPROMOTE_BENCH_SERIAL", 1) == 1;
@@ -297,7 +315,8 @@ fn main() {
         let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
         reset_peak_rss();
         let t = Instant::now();
-        let run = Run::new(&member, &cp, &inv, "member", &opts);
+        let progress = timeline(t);
+        let run = Run::new(&member, &cp, &inv, "member", &opts).reporting(&progress);
         rollback(&run, &journal).await.expect("rollback");
         let rollback_s = t.elapsed().as_secs_f64();
         let rollback_rss = peak_rss_mib();

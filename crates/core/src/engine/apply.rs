@@ -85,15 +85,18 @@ impl Restorer<'_> {
         let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut adopt_pending: Option<&[ObjectKey]> = None;
         for (index, level) in plan.levels.iter().enumerate() {
+            let started = Instant::now();
             if index > 0 && level.height > 0 {
                 self.barrier(level).await?;
             }
+            let barrier = started.elapsed();
             // The previous level's dependents are pointed at it only now, after the settle: by
             // then the target's controllers have adopted by selector what they adopt, so those
             // dependents need no patch from us.
             if let Some(owners) = adopt_pending.take() {
                 self.adopt_dependents(owners, ctx, report).await?;
             }
+            let adopted = started.elapsed();
             let snapshot = ctx.clone();
             // The futures are made before streaming them: a `map` closure kept in the stream
             // across `.await` makes the run fail `Send` for spawned callers (the controller;
@@ -134,6 +137,16 @@ impl Restorer<'_> {
             adopt_pending = Some(&level.objects);
             done += level.objects.len() as u64;
             lock(self.journal).sync()?;
+            tracing::debug!(
+                step = self.step,
+                level = index,
+                height = level.height,
+                objects = level.objects.len(),
+                barrier_ms = barrier.as_millis() as u64,
+                adopt_ms = (adopted - barrier).as_millis() as u64,
+                create_ms = (started.elapsed() - adopted).as_millis() as u64,
+                "level restored"
+            );
             progress(on_progress, self.step, done, total);
         }
         if let Some(owners) = adopt_pending {

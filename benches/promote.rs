@@ -104,7 +104,7 @@ async fn promote_timed(
         Journal::open(&dir.join("promote.journal"), run).expect("journal"),
     ));
     let report = Mutex::new(Report::default());
-    let skipped = inv.skipped_by_restore("member");
+    let skipped = inv.skipped_by_restore();
     let t = Instant::now();
     let progress = timeline(t);
     detach(

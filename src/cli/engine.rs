@@ -218,7 +218,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         };
         let inv = load(&archive)?;
         if args.dry_run {
-            print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
+            print!("{}", plan_text(&inv)?);
             return Ok(ExitCode::SUCCESS);
         }
         let _lock = kpromote_core::engine::lock_archive(&archive)?;
@@ -258,7 +258,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let inv = Inventory::for_rollback(&args.archive)
         .with_context(|| format!("reading archive {}", args.archive.display()))?;
     if args.dry_run {
-        print!("{}", plan_text(&inv, &args.clusters.cluster_name)?);
+        print!("{}", plan_text(&inv)?);
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Runtime::new()?;
@@ -279,10 +279,10 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The whole plan, in order, with the reason for each level.
-fn plan_text(inv: &Inventory, cluster_name: &str) -> anyhow::Result<String> {
+fn plan_text(inv: &Inventory) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let skipped = inv.skipped_by_restore(cluster_name);
-    let detach = DetachPlan::build(&inv.graph, &skipped);
+    let skipped = inv.skipped_by_restore();
+    let detach = DetachPlan::build(&inv.graph, skipped);
     let restore = RestorePlan::build(&inv.graph);
     let mut out = String::new();
     writeln!(out, "archive {} ({} objects)", inv.archive_id, inv.objects.len())?;
@@ -314,7 +314,7 @@ fn plan_text(inv: &Inventory, cluster_name: &str) -> anyhow::Result<String> {
         writeln!(
             out,
             "\nnot restored: {}",
-            join(&skipped.into_iter().collect::<Vec<_>>())
+            join(&skipped.iter().cloned().collect::<Vec<_>>())
         )?;
     }
     Ok(out)

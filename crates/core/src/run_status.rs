@@ -200,7 +200,7 @@ pub fn read(archive: &Path, cluster_name: Option<&str>) -> Result<RunStatus, Sta
     let (promote_path, promote_records) = load(PROMOTE);
     let (rollback_path, rollback_records) = load(ROLLBACK);
 
-    let promote = promote_status(&inv, &cluster_name, promote_path, &promote_records);
+    let promote = promote_status(&inv, promote_path, &promote_records);
     let rollback = rollback_status(&inv, rollback_path, &promote_records, &rollback_records);
 
     let flags = format!(
@@ -245,14 +245,9 @@ pub fn read(archive: &Path, cluster_name: Option<&str>) -> Result<RunStatus, Sta
     })
 }
 
-fn promote_status(
-    inv: &Inventory,
-    cluster_name: &str,
-    journal: PathBuf,
-    records: &[Record],
-) -> DirectionStatus {
-    let skipped = inv.skipped_by_restore(cluster_name);
-    let detach: Vec<ObjectKey> = DetachPlan::build(&inv.graph, &skipped)
+fn promote_status(inv: &Inventory, journal: PathBuf, records: &[Record]) -> DirectionStatus {
+    let skipped = inv.skipped_by_restore();
+    let detach: Vec<ObjectKey> = DetachPlan::build(&inv.graph, skipped)
         .objects()
         .cloned()
         .collect();

@@ -24,6 +24,29 @@ const REPORTED_EVEN_WHEN_DERIVED: &[(&str, &str)] = &[
     ("apps", "controllerrevisions"),
 ];
 
+/// What drift needs of an object promote created, read from the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Its UID there: objects a controller made from it are derived, not user work.
+    pub uid: Option<String>,
+    /// Its generation: above 1, its spec was edited since promote.
+    pub generation: Option<i64>,
+}
+
+impl Created {
+    /// The summary of `live`.
+    #[must_use]
+    pub fn of(live: &Value) -> Self {
+        Self {
+            uid: live
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            generation: live.pointer("/metadata/generation").and_then(Value::as_i64),
+        }
+    }
+}
+
 /// Changes found; empty when the control plane holds exactly what promote made.
 #[derive(Debug, Default)]
 pub struct Drift {
@@ -64,13 +87,13 @@ impl Drift {
 /// Discovery and API errors.
 pub async fn detect(
     cp: &LiveCluster,
-    created: &BTreeMap<ObjectKey, Value>,
+    created: &BTreeMap<ObjectKey, Created>,
     namespaces: &BTreeSet<String>,
     stamped: impl Fn(&Value) -> bool,
 ) -> Result<Drift, EngineError> {
     let mut drift = Drift::default();
     for (key, live) in created {
-        if let Some(generation) = live.pointer("/metadata/generation").and_then(Value::as_i64)
+        if let Some(generation) = live.generation
             && generation > 1
         {
             drift.edited.push((key.clone(), generation));
@@ -113,10 +136,7 @@ pub async fn detect(
                 .filter(|n| surface.resolve(n).is_ok()),
         )
         .unwrap_or_default();
-    let our_uids: BTreeSet<&str> = created
-        .values()
-        .filter_map(|v| v.pointer("/metadata/uid").and_then(Value::as_str))
-        .collect();
+    let our_uids: BTreeSet<&str> = created.values().filter_map(|c| c.uid.as_deref()).collect();
     let lists: Vec<(GroupResource, String, kube::Api<DynamicObject>)> = surface
         .resources()
         .iter()

@@ -89,11 +89,11 @@ async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -
         options: opts,
         on_progress,
     } = *run;
-    let skipped = inv.skipped_by_restore(cluster_name);
-    let detach_plan = DetachPlan::build(&inv.graph, &skipped);
+    let skipped = inv.skipped_by_restore();
+    let detach_plan = DetachPlan::build(&inv.graph, skipped);
     detach(member, inv, &detach_plan, journal, opts, report, on_progress).await?;
     let twins = TwinFactory::new(inv, cluster_name);
-    mark_pods(member, &twins, &skipped, journal, opts, report, on_progress).await?;
+    mark_pods(member, &twins, skipped, journal, opts, report, on_progress).await?;
 
     let plan = RestorePlan::build(&inv.graph);
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());

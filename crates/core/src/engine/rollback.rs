@@ -19,12 +19,13 @@ use serde_json::{Value, json};
 
 use super::apply::Restorer;
 use super::detach::{detached_owners, lock_report};
+use super::drift::Created;
 use super::inventory::{Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::kosmos;
 use crate::plan::order::{DetachPlan, RestorePlan, TeardownPlan, TeardownStep};
-use crate::plan::transform::{Target, TransformContext};
+use crate::plan::transform::Target;
 use crate::plan::twin::unmark_patch;
 use kpromote_model::object_key::ObjectKey;
 
@@ -57,8 +58,8 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     lock(journal).sync()?;
     progress(on_progress, "unmark", 1, 1);
 
-    let skipped = inv.skipped_by_restore(cluster_name);
-    let detach_plan = DetachPlan::build(&inv.graph, &skipped);
+    let skipped = inv.skipped_by_restore();
+    let detach_plan = DetachPlan::build(&inv.graph, skipped);
     let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
     // An owner whose entry is damaged cannot be re-created; everything else still can.
     for (key, why) in &inv.unreadable {
@@ -71,7 +72,7 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
         }
     }
     let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
-    let mut ctx = TransformContext::for_member(inv.objects.iter(), &recreate);
+    let mut ctx = inv.facts.for_member_from(inv.objects.iter(), &recreate);
     let restorer = Restorer {
         target: member,
         inv,
@@ -186,44 +187,56 @@ impl Ours<'_> {
     }
 }
 
-/// The archived objects this promotion created in the control plane (see [`Ours`]), and the
-/// namespaces among them.
+/// The archived objects this promotion created in the control plane (see [`Ours`]), each as the
+/// little drift and teardown need of it (not the live object: a rollback of many objects must not
+/// hold a second copy of them all), and the namespaces among them.
 async fn created_in_control_plane(
     cp: &LiveCluster,
     ours: &Ours<'_>,
     opts: &EngineOptions,
-) -> Result<(BTreeMap<ObjectKey, Value>, BTreeSet<String>), EngineError> {
+) -> Result<(BTreeMap<ObjectKey, Created>, BTreeSet<String>), EngineError> {
     let inv = ours.inv;
-    // The futures are made before streaming them (see `Restorer::run`).
-    let lookups: Vec<_> = inv
-        .objects
-        .iter()
-        .map(|(key, archived)| async move {
-            let api = cp.api_for(key, archived)?;
-            Ok::<_, EngineError>(match cp.get_opt(&api, key).await {
-                Ok(Some(live)) => Some((key.clone(), serde_json::to_value(&live).unwrap_or(Value::Null))),
+    let look_up = |key: &ObjectKey, archived: &Value| {
+        let api = cp.api_for(key, archived);
+        let key = key.clone();
+        async move {
+            Ok::<_, EngineError>(match cp.get_opt(&api?, &key).await {
+                Ok(Some(live)) => Some((key, serde_json::to_value(&live).unwrap_or(Value::Null))),
                 Ok(None) => None,
                 // A type the control plane does not serve (its CRD is gone): nothing of it there.
                 Err(e) if matches!(&e, super::LiveError::Refused { code: 404, .. }) => None,
                 Err(e) => return Err(e.into()),
             })
+        }
+    };
+    // Namespaces first: a pod of a namespace promote created is ours by a rule of its own.
+    let mut namespaces = BTreeSet::new();
+    for (key, archived) in inv.objects.iter().filter(|(k, _)| k.is("", "namespaces")) {
+        if let Some((key, live)) = look_up(key, archived).await?
+            && ours.stamped(&live)
+        {
+            namespaces.insert(key.name);
+        }
+    }
+    // The futures are made before streaming them (see `Restorer::run`).
+    let lookups: Vec<_> = inv
+        .objects
+        .iter()
+        .map(|(key, archived)| {
+            let (look_up, namespaces) = (&look_up, &namespaces);
+            async move {
+                Ok::<_, EngineError>(look_up(key, archived).await?.and_then(|(key, live)| {
+                    ours.owns(&key, &live, namespaces)
+                        .then(|| (key, Created::of(&live)))
+                }))
+            }
         })
         .collect();
-    let found: Vec<Option<(ObjectKey, Value)>> = futures::stream::iter(lookups)
+    let found: Vec<Option<(ObjectKey, Created)>> = futures::stream::iter(lookups)
         .buffer_unordered(opts.concurrency)
         .try_collect()
         .await?;
-    let found: Vec<(ObjectKey, Value)> = found.into_iter().flatten().collect();
-    let namespaces: BTreeSet<String> = found
-        .iter()
-        .filter(|(key, live)| key.is("", "namespaces") && ours.stamped(live))
-        .map(|(key, _)| key.name.clone())
-        .collect();
-    let created = found
-        .into_iter()
-        .filter(|(key, live)| ours.owns(key, live, &namespaces))
-        .collect();
-    Ok((created, namespaces))
+    Ok((found.into_iter().flatten().collect(), namespaces))
 }
 
 async fn teardown(

@@ -467,8 +467,19 @@ impl TransformContext {
     ) -> Self {
         let pairs: Vec<(&ObjectKey, &Value)> = archive.into_iter().collect();
         let objects: Vec<&Value> = pairs.iter().map(|(_, v)| *v).collect();
-        let mut ctx = Self::with_archive_facts(&objects);
-        for (key, object) in pairs {
+        Self::with_archive_facts(&objects).for_member_from(pairs, recreated)
+    }
+
+    /// [`TransformContext::for_member`] from facts already learned (`self`, see
+    /// [`TransformContext::learn`]) and archived objects that need carry only their `metadata.uid`.
+    #[must_use]
+    pub fn for_member_from<'a>(
+        &self,
+        archive: impl IntoIterator<Item = (&'a ObjectKey, &'a Value)>,
+        recreated: &BTreeSet<ObjectKey>,
+    ) -> Self {
+        let mut ctx = self.facts();
+        for (key, object) in archive {
             if let Some(uid) = uid_of(object) {
                 if recreated.contains(key) {
                     ctx.pending_uids.insert(uid.to_owned());
@@ -483,17 +494,41 @@ impl TransformContext {
     fn with_archive_facts(objects: &[&Value]) -> Self {
         let mut ctx = Self::new();
         for object in objects {
-            let Ok(view) = View::read(object) else { continue };
-            let Some(ns) = view.namespace.clone() else {
-                continue;
-            };
-            if view.is("", "Service") && service_has_selector(object) {
-                ctx.selector_services.insert((ns, view.name.clone()));
-            } else if view.is("", "Secret") && str_at(object, "/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
-                ctx.token_secrets.insert((ns, view.name.clone()));
-            }
+            ctx.learn(object);
         }
         ctx
+    }
+
+    /// Learns what the transform of other objects needs to know of archived `object`: whether it
+    /// is a Service with a selector or a service-account token Secret. A reader streaming an
+    /// archive feeds it the objects [`TransformContext::learns_from`] names.
+    pub fn learn(&mut self, object: &Value) {
+        let Ok(view) = View::read(object) else { return };
+        let Some(ns) = view.namespace.clone() else {
+            return;
+        };
+        if view.is("", "Service") && service_has_selector(object) {
+            self.selector_services.insert((ns, view.name.clone()));
+        } else if view.is("", "Secret") && str_at(object, "/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
+            self.token_secrets.insert((ns, view.name.clone()));
+        }
+    }
+
+    /// Whether an object of `kind` (in `group`) can teach [`TransformContext::learn`] anything:
+    /// a streaming reader parses just those.
+    #[must_use]
+    pub fn learns_from(group: &str, kind: &str) -> bool {
+        group.is_empty() && matches!(kind, "Service" | "Secret")
+    }
+
+    /// The archive facts of `self` (what [`TransformContext::learn`] gathered), without any UID.
+    #[must_use]
+    pub fn facts(&self) -> Self {
+        Self {
+            selector_services: self.selector_services.clone(),
+            token_secrets: self.token_secrets.clone(),
+            ..Self::default()
+        }
     }
 
     /// Marks `old_uid` as pending: the caller will create that object later.
@@ -820,6 +855,15 @@ impl View {
     fn is(&self, group: &str, kind: &str) -> bool {
         self.group == group && self.kind == kind
     }
+}
+
+/// Why the control-plane restore skips archived `object` (as [`prepare`] with
+/// [`Target::ControlPlane`] would say), given the archive facts in `facts`; `None` when it is
+/// restored. The reason does not depend on the cluster name.
+#[must_use]
+pub fn restore_skip(object: &Value, facts: &TransformContext) -> Option<SkipReason> {
+    let view = View::read(object).ok()?;
+    skip_reason(&view, object, false, facts)
 }
 
 /// Prepares the archived `object` for `target`. See the [module docs](self).

@@ -110,7 +110,7 @@ async fn promote_timed(
     detach(
         member,
         inv,
-        &DetachPlan::build(&inv.graph, &skipped),
+        &DetachPlan::build(&inv.graph, skipped),
         &journal,
         opts,
         &report,
@@ -119,7 +119,7 @@ async fn promote_timed(
     .await
     .expect("detach");
     let twins = TwinFactory::new(inv, "member");
-    mark_pods(member, &twins, &skipped, &journal, opts, &report, Some(&progress))
+    mark_pods(member, &twins, skipped, &journal, opts, &report, Some(&progress))
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();

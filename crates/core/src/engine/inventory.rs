@@ -116,9 +116,9 @@ impl Inventory {
         let (reader, archive_id) = open_verified(path)?;
         let mut records = Vec::new();
         for record in reader.records()? {
-            records.push(record?);
+            records.push(object_record(&record?));
         }
-        let graph = OwnershipGraph::build(records.iter().map(object_record))?;
+        let graph = OwnershipGraph::build(records)?;
         let mut facts = TransformContext::new();
         for object in reader.objects_lenient()? {
             let Ok(object) = object else { continue };
@@ -148,7 +148,8 @@ impl Inventory {
             }
         }
         let mut unreadable = BTreeMap::new();
-        for record in &records {
+        for record in reader.records()? {
+            let record = record?;
             let key = record.key();
             if objects.contains_key(&key) {
                 continue;
@@ -163,7 +164,7 @@ impl Inventory {
                         record.path
                     )
                 });
-            objects.insert(key.clone(), stub(record));
+            objects.insert(key.clone(), stub(&record));
             unreadable.insert(key, why);
         }
         Ok(Self {

@@ -5,7 +5,9 @@
 //! (`Inventory::for_rollback`, streaming) against the whole inventory every object's body in
 //! memory (`Inventory::from_archive`, what rollback read before).
 //!
-//! `cargo bench --bench rollback_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=10000,100000`).
+//! `cargo bench --bench rollback_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=10000,100000`). With
+//! `KPROMOTE_BENCH_BASELINE=<kpromote binary>` (an earlier build), that binary rolls back the
+//! same objects too, into a namespace of its own, for the before/after figures.
 //!
 //! Every 100 objects are one application: a Deployment and its ReplicaSet (both at zero
 //! replicas, so the member's controllers create nothing when rollback re-creates them), ten
@@ -63,15 +65,10 @@ fn main() {
     let cp = env.cluster("control-plane");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rows = Vec::new();
+    let mut baselines = Vec::new();
     for &n in &sizes {
         let ns = format!("gen-{n}");
-        let member_client = runtime.block_on(member.client()).expect("client");
-        runtime
-            .block_on(Api::<Namespace>::all(member_client).create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace"),
-            ))
-            .expect("namespace");
+        create_namespace(&runtime, member, &ns);
         let t = Instant::now();
         let path = generate(dir.path(), &ns, n);
         let bytes = std::fs::metadata(&path).expect("archive").len();
@@ -87,19 +84,37 @@ fn main() {
             Command::new(std::env::current_exe().expect("exe"))
                 .env("KPROMOTE_BENCH_LOAD", format!("lean:{}", path.display())),
         );
-        let mut rollback = Command::new(env!("CARGO_BIN_EXE_kpromote"));
-        rollback
-            .arg("rollback")
-            .arg("--archive")
-            .arg(&path)
-            .arg("--member-kubeconfig")
-            .arg(member.kubeconfig_path())
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
-            .args(["--cluster-name", "member", "-o", "json"]);
-        let rolled = measured(&mut rollback);
+        let rollback = |binary: &Path, archive: &Path| {
+            let mut command = Command::new(binary);
+            command
+                .arg("rollback")
+                .arg("--archive")
+                .arg(archive)
+                .arg("--member-kubeconfig")
+                .arg(member.kubeconfig_path())
+                .arg("--kubeconfig")
+                .arg(cp.kubeconfig_path())
+                .args(["--cluster-name", "member", "-o", "json"]);
+            measured(&mut command)
+        };
+        let rolled = rollback(Path::new(env!("CARGO_BIN_EXE_kpromote")), &path);
         eprintln!("{n}: whole {whole:?}, lean {lean:?}, rollback {rolled:?}");
+        if let Some(baseline) = std::env::var_os("KPROMOTE_BENCH_BASELINE") {
+            let old_ns = format!("{ns}-baseline");
+            create_namespace(&runtime, member, &old_ns);
+            let old_path = generate(dir.path(), &old_ns, n);
+            let old = rollback(Path::new(&baseline), &old_path);
+            eprintln!("{n}: baseline rollback {old:?}");
+            baselines.push((n, old));
+        }
         rows.push((n, bytes, whole, lean, rolled));
+    }
+    if !baselines.is_empty() {
+        println!("\n| archived objects | baseline `kpromote rollback`: peak MiB, s |");
+        println!("|---|---|");
+        for (n, old) in &baselines {
+            println!("| {n} | {:.0}, {:.1} |", old.0, old.1);
+        }
     }
     println!(
         "\n| archived objects | archive MiB | whole inventory: peak MiB, s | rollback inventory: peak MiB, s | `kpromote rollback`: peak MiB, s |"
@@ -125,6 +140,16 @@ fn main() {
             (last.0 - first.0) * 1024.0 / (*n1 - *n0) as f64
         );
     }
+}
+
+/// Creates namespace `ns` in `cluster`: rollback re-creates the owners into it.
+fn create_namespace(runtime: &tokio::runtime::Runtime, cluster: &kpromote_testenv::Cluster, ns: &str) {
+    let client = runtime.block_on(cluster.client()).expect("client");
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace");
+    runtime
+        .block_on(Api::<Namespace>::all(client).create(&PostParams::default(), &namespace))
+        .expect("namespace");
 }
 
 /// Runs `command` under `/usr/bin/time`; its peak RSS in MiB and wall seconds. Fails unless it

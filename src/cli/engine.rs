@@ -285,7 +285,7 @@ fn plan_text(inv: &Inventory) -> anyhow::Result<String> {
     let detach = DetachPlan::build(&inv.graph, skipped);
     let restore = RestorePlan::build(&inv.graph);
     let mut out = String::new();
-    writeln!(out, "archive {} ({} objects)", inv.archive_id, inv.objects.len())?;
+    writeln!(out, "archive {} ({} objects)", inv.archive_id, inv.graph.len())?;
     writeln!(
         out,
         "\ndetach in the member (top-down, propagationPolicy=Orphan):"

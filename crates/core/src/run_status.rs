@@ -232,7 +232,7 @@ pub fn read(archive: &Path, cluster_name: Option<&str>) -> Result<RunStatus, Sta
         archive_id: inv.archive_id.clone(),
         policy,
         cluster_name,
-        objects: inv.objects.len(),
+        objects: inv.graph.len(),
         state,
         resumable: matches!(
             state,

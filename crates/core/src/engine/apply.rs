@@ -64,8 +64,8 @@ pub struct Restorer<'a> {
 
 impl Restorer<'_> {
     /// Restores every object of `plan`; `ctx` holds the UIDs of owners already in the target and
-    /// learns each new one. After each level, the dependents of the level's objects get their
-    /// ownerReferences pointed at them.
+    /// learns each new one. Right after each level, the dependents of the level's objects get
+    /// their ownerReferences pointed at them.
     ///
     /// # Errors
     /// The first object that could not be restored (its level finishes first), API and journal
@@ -83,20 +83,12 @@ impl Restorer<'_> {
         // attribute a failure in that level to this step.
         progress(on_progress, self.step, 0, total);
         let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
-        let mut adopt_pending: Option<&[ObjectKey]> = None;
         for (index, level) in plan.levels.iter().enumerate() {
             let started = Instant::now();
             if index > 0 && level.height > 0 {
                 self.barrier(level).await?;
             }
             let barrier = started.elapsed();
-            // The previous level's dependents are pointed at it only now, after the settle: by
-            // then the target's controllers have adopted by selector what they adopt, so those
-            // dependents need no patch from us.
-            if let Some(owners) = adopt_pending.take() {
-                self.adopt_dependents(owners, ctx, report).await?;
-            }
-            let adopted = started.elapsed();
             let snapshot = ctx.clone();
             // The futures are made before streaming them: a `map` closure kept in the stream
             // across `.await` makes the run fail `Send` for spawned callers (the controller;
@@ -134,7 +126,13 @@ impl Restorer<'_> {
             if let Some(wait) = level.wait_after {
                 self.wait(wait, &level.objects).await?;
             }
-            adopt_pending = Some(&level.objects);
+            let created = started.elapsed();
+            // The level's dependents are pointed at it at once, at this run's concurrency. The
+            // target's controllers would adopt pods and ReplicaSets by selector too, but at their
+            // client's rate limit (20 requests/s by default), which made a level of 100
+            // ReplicaSets wait seconds for the adoption of their 1,000 pods; a controller that
+            // finds its dependents already owned has nothing to patch.
+            self.adopt_dependents(&level.objects, ctx, report).await?;
             done += level.objects.len() as u64;
             lock(self.journal).sync()?;
             tracing::debug!(
@@ -143,15 +141,11 @@ impl Restorer<'_> {
                 height = level.height,
                 objects = level.objects.len(),
                 barrier_ms = barrier.as_millis() as u64,
-                adopt_ms = (adopted - barrier).as_millis() as u64,
-                create_ms = (started.elapsed() - adopted).as_millis() as u64,
+                create_ms = (created - barrier).as_millis() as u64,
+                adopt_ms = (started.elapsed() - created).as_millis() as u64,
                 "level restored"
             );
             progress(on_progress, self.step, done, total);
-        }
-        if let Some(owners) = adopt_pending {
-            self.adopt_dependents(owners, ctx, report).await?;
-            lock(self.journal).sync()?;
         }
         Ok(())
     }
@@ -373,7 +367,7 @@ impl Restorer<'_> {
         let mut views = HashMap::new();
         for keys in by_list.into_values().filter(|keys| keys.len() >= PREFETCH_MIN) {
             let first = keys[0];
-            let api = self.target.api_for(first, &self.inv.objects[first])?;
+            let api = self.inv.api(self.target, first)?;
             let listed = self.target.list_by_name(&api, first).await?;
             for key in keys {
                 let view = listed
@@ -397,7 +391,7 @@ impl Restorer<'_> {
         mut prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
         let name = adoption_name(dependent, owner);
-        let api = self.target.api_for(dependent, &self.inv.objects[dependent])?;
+        let api = self.inv.api(self.target, dependent)?;
         for _ in 0..5 {
             let live = match prefetched.take() {
                 Some(view) => view,
@@ -476,7 +470,7 @@ impl Restorer<'_> {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Result<(), EngineError> {
-        let api = self.target.api_for(key, &self.inv.objects[key])?;
+        let api = self.inv.api(self.target, key)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(obj) = self.target.get_opt(&api, key).await?

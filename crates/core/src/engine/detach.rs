@@ -74,7 +74,7 @@ async fn refuse_owners_with_finalizers(
         if lock(journal).is_done(STEP_DETACH, &key.to_string()) {
             continue;
         }
-        let api = member.api_for(key, &inv.objects[key])?;
+        let api = inv.api(member, key)?;
         let Some(live) = member.get_opt(&api, key).await? else {
             continue;
         };
@@ -317,7 +317,7 @@ pub async fn detached_owners(
 ) -> Result<std::collections::BTreeSet<ObjectKey>, EngineError> {
     let mut absent = std::collections::BTreeSet::new();
     for key in plan.objects() {
-        let api = member.api_for(key, &inv.objects[key])?;
+        let api = inv.api(member, key)?;
         match member.get_opt(&api, key).await? {
             None => {}
             Some(live) if live.metadata.deletion_timestamp.is_some() => {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::live::{LiveCluster, LiveError};
 use crate::plan::transform::{TransformContext, restore_skip};
 use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
@@ -37,8 +38,10 @@ pub enum InventoryError {
 pub struct Inventory {
     /// The archive's identity (SHA-256 of its manifest), written into [`STAMP_ANNOTATION`].
     pub archive_id: String,
-    /// Every archived object by key: whole, or — from [`Inventory::for_rollback`], for an object
-    /// rollback does not re-create — only what rollback reads of it (see [`slim`]).
+    /// The archived objects by key: every one whole, or — from [`Inventory::for_rollback`] — the
+    /// owners whole, only what rollback reads of a pod or of an object with finalizers or
+    /// Kosmos marks (see [`slim`]), and nothing of the rest (the [`graph`](Self::graph) still
+    /// names every object, with its type and uid).
     pub objects: BTreeMap<ObjectKey, Value>,
     /// Who owns whom among them.
     pub graph: OwnershipGraph,
@@ -101,8 +104,8 @@ impl Inventory {
     /// - the ownership graph comes from the verified index, not from the bodies;
     /// - a first pass learns the archive facts (Services, Secrets: the only objects parsed);
     /// - a second pass decides what the restore skipped, and keeps whole only the objects rollback
-    ///   may re-create (those that own something); of every other one it keeps what rollback reads
-    ///   ([`slim`]).
+    ///   may re-create (those that own something); of a pod, or an object with finalizers or
+    ///   Kosmos marks, it keeps what rollback reads ([`slim`]); of the rest, nothing.
     ///
     /// One damaged entry must not block a rollback: a damaged one (checksum, size, undecodable
     /// frame) is kept as a stub made from its index record — verified through the manifest, it
@@ -129,6 +132,7 @@ impl Inventory {
             }
         }
         let mut objects = BTreeMap::new();
+        let mut read = 0;
         let mut skipped = BTreeSet::new();
         let mut problems = Vec::new();
         for object in reader.objects_lenient()? {
@@ -137,35 +141,42 @@ impl Inventory {
                     if restore_skip(&value, &facts).is_some() {
                         skipped.insert(key.clone());
                     }
-                    let kept = if graph.dependents(&key).next().is_some() {
-                        value
-                    } else {
-                        slim(&value)
-                    };
-                    objects.insert(key, kept);
+                    if graph.dependents(&key).next().is_some() {
+                        objects.insert(key.clone(), value);
+                    } else if rollback_reads(&key, &value) {
+                        objects.insert(key.clone(), slim(&value));
+                    }
+                    read += 1;
                 }
                 Err(e) => problems.push(e.to_string()),
             }
         }
         let mut unreadable = BTreeMap::new();
-        for record in reader.records()? {
-            let record = record?;
-            let key = record.key();
-            if objects.contains_key(&key) {
-                continue;
+        if read < graph.len() {
+            // Only a damaged archive pays for knowing which entries were read: a third pass.
+            let readable: BTreeSet<ObjectKey> = reader
+                .objects_lenient()?
+                .filter_map(|o| o.ok().filter(|o| o.value().is_ok()).map(|o| o.record.key()))
+                .collect();
+            for record in reader.records()? {
+                let record = record?;
+                let key = record.key();
+                if readable.contains(&key) {
+                    continue;
+                }
+                let why = problems
+                    .iter()
+                    .find(|p| p.contains(&record.path))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} is in a part of the archive that cannot be decoded",
+                            record.path
+                        )
+                    });
+                objects.insert(key.clone(), stub(&record));
+                unreadable.insert(key, why);
             }
-            let why = problems
-                .iter()
-                .find(|p| p.contains(&record.path))
-                .cloned()
-                .unwrap_or_else(|| {
-                    format!(
-                        "{} is in a part of the archive that cannot be decoded",
-                        record.path
-                    )
-                });
-            objects.insert(key.clone(), stub(&record));
-            unreadable.insert(key, why);
         }
         Ok(Self {
             archive_id,
@@ -175,6 +186,23 @@ impl Inventory {
             facts,
             skipped,
         })
+    }
+
+    /// The dynamic API of archived `key` in `cluster`, typed from the verified index (so for
+    /// objects whose body the rollback inventory does not keep too).
+    ///
+    /// # Errors
+    /// [`LiveError::Malformed`] when `key` is not in the archive.
+    pub fn api(
+        &self,
+        cluster: &LiveCluster,
+        key: &ObjectKey,
+    ) -> Result<kube::Api<kube::api::DynamicObject>, LiveError> {
+        let record = self.graph.record(key).ok_or_else(|| LiveError::Malformed {
+            key: key.clone(),
+            detail: "not in the archive".to_owned(),
+        })?;
+        Ok(cluster.api(key, &record.api_version, &record.kind))
     }
 
     /// The archived UID of `key`.
@@ -236,6 +264,16 @@ fn object_record(record: &kpromote_archive::IndexRecord) -> ObjectRecord {
         kind: record.kind.clone(),
         owner_references: record.owner_references.clone(),
     }
+}
+
+/// Whether rollback reads anything of archived `object` beyond its type and uid: a pod's marks
+/// (unmarking restores them) and finalizers (teardown takes off the copied ones).
+fn rollback_reads(key: &ObjectKey, object: &Value) -> bool {
+    let slimmed = slim(object);
+    key.is("", "pods")
+        || ["finalizers", "labels", "annotations"]
+            .iter()
+            .any(|field| slimmed["metadata"].get(*field).is_some())
 }
 
 /// What rollback reads of an archived object it does not re-create: its type, name, namespace,
@@ -438,8 +476,25 @@ mod tests {
                 whole.graph.dependents(key).collect::<Vec<_>>()
             );
         }
-        // The owners rollback may re-create are whole; every other object is slim, with what
-        // unmarking and teardown read of it.
+        // The owners rollback may re-create are whole; pods are slim, with what unmarking and
+        // teardown read of them; the rest is only in the graph.
+        let kept: Vec<String> = lean.objects.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            kept,
+            [
+                "pods/shop/web-1-a",
+                "pods/shop/web-1-b",
+                "deployments.apps/shop/web",
+                "replicasets.apps/shop/web-1"
+            ]
+        );
+        let kube_api = |inv: &Inventory, key: &ObjectKey| {
+            let record = inv.graph.record(key).unwrap();
+            (record.api_version.clone(), record.kind.clone())
+        };
+        for key in whole.graph.keys() {
+            assert_eq!(kube_api(&lean, key), kube_api(&whole, key), "{key}");
+        }
         for (key, object) in &lean.objects {
             let full = &whole.objects[key];
             if whole.graph.dependents(key).next().is_some() {

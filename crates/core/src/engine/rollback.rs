@@ -72,7 +72,8 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
         }
     }
     let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
-    let mut ctx = inv.facts.for_member_from(inv.objects.iter(), &recreate);
+    let uids = inv.graph.keys().filter_map(|k| Some((k, inv.uid(k)?)));
+    let mut ctx = inv.facts.for_member_from(uids, &recreate);
     let restorer = Restorer {
         target: member,
         inv,
@@ -142,7 +143,7 @@ async fn unmark_member_pods(
             if lock(journal).is_done(STEP_UNMARK, &name) {
                 return Ok(());
             }
-            let api = member.api_for(key, archived)?;
+            let api = inv.api(member, key)?;
             if let Some(live) = member.get_opt(&api, key).await?
                 && live.metadata.uid.as_deref() == inv.uid(key)
             {
@@ -196,8 +197,8 @@ async fn created_in_control_plane(
     opts: &EngineOptions,
 ) -> Result<(BTreeMap<ObjectKey, Created>, BTreeSet<String>), EngineError> {
     let inv = ours.inv;
-    let look_up = |key: &ObjectKey, archived: &Value| {
-        let api = cp.api_for(key, archived);
+    let look_up = |key: &ObjectKey| {
+        let api = inv.api(cp, key);
         let key = key.clone();
         async move {
             Ok::<_, EngineError>(match cp.get_opt(&api?, &key).await {
@@ -211,24 +212,24 @@ async fn created_in_control_plane(
     };
     // Namespaces first: a pod of a namespace promote created is ours by a rule of its own.
     let mut namespaces = BTreeSet::new();
-    for (key, archived) in inv.objects.iter().filter(|(k, _)| k.is("", "namespaces")) {
-        if let Some((key, live)) = look_up(key, archived).await?
+    for key in inv.graph.keys().filter(|k| k.is("", "namespaces")) {
+        if let Some((key, live)) = look_up(key).await?
             && ours.stamped(&live)
         {
             namespaces.insert(key.name);
         }
     }
-    let archived: Vec<(&ObjectKey, &Value)> = inv.objects.iter().collect();
+    let archived: Vec<&ObjectKey> = inv.graph.keys().collect();
     let mut created = BTreeMap::new();
     // The futures are made before streaming them (see `Restorer::run`), a batch at a time: made
     // all at once, 100,000 lookups held a few hundred MiB of future state.
     for batch in archived.chunks(LOOKUP_BATCH) {
         let lookups: Vec<_> = batch
             .iter()
-            .map(|&(key, archived)| {
+            .map(|&key| {
                 let (look_up, namespaces) = (&look_up, &namespaces);
                 async move {
-                    Ok::<_, EngineError>(look_up(key, archived).await?.and_then(|(key, live)| {
+                    Ok::<_, EngineError>(look_up(key).await?.and_then(|(key, live)| {
                         ours.owns(&key, &live, namespaces)
                             .then(|| (key, Created::of(&live)))
                     }))
@@ -361,8 +362,10 @@ async fn remove(
     if lock(journal).is_done(STEP_TEARDOWN, &name) {
         return Ok(());
     }
-    let archived = &ours.inv.objects[key];
-    let api = cp.api_for(key, archived)?;
+    // Kept for the objects rollback reads (see `Inventory::for_rollback`); for any other, what
+    // was archived has no finalizer and no mark to compare with.
+    let archived = ours.inv.objects.get(key).unwrap_or(&Value::Null);
+    let api = ours.inv.api(cp, key)?;
     let Some(live) = cp.get_opt(&api, key).await? else {
         lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
         return Ok(());
@@ -519,14 +522,14 @@ fn copied_finalizers_patch(archived: &Value, live: &Value) -> Option<Value> {
 async fn held_by_finalizers(cp: &LiveCluster, inv: &Inventory, ns: &str) -> Result<Vec<String>, EngineError> {
     let mut kinds: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut probes = Vec::new();
-    for (key, archived) in &inv.objects {
+    for key in inv.graph.keys() {
         if key.namespace.as_deref() == Some(ns) && kinds.insert((&key.group, &key.resource)) {
-            probes.push((key, archived));
+            probes.push(key);
         }
     }
     let mut held = Vec::new();
-    for (probe, archived) in probes {
-        let api = cp.api_for(probe, archived)?;
+    for probe in probes {
+        let api = inv.api(cp, probe)?;
         let listed = match cp.list_by_name(&api, probe).await {
             Ok(listed) => listed,
             // A type this process may not list (Secrets): named by the namespace's conditions.

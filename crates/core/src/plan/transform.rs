@@ -467,25 +467,24 @@ impl TransformContext {
     ) -> Self {
         let pairs: Vec<(&ObjectKey, &Value)> = archive.into_iter().collect();
         let objects: Vec<&Value> = pairs.iter().map(|(_, v)| *v).collect();
-        Self::with_archive_facts(&objects).for_member_from(pairs, recreated)
+        let uids = pairs.iter().filter_map(|(k, v)| Some((*k, uid_of(v)?)));
+        Self::with_archive_facts(&objects).for_member_from(uids, recreated)
     }
 
     /// [`TransformContext::for_member`] from facts already learned (`self`, see
-    /// [`TransformContext::learn`]) and archived objects that need carry only their `metadata.uid`.
+    /// [`TransformContext::learn`]) and the archived objects' UIDs.
     #[must_use]
     pub fn for_member_from<'a>(
         &self,
-        archive: impl IntoIterator<Item = (&'a ObjectKey, &'a Value)>,
+        uids: impl IntoIterator<Item = (&'a ObjectKey, &'a str)>,
         recreated: &BTreeSet<ObjectKey>,
     ) -> Self {
         let mut ctx = self.facts();
-        for (key, object) in archive {
-            if let Some(uid) = uid_of(object) {
-                if recreated.contains(key) {
-                    ctx.pending_uids.insert(uid.to_owned());
-                } else {
-                    ctx.uid_map.insert(uid.to_owned(), uid.to_owned());
-                }
+        for (key, uid) in uids {
+            if recreated.contains(key) {
+                ctx.pending_uids.insert(uid.to_owned());
+            } else {
+                ctx.uid_map.insert(uid.to_owned(), uid.to_owned());
             }
         }
         ctx

@@ -270,6 +270,55 @@ async fn restore_waits_for_a_frozen_controller_manager_instead_of_racing_it() {
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
 
+#[tokio::test]
+async fn the_barrier_before_deployments_waits_for_the_deployment_controller_and_leaves_nothing() {
+    use kpromote_core::engine::barrier::{Needs, SENTINEL_LABEL, observe};
+    let pair = Pair::start().await;
+    let ns = "barrier";
+    apps::namespace(&pair.cp, ns).await;
+    let cp = LiveCluster::new("control plane", pair.cp.clone());
+    let needs = Needs::of([&ObjectKey::namespaced("apps", "deployments", ns, "web")]);
+    assert_eq!(
+        needs,
+        Needs {
+            replicasets: true,
+            ..Needs::default()
+        }
+    );
+
+    // A frozen controller manager never claims the sentinel: the barrier fails, naming what it
+    // waited for, rather than letting Deployments meet a controller that has not seen their
+    // ReplicaSets.
+    let control_plane = pair.env.cluster("control-plane");
+    control_plane.pause_controller_manager().unwrap();
+    let err = observe(&cp, ns, needs, Duration::from_secs(3)).await.unwrap_err();
+    control_plane.resume_controller_manager().unwrap();
+    assert!(
+        err.to_string().contains("Deployment controller") && err.to_string().contains("replicasets"),
+        "{err}"
+    );
+    observe(&cp, ns, needs, Duration::from_secs(60)).await.unwrap();
+
+    // Every sentinel is gone, the ReplicaSet the Deployment controller claimed included.
+    let sentinels = ListParams::default().labels(SENTINEL_LABEL);
+    wait_for("the sentinels to be gone", Duration::from_secs(60), || async {
+        let deployments = Api::<Deployment>::namespaced(pair.cp.clone(), ns)
+            .list(&sentinels)
+            .await
+            .unwrap();
+        let replicasets = Api::<ReplicaSet>::namespaced(pair.cp.clone(), ns)
+            .list(&sentinels)
+            .await
+            .unwrap();
+        let pods = Api::<Pod>::namespaced(pair.cp.clone(), ns)
+            .list(&sentinels)
+            .await
+            .unwrap();
+        (deployments.items.is_empty() && replicasets.items.is_empty() && pods.items.is_empty()).then_some(())
+    })
+    .await;
+}
+
 /// The CLI's promote of an archive the way `cli_promote` runs it.
 fn cli(pair: &Pair, subcommand: &str, archive: &std::path::Path) -> std::process::Command {
     let mut cmd = pair.kpromote(subcommand);

@@ -82,6 +82,39 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Requests the API server behind `client` has served so far, by verb (its
+/// `apiserver_request_total`; WATCH and CONNECT left out): every client's, the controller
+/// manager's included, so a difference is the whole work a phase caused.
+async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(request).await.expect("metrics");
+    let mut by_verb = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let verb = line
+            .split("verb=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        if !matches!(verb, "WATCH" | "CONNECT" | "") {
+            *by_verb.entry(verb.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    by_verb
+}
+
+/// `after - before`, verb by verb.
+fn requests_between(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(verb, n)| (verb.clone(), n - before.get(verb).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect()
+}
+
 /// CPU time this process has used, in clock ticks (utime + stime of `/proc/self/stat`).
 fn own_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -101,6 +134,7 @@ struct Timings {
     restored: usize,
     restore_busy: f64,
     restore_own: f64,
+    restore_requests: std::collections::BTreeMap<String, f64>,
 }
 
 /// Detach + mark + restore, timed separately.
@@ -150,6 +184,7 @@ async fn promote_timed(
     };
     let (busy0, total0) = cpu_jiffies();
     let own0 = own_cpu_ticks();
+    let requests0 = api_requests(&cp.client).await;
     let t = Instant::now();
     restorer
         .run(&plan, &mut ctx, &report, Some(&progress))
@@ -158,12 +193,14 @@ async fn promote_timed(
     let restore_s = t.elapsed().as_secs_f64();
     let (busy1, total1) = cpu_jiffies();
     let own1 = own_cpu_ticks();
+    let restore_requests = requests_between(&requests0, &api_requests(&cp.client).await);
     Timings {
         detach_s,
         restore_s,
         restored: report.into_inner().expect("report").created.len(),
         restore_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
         restore_own: (own1 - own0) as f64 / (busy1 - busy0).max(1) as f64,
+        restore_requests,
     }
 }
 
@@ -204,7 +241,7 @@ async fn raw_create(
     cp: &LiveCluster,
     inv: &Inventory,
     concurrency: usize,
-) -> (usize, f64) {
+) -> (usize, f64, std::collections::BTreeMap<String, f64>) {
     use futures::TryStreamExt;
     use kpromote_core::plan::transform::{Prepared, prepare};
     let target = Target::ControlPlane {
@@ -235,6 +272,7 @@ async fn raw_create(
     }
     let n = namespaces.len() + rest.len();
     cp_cluster.pause_controller_manager().expect("pause");
+    let requests0 = api_requests(&cp.client).await;
     let t = Instant::now();
     for (api, object) in &namespaces {
         api.create(&PostParams::default(), object)
@@ -248,6 +286,7 @@ async fn raw_create(
         .await
         .expect("raw create");
     let seconds = t.elapsed().as_secs_f64();
+    let requests = requests_between(&requests0, &api_requests(&cp.client).await);
     cp_cluster.resume_controller_manager().expect("resume");
     // The namespace goes first (no controller creates in a terminating namespace); its pods,
     // bound to the virtual node, go only with grace period 0 (no kubelet answers for it), as
@@ -277,7 +316,7 @@ async fn raw_create(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    (n, seconds)
+    (n, seconds, requests)
 }
 
 fn main() {
@@ -322,7 +361,7 @@ fn main() {
         let load_s = t.elapsed().as_secs_f64();
         let load_rss = peak_rss_mib();
         let opts = EngineOptions::default();
-        let (raw_n, raw_s) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
+        let (raw_n, raw_s, raw_requests) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
         eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
         reset_peak_rss();
         let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), "default").await;
@@ -377,6 +416,27 @@ fn main() {
             "CPU busy during restore: {:.0} %, of which kpromote {:.0} %",
             timings.restore_busy * 100.0,
             timings.restore_own * 100.0
+        );
+        // What the control plane's API server did for each created object, every client's
+        // requests counted (the raw run's with the controller manager paused).
+        println!("\n| control-plane API requests per created object | raw client | restore |");
+        println!("|---|---|---|");
+        let verbs: std::collections::BTreeSet<&String> =
+            raw_requests.keys().chain(timings.restore_requests.keys()).collect();
+        let per = |m: &std::collections::BTreeMap<String, f64>, verb: &str, n: usize| {
+            m.get(verb).copied().unwrap_or(0.0) / n as f64
+        };
+        for verb in verbs {
+            println!(
+                "| {verb} | {:.2} | {:.2} |",
+                per(&raw_requests, verb, raw_n),
+                per(&timings.restore_requests, verb, timings.restored)
+            );
+        }
+        println!(
+            "| all | {:.2} | {:.2} |",
+            raw_requests.values().sum::<f64>() / raw_n as f64,
+            timings.restore_requests.values().sum::<f64>() / timings.restored as f64
         );
     });
 }

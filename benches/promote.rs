@@ -5,8 +5,10 @@
 //! rolled back, each phase timed with this process's peak RSS. In the same run on the same
 //! clusters, the restore's objects per second are compared with the physical limit (the same
 //! objects created by a raw client at the same concurrency, [`raw_create`]) and, unless
-//! `KPROMOTE_BENCH_SERIAL=0`, with the restore one object at a time. Figures are printed as
-//! Markdown tables for `benches/RESULTS.md`.
+//! `KPROMOTE_BENCH_SERIAL=0`, with the restore one object at a time. Rollback reads the archive
+//! as the CLI does (`Inventory::for_rollback`); the raw run comes last, so that nothing it
+//! prepared is in the phases' memory figures. Figures are printed as Markdown tables for
+//! `benches/RESULTS.md`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,7 +97,11 @@ async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .unwrap_or_default();
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         if !matches!(verb, "WATCH" | "CONNECT" | "") {
             *by_verb.entry(verb.to_owned()).or_insert(0.0) += value;
         }
@@ -361,20 +367,27 @@ fn main() {
         let load_s = t.elapsed().as_secs_f64();
         let load_rss = peak_rss_mib();
         let opts = EngineOptions::default();
-        let (raw_n, raw_s, raw_requests) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
-        eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
         reset_peak_rss();
         let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), "default").await;
         let promote_rss = peak_rss_mib();
+        let objects = inv.objects.len();
+        // Rollback reads the archive as the CLI and the controller do (streaming), with the
+        // promote's inventory gone.
+        drop(inv);
         let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
         reset_peak_rss();
         let t = Instant::now();
+        let lean = Inventory::for_rollback(&backup.path).expect("rollback inventory");
         let progress = timeline(t);
-        let run = Run::new(&member, &cp, &inv, "member", &opts).reporting(&progress);
+        let run = Run::new(&member, &cp, &lean, "member", &opts).reporting(&progress);
         rollback(&run, &journal).await.expect("rollback");
         let rollback_s = t.elapsed().as_secs_f64();
         let rollback_rss = peak_rss_mib();
-        let objects = inv.objects.len();
+        drop(lean);
+        // The raw client last, so that what it prepares is not in the phases' memory figures.
+        let inv = Inventory::from_archive(&backup.path).expect("inventory");
+        let (raw_n, raw_s, raw_requests) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
+        eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
         println!("\n{objects} archived objects ({deployments} Deployments x {replicas} pods)\n");
         println!("| phase | wall s | objects/s | peak RSS MiB |");
         println!("|---|---|---|---|");

@@ -231,9 +231,9 @@ struct Node {
 /// Who owns whom among a set of objects. See the [module docs](self).
 #[derive(Debug)]
 pub struct OwnershipGraph {
-    /// Sorted by key; indices are positions here.
+    /// Sorted by key (a key is found by binary search: no second copy of every key); indices are
+    /// positions here.
     nodes: Vec<Node>,
-    index: BTreeMap<ObjectKey, usize>,
     by_uid: BTreeMap<String, usize>,
     dangling: Vec<DanglingOwnerReference>,
 }
@@ -248,10 +248,9 @@ impl OwnershipGraph {
         let mut records: Vec<ObjectRecord> = records.into_iter().collect();
         records.sort_by(|a, b| a.key.cmp(&b.key));
 
-        let mut index = BTreeMap::new();
         let mut by_uid: BTreeMap<String, usize> = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
-            if index.insert(record.key.clone(), i).is_some() {
+            if i > 0 && records[i - 1].key == record.key {
                 return Err(OwnershipError::DuplicateKey(Box::new(record.key.clone())));
             }
             if let Some(uid) = &record.uid
@@ -302,7 +301,6 @@ impl OwnershipGraph {
             .collect();
         Ok(Self {
             nodes,
-            index,
             by_uid,
             dangling,
         })
@@ -338,7 +336,7 @@ impl OwnershipGraph {
     /// Whether `key` is in the graph.
     #[must_use]
     pub fn contains(&self, key: &ObjectKey) -> bool {
-        self.index.contains_key(key)
+        self.position(key).is_some()
     }
 
     /// Every key, in key order.
@@ -401,7 +399,11 @@ impl OwnershipGraph {
     }
 
     fn node(&self, key: &ObjectKey) -> Option<&Node> {
-        self.index.get(key).map(|&i| &self.nodes[i])
+        self.position(key).map(|i| &self.nodes[i])
+    }
+
+    fn position(&self, key: &ObjectKey) -> Option<usize> {
+        self.nodes.binary_search_by(|n| n.record.key.cmp(key)).ok()
     }
 }
 

@@ -29,6 +29,35 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
     format!("{dependent}<-{owner}")
 }
 
+/// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`]): its
+/// ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
+/// keeps this much of each, not the pods.
+fn adoption_view(live: &kube::api::DynamicObject) -> Value {
+    use super::inventory::STAMP_ANNOTATION;
+    let stamp = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STAMP_ANNOTATION));
+    let mut metadata = serde_json::Map::new();
+    if let Some(refs) = &live.metadata.owner_references {
+        metadata.insert(
+            "ownerReferences".to_owned(),
+            serde_json::to_value(refs).unwrap_or(Value::Null),
+        );
+    }
+    if let Some(rv) = &live.metadata.resource_version {
+        metadata.insert("resourceVersion".to_owned(), Value::String(rv.clone()));
+    }
+    if let Some(stamp) = stamp {
+        metadata.insert(
+            "annotations".to_owned(),
+            json!({ STAMP_ANNOTATION: stamp }),
+        );
+    }
+    json!({ "metadata": metadata })
+}
+
 /// How an object ended up in the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
@@ -368,12 +397,19 @@ impl Restorer<'_> {
         for keys in by_list.into_values().filter(|keys| keys.len() >= PREFETCH_MIN) {
             let first = keys[0];
             let api = self.inv.api(self.target, first)?;
-            let listed = self.target.list_by_name(&api, first).await?;
+            let wanted: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+            let mut listed = self
+                .target
+                .list_kept(&api, first, None, |live| {
+                    live.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| wanted.contains(n))
+                        .then(|| adoption_view(&live))
+                })
+                .await?;
             for key in keys {
-                let view = listed
-                    .get(&key.name)
-                    .map(|live| serde_json::to_value(live).unwrap_or(Value::Null));
-                views.insert(key.clone(), view);
+                views.insert(key.clone(), listed.remove(&key.name));
             }
         }
         Ok(views)

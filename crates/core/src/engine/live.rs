@@ -271,6 +271,22 @@ impl LiveCluster {
         key: &ObjectKey,
         selector: Option<&str>,
     ) -> Result<BTreeMap<String, DynamicObject>, LiveError> {
+        self.list_kept(api, key, selector, Some).await
+    }
+
+    /// [`Self::list_selected`], keeping of each listed object only what `keep` makes of it
+    /// (`None`: nothing), a page at a time: a caller that needs a few fields of thousands of
+    /// objects never holds them all whole.
+    ///
+    /// # Errors
+    /// Refusals and unavailability.
+    pub async fn list_kept<T>(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        selector: Option<&str>,
+        mut keep: impl FnMut(DynamicObject) -> Option<T>,
+    ) -> Result<BTreeMap<String, T>, LiveError> {
         let mut objects = BTreeMap::new();
         let mut params = ListParams::default().limit(500);
         if let Some(selector) = selector {
@@ -279,8 +295,10 @@ impl LiveCluster {
         loop {
             let page = self.retry("list", key, || api.list(&params)).await?;
             for object in page.items {
-                if let Some(name) = object.metadata.name.clone() {
-                    objects.insert(name, object);
+                if let Some(name) = object.metadata.name.clone()
+                    && let Some(kept) = keep(object)
+                {
+                    objects.insert(name, kept);
                 }
             }
             match page.metadata.continue_ {

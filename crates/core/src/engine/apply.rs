@@ -50,10 +50,7 @@ fn adoption_view(live: &kube::api::DynamicObject) -> Value {
         metadata.insert("resourceVersion".to_owned(), Value::String(rv.clone()));
     }
     if let Some(stamp) = stamp {
-        metadata.insert(
-            "annotations".to_owned(),
-            json!({ STAMP_ANNOTATION: stamp }),
-        );
+        metadata.insert("annotations".to_owned(), json!({ STAMP_ANNOTATION: stamp }));
     }
     json!({ "metadata": metadata })
 }

@@ -143,8 +143,11 @@ impl Inventory {
                     }
                     if graph.dependents(&key).next().is_some() {
                         objects.insert(key.clone(), value);
-                    } else if rollback_reads(&key, &value) {
-                        objects.insert(key.clone(), slim(&value));
+                    } else {
+                        let slimmed = slim(&value);
+                        if rollback_reads(&key, &slimmed) {
+                            objects.insert(key.clone(), slimmed);
+                        }
                     }
                     read += 1;
                 }
@@ -266,10 +269,10 @@ fn object_record(record: &kpromote_archive::IndexRecord) -> ObjectRecord {
     }
 }
 
-/// Whether rollback reads anything of archived `object` beyond its type and uid: a pod's marks
-/// (unmarking restores them) and finalizers (teardown takes off the copied ones).
-fn rollback_reads(key: &ObjectKey, object: &Value) -> bool {
-    let slimmed = slim(object);
+/// Whether rollback reads anything of an archived object beyond its type and uid, given its
+/// [`slim`] copy: a pod's marks (unmarking restores them) and finalizers (teardown takes off the
+/// copied ones).
+fn rollback_reads(key: &ObjectKey, slimmed: &Value) -> bool {
     key.is("", "pods")
         || ["finalizers", "labels", "annotations"]
             .iter()

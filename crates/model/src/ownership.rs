@@ -245,6 +245,23 @@ impl OwnershipGraph {
     /// [`OwnershipError::DuplicateKey`], [`OwnershipError::DuplicateUid`], or
     /// [`OwnershipError::Cycle`] naming the objects of one cycle.
     pub fn build(records: impl IntoIterator<Item = ObjectRecord>) -> Result<Self, OwnershipError> {
+        Self::build_upper(records, std::iter::empty())
+    }
+
+    /// Builds the graph of the upper part of a set: `records` are closed under owners (every
+    /// owner of one of them is one of them), `outside` are the set's other objects, streamed past
+    /// once. Heights are those of the whole set — an owner of an object outside counts it — so
+    /// the part is planned as the whole would be, while only the part is held: a rollback of a
+    /// hundred thousand objects keeps their few thousand owners. [`dependents`](Self::dependents)
+    /// and [`dangling`](Self::dangling) name objects of the part only; [`owners_of`](Self::owners_of)
+    /// resolves an outside object's references.
+    ///
+    /// # Errors
+    /// As [`OwnershipGraph::build`], among `records`.
+    pub fn build_upper(
+        records: impl IntoIterator<Item = ObjectRecord>,
+        outside: impl IntoIterator<Item = ObjectRecord>,
+    ) -> Result<Self, OwnershipError> {
         let mut records: Vec<ObjectRecord> = records.into_iter().collect();
         records.sort_by(|a, b| a.key.cmp(&b.key));
 
@@ -272,7 +289,7 @@ impl OwnershipGraph {
         let mut dangling = Vec::new();
         for (i, record) in records.iter().enumerate() {
             for reference in &record.owner_references {
-                match resolve(record, reference, &records, &by_uid) {
+                match resolve(record, reference, |i| &records[i], &by_uid) {
                     Ok(owner) => {
                         owners[i].insert(owner);
                         dependents[owner].insert(i);
@@ -286,7 +303,17 @@ impl OwnershipGraph {
             }
         }
 
-        let heights = heights(&records, &dependents)?;
+        // An owner of an outside object is at least one above it (outside objects own nothing
+        // of the part, or they would be in it).
+        let mut floors = vec![0usize; records.len()];
+        for record in outside {
+            for reference in &record.owner_references {
+                if let Ok(owner) = resolve(&record, reference, |i| &records[i], &by_uid) {
+                    floors[owner] = 1;
+                }
+            }
+        }
+        let heights = heights(&records, &dependents, &floors)?;
         let nodes = records
             .into_iter()
             .zip(owners)
@@ -398,6 +425,15 @@ impl OwnershipGraph {
         &self.dangling
     }
 
+    /// The objects of the graph that `outside`, an object not in it, resolves its ownerReferences
+    /// to (by the rules of the [module docs](self)), in reference order.
+    pub fn owners_of<'a>(&'a self, outside: &'a ObjectRecord) -> impl Iterator<Item = &'a ObjectKey> {
+        outside.owner_references.iter().filter_map(move |reference| {
+            let owner = resolve(outside, reference, |i| &self.nodes[i].record, &self.by_uid).ok()?;
+            Some(&self.nodes[owner].record.key)
+        })
+    }
+
     fn node(&self, key: &ObjectKey) -> Option<&Node> {
         self.position(key).map(|i| &self.nodes[i])
     }
@@ -407,14 +443,14 @@ impl OwnershipGraph {
     }
 }
 
-fn resolve(
+fn resolve<'r>(
     dependent: &ObjectRecord,
     reference: &OwnerReference,
-    records: &[ObjectRecord],
+    record_at: impl Fn(usize) -> &'r ObjectRecord,
     by_uid: &BTreeMap<String, usize>,
 ) -> Result<usize, DanglingReason> {
     let &owner = by_uid.get(&reference.uid).ok_or(DanglingReason::NotInSet)?;
-    let found = &records[owner];
+    let found = record_at(owner);
     if found.kind != reference.kind
         || group_of(&found.api_version) != group_of(&reference.api_version)
         || found.key.name != reference.name
@@ -435,7 +471,12 @@ fn resolve(
 
 /// Heights by an iterative depth-first walk over dependents (no recursion: a hostile archive may
 /// hold a very long chain). A dependent met while still on the walk's path closes a cycle.
-fn heights(records: &[ObjectRecord], dependents: &[BTreeSet<usize>]) -> Result<Vec<usize>, OwnershipError> {
+/// `floors` are the least heights (see [`OwnershipGraph::build_upper`]).
+fn heights(
+    records: &[ObjectRecord],
+    dependents: &[BTreeSet<usize>],
+    floors: &[usize],
+) -> Result<Vec<usize>, OwnershipError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -475,7 +516,12 @@ fn heights(records: &[ObjectRecord], dependents: &[BTreeSet<usize>]) -> Result<V
                     }
                 }
             } else {
-                height[node] = dependents[node].iter().map(|&d| height[d] + 1).max().unwrap_or(0);
+                height[node] = dependents[node]
+                    .iter()
+                    .map(|&d| height[d] + 1)
+                    .max()
+                    .unwrap_or(0)
+                    .max(floors[node]);
                 mark[node] = Mark::Done;
                 path.pop();
             }
@@ -888,6 +934,42 @@ mod tests {
                 if h > 0 {
                     prop_assert!(g.dependents(k).any(|d| g.height(d) == Some(h - 1)));
                 }
+            }
+        }
+
+        /// The upper part of a random DAG — the objects something owns — built with the rest
+        /// streamed past has the whole graph's heights and edges among the part, and resolves
+        /// the rest's references to the owners the whole graph gives them.
+        #[test]
+        fn the_upper_part_is_planned_as_the_whole(edges in proptest::collection::vec((0usize..30, 0usize..30), 0..80)) {
+            let n = 30;
+            let mut owners: Vec<Vec<usize>> = vec![Vec::new(); n];
+            for (a, b) in edges {
+                let (dep, owner) = if a < b { (a, b) } else if b < a { (b, a) } else { continue };
+                owners[dep].push(owner);
+            }
+            let names: Vec<String> = (0..n).map(|i| format!("{i}:o{i}")).collect();
+            let records = (0..n).map(|i| {
+                let refs: Vec<(&str, &str, &str)> =
+                    owners[i].iter().map(|&o| ("example.com/v1", "Example", names[o].as_str())).collect();
+                record(&format!("examples.example.com/ns/o{i}"), "Example", &i.to_string(), &refs)
+            }).collect::<Vec<_>>();
+            let whole = OwnershipGraph::build(records.clone()).expect("acyclic");
+            let is_owner = |r: &ObjectRecord| owners.iter().flatten().any(|&o| Some(o.to_string()) == r.uid);
+            let (upper, outside): (Vec<ObjectRecord>, Vec<ObjectRecord>) = records.into_iter().partition(is_owner);
+            let part = OwnershipGraph::build_upper(upper.clone(), outside.clone()).expect("acyclic");
+            prop_assert_eq!(part.len(), upper.len());
+            for k in part.keys() {
+                prop_assert_eq!(part.height(k), whole.height(k));
+                prop_assert_eq!(part.owners(k).collect::<Vec<_>>(), whole.owners(k).collect::<Vec<_>>());
+                let inside: Vec<_> = whole.dependents(k).filter(|d| part.contains(d)).collect();
+                prop_assert_eq!(part.dependents(k).collect::<Vec<_>>(), inside);
+            }
+            for record in &outside {
+                let mut found: Vec<_> = part.owners_of(record).collect();
+                found.sort();
+                found.dedup();
+                prop_assert_eq!(found, whole.owners(&record.key).collect::<Vec<_>>());
             }
         }
     }

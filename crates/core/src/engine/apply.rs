@@ -16,7 +16,7 @@ use crate::plan::order::{RestorePlan, WaitPoint};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
 use crate::plan::twin::admission_changes;
 use kpromote_model::object_key::ObjectKey;
-use kpromote_model::ownership::OwnerReference;
+use kpromote_model::ownership::{ObjectRecord, OwnerReference};
 
 /// Journal step that points a dependent's ownerReference at its re-created owner.
 pub const STEP_ADOPT: &str = "adopt";
@@ -333,41 +333,36 @@ impl Restorer<'_> {
         ctx: &TransformContext,
         report: &Mutex<Report>,
     ) -> Result<(), EngineError> {
+        let adopting: Vec<ObjectKey> = owners
+            .iter()
+            .filter(|owner| self.inv.uid(owner).is_some_and(|uid| ctx.new_uid(uid).is_some()))
+            .cloned()
+            .collect();
+        if adopting.is_empty() {
+            return Ok(());
+        }
         let mut pairs = Vec::new();
-        for owner in owners {
-            let Some(owner_uid) = self.inv.uid(owner) else {
-                continue;
-            };
-            if ctx.new_uid(owner_uid).is_none() {
-                continue;
-            }
-            for dependent in self.inv.graph.dependents(owner) {
-                let refs: Vec<OwnerReference> = self
-                    .inv
-                    .graph
-                    .record(dependent)
-                    .map(|r| {
-                        r.owner_references
-                            .iter()
-                            .filter(|o| o.uid == owner_uid)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !refs.is_empty() {
-                    pairs.push((dependent.clone(), owner.clone(), refs));
-                }
+        for (dependent, owner) in self.inv.dependents_of(&adopting)? {
+            let owner_uid = self.inv.uid(&owner).unwrap_or_default();
+            let refs: Vec<OwnerReference> = dependent
+                .owner_references
+                .iter()
+                .filter(|o| o.uid == owner_uid)
+                .cloned()
+                .collect();
+            if !refs.is_empty() {
+                pairs.push((dependent, owner, refs));
             }
         }
         pairs.retain(|(dependent, owner, _)| {
-            !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(dependent, owner))
+            !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, owner))
         });
         let mut prefetched = self
             .prefetch(pairs.iter().map(|(dependent, _, _)| dependent))
             .await?;
         let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
             .map(|(dependent, owner, refs)| {
-                let live = prefetched.remove(&dependent);
+                let live = prefetched.remove(&dependent.key);
                 async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
             })
             .buffer_unordered(self.opts.concurrency)
@@ -381,19 +376,21 @@ impl Restorer<'_> {
     /// ReplicaSets has 1,000 pods to check). `None` inside: listed, and not in the target.
     async fn prefetch<'k>(
         &self,
-        dependents: impl Iterator<Item = &'k ObjectKey>,
+        dependents: impl Iterator<Item = &'k ObjectRecord>,
     ) -> Result<HashMap<ObjectKey, Option<Value>>, EngineError> {
-        let mut by_list: BTreeMap<(&str, &str, Option<&str>), Vec<&ObjectKey>> = BTreeMap::new();
-        for key in dependents {
+        let mut by_list: BTreeMap<(&str, &str, Option<&str>), Vec<&ObjectRecord>> = BTreeMap::new();
+        for record in dependents {
+            let key = &record.key;
             by_list
                 .entry((&key.group, &key.resource, key.namespace.as_deref()))
                 .or_default()
-                .push(key);
+                .push(record);
         }
         let mut views = HashMap::new();
-        for keys in by_list.into_values().filter(|keys| keys.len() >= PREFETCH_MIN) {
-            let first = keys[0];
-            let api = self.inv.api(self.target, first)?;
+        for records in by_list.into_values().filter(|r| r.len() >= PREFETCH_MIN) {
+            let first = &records[0].key;
+            let api = self.target.api(first, &records[0].api_version, &records[0].kind);
+            let keys: Vec<&ObjectKey> = records.iter().map(|r| &r.key).collect();
             let wanted: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
             let mut listed = self
                 .target
@@ -416,15 +413,16 @@ impl Restorer<'_> {
     /// state from [`Self::prefetch`], read again only if a patch based on it conflicts.
     async fn adopt(
         &self,
-        dependent: &ObjectKey,
+        dependent: &ObjectRecord,
         owner: &ObjectKey,
         refs: &[OwnerReference],
         ctx: &TransformContext,
         report: &Mutex<Report>,
         mut prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
+        let api = self.target.api(&dependent.key, &dependent.api_version, &dependent.kind);
+        let dependent = &dependent.key;
         let name = adoption_name(dependent, owner);
-        let api = self.inv.api(self.target, dependent)?;
         for _ in 0..5 {
             let live = match prefetched.take() {
                 Some(view) => view,

@@ -4,7 +4,7 @@
 //! reverting the second (an edited pod template would even roll out new pods in the member), so
 //! rollback refuses unless told to discard them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::DynamicObject;
@@ -24,27 +24,54 @@ const REPORTED_EVEN_WHEN_DERIVED: &[(&str, &str)] = &[
     ("apps", "controllerrevisions"),
 ];
 
-/// What drift needs of an object promote created, read from the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
-    /// Its UID there: objects a controller made from it are derived, not user work.
-    pub uid: Option<String>,
-    /// Its generation: above 1, its spec was edited since promote.
-    pub generation: Option<i64>,
+/// What drift needs of the objects promote created, gathered one at a time as rollback reads
+/// them from the control plane: those whose spec was edited since, and every UID — as 128 bits,
+/// not strings, so that a rollback of many objects holds little of each.
+#[derive(Debug, Default)]
+pub struct Promoted {
+    edited: Vec<(ObjectKey, i64)>,
+    uids: HashSet<u128>,
 }
 
-impl Created {
-    /// The summary of `live`.
-    #[must_use]
-    pub fn of(live: &Value) -> Self {
-        Self {
-            uid: live
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            generation: live.pointer("/metadata/generation").and_then(Value::as_i64),
+impl Promoted {
+    /// Adds `live`, the control plane's object of `key`, which promote created.
+    pub fn add(&mut self, key: &ObjectKey, live: &Value) {
+        if let Some(uid) = live.pointer("/metadata/uid").and_then(Value::as_str) {
+            self.uids.insert(uid_bits(uid));
+        }
+        // Above 1, its spec was edited since promote.
+        if let Some(generation) = live.pointer("/metadata/generation").and_then(Value::as_i64)
+            && generation > 1
+        {
+            self.edited.push((key.clone(), generation));
         }
     }
+
+    /// Whether promote created the object with `uid`.
+    #[must_use]
+    pub fn has_uid(&self, uid: &str) -> bool {
+        self.uids.contains(&uid_bits(uid))
+    }
+
+}
+
+/// A UID as 128 bits: its value when it is a UUID (what Kubernetes assigns), else two
+/// independent 64-bit hashes of it.
+fn uid_bits(uid: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let hex: String = uid.chars().filter(|c| *c != '-').collect();
+    if uid.len() == 36
+        && hex.len() == 32
+        && let Ok(bits) = u128::from_str_radix(&hex, 16)
+    {
+        return bits;
+    }
+    let half = |salt: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (salt, uid).hash(&mut hasher);
+        u128::from(hasher.finish())
+    };
+    (half(0) << 64) | half(1)
 }
 
 /// Changes found; empty when the control plane holds exactly what promote made.
@@ -80,25 +107,21 @@ impl Drift {
     }
 }
 
-/// Compares the control plane with `created` (what promote created there, live) in
+/// Compares the control plane with what promote created there (`promoted`, read live) in
 /// `namespaces` (the namespaces it created); `stamped` tells a live object promote created.
 ///
 /// # Errors
 /// Discovery and API errors.
 pub async fn detect(
     cp: &LiveCluster,
-    created: &BTreeMap<ObjectKey, Created>,
+    promoted: &Promoted,
     namespaces: &BTreeSet<String>,
     stamped: impl Fn(&Value) -> bool,
 ) -> Result<Drift, EngineError> {
-    let mut drift = Drift::default();
-    for (key, live) in created {
-        if let Some(generation) = live.generation
-            && generation > 1
-        {
-            drift.edited.push((key.clone(), generation));
-        }
-    }
+    let mut drift = Drift {
+        edited: promoted.edited.clone(),
+        ..Drift::default()
+    };
     if namespaces.is_empty() {
         return Ok(drift);
     }
@@ -136,7 +159,7 @@ pub async fn detect(
                 .filter(|n| surface.resolve(n).is_ok()),
         )
         .unwrap_or_default();
-    let our_uids: BTreeSet<&str> = created.values().filter_map(|c| c.uid.as_deref()).collect();
+    let ours = |uid: &str| promoted.has_uid(uid);
     let lists: Vec<(GroupResource, String, kube::Api<DynamicObject>)> = surface
         .resources()
         .iter()
@@ -153,7 +176,7 @@ pub async fn detect(
         .collect();
     let listed: Vec<(Vec<ObjectKey>, Option<String>)> =
         futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
-            let (stamped, our_uids, created) = (&stamped, &our_uids, created);
+            let (stamped, ours) = (&stamped, &ours);
             async move {
                 let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
                 let objects = match cp.list_by_name(&api, &probe).await {
@@ -171,9 +194,8 @@ pub async fn detect(
                         .filter_map(|(name, object)| {
                             let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
                             let value = serde_json::to_value(&object).unwrap_or(Value::Null);
-                            (!created.contains_key(&key)
-                                && !stamped(&value)
-                                && is_user_work(&key, &value, our_uids))
+                            let uid = value.pointer("/metadata/uid").and_then(Value::as_str);
+                            (!uid.is_some_and(ours) && !stamped(&value) && is_user_work(&key, &value, ours))
                             .then_some(key)
                         })
                         .collect(),
@@ -196,7 +218,7 @@ pub async fn detect(
 
 /// Whether an object promote did not create is someone's work rather than what the control
 /// plane or Kosmos makes in every namespace by itself.
-fn is_user_work(key: &ObjectKey, object: &Value, our_uids: &BTreeSet<&str>) -> bool {
+fn is_user_work(key: &ObjectKey, object: &Value, ours: &dyn Fn(&str) -> bool) -> bool {
     let str_at = |p: &str| object.pointer(p).and_then(Value::as_str);
     let made_by_the_cluster = match (key.group.as_str(), key.resource.as_str()) {
         ("", "configmaps") => key.name == "kube-root-ca.crt",
@@ -224,7 +246,7 @@ fn is_user_work(key: &ObjectKey, object: &Value, our_uids: &BTreeSet<&str>) -> b
         .is_some_and(|refs| {
             refs.iter()
                 .filter_map(|r| r.get("uid").and_then(Value::as_str))
-                .any(|uid| our_uids.contains(uid))
+                .any(ours)
         });
     !derived || REPORTED_EVEN_WHEN_DERIVED.iter().any(|(g, r)| key.is(g, r))
 }
@@ -236,35 +258,55 @@ mod tests {
 
     #[test]
     fn what_the_cluster_makes_is_not_user_work() {
-        let ours: BTreeSet<&str> = ["svc-uid", "rs-uid"].into_iter().collect();
+        let promoted: BTreeSet<&str> = ["svc-uid", "rs-uid"].into_iter().collect();
+        let ours = &|uid: &str| promoted.contains(uid);
         let key = |r: &str, n: &str| ObjectKey::namespaced("", r, "shop", n);
         assert!(!is_user_work(
             &key("configmaps", "kube-root-ca.crt"),
             &json!({}),
-            &ours
+            ours
         ));
         assert!(!is_user_work(
             &key("serviceaccounts", "default"),
             &json!({}),
-            &ours
+            ours
         ));
         assert!(!is_user_work(
             &key("secrets", "t"),
             &json!({"type": "kubernetes.io/service-account-token"}),
-            &ours
+            ours
         ));
         let slice = ObjectKey::namespaced("discovery.k8s.io", "endpointslices", "shop", "web-x");
         assert!(!is_user_work(
             &slice,
             &json!({"metadata": {"ownerReferences": [{"uid": "svc-uid"}]}}),
-            &ours
+            ours
         ));
         // A pod a control-plane ReplicaSet made after promote is a new pod in the member.
         assert!(is_user_work(
             &key("pods", "web-new"),
             &json!({"metadata": {"ownerReferences": [{"uid": "rs-uid"}]}}),
-            &ours
+            ours
         ));
-        assert!(is_user_work(&key("configmaps", "notes"), &json!({}), &ours));
+        assert!(is_user_work(&key("configmaps", "notes"), &json!({}), ours));
+    }
+
+    #[test]
+    fn promoted_objects_are_known_by_uid_and_edits_by_generation() {
+        let mut promoted = Promoted::default();
+        let live = |uid: &str, generation: i64| json!({ "metadata": { "uid": uid, "generation": generation } });
+        let web = ObjectKey::namespaced("apps", "deployments", "shop", "web");
+        promoted.add(&web, &live("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11", 2));
+        promoted.add(&ObjectKey::namespaced("", "configmaps", "shop", "c"), &live("not-a-uuid", 1));
+        assert!(promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"));
+        assert!(!promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e12"));
+        assert!(promoted.has_uid("not-a-uuid"));
+        assert!(!promoted.has_uid("not-a-uuie"));
+        assert_eq!(promoted.edited, vec![(web, 2)]);
+        // A UUID and the string of its bits without hyphens are different UIDs.
+        assert_ne!(
+            uid_bits("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"),
+            uid_bits("0b9f1f3e5d0c4c559d5e8a1f0c2b7e11")
+        );
     }
 }

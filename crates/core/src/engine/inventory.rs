@@ -1,11 +1,18 @@
 //! The archived objects a run works from, with their ownership graph: the single source of
 //! truth for promote and rollback.
+//!
+//! Promote holds every object ([`Inventory::from_archive`]). Rollback holds only the upper part
+//! of the graph — the objects that own something, and the workloads — and streams the rest past
+//! from the archive when it needs them ([`Inventory::for_rollback`], [`Inventory::scan`]): its
+//! memory follows the owners, not the object count.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::live::{LiveCluster, LiveError};
+use crate::plan::order::DetachPlan;
 use crate::plan::transform::{TransformContext, restore_skip};
 use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
@@ -26,7 +33,15 @@ pub enum InventoryError {
     )]
     Unverifiable {
         /// The archive.
-        path: std::path::PathBuf,
+        path: PathBuf,
+    },
+    /// The archive file was replaced while the run streamed from it.
+    #[error(
+        "{path} is no longer the archive this run started from (its manifest changed); put the original back and run again"
+    )]
+    Replaced {
+        /// The archive.
+        path: PathBuf,
     },
     /// The objects' ownerReferences are inconsistent.
     #[error(transparent)]
@@ -38,21 +53,89 @@ pub enum InventoryError {
 pub struct Inventory {
     /// The archive's identity (SHA-256 of its manifest), written into [`STAMP_ANNOTATION`].
     pub archive_id: String,
-    /// The archived objects by key: every one whole, or — from [`Inventory::for_rollback`] — the
-    /// owners whole, only what rollback reads of a pod or of an object with finalizers or
-    /// Kosmos marks (see [`slim`]), and nothing of the rest (the [`graph`](Self::graph) still
-    /// names every object, with its type and uid).
+    /// The bodies of the objects of the [`graph`](Self::graph), whole; and a stub made from the
+    /// verified index (kind, name, namespace and uid, no spec) for one whose entry could not be
+    /// read.
     pub objects: BTreeMap<ObjectKey, Value>,
-    /// Who owns whom among them.
+    /// Who owns whom: among every object ([`Inventory::from_archive`]), or among the upper part
+    /// ([`Inventory::for_rollback`]; see [`OwnershipGraph::build_upper`]).
     pub graph: OwnershipGraph,
     /// Objects whose archive entry could not be read, with why (only from
-    /// [`Inventory::for_rollback`]). Their entry in `objects` is a stub made from the verified
-    /// index: kind, name, namespace and uid, no spec.
+    /// [`Inventory::for_rollback`]).
     pub unreadable: BTreeMap<ObjectKey, String>,
     /// What the transforms need to know of the whole archive (see [`TransformContext::learn`]).
     pub facts: TransformContext,
-    /// Objects the control-plane restore skips (see [`Inventory::skipped_by_restore`]).
+    /// Objects of the graph the control-plane restore skips (see [`Inventory::skipped_by_restore`]).
     skipped: BTreeSet<ObjectKey>,
+    /// Objects of the graph that own a restored pod outside it.
+    pod_owners: BTreeSet<ObjectKey>,
+    /// Stubs of unreadable objects outside the graph.
+    stubs: BTreeMap<ObjectKey, Archived>,
+    /// The archive the objects outside the graph stream from; `None` when the graph holds all.
+    rest: Option<PathBuf>,
+    /// How many objects the archive holds.
+    len: usize,
+}
+
+/// An archived object as a [`Scan`] yields it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Archived {
+    /// Its key, type, uid and ownerReferences, from the verified index.
+    pub record: ObjectRecord,
+    /// Its body: whole for an object of the graph; what rollback reads of one streamed past
+    /// ([`slim`]); a stub when its entry is unreadable; `Null` when the scan reads no bodies.
+    pub object: Value,
+}
+
+impl Archived {
+    /// The object's key.
+    #[must_use]
+    pub fn key(&self) -> &ObjectKey {
+        &self.record.key
+    }
+
+    /// Its archived UID.
+    #[must_use]
+    pub fn uid(&self) -> Option<&str> {
+        self.record.uid.as_deref()
+    }
+
+    /// Its dynamic API in `cluster`.
+    #[must_use]
+    pub fn api(&self, cluster: &LiveCluster) -> kube::Api<kube::api::DynamicObject> {
+        cluster.api(&self.record.key, &self.record.api_version, &self.record.kind)
+    }
+}
+
+/// Whether a scan reads the objects' bodies or only the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bodies {
+    /// Only the index: key, type, uid, ownerReferences.
+    No,
+    /// The bodies too ([`slim`] for objects streamed past).
+    Yes,
+}
+
+/// Archived objects, a batch at a time (see [`Inventory::scan`]).
+pub struct Scan<'a> {
+    items: Box<dyn Iterator<Item = Result<Archived, InventoryError>> + Send + 'a>,
+}
+
+impl std::fmt::Debug for Scan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan").finish_non_exhaustive()
+    }
+}
+
+impl Scan<'_> {
+    /// The next at most `n` objects; `None` when there are no more.
+    ///
+    /// # Errors
+    /// The archive cannot be read further.
+    pub fn next_batch(&mut self, n: usize) -> Result<Option<Vec<Archived>>, InventoryError> {
+        let batch = self.items.by_ref().take(n).collect::<Result<Vec<_>, _>>()?;
+        Ok((!batch.is_empty()).then_some(batch))
+    }
 }
 
 impl Inventory {
@@ -73,11 +156,15 @@ impl Inventory {
             .collect();
         Ok(Self {
             archive_id: archive_id.to_owned(),
+            len: objects.len(),
             objects,
             graph,
             unreadable: BTreeMap::new(),
             facts,
             skipped,
+            pod_owners: BTreeSet::new(),
+            stubs: BTreeMap::new(),
+            rest: None,
         })
     }
 
@@ -87,7 +174,7 @@ impl Inventory {
     ///
     /// # Errors
     /// Archive errors (corruption, tampering, unsupported version), malformed objects.
-    pub fn from_archive(path: &std::path::Path) -> Result<Self, InventoryError> {
+    pub fn from_archive(path: &Path) -> Result<Self, InventoryError> {
         let (reader, archive_id) = open_verified(path)?;
         let mut objects = BTreeMap::new();
         for object in reader.objects()? {
@@ -98,30 +185,53 @@ impl Inventory {
         Ok(Self::new(&archive_id, objects)?)
     }
 
-    /// Reads a verified archive for a rollback, streaming, so that memory grows with the owners
-    /// and not with every object:
-    ///
-    /// - the ownership graph comes from the verified index, not from the bodies;
-    /// - a first pass learns the archive facts (Services, Secrets: the only objects parsed);
-    /// - a second pass decides what the restore skipped, and keeps whole only the objects rollback
-    ///   may re-create (those that own something); of a pod, or an object with finalizers or
-    ///   Kosmos marks, it keeps what rollback reads ([`slim`]); of the rest, nothing.
+    /// Reads a verified archive for a rollback, holding only what rollback may re-create — the
+    /// objects that own something and the workloads, whole, with the graph among them — and
+    /// what it must know of the whole archive; every other object streams past again when a
+    /// step needs it ([`Inventory::scan`]). Three passes over the verified index (who is an
+    /// owner; the owners' records; the others' references, for heights), two over the bodies
+    /// (the archive facts; the owners' bodies, what the restore skipped, which owners have a
+    /// restored pod).
     ///
     /// One damaged entry must not block a rollback: a damaged one (checksum, size, undecodable
     /// frame) is kept as a stub made from its index record — verified through the manifest, it
-    /// still names the object's kind and uid, and the graph is whole — and listed in
-    /// [`Inventory::unreadable`] with why. Rollback unmarks, adopts and tears down with stubs; it
-    /// cannot re-create an unreadable owner, and reports it.
+    /// still names the object's kind and uid — and listed in [`Inventory::unreadable`] with why.
+    /// Rollback unmarks, adopts and tears down with stubs; it cannot re-create an unreadable
+    /// owner, and reports it.
     ///
     /// # Errors
     /// As [`Inventory::from_archive`], except damage confined to entries.
-    pub fn for_rollback(path: &std::path::Path) -> Result<Self, InventoryError> {
+    pub fn for_rollback(path: &Path) -> Result<Self, InventoryError> {
         let (reader, archive_id) = open_verified(path)?;
-        let mut records = Vec::new();
+        let mut owner_uids: HashSet<String> = HashSet::new();
+        let mut len = 0;
         for record in reader.records()? {
-            records.push(object_record(&record?));
+            let record = record?;
+            len += 1;
+            owner_uids.extend(record.owner_references.into_iter().map(|r| r.uid));
         }
-        let graph = OwnershipGraph::build(records)?;
+        let in_upper = |record: &kpromote_archive::IndexRecord| {
+            record.uid.as_ref().is_some_and(|uid| owner_uids.contains(uid))
+                || kpromote_model::workload::is_controlled(&record.group, &record.resource)
+        };
+        let mut upper = Vec::new();
+        for record in reader.records()? {
+            let record = record?;
+            if in_upper(&record) {
+                upper.push(object_record(&record));
+            }
+        }
+        let mut failed = None;
+        let outside = reader
+            .records()?
+            .map_while(|r| r.map_err(|e| failed = Some(e)).ok())
+            .filter(|r| !in_upper(r))
+            .map(|r| object_record(&r));
+        let graph = OwnershipGraph::build_upper(upper, outside)?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        drop(owner_uids);
         let mut facts = TransformContext::new();
         for object in reader.objects_lenient()? {
             let Ok(object) = object else { continue };
@@ -134,28 +244,28 @@ impl Inventory {
         let mut objects = BTreeMap::new();
         let mut read = 0;
         let mut skipped = BTreeSet::new();
+        let mut pod_owners = BTreeSet::new();
         let mut problems = Vec::new();
         for object in reader.objects_lenient()? {
-            match object.and_then(|o| Ok((o.record.key(), o.value()?))) {
-                Ok((key, value)) => {
-                    if restore_skip(&value, &facts).is_some() {
-                        skipped.insert(key.clone());
-                    }
-                    if graph.dependents(&key).next().is_some() {
-                        objects.insert(key.clone(), value);
-                    } else {
-                        let slimmed = slim(&value);
-                        if rollback_reads(&key, &slimmed) {
-                            objects.insert(key.clone(), slimmed);
-                        }
-                    }
+            match object.and_then(|o| Ok((object_record(&o.record), o.value()?))) {
+                Ok((record, value)) => {
                     read += 1;
+                    let restored = restore_skip(&value, &facts).is_none();
+                    if graph.contains(&record.key) {
+                        if !restored {
+                            skipped.insert(record.key.clone());
+                        }
+                        objects.insert(record.key, value);
+                    } else if restored && record.key.is("", "pods") {
+                        pod_owners.extend(graph.owners_of(&record).cloned());
+                    }
                 }
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        let mut stubs = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
-        if read < graph.len() {
+        if read < len {
             // Only a damaged archive pays for knowing which entries were read: a third pass.
             let readable: BTreeSet<ObjectKey> = reader
                 .objects_lenient()?
@@ -177,7 +287,19 @@ impl Inventory {
                             record.path
                         )
                     });
-                objects.insert(key.clone(), stub(&record));
+                let archived = Archived {
+                    record: object_record(&record),
+                    object: stub(&record),
+                };
+                if graph.contains(&key) {
+                    objects.insert(key.clone(), archived.object);
+                } else {
+                    // Whether it ran is unknown: its owners count as owning a restored pod.
+                    if key.is("", "pods") {
+                        pod_owners.extend(graph.owners_of(&archived.record).cloned());
+                    }
+                    stubs.insert(key.clone(), archived);
+                }
                 unreadable.insert(key, why);
             }
         }
@@ -188,14 +310,167 @@ impl Inventory {
             unreadable,
             facts,
             skipped,
+            pod_owners,
+            stubs,
+            rest: Some(path.to_owned()),
+            len,
         })
     }
 
-    /// The dynamic API of archived `key` in `cluster`, typed from the verified index (so for
-    /// objects whose body the rollback inventory does not keep too).
+    /// Object `key` of the graph, with its body.
+    #[must_use]
+    pub fn archived(&self, key: &ObjectKey) -> Option<Archived> {
+        self.of_graph(key, Bodies::Yes)
+    }
+
+    fn of_graph(&self, key: &ObjectKey, bodies: Bodies) -> Option<Archived> {
+        let object = match bodies {
+            Bodies::Yes => self.objects.get(key).cloned().unwrap_or(Value::Null),
+            Bodies::No => Value::Null,
+        };
+        Some(Archived {
+            record: self.graph.record(key)?.clone(),
+            object,
+        })
+    }
+
+    /// How many objects the archive holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the archive holds no object.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every archived object `wanted` accepts: those of the graph first, in key order, then the
+    /// others in archive order, streamed from the archive — which must still be the one the
+    /// inventory was read from. `wanted` sees each key once.
     ///
     /// # Errors
-    /// [`LiveError::Malformed`] when `key` is not in the archive.
+    /// The archive cannot be opened again, or was replaced.
+    pub fn scan<'a, F>(&'a self, wanted: F, bodies: Bodies) -> Result<Scan<'a>, InventoryError>
+    where
+        F: Fn(&ObjectKey) -> bool + Clone + Send + 'a,
+    {
+        let graph_part = {
+            let wanted = wanted.clone();
+            self.graph
+                .keys()
+                .filter(move |k| wanted(k))
+                .filter_map(move |key| self.of_graph(key, bodies).map(Ok))
+        };
+        Ok(Scan {
+            items: Box::new(graph_part.chain(self.rest(wanted, bodies)?.items)),
+        })
+    }
+
+    /// As [`Inventory::scan`], the objects outside the graph only.
+    ///
+    /// # Errors
+    /// As [`Inventory::scan`].
+    pub fn rest<'a, F>(&'a self, wanted: F, bodies: Bodies) -> Result<Scan<'a>, InventoryError>
+    where
+        F: Fn(&ObjectKey) -> bool + Clone + Send + 'a,
+    {
+        let Some(path) = &self.rest else {
+            return Ok(Scan {
+                items: Box::new(std::iter::empty()),
+            });
+        };
+        let (reader, archive_id) = open_verified(path)?;
+        if archive_id != self.archive_id {
+            return Err(InventoryError::Replaced { path: path.clone() });
+        }
+        let graph = &self.graph;
+        let outside = {
+            let wanted = wanted.clone();
+            move |key: &ObjectKey| !graph.contains(key) && wanted(key)
+        };
+        let streamed: Box<dyn Iterator<Item = Result<Archived, InventoryError>> + Send + 'a> = match bodies {
+            Bodies::No => {
+                Box::new(reader.records()?.filter_map(move |record| match record {
+                    Ok(record) => {
+                        let record = object_record(&record);
+                        outside(&record.key).then_some(Ok(Archived {
+                            record,
+                            object: Value::Null,
+                        }))
+                    }
+                    Err(e) => Some(Err(e.into())),
+                }))
+            }
+            Bodies::Yes => {
+                let wanted_here = outside.clone();
+                // Damaged entries are skipped here and come back as stubs below.
+                let read = reader.objects_lenient()?.filter_map(move |object| {
+                    let object = object.ok()?;
+                    let record = object_record(&object.record);
+                    if !wanted_here(&record.key) {
+                        return None;
+                    }
+                    let value = object.value().ok()?;
+                    Some(Ok(Archived {
+                        record,
+                        object: slim(&value),
+                    }))
+                });
+                let stubs = self
+                    .stubs
+                    .values()
+                    .filter(move |a| outside(a.key()))
+                    .map(|a| Ok(a.clone()));
+                Box::new(read.chain(stubs))
+            }
+        };
+        Ok(Scan { items: streamed })
+    }
+
+    /// What detach deleted in the member (see [`DetachPlan`]): the owners rollback re-creates
+    /// when they are missing.
+    #[must_use]
+    pub fn detach_plan(&self) -> DetachPlan {
+        DetachPlan::build_with(&self.graph, &self.skipped, &self.pod_owners)
+    }
+
+    /// The archived dependents of `owners` (objects of the graph), each with the owner it names.
+    ///
+    /// # Errors
+    /// As [`Inventory::scan`].
+    pub fn dependents_of(&self, owners: &[ObjectKey]) -> Result<Vec<(ObjectRecord, ObjectKey)>, InventoryError> {
+        let mut found = Vec::new();
+        for owner in owners {
+            for dependent in self.graph.dependents(owner) {
+                if let Some(record) = self.graph.record(dependent) {
+                    found.push((record.clone(), owner.clone()));
+                }
+            }
+        }
+        let owners: BTreeSet<&ObjectKey> = owners.iter().collect();
+        let mut rest = self.rest(|_| true, Bodies::No)?;
+        while let Some(batch) = rest.next_batch(1024)? {
+            for archived in batch {
+                let named: Vec<ObjectKey> = self
+                    .graph
+                    .owners_of(&archived.record)
+                    .filter(|o| owners.contains(o))
+                    .cloned()
+                    .collect();
+                for owner in named {
+                    found.push((archived.record.clone(), owner));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The dynamic API of archived `key`, an object of the graph, in `cluster`.
+    ///
+    /// # Errors
+    /// [`LiveError::Malformed`] when `key` is not in the graph.
     pub fn api(
         &self,
         cluster: &LiveCluster,
@@ -208,20 +483,20 @@ impl Inventory {
         Ok(cluster.api(key, &record.api_version, &record.kind))
     }
 
-    /// The archived UID of `key`.
+    /// The archived UID of `key`, an object of the graph.
     #[must_use]
     pub fn uid(&self, key: &ObjectKey) -> Option<&str> {
         self.graph.record(key).and_then(|r| r.uid.as_deref())
     }
 
-    /// Objects the control-plane restore skips (completed pods and jobs, token secrets, …).
-    /// They are never detached either: nothing would take their place.
+    /// Objects of the graph the control-plane restore skips (completed pods and jobs, token
+    /// secrets, …). They are never detached either: nothing would take their place.
     #[must_use]
     pub fn skipped_by_restore(&self) -> &BTreeSet<ObjectKey> {
         &self.skipped
     }
 
-    /// Archived pods.
+    /// Archived pods of the graph (every one, from [`Inventory::from_archive`]).
     pub fn pods(&self) -> impl Iterator<Item = (&ObjectKey, &Value)> {
         self.objects.iter().filter(|(k, _)| k.is("", "pods"))
     }
@@ -231,7 +506,7 @@ impl Inventory {
 /// archive whose manifest cannot be anchored is refused: promote and rollback act only on what
 /// they can prove unaltered.
 fn open_verified(
-    path: &std::path::Path,
+    path: &Path,
 ) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
     use kpromote_archive::{ArchiveKind, ArchiveReader};
     let unverifiable = || InventoryError::Unverifiable {
@@ -267,16 +542,6 @@ fn object_record(record: &kpromote_archive::IndexRecord) -> ObjectRecord {
         kind: record.kind.clone(),
         owner_references: record.owner_references.clone(),
     }
-}
-
-/// Whether rollback reads anything of an archived object beyond its type and uid, given its
-/// [`slim`] copy: a pod's marks (unmarking restores them) and finalizers (teardown takes off the
-/// copied ones).
-fn rollback_reads(key: &ObjectKey, slimmed: &Value) -> bool {
-    key.is("", "pods")
-        || ["finalizers", "labels", "annotations"]
-            .iter()
-            .any(|field| slimmed["metadata"].get(*field).is_some())
 }
 
 /// What rollback reads of an archived object it does not re-create: its type, name, namespace,
@@ -363,7 +628,7 @@ mod tests {
 
     /// An archive of a Deployment → ReplicaSet → two pods (one completed), a Service with a
     /// selector, its Endpoints, a token Secret and a ConfigMap.
-    fn shop_archive(dir: &std::path::Path) -> std::path::PathBuf {
+    fn shop_archive(dir: &std::path::Path, created_at: &str) -> std::path::PathBuf {
         use kpromote_archive::{
             ArchiveFacts, ArchiveWriter, Inclusion, NewObject, PolicyFacts, SourceCluster, WriterOptions,
         };
@@ -424,7 +689,7 @@ mod tests {
             ),
         ];
         let facts = ArchiveFacts {
-            created_at: "2026-12-02T00:00:00Z".into(),
+            created_at: created_at.into(),
             source: SourceCluster {
                 name: "member".into(),
                 server_version: "v1.35.4".into(),
@@ -448,88 +713,112 @@ mod tests {
         path
     }
 
+    fn all(inv: &Inventory, bodies: Bodies) -> Vec<Archived> {
+        let mut scan = inv.scan(|_| true, bodies).unwrap();
+        let mut all = Vec::new();
+        while let Some(batch) = scan.next_batch(3).unwrap() {
+            all.extend(batch);
+        }
+        all.sort_by(|a, b| a.key().cmp(b.key()));
+        all
+    }
+
     #[test]
-    fn the_rollback_inventory_keeps_owners_whole_and_agrees_with_the_whole_one_on_what_rollback_reads() {
+    fn the_rollback_inventory_holds_the_owners_and_streams_the_rest_as_the_whole_one_has_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = shop_archive(dir.path());
+        let path = shop_archive(dir.path(), "2026-12-02T00:00:00Z");
         let whole = Inventory::from_archive(&path).unwrap();
         let lean = Inventory::for_rollback(&path).unwrap();
         assert!(lean.unreadable.is_empty());
         assert_eq!(lean.archive_id, whole.archive_id);
         assert_eq!(lean.facts, whole.facts);
-        assert_eq!(lean.skipped_by_restore(), whole.skipped_by_restore());
-        let skipped: Vec<String> = lean
+        assert_eq!((lean.len(), whole.len()), (8, 8));
+        // Held: the owners and workloads, whole, planned with the whole archive's heights.
+        let held: Vec<String> = lean.graph.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            held,
+            ["deployments.apps/shop/web", "replicasets.apps/shop/web-1"]
+        );
+        for key in lean.graph.keys() {
+            assert_eq!(lean.graph.record(key), whole.graph.record(key), "{key}");
+            assert_eq!(lean.graph.height(key), whole.graph.height(key), "{key}");
+            assert_eq!(lean.objects[key], whole.objects[key], "{key}");
+        }
+        assert_eq!(lean.objects.len(), 2);
+        assert_eq!(lean.detach_plan(), whole.detach_plan());
+        let skipped_held: BTreeSet<ObjectKey> = whole
             .skipped_by_restore()
             .iter()
-            .map(ToString::to_string)
+            .filter(|k| lean.graph.contains(k))
+            .cloned()
             .collect();
-        assert_eq!(
-            skipped,
-            ["endpoints/shop/web", "pods/shop/web-1-b", "secrets/shop/tok"]
-        );
-        assert_eq!(
-            lean.graph.keys().collect::<Vec<_>>(),
-            whole.graph.keys().collect::<Vec<_>>()
-        );
-        for key in whole.graph.keys() {
-            assert_eq!(lean.graph.record(key), whole.graph.record(key), "{key}");
-            assert_eq!(lean.uid(key), whole.uid(key), "{key}");
+        assert_eq!(lean.skipped_by_restore(), &skipped_held);
+        let rs = ObjectKey::namespaced("apps", "replicasets", "shop", "web-1");
+        let sorted = |mut pairs: Vec<(ObjectRecord, ObjectKey)>| {
+            pairs.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+            pairs
+        };
+        let dependents = sorted(lean.dependents_of(std::slice::from_ref(&rs)).unwrap());
+        assert_eq!(dependents.len(), 2);
+        assert_eq!(dependents, sorted(whole.dependents_of(&[rs]).unwrap()));
+        // Streamed: every object, with the record the whole inventory has; bodies whole for the
+        // held ones, what rollback reads for the others.
+        let (lean_all, whole_all) = (all(&lean, Bodies::Yes), all(&whole, Bodies::Yes));
+        assert_eq!(lean_all.len(), 8);
+        let keys_only: Vec<ObjectKey> = all(&lean, Bodies::No).iter().map(|a| a.key().clone()).collect();
+        assert_eq!(keys_only, lean_all.iter().map(|a| a.key().clone()).collect::<Vec<_>>());
+        for (lean_one, whole_one) in lean_all.iter().zip(&whole_all) {
+            let key = lean_one.key();
+            assert_eq!(lean_one.record, whole_one.record, "{key}");
+            if lean.graph.contains(key) {
+                assert_eq!(lean_one.object, whole_one.object, "{key}");
+                continue;
+            }
+            let (object, full) = (&lean_one.object, &whole_one.object);
+            assert_eq!(object, &slim(full), "{key}");
+            assert!(object.get("spec").is_none() && object.get("status").is_none());
+            let live = json!({ "metadata": { "labels": { "kosmos-io/pod": "true", "kosmos-io/synced": "true" },
+                "annotations": { STAMP_ANNOTATION: "y" }, "finalizers": ["a"] } });
             assert_eq!(
-                lean.graph.dependents(key).collect::<Vec<_>>(),
-                whole.graph.dependents(key).collect::<Vec<_>>()
+                crate::plan::twin::unmark_patch(object, &live),
+                crate::plan::twin::unmark_patch(full, &live),
+                "{key}"
+            );
+            assert_eq!(
+                object.pointer("/metadata/finalizers"),
+                full.pointer("/metadata/finalizers")
             );
         }
-        // The owners rollback may re-create are whole; pods are slim, with what unmarking and
-        // teardown read of them; the rest is only in the graph.
-        let kept: Vec<String> = lean.objects.keys().map(ToString::to_string).collect();
-        assert_eq!(
-            kept,
-            [
-                "pods/shop/web-1-a",
-                "pods/shop/web-1-b",
-                "deployments.apps/shop/web",
-                "replicasets.apps/shop/web-1"
-            ]
-        );
-        let kube_api = |inv: &Inventory, key: &ObjectKey| {
-            let record = inv.graph.record(key).unwrap();
-            (record.api_version.clone(), record.kind.clone())
+        let pod = |all: &[Archived]| {
+            let key = ObjectKey::namespaced("", "pods", "shop", "web-1-a");
+            let found = all.iter().find(|a| a.key() == &key).unwrap();
+            serde_json::to_vec(&found.object).unwrap().len()
         };
-        for key in whole.graph.keys() {
-            assert_eq!(kube_api(&lean, key), kube_api(&whole, key), "{key}");
-        }
-        for (key, object) in &lean.objects {
-            let full = &whole.objects[key];
-            if whole.graph.dependents(key).next().is_some() {
-                assert_eq!(object, full, "{key}");
-            } else {
-                assert_eq!(object, &slim(full), "{key}");
-                assert!(object.get("spec").is_none() && object.get("status").is_none());
-                let live = json!({ "metadata": { "labels": { "kosmos-io/pod": "true", "kosmos-io/synced": "true" },
-                    "annotations": { STAMP_ANNOTATION: "y" }, "finalizers": ["a"] } });
-                assert_eq!(
-                    crate::plan::twin::unmark_patch(object, &live),
-                    crate::plan::twin::unmark_patch(full, &live),
-                    "{key}"
-                );
-                assert_eq!(
-                    object.pointer("/metadata/finalizers"),
-                    full.pointer("/metadata/finalizers")
-                );
-                assert_eq!(
-                    (object.get("apiVersion"), object.get("kind")),
-                    (full.get("apiVersion"), full.get("kind"))
-                );
-            }
-        }
-        let pod = &lean.objects[&ObjectKey::namespaced("", "pods", "shop", "web-1-a")];
-        let size = |v: &Value| serde_json::to_vec(v).unwrap().len();
-        let full_pod = &whole.objects[&ObjectKey::namespaced("", "pods", "shop", "web-1-a")];
         assert!(
-            size(pod) * 5 < size(full_pod),
+            pod(&lean_all) * 5 < pod(&whole_all),
             "{} vs {}",
-            size(pod),
-            size(full_pod)
+            pod(&lean_all),
+            pod(&whole_all)
         );
+        // Only the objects of the graph, once more, for the rest.
+        let mut rest = lean.rest(|k| k.is("", "pods"), Bodies::No).unwrap();
+        let pods = rest.next_batch(10).unwrap().unwrap();
+        assert_eq!(pods.len(), 2);
+        assert!(rest.next_batch(10).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_rollback_refuses_to_stream_from_an_archive_replaced_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = shop_archive(dir.path(), "2026-12-02T00:00:00Z");
+        let lean = Inventory::for_rollback(&path).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        // The same objects, backed up a minute later: another manifest.
+        let replacement = shop_archive(other.path(), "2026-12-02T00:01:00Z");
+        std::fs::copy(&replacement, &path).unwrap();
+        assert!(matches!(
+            lean.scan(|_| true, Bodies::No),
+            Err(InventoryError::Replaced { .. })
+        ));
     }
 }

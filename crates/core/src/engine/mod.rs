@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::journal::{Journal, JournalError};
 use crate::plan::order::PlanError;
 use crate::plan::transform::TransformError;
-pub use inventory::{Inventory, STAMP_ANNOTATION};
+pub use inventory::{Archived, Bodies, Inventory, STAMP_ANNOTATION, Scan};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
 pub use live::{LiveCluster, LiveError};
@@ -219,6 +219,9 @@ pub enum EngineError {
     /// The archived objects' ownerReferences are inconsistent.
     #[error(transparent)]
     Ownership(#[from] OwnershipError),
+    /// The archive could not be read again while the run streamed from it.
+    #[error(transparent)]
+    Inventory(#[from] inventory::InventoryError),
     /// A plan could not be made.
     #[error(transparent)]
     Plan(#[from] PlanError),

@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 
 use super::apply::Restorer;
 use super::detach::{detached_owners, lock_report};
-use super::drift::Created;
-use super::inventory::{Inventory, stamped_by};
+use super::drift::Promoted;
+use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::kosmos;
-use crate::plan::order::{DetachPlan, RestorePlan, TeardownPlan, TeardownStep};
+use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
 use crate::plan::transform::Target;
 use crate::plan::twin::unmark_patch;
 use kpromote_model::object_key::ObjectKey;
@@ -58,8 +58,7 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     lock(journal).sync()?;
     progress(on_progress, "unmark", 1, 1);
 
-    let skipped = inv.skipped_by_restore();
-    let detach_plan = DetachPlan::build(&inv.graph, skipped);
+    let detach_plan = inv.detach_plan();
     let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
     // An owner whose entry is damaged cannot be re-created; everything else still can.
     for (key, why) in &inv.unreadable {
@@ -105,8 +104,8 @@ async fn check_drift(
     if lock(journal).is_done(STEP_DRIFT, "control-plane") {
         return Ok(());
     }
-    let (created, namespaces) = created_in_control_plane(cp, ours, opts).await?;
-    let drift = super::drift::detect(cp, &created, &namespaces, |live| ours.stamped(live)).await?;
+    let (promoted, namespaces) = promoted_in_control_plane(cp, ours, opts).await?;
+    let drift = super::drift::detect(cp, &promoted, &namespaces, |live| ours.stamped(live)).await?;
     if !drift.unchecked.is_empty() {
         lock_report(report).warnings.push(format!(
             "not checked for objects added since promote (not allowed to list them): {}",
@@ -130,6 +129,7 @@ async fn check_drift(
     Ok(())
 }
 
+/// Unmarks the member's archived pods, a batch at a time as they stream from the archive.
 async fn unmark_member_pods(
     member: &LiveCluster,
     inv: &Inventory,
@@ -137,26 +137,30 @@ async fn unmark_member_pods(
     opts: &EngineOptions,
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
-    futures::stream::iter(inv.pods().map(Ok::<_, EngineError>))
-        .try_for_each_concurrent(opts.concurrency, |(key, archived)| async move {
-            let name = key.to_string();
-            if lock(journal).is_done(STEP_UNMARK, &name) {
-                return Ok(());
-            }
-            let api = inv.api(member, key)?;
-            if let Some(live) = member.get_opt(&api, key).await?
-                && live.metadata.uid.as_deref() == inv.uid(key)
-            {
-                let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                if let Some(patch) = unmark_patch(archived, &live) {
-                    member.merge_patch(&api, key, &patch).await?;
-                    lock_report(report).unmarked.push(name.clone());
+    let mut pods = inv.scan(|k| k.is("", "pods"), Bodies::Yes)?;
+    while let Some(batch) = pods.next_batch(LOOKUP_BATCH)? {
+        futures::stream::iter(batch.iter().map(Ok::<_, EngineError>))
+            .try_for_each_concurrent(opts.concurrency, |archived| async move {
+                let (key, name) = (archived.key(), archived.key().to_string());
+                if lock(journal).is_done(STEP_UNMARK, &name) {
+                    return Ok(());
                 }
-            }
-            lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
-            Ok(())
-        })
-        .await
+                let api = archived.api(member);
+                if let Some(live) = member.get_opt(&api, key).await?
+                    && live.metadata.uid.as_deref() == archived.uid()
+                {
+                    let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                    if let Some(patch) = unmark_patch(&archived.object, &live) {
+                        member.merge_patch(&api, key, &patch).await?;
+                        lock_report(report).unmarked.push(name.clone());
+                    }
+                }
+                lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// What this promotion created in the control plane: the objects carrying the archive's stamp,
@@ -188,66 +192,85 @@ impl Ours<'_> {
     }
 }
 
-/// The archived objects this promotion created in the control plane (see [`Ours`]), each as the
-/// little drift and teardown need of it (not the live object: a rollback of many objects must not
-/// hold a second copy of them all), and the namespaces among them.
-async fn created_in_control_plane(
+/// The control plane's object of `archived`, if it serves the type and holds one.
+async fn look_up(cp: &LiveCluster, archived: &Archived) -> Result<Option<Value>, EngineError> {
+    match cp.get_opt(&archived.api(cp), archived.key()).await {
+        Ok(live) => Ok(live.map(|live| serde_json::to_value(&live).unwrap_or(Value::Null))),
+        // A type the control plane does not serve (its CRD is gone): nothing of it there.
+        Err(super::LiveError::Refused { code: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The archived namespaces promote created in the control plane (they carry the stamp).
+async fn promoted_namespaces(cp: &LiveCluster, ours: &Ours<'_>) -> Result<BTreeSet<String>, EngineError> {
+    let mut namespaces = BTreeSet::new();
+    let mut scan = ours.inv.scan(|k| k.is("", "namespaces"), Bodies::No)?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        for archived in batch {
+            if look_up(cp, &archived)
+                .await?
+                .is_some_and(|live| ours.stamped(&live))
+            {
+                namespaces.insert(archived.record.key.name);
+            }
+        }
+    }
+    Ok(namespaces)
+}
+
+/// What this promotion created in the control plane (see [`Ours`]), as the little drift needs
+/// of it, and the namespaces among it: every archived object looked up, a batch at a time as
+/// they stream from the archive.
+async fn promoted_in_control_plane(
     cp: &LiveCluster,
     ours: &Ours<'_>,
     opts: &EngineOptions,
-) -> Result<(BTreeMap<ObjectKey, Created>, BTreeSet<String>), EngineError> {
-    let inv = ours.inv;
-    let look_up = |key: &ObjectKey| {
-        let api = inv.api(cp, key);
-        let key = key.clone();
-        async move {
-            Ok::<_, EngineError>(match cp.get_opt(&api?, &key).await {
-                Ok(Some(live)) => Some((key, serde_json::to_value(&live).unwrap_or(Value::Null))),
-                Ok(None) => None,
-                // A type the control plane does not serve (its CRD is gone): nothing of it there.
-                Err(e) if matches!(&e, super::LiveError::Refused { code: 404, .. }) => None,
-                Err(e) => return Err(e.into()),
-            })
-        }
-    };
+) -> Result<(Promoted, BTreeSet<String>), EngineError> {
     // Namespaces first: a pod of a namespace promote created is ours by a rule of its own.
-    let mut namespaces = BTreeSet::new();
-    for key in inv.graph.keys().filter(|k| k.is("", "namespaces")) {
-        if let Some((key, live)) = look_up(key).await?
-            && ours.stamped(&live)
-        {
-            namespaces.insert(key.name);
-        }
-    }
-    let archived: Vec<&ObjectKey> = inv.graph.keys().collect();
-    let mut created = BTreeMap::new();
-    // The futures are made before streaming them (see `Restorer::run`), a batch at a time: made
-    // all at once, 100,000 lookups held a few hundred MiB of future state.
-    for batch in archived.chunks(LOOKUP_BATCH) {
+    let namespaces = promoted_namespaces(cp, ours).await?;
+    let mut promoted = Promoted::default();
+    let mut scan = ours.inv.scan(|_| true, Bodies::No)?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        // The futures are made before streaming them (see `Restorer::run`).
         let lookups: Vec<_> = batch
             .iter()
-            .map(|&key| {
-                let (look_up, namespaces) = (&look_up, &namespaces);
+            .map(|archived| {
+                let namespaces = &namespaces;
                 async move {
-                    Ok::<_, EngineError>(look_up(key).await?.and_then(|(key, live)| {
-                        ours.owns(&key, &live, namespaces)
-                            .then(|| (key, Created::of(&live)))
-                    }))
+                    let live = look_up(cp, archived).await?;
+                    // Only what drift reads is kept of each, not the live object.
+                    Ok::<_, EngineError>(live.filter(|live| ours.owns(archived.key(), live, namespaces)).map(
+                        |live| {
+                            let metadata = &live["metadata"];
+                            let summary = json!({ "metadata": {
+                                "uid": metadata.get("uid"),
+                                "generation": metadata.get("generation"),
+                            } });
+                            (archived.key(), summary)
+                        },
+                    ))
                 }
             })
             .collect();
-        let found: Vec<Option<(ObjectKey, Created)>> = futures::stream::iter(lookups)
+        let found: Vec<Option<(&ObjectKey, Value)>> = futures::stream::iter(lookups)
             .buffer_unordered(opts.concurrency)
             .try_collect()
             .await?;
-        created.extend(found.into_iter().flatten());
+        for (key, summary) in found.into_iter().flatten() {
+            promoted.add(key, &summary);
+        }
     }
-    Ok((created, namespaces))
+    Ok((promoted, namespaces))
 }
 
-/// How many control-plane lookups are prepared at once.
+/// How many archived objects stream past at once (each batch is looked up concurrently).
 const LOOKUP_BATCH: usize = 1024;
 
+/// Removes from the control plane what promote created there, step by step of
+/// [`TeardownStep::ALL`]: in each, the objects of the graph in plan order, then the others as
+/// they stream from the archive. Every archived object is looked up; only this promotion's are
+/// removed.
 async fn teardown(
     cp: &LiveCluster,
     ours: &Ours<'_>,
@@ -256,24 +279,37 @@ async fn teardown(
     report: &Mutex<Report>,
     on_progress: Option<&ProgressFn>,
 ) -> Result<(), EngineError> {
-    let (created, namespaces) = created_in_control_plane(cp, ours, opts).await?;
-    let created: BTreeSet<ObjectKey> = created.into_keys().collect();
+    let inv = ours.inv;
+    let namespaces = promoted_namespaces(cp, ours).await?;
     for ns in &namespaces {
         release_kosmos_copies(cp, ours, ns, report).await?;
     }
-    let plan = TeardownPlan::build(&ours.inv.graph, &created)?;
-    let total = created.len() as u64;
+    let plan = TeardownPlan::build(&inv.graph, &inv.graph.keys().cloned().collect())?;
+    let total = inv.len() as u64;
     let mut done = 0;
-    for level in &plan.levels {
-        futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
-            .try_for_each_concurrent(opts.concurrency, |key| {
-                let namespaces = &namespaces;
-                async move { remove(cp, ours, namespaces, key, level.step, journal, opts, report).await }
-            })
-            .await?;
-        done += level.objects.len() as u64;
-        lock(journal).sync()?;
-        progress(on_progress, "teardown", done, total);
+    let remove_all = |batch: Vec<Archived>, step: TeardownStep| {
+        let namespaces = &namespaces;
+        async move {
+            futures::stream::iter(batch.iter().map(Ok::<_, EngineError>))
+                .try_for_each_concurrent(opts.concurrency, |archived| async move {
+                    remove(cp, ours, namespaces, archived, step, journal, opts, report).await
+                })
+                .await?;
+            lock(journal).sync()?;
+            Ok::<_, EngineError>(batch.len() as u64)
+        }
+    };
+    for step in TeardownStep::ALL {
+        for level in plan.levels.iter().filter(|l| l.step == step) {
+            let batch = level.objects.iter().filter_map(|k| inv.archived(k)).collect();
+            done += remove_all(batch, step).await?;
+            progress(on_progress, "teardown", done, total);
+        }
+        let mut rest = inv.rest(move |k| TeardownStep::of(k, 0) == step, Bodies::Yes)?;
+        while let Some(batch) = rest.next_batch(LOOKUP_BATCH)? {
+            done += remove_all(batch, step).await?;
+            progress(on_progress, "teardown", done, total);
+        }
     }
     Ok(())
 }
@@ -299,16 +335,16 @@ async fn release_kosmos_copies(
         .into_iter()
         .map(|(name, object)| (ObjectKey::namespaced("", "configmaps", ns, &name), object))
         .collect();
-    let secret_names: BTreeSet<&str> = ours
-        .inv
-        .objects
-        .keys()
-        .filter(|k| k.is("", "secrets") && k.namespace.as_deref() == Some(ns))
-        .map(|k| k.name.as_str())
-        .chain([KOSMOS_TOKEN_SECRET])
-        .collect();
+    let mut secret_names = BTreeSet::from([KOSMOS_TOKEN_SECRET.to_owned()]);
+    let mut secrets = ours.inv.scan(
+        |k| k.is("", "secrets") && k.namespace.as_deref() == Some(ns),
+        Bodies::No,
+    )?;
+    while let Some(batch) = secrets.next_batch(LOOKUP_BATCH)? {
+        secret_names.extend(batch.into_iter().map(|a| a.record.key.name));
+    }
     for name in secret_names {
-        let key = ObjectKey::namespaced("", "secrets", ns, name);
+        let key = ObjectKey::namespaced("", "secrets", ns, &name);
         let api = cp.api(&key, "v1", "Secret");
         if let Some(object) = cp.get_opt(&api, &key).await? {
             candidates.push((key, object));
@@ -352,34 +388,29 @@ async fn remove(
     cp: &LiveCluster,
     ours: &Ours<'_>,
     namespaces: &BTreeSet<String>,
-    key: &ObjectKey,
+    archived: &Archived,
     step: TeardownStep,
     journal: &SharedJournal,
     opts: &EngineOptions,
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
+    let key = archived.key();
     let name = key.to_string();
     if lock(journal).is_done(STEP_TEARDOWN, &name) {
         return Ok(());
     }
-    // Kept for the objects rollback reads (see `Inventory::for_rollback`); for any other, what
-    // was archived has no finalizer and no mark to compare with.
-    let archived = ours.inv.objects.get(key).unwrap_or(&Value::Null);
-    let api = ours.inv.api(cp, key)?;
+    let api = archived.api(cp);
+    // Absent, or not this promotion's: nothing to do, and nothing journaled (a run again looks
+    // again) — most archived objects of a large rollback are one or the other.
     let Some(live) = cp.get_opt(&api, key).await? else {
-        lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
         return Ok(());
     };
     let uid = live.metadata.uid.clone();
     let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
     if !ours.owns(key, &live_json, namespaces) {
-        lock(journal).done(
-            STEP_TEARDOWN,
-            &name,
-            json!({ "kept": "not created by this promotion" }),
-        )?;
         return Ok(());
     }
+    let archived = &archived.object;
     lock(journal).begin(STEP_TEARDOWN, &name, json!({ "uid": uid }))?;
     remove_copied_finalizers(cp, &api, key, archived, live_json.clone()).await?;
     match step {
@@ -520,16 +551,19 @@ fn copied_finalizers_patch(archived: &Value, live: &Value) -> Option<Value> {
 /// The objects of control-plane namespace `ns` that a finalizer keeps, as `key (finalizers)`,
 /// among the archive's kinds in that namespace: the ones a rollback can name.
 async fn held_by_finalizers(cp: &LiveCluster, inv: &Inventory, ns: &str) -> Result<Vec<String>, EngineError> {
-    let mut kinds: BTreeSet<(&str, &str)> = BTreeSet::new();
-    let mut probes = Vec::new();
-    for key in inv.graph.keys() {
-        if key.namespace.as_deref() == Some(ns) && kinds.insert((&key.group, &key.resource)) {
-            probes.push(key);
+    // One archived object of each type in the namespace names the type's API.
+    let mut probes: BTreeMap<(String, String), Archived> = BTreeMap::new();
+    let mut scan = inv.scan(|k| k.namespace.as_deref() == Some(ns), Bodies::No)?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        for archived in batch {
+            let kind = (archived.key().group.clone(), archived.key().resource.clone());
+            probes.entry(kind).or_insert(archived);
         }
     }
     let mut held = Vec::new();
-    for probe in probes {
-        let api = inv.api(cp, probe)?;
+    for probe in probes.values() {
+        let api = probe.api(cp);
+        let probe = probe.key();
         let listed = match cp.list_by_name(&api, probe).await {
             Ok(listed) => listed,
             // A type this process may not list (Secrets): named by the namespace's conditions.

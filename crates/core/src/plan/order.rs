@@ -630,6 +630,18 @@ impl DetachPlan {
     /// re-create, and the pods among them).
     #[must_use]
     pub fn build(graph: &OwnershipGraph, skipped: &BTreeSet<ObjectKey>) -> Self {
+        Self::build_with(graph, skipped, &BTreeSet::new())
+    }
+
+    /// As [`DetachPlan::build`] for a graph of the upper part of the archive
+    /// ([`OwnershipGraph::build_upper`]): `pod_owners` are its objects that own a restored pod
+    /// outside it.
+    #[must_use]
+    pub fn build_with(
+        graph: &OwnershipGraph,
+        skipped: &BTreeSet<ObjectKey>,
+        pod_owners: &BTreeSet<ObjectKey>,
+    ) -> Self {
         let is_workload = is_detached_workload;
         let mut detached: BTreeSet<&ObjectKey> = graph
             .keys()
@@ -640,11 +652,17 @@ impl DetachPlan {
             .keys()
             .filter(|k| !skipped.contains(k) && (k.is("", "pods") || detached.contains(k)))
             .collect();
-        for anchor in anchors {
-            for ancestor in graph.ancestors(anchor) {
-                if !is_builtin_group(&ancestor.group) && !skipped.contains(ancestor) {
-                    detached.insert(ancestor);
-                }
+        let candidates = anchors
+            .into_iter()
+            .flat_map(|anchor| graph.ancestors(anchor))
+            .chain(pod_owners.iter().flat_map(|owner| {
+                let mut above = graph.ancestors(owner);
+                above.extend(graph.record(owner).map(|r| &r.key));
+                above
+            }));
+        for ancestor in candidates {
+            if !is_builtin_group(&ancestor.group) && !skipped.contains(ancestor) {
+                detached.insert(ancestor);
             }
         }
         let mut by_height: BTreeMap<usize, Vec<ObjectKey>> = BTreeMap::new();
@@ -690,6 +708,29 @@ pub enum TeardownStep {
     CustomResourceDefinitions,
 }
 
+impl TeardownStep {
+    /// Every step, in order.
+    pub const ALL: [Self; 5] = [
+        Self::Owners,
+        Self::Pods,
+        Self::Rest,
+        Self::Namespaces,
+        Self::CustomResourceDefinitions,
+    ];
+
+    /// The step that removes `key`, of ownership `height`.
+    #[must_use]
+    pub fn of(key: &ObjectKey, height: usize) -> Self {
+        match Phase::of(key) {
+            Phase::CustomResourceDefinitions => Self::CustomResourceDefinitions,
+            Phase::Namespaces => Self::Namespaces,
+            Phase::Objects if key.is("", "pods") => Self::Pods,
+            Phase::Objects | Phase::AdmissionPolicies if height > 0 => Self::Owners,
+            Phase::Objects | Phase::AdmissionPolicies => Self::Rest,
+        }
+    }
+}
+
 /// One level of a [`TeardownPlan`]: objects deletable concurrently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeardownLevel {
@@ -722,13 +763,8 @@ impl TeardownPlan {
             let height = graph
                 .height(key)
                 .ok_or_else(|| PlanError::UnknownObject(key.clone()))?;
-            let (step, height) = match Phase::of(key) {
-                Phase::CustomResourceDefinitions => (TeardownStep::CustomResourceDefinitions, 0),
-                Phase::Namespaces => (TeardownStep::Namespaces, 0),
-                Phase::Objects if key.is("", "pods") => (TeardownStep::Pods, 0),
-                Phase::Objects | Phase::AdmissionPolicies if height > 0 => (TeardownStep::Owners, height),
-                Phase::Objects | Phase::AdmissionPolicies => (TeardownStep::Rest, 0),
-            };
+            let step = TeardownStep::of(key, height);
+            let height = if step == TeardownStep::Owners { height } else { 0 };
             grouped
                 .entry((step, std::cmp::Reverse(height)))
                 .or_default()

@@ -30,7 +30,8 @@
 //! step acts). The crash tests use it to kill a run at every step boundary and in the middle of
 //! detach and restore.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -156,7 +157,7 @@ pub struct Record {
 pub struct Journal {
     path: PathBuf,
     file: File,
-    latest: BTreeMap<(String, String), Record>,
+    latest: Latest,
     counts: BTreeMap<(String, State), u64>,
     failpoint: Option<(String, u64, State)>,
 }
@@ -182,20 +183,18 @@ impl Journal {
         if created {
             sync_parent(path)?;
         }
-        let mut latest = BTreeMap::new();
+        let mut latest = Latest::default();
         let mut run_seen = None;
-        let lines: Vec<String> = BufReader::new(&file)
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(io)?;
-        let last = lines.len();
+        // Read a line at a time: the journal of a large run is long.
+        let mut lines = BufReader::new(&file).lines().enumerate().peekable();
         // Bytes up to the end of the last complete record: a torn tail beyond is cut off before
         // anything is appended, or the next record would be glued to the fragment and the whole
         // line — and so the journal — unreadable on the following open.
         let mut intact: u64 = 0;
         let mut torn = false;
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Record>(line) {
+        while let Some((i, line)) = lines.next() {
+            let line = line.map_err(io)?;
+            match serde_json::from_str::<Record>(&line) {
                 Ok(record) => {
                     if i == 0 && record.step != RUN_STEP {
                         return Err(JournalError::Unbound {
@@ -205,11 +204,11 @@ impl Journal {
                     if record.step == RUN_STEP {
                         run_seen = Some(record.key.clone());
                     }
-                    latest.insert((record.step.clone(), record.key.clone()), record);
+                    latest.insert(record);
                     intact += line.len() as u64 + 1;
                 }
                 // A crash while appending leaves at most the last line torn.
-                Err(_) if i + 1 == last => {
+                Err(_) if lines.peek().is_none() => {
                     tracing::warn!(journal = %path.display(), "cutting off a torn last line");
                     torn = true;
                 }
@@ -283,7 +282,9 @@ impl Journal {
     /// How the run finished, when it is closed.
     #[must_use]
     pub fn closed(&self) -> Option<&str> {
-        self.get(CLOSED_STEP, RUN_STEP)
+        self.latest
+            .full
+            .get(&(CLOSED_STEP.to_owned(), RUN_STEP.to_owned()))
             .and_then(|r| r.data.get("outcome"))
             .and_then(Value::as_str)
     }
@@ -296,13 +297,15 @@ impl Journal {
 
     /// The latest record of `step` on `key`, if any.
     #[must_use]
-    pub fn get(&self, step: &str, key: &str) -> Option<&Record> {
-        self.latest.get(&(step.to_owned(), key.to_owned()))
+    pub fn get(&self, step: &str, key: &str) -> Option<Cow<'_, Record>> {
+        self.latest.get(step, key)
     }
 
-    /// Every latest record of `step`, in key order.
+    /// Every latest record of `step` that is begun or carries data, in key order (a record done
+    /// without data says nothing but that, and is kept only as [`Journal::is_done`] needs).
     pub fn records(&self, step: &str) -> impl Iterator<Item = &Record> {
         self.latest
+            .full
             .iter()
             .filter(move |((s, _), _)| s == step)
             .map(|(_, r)| r)
@@ -363,14 +366,64 @@ impl Journal {
             .failpoint
             .as_ref()
             .is_some_and(|(s, at, st)| *s == record.step && *at == n && *st == record.state);
-        self.latest
-            .insert((record.step.clone(), record.key.clone()), record);
+        self.latest.insert(record);
         if hit {
             eprintln!("kpromote: {FAILPOINT_ENV} reached; aborting to simulate a crash");
             std::process::abort();
         }
         Ok(())
     }
+}
+
+/// The latest record per (step, key). Most records of a large run are done without data (an
+/// unmarked pod, an adoption): of those only a 128-bit fingerprint of (step, key) is kept, so
+/// that a run over a hundred thousand objects holds megabytes of journal, not tens.
+#[derive(Debug, Default)]
+struct Latest {
+    /// Begun, or done with data.
+    full: BTreeMap<(String, String), Record>,
+    /// Done without data.
+    done: HashSet<u128>,
+}
+
+impl Latest {
+    fn insert(&mut self, record: Record) {
+        let print = fingerprint(&record.step, &record.key);
+        let full_key = (record.step.clone(), record.key.clone());
+        if record.state == State::Done && record.data.is_null() {
+            self.full.remove(&full_key);
+            self.done.insert(print);
+        } else {
+            self.done.remove(&print);
+            self.full.insert(full_key, record);
+        }
+    }
+
+    fn get(&self, step: &str, key: &str) -> Option<Cow<'_, Record>> {
+        if self.done.contains(&fingerprint(step, key)) {
+            return Some(Cow::Owned(Record {
+                step: step.to_owned(),
+                key: key.to_owned(),
+                state: State::Done,
+                data: Value::Null,
+            }));
+        }
+        self.full
+            .get(&(step.to_owned(), key.to_owned()))
+            .map(Cow::Borrowed)
+    }
+}
+
+/// (step, key) as 128 bits: two independent 64-bit hashes (a collision among a million records
+/// has odds of about 10^-27).
+fn fingerprint(step: &str, key: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (salt, step, key).hash(&mut hasher);
+        u128::from(hasher.finish())
+    };
+    (half(0) << 64) | half(1)
 }
 
 /// Sets a finished journal aside as `<path>.<n>` (the first free `n`), so a new run starts
@@ -548,6 +601,36 @@ mod tests {
         assert_eq!(j.get("create", "pods/ns/b").map(|r| r.state), Some(State::Begun));
         assert!(!j.is_done("create", "pods/ns/b"));
         assert_eq!(j.records("create").count(), 2);
+    }
+
+    #[test]
+    fn a_step_done_without_data_is_remembered_by_fingerprint_and_undone_by_a_later_begin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(&dir, "rollback:a").expect("opens");
+        for i in 0..1000 {
+            j.begin("unmark", &format!("pods/ns/p{i}"), Value::Null)
+                .expect("writes");
+            j.done("unmark", &format!("pods/ns/p{i}"), Value::Null)
+                .expect("writes");
+        }
+        j.begin("unmark", "pods/ns/p7", Value::Null).expect("writes");
+        drop(j);
+        let j = open(&dir, "rollback:a").expect("reopens");
+        assert!(j.is_done("unmark", "pods/ns/p0") && j.is_done("unmark", "pods/ns/p999"));
+        assert!(!j.is_done("unmark", "pods/ns/p1000"));
+        assert!(!j.is_done("adopt", "pods/ns/p0"));
+        // Begun again after it was done: not done.
+        assert!(!j.is_done("unmark", "pods/ns/p7"));
+        assert_eq!(j.get("unmark", "pods/ns/p7").map(|r| r.state), Some(State::Begun));
+        let done = j.get("unmark", "pods/ns/p8").expect("a record");
+        assert_eq!(
+            (done.state, &done.data, done.key.as_str()),
+            (State::Done, &Value::Null, "pods/ns/p8")
+        );
+        // Only the begun one is held whole; the other 999 and the run's first record are
+        // fingerprints.
+        assert_eq!(j.records("unmark").count(), 1);
+        assert_eq!(j.latest.done.len(), 1000);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const STEP_ADOPT: &str = "adopt";
 /// How many dependents of one type in one namespace make a LIST cheaper than a GET each.
 const PREFETCH_MIN: usize = 8;
 
+/// How many dependents are adopted (and prefetched) at once.
+const ADOPT_BATCH: usize = 4096;
+
 /// The journal name of pointing `dependent` at `owner`.
 fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
     format!("{dependent}<-{owner}")
@@ -333,7 +336,7 @@ impl Restorer<'_> {
         ctx: &TransformContext,
         report: &Mutex<Report>,
     ) -> Result<(), EngineError> {
-        let adopting: Vec<ObjectKey> = owners
+        let adopting: BTreeSet<ObjectKey> = owners
             .iter()
             .filter(|owner| self.inv.uid(owner).is_some_and(|uid| ctx.new_uid(uid).is_some()))
             .cloned()
@@ -341,34 +344,44 @@ impl Restorer<'_> {
         if adopting.is_empty() {
             return Ok(());
         }
-        let mut pairs = Vec::new();
-        for (dependent, owner) in self.inv.dependents_of(&adopting)? {
-            let owner_uid = self.inv.uid(&owner).unwrap_or_default();
-            let refs: Vec<OwnerReference> = dependent
-                .owner_references
-                .iter()
-                .filter(|o| o.uid == owner_uid)
-                .cloned()
-                .collect();
-            if !refs.is_empty() {
-                pairs.push((dependent, owner, refs));
+        // A batch at a time: a level of ReplicaSets may have tens of thousands of pods.
+        let mut dependents = self.inv.dependents_of(&adopting)?;
+        loop {
+            let batch = dependents
+                .by_ref()
+                .take(ADOPT_BATCH)
+                .collect::<Result<Vec<_>, _>>()?;
+            if batch.is_empty() {
+                return Ok(());
             }
+            let mut pairs = Vec::new();
+            for (dependent, owner) in batch {
+                let owner_uid = self.inv.uid(&owner).unwrap_or_default();
+                let refs: Vec<OwnerReference> = dependent
+                    .owner_references
+                    .iter()
+                    .filter(|o| o.uid == owner_uid)
+                    .cloned()
+                    .collect();
+                if !refs.is_empty()
+                    && !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, &owner))
+                {
+                    pairs.push((dependent, owner, refs));
+                }
+            }
+            let mut prefetched = self
+                .prefetch(pairs.iter().map(|(dependent, _, _)| dependent))
+                .await?;
+            let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
+                .map(|(dependent, owner, refs)| {
+                    let live = prefetched.remove(&dependent.key);
+                    async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
+                })
+                .buffer_unordered(self.opts.concurrency)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<(), _>>()?;
         }
-        pairs.retain(|(dependent, owner, _)| {
-            !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, owner))
-        });
-        let mut prefetched = self
-            .prefetch(pairs.iter().map(|(dependent, _, _)| dependent))
-            .await?;
-        let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
-            .map(|(dependent, owner, refs)| {
-                let live = prefetched.remove(&dependent.key);
-                async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
-            })
-            .buffer_unordered(self.opts.concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect()
     }
 
     /// The live state of many `dependents` at once: one LIST per type and namespace where at
@@ -420,7 +433,9 @@ impl Restorer<'_> {
         report: &Mutex<Report>,
         mut prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
-        let api = self.target.api(&dependent.key, &dependent.api_version, &dependent.kind);
+        let api = self
+            .target
+            .api(&dependent.key, &dependent.api_version, &dependent.kind);
         let dependent = &dependent.key;
         let name = adoption_name(dependent, owner);
         for _ in 0..5 {

@@ -52,7 +52,6 @@ impl Promoted {
     pub fn has_uid(&self, uid: &str) -> bool {
         self.uids.contains(&uid_bits(uid))
     }
-
 }
 
 /// A UID as 128 bits: its value when it is a UUID (what Kubernetes assigns), else two
@@ -196,7 +195,7 @@ pub async fn detect(
                             let value = serde_json::to_value(&object).unwrap_or(Value::Null);
                             let uid = value.pointer("/metadata/uid").and_then(Value::as_str);
                             (!uid.is_some_and(ours) && !stamped(&value) && is_user_work(&key, &value, ours))
-                            .then_some(key)
+                                .then_some(key)
                         })
                         .collect(),
                     None,
@@ -294,10 +293,14 @@ mod tests {
     #[test]
     fn promoted_objects_are_known_by_uid_and_edits_by_generation() {
         let mut promoted = Promoted::default();
-        let live = |uid: &str, generation: i64| json!({ "metadata": { "uid": uid, "generation": generation } });
+        let live =
+            |uid: &str, generation: i64| json!({ "metadata": { "uid": uid, "generation": generation } });
         let web = ObjectKey::namespaced("apps", "deployments", "shop", "web");
         promoted.add(&web, &live("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11", 2));
-        promoted.add(&ObjectKey::namespaced("", "configmaps", "shop", "c"), &live("not-a-uuid", 1));
+        promoted.add(
+            &ObjectKey::namespaced("", "configmaps", "shop", "c"),
+            &live("not-a-uuid", 1),
+        );
         assert!(promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"));
         assert!(!promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e12"));
         assert!(promoted.has_uid("not-a-uuid"));

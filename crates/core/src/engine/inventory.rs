@@ -391,18 +391,16 @@ impl Inventory {
             move |key: &ObjectKey| !graph.contains(key) && wanted(key)
         };
         let streamed: Box<dyn Iterator<Item = Result<Archived, InventoryError>> + Send + 'a> = match bodies {
-            Bodies::No => {
-                Box::new(reader.records()?.filter_map(move |record| match record {
-                    Ok(record) => {
-                        let record = object_record(&record);
-                        outside(&record.key).then_some(Ok(Archived {
-                            record,
-                            object: Value::Null,
-                        }))
-                    }
-                    Err(e) => Some(Err(e.into())),
-                }))
-            }
+            Bodies::No => Box::new(reader.records()?.filter_map(move |record| match record {
+                Ok(record) => {
+                    let record = object_record(&record);
+                    outside(&record.key).then_some(Ok(Archived {
+                        record,
+                        object: Value::Null,
+                    }))
+                }
+                Err(e) => Some(Err(e.into())),
+            })),
             Bodies::Yes => {
                 let wanted_here = outside.clone();
                 // Damaged entries are skipped here and come back as stubs below.
@@ -436,35 +434,37 @@ impl Inventory {
         DetachPlan::build_with(&self.graph, &self.skipped, &self.pod_owners)
     }
 
-    /// The archived dependents of `owners` (objects of the graph), each with the owner it names.
+    /// The archived dependents of `owners` (objects of the graph), each with the owner it names:
+    /// those of the graph, then the others as they stream from the archive.
     ///
     /// # Errors
-    /// As [`Inventory::scan`].
-    pub fn dependents_of(&self, owners: &[ObjectKey]) -> Result<Vec<(ObjectRecord, ObjectKey)>, InventoryError> {
-        let mut found = Vec::new();
-        for owner in owners {
-            for dependent in self.graph.dependents(owner) {
-                if let Some(record) = self.graph.record(dependent) {
-                    found.push((record.clone(), owner.clone()));
-                }
-            }
-        }
-        let owners: BTreeSet<&ObjectKey> = owners.iter().collect();
-        let mut rest = self.rest(|_| true, Bodies::No)?;
-        while let Some(batch) = rest.next_batch(1024)? {
-            for archived in batch {
-                let named: Vec<ObjectKey> = self
+    /// As [`Inventory::scan`]; an item is an error when the archive cannot be read further.
+    pub fn dependents_of<'a>(
+        &'a self,
+        owners: &'a BTreeSet<ObjectKey>,
+    ) -> Result<
+        impl Iterator<Item = Result<(ObjectRecord, ObjectKey), InventoryError>> + Send + 'a,
+        InventoryError,
+    > {
+        let in_graph = owners.iter().flat_map(move |owner| {
+            self.graph
+                .dependents(owner)
+                .filter_map(|dependent| self.graph.record(dependent))
+                .map(move |record| Ok((record.clone(), owner.clone())))
+        });
+        let streamed = self.rest(|_| true, Bodies::No)?.items.flat_map(move |item| {
+            let pairs: Vec<Result<(ObjectRecord, ObjectKey), InventoryError>> = match item {
+                Ok(archived) => self
                     .graph
                     .owners_of(&archived.record)
-                    .filter(|o| owners.contains(o))
-                    .cloned()
-                    .collect();
-                for owner in named {
-                    found.push((archived.record.clone(), owner));
-                }
-            }
-        }
-        Ok(found)
+                    .filter(|owner| owners.contains(*owner))
+                    .map(|owner| Ok((archived.record.clone(), owner.clone())))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            pairs
+        });
+        Ok(in_graph.chain(streamed))
     }
 
     /// The dynamic API of archived `key`, an object of the graph, in `cluster`.
@@ -505,9 +505,7 @@ impl Inventory {
 /// Opens a kpromote archive whose manifest is anchored, and its identity. A Velero tarball or an
 /// archive whose manifest cannot be anchored is refused: promote and rollback act only on what
 /// they can prove unaltered.
-fn open_verified(
-    path: &Path,
-) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
+fn open_verified(path: &Path) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
     use kpromote_archive::{ArchiveKind, ArchiveReader};
     let unverifiable = || InventoryError::Unverifiable {
         path: path.to_owned(),
@@ -735,10 +733,7 @@ mod tests {
         assert_eq!((lean.len(), whole.len()), (8, 8));
         // Held: the owners and workloads, whole, planned with the whole archive's heights.
         let held: Vec<String> = lean.graph.keys().map(ToString::to_string).collect();
-        assert_eq!(
-            held,
-            ["deployments.apps/shop/web", "replicasets.apps/shop/web-1"]
-        );
+        assert_eq!(held, ["deployments.apps/shop/web", "replicasets.apps/shop/web-1"]);
         for key in lean.graph.keys() {
             assert_eq!(lean.graph.record(key), whole.graph.record(key), "{key}");
             assert_eq!(lean.graph.height(key), whole.graph.height(key), "{key}");
@@ -753,20 +748,29 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(lean.skipped_by_restore(), &skipped_held);
-        let rs = ObjectKey::namespaced("apps", "replicasets", "shop", "web-1");
-        let sorted = |mut pairs: Vec<(ObjectRecord, ObjectKey)>| {
+        let owners = BTreeSet::from([
+            ObjectKey::namespaced("apps", "replicasets", "shop", "web-1"),
+            ObjectKey::namespaced("apps", "deployments", "shop", "web"),
+        ]);
+        let dependents = |inv: &Inventory| {
+            let mut pairs: Vec<(ObjectRecord, ObjectKey)> =
+                inv.dependents_of(&owners).unwrap().map(Result::unwrap).collect();
             pairs.sort_by(|a, b| a.0.key.cmp(&b.0.key));
             pairs
         };
-        let dependents = sorted(lean.dependents_of(std::slice::from_ref(&rs)).unwrap());
-        assert_eq!(dependents.len(), 2);
-        assert_eq!(dependents, sorted(whole.dependents_of(&[rs]).unwrap()));
+        let (lean_dependents, whole_dependents) = (dependents(&lean), dependents(&whole));
+        // The two pods (streamed) and the ReplicaSet (of the graph).
+        assert_eq!(lean_dependents.len(), 3);
+        assert_eq!(lean_dependents, whole_dependents);
         // Streamed: every object, with the record the whole inventory has; bodies whole for the
         // held ones, what rollback reads for the others.
         let (lean_all, whole_all) = (all(&lean, Bodies::Yes), all(&whole, Bodies::Yes));
         assert_eq!(lean_all.len(), 8);
         let keys_only: Vec<ObjectKey> = all(&lean, Bodies::No).iter().map(|a| a.key().clone()).collect();
-        assert_eq!(keys_only, lean_all.iter().map(|a| a.key().clone()).collect::<Vec<_>>());
+        assert_eq!(
+            keys_only,
+            lean_all.iter().map(|a| a.key().clone()).collect::<Vec<_>>()
+        );
         for (lean_one, whole_one) in lean_all.iter().zip(&whole_all) {
             let key = lean_one.key();
             assert_eq!(lean_one.record, whole_one.record, "{key}");

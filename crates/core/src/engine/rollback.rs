@@ -240,16 +240,17 @@ async fn promoted_in_control_plane(
                 async move {
                     let live = look_up(cp, archived).await?;
                     // Only what drift reads is kept of each, not the live object.
-                    Ok::<_, EngineError>(live.filter(|live| ours.owns(archived.key(), live, namespaces)).map(
-                        |live| {
-                            let metadata = &live["metadata"];
-                            let summary = json!({ "metadata": {
+                    Ok::<_, EngineError>(
+                        live.filter(|live| ours.owns(archived.key(), live, namespaces))
+                            .map(|live| {
+                                let metadata = &live["metadata"];
+                                let summary = json!({ "metadata": {
                                 "uid": metadata.get("uid"),
                                 "generation": metadata.get("generation"),
                             } });
-                            (archived.key(), summary)
-                        },
-                    ))
+                                (archived.key(), summary)
+                            }),
+                    )
                 }
             })
             .collect();

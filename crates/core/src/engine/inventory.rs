@@ -266,17 +266,19 @@ impl Inventory {
         let mut stubs = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         if read < len {
-            // Only a damaged archive pays for knowing which entries were read: a third pass.
-            let readable: BTreeSet<ObjectKey> = reader
+            // Only a damaged archive pays for knowing which entries were read: a third pass,
+            // merging the readable entries with the index (both in path order).
+            let mut readable = reader
                 .objects_lenient()?
-                .filter_map(|o| o.ok().filter(|o| o.value().is_ok()).map(|o| o.record.key()))
-                .collect();
+                .filter_map(|o| o.ok().filter(|o| o.value().is_ok()).map(|o| o.record.path))
+                .peekable();
             for record in reader.records()? {
                 let record = record?;
-                let key = record.key();
-                if readable.contains(&key) {
+                while readable.next_if(|path| *path < record.path).is_some() {}
+                if readable.next_if(|path| *path == record.path).is_some() {
                     continue;
                 }
+                let key = record.key();
                 let why = problems
                     .iter()
                     .find(|p| p.contains(&record.path))

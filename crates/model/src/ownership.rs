@@ -905,24 +905,43 @@ mod tests {
         ));
     }
 
+    /// Thirty objects and the ownership `edges` name among them (each pair oriented so that the
+    /// owner has the greater index: acyclic); the records, and each object's owners.
+    fn random_dag(edges: &[(usize, usize)]) -> (Vec<ObjectRecord>, Vec<Vec<usize>>) {
+        let n = 30;
+        let mut owners: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for &(a, b) in edges {
+            let (dep, owner) = match a.cmp(&b) {
+                std::cmp::Ordering::Less => (a, b),
+                std::cmp::Ordering::Greater => (b, a),
+                std::cmp::Ordering::Equal => continue,
+            };
+            owners[dep].push(owner);
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("{i}:o{i}")).collect();
+        let records = (0..n)
+            .map(|i| {
+                let refs: Vec<(&str, &str, &str)> = owners[i]
+                    .iter()
+                    .map(|&o| ("example.com/v1", "Example", names[o].as_str()))
+                    .collect();
+                record(
+                    &format!("examples.example.com/ns/o{i}"),
+                    "Example",
+                    &i.to_string(),
+                    &refs,
+                )
+            })
+            .collect();
+        (records, owners)
+    }
+
     proptest! {
         /// Heights obey their definition on random DAGs: an object's height exceeds each
         /// dependent's, and equals 0 exactly when it owns nothing.
         #[test]
         fn heights_follow_definition(edges in proptest::collection::vec((0usize..30, 0usize..30), 0..80)) {
-            let n = 30;
-            let mut owners: Vec<Vec<usize>> = vec![Vec::new(); n];
-            for (a, b) in edges {
-                // Owner index is always greater: acyclic.
-                let (dep, owner) = if a < b { (a, b) } else if b < a { (b, a) } else { continue };
-                owners[dep].push(owner);
-            }
-            let names: Vec<String> = (0..n).map(|i| format!("{i}:o{i}")).collect();
-            let records = (0..n).map(|i| {
-                let refs: Vec<(&str, &str, &str)> =
-                    owners[i].iter().map(|&o| ("example.com/v1", "Example", names[o].as_str())).collect();
-                record(&format!("examples.example.com/ns/o{i}"), "Example", &i.to_string(), &refs)
-            }).collect::<Vec<_>>();
+            let (records, _) = random_dag(&edges);
             let g = OwnershipGraph::build(records).expect("acyclic");
             for k in g.keys() {
                 let h = g.height(k).expect("height");
@@ -942,18 +961,7 @@ mod tests {
         /// the rest's references to the owners the whole graph gives them.
         #[test]
         fn the_upper_part_is_planned_as_the_whole(edges in proptest::collection::vec((0usize..30, 0usize..30), 0..80)) {
-            let n = 30;
-            let mut owners: Vec<Vec<usize>> = vec![Vec::new(); n];
-            for (a, b) in edges {
-                let (dep, owner) = if a < b { (a, b) } else if b < a { (b, a) } else { continue };
-                owners[dep].push(owner);
-            }
-            let names: Vec<String> = (0..n).map(|i| format!("{i}:o{i}")).collect();
-            let records = (0..n).map(|i| {
-                let refs: Vec<(&str, &str, &str)> =
-                    owners[i].iter().map(|&o| ("example.com/v1", "Example", names[o].as_str())).collect();
-                record(&format!("examples.example.com/ns/o{i}"), "Example", &i.to_string(), &refs)
-            }).collect::<Vec<_>>();
+            let (records, owners) = random_dag(&edges);
             let whole = OwnershipGraph::build(records.clone()).expect("acyclic");
             let is_owner = |r: &ObjectRecord| owners.iter().flatten().any(|&o| Some(o.to_string()) == r.uid);
             let (upper, outside): (Vec<ObjectRecord>, Vec<ObjectRecord>) = records.into_iter().partition(is_owner);

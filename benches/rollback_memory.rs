@@ -46,7 +46,7 @@ fn main() {
                 .len(),
             _ => Inventory::for_rollback(Path::new(path))
                 .expect("inventory")
-                .objects
+                .graph
                 .len(),
         };
         println!("{objects}");

@@ -24,6 +24,9 @@ pub const STEP_ADOPT: &str = "adopt";
 /// How many dependents of one type in one namespace make a LIST cheaper than a GET each.
 const PREFETCH_MIN: usize = 8;
 
+/// How many objects of a level are restored at once (the level finishes before the next).
+const RESTORE_BATCH: usize = 512;
+
 /// How many dependents are adopted (and prefetched) at once.
 const ADOPT_BATCH: usize = 4096;
 
@@ -111,7 +114,6 @@ impl Restorer<'_> {
         // Announce the step before its first level: observers (the controller's phase) must
         // attribute a failure in that level to this step.
         progress(on_progress, self.step, 0, total);
-        let mut restored: BTreeSet<ObjectKey> = BTreeSet::new();
         for (index, level) in plan.levels.iter().enumerate() {
             let started = Instant::now();
             if index > 0 && level.height > 0 {
@@ -119,33 +121,35 @@ impl Restorer<'_> {
             }
             let barrier = started.elapsed();
             let snapshot = ctx.clone();
-            // The futures are made before streaming them: a `map` closure kept in the stream
+            // The futures are made before streaming them — a `map` closure kept in the stream
             // across `.await` makes the run fail `Send` for spawned callers (the controller;
-            // rust-lang/rust#110338).
-            let restores: Vec<_> = level
-                .objects
-                .iter()
-                .map(|key| {
-                    let snapshot = &snapshot;
-                    async move { (key.clone(), self.restore_one(key, snapshot, report).await) }
-                })
-                .collect();
-            let results: Vec<(ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(restores)
-                .buffer_unordered(self.opts.concurrency)
-                .collect()
-                .await;
+            // rust-lang/rust#110338) — a batch at a time: a level may hold thousands of objects,
+            // and each prepared future holds kilobytes.
             let mut first_error = None;
-            for (key, result) in results {
-                match result {
-                    Ok(Outcome::Created(uid) | Outcome::Existed(uid) | Outcome::Merged(uid)) => {
-                        if let Some(old) = self.inv.uid(&key) {
-                            ctx.record_created(old, &uid);
+            for batch in level.objects.chunks(RESTORE_BATCH) {
+                let restores: Vec<_> = batch
+                    .iter()
+                    .map(|key| {
+                        let snapshot = &snapshot;
+                        async move { (key, self.restore_one(key, snapshot, report).await) }
+                    })
+                    .collect();
+                let results: Vec<(&ObjectKey, Result<Outcome, EngineError>)> =
+                    futures::stream::iter(restores)
+                        .buffer_unordered(self.opts.concurrency)
+                        .collect()
+                        .await;
+                for (key, result) in results {
+                    match result {
+                        Ok(Outcome::Created(uid) | Outcome::Existed(uid) | Outcome::Merged(uid)) => {
+                            if let Some(old) = self.inv.uid(key) {
+                                ctx.record_created(old, &uid);
+                            }
                         }
-                        restored.insert(key);
-                    }
-                    Ok(Outcome::Skipped) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(e);
+                        Ok(Outcome::Skipped) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
             }
@@ -203,7 +207,11 @@ impl Restorer<'_> {
         if let Some(outcome) = self.journaled(&name) {
             return Ok(outcome);
         }
-        let archived = &self.inv.objects[key];
+        let archived = self.inv.body(key).ok_or_else(|| LiveError::Malformed {
+            key: key.clone(),
+            detail: "not in the archive".to_owned(),
+        })?;
+        let archived = archived.as_ref();
         let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform {
             key: key.clone(),
             source,

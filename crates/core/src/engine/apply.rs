@@ -28,7 +28,7 @@ const PREFETCH_MIN: usize = 8;
 const RESTORE_BATCH: usize = 512;
 
 /// How many dependents are adopted (and prefetched) at once.
-const ADOPT_BATCH: usize = 4096;
+const ADOPT_BATCH: usize = 1024;
 
 /// The journal name of pointing `dependent` at `owner`.
 fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {

@@ -1353,6 +1353,32 @@ mod tests {
             }
         }
 
+        /// Rollback plans from the upper part of the graph (owners and workloads) and the pods'
+        /// owners streamed past: the same detach plan, and the same re-creation order, as from
+        /// the whole graph.
+        #[test]
+        fn the_upper_part_detaches_and_recreates_as_the_whole(records in random_graph(), skip in proptest::collection::vec(any::<bool>(), 40)) {
+            let whole = OwnershipGraph::build(records.clone()).expect("acyclic");
+            let skipped: BTreeSet<ObjectKey> =
+                whole.keys().zip(skip.iter().cycle()).filter(|(_, s)| **s).map(|(k, _)| k.clone()).collect();
+            let (upper, outside): (Vec<ObjectRecord>, Vec<ObjectRecord>) = records
+                .into_iter()
+                .partition(|r| whole.dependents(&r.key).next().is_some() || is_detached_workload(&r.key));
+            let part = OwnershipGraph::build_upper(upper, outside.clone()).expect("acyclic");
+            let pod_owners: BTreeSet<ObjectKey> = outside
+                .iter()
+                .filter(|r| r.key.is("", "pods") && !skipped.contains(&r.key))
+                .flat_map(|r| part.owners_of(r).cloned().collect::<Vec<_>>())
+                .collect();
+            let part_skipped: BTreeSet<ObjectKey> = skipped.iter().filter(|k| part.contains(k)).cloned().collect();
+            let expected = DetachPlan::build(&whole, &skipped);
+            prop_assert_eq!(&DetachPlan::build_with(&part, &part_skipped, &pod_owners), &expected);
+            prop_assert_eq!(
+                RestorePlan::build_for(&part, expected.objects()).expect("plan"),
+                RestorePlan::build_for(&whole, expected.objects()).expect("plan")
+            );
+        }
+
         #[test]
         fn teardown_holds_exactly_the_created_objects(records in random_graph(), pick in proptest::collection::vec(any::<bool>(), 40)) {
             let g = OwnershipGraph::build(records).expect("acyclic");

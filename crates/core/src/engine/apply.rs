@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::detach::lock_report;
-use super::inventory::{Inventory, stamp, stamped_by};
+use super::inventory::{Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::plan::order::{RestorePlan, WaitPoint};
@@ -207,10 +207,7 @@ impl Restorer<'_> {
         if let Some(outcome) = self.journaled(&name) {
             return Ok(outcome);
         }
-        let archived = self.inv.body(key).ok_or_else(|| LiveError::Malformed {
-            key: key.clone(),
-            detail: "not in the archive".to_owned(),
-        })?;
+        let archived = self.inv.body(key).ok_or_else(|| not_archived(key))?;
         let archived = archived.as_ref();
         let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform {
             key: key.clone(),

@@ -33,14 +33,37 @@ pub struct Promoted {
     uids: HashSet<u128>,
 }
 
+/// What drift needs of one object promote created, read from the control plane: the rest of
+/// the live object is not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Its UID there.
+    pub uid: Option<String>,
+    /// Its generation: above 1, its spec was edited since promote.
+    pub generation: Option<i64>,
+}
+
+impl Created {
+    /// The summary of `live`.
+    #[must_use]
+    pub fn of(live: &Value) -> Self {
+        Self {
+            uid: live
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            generation: live.pointer("/metadata/generation").and_then(Value::as_i64),
+        }
+    }
+}
+
 impl Promoted {
-    /// Adds `live`, the control plane's object of `key`, which promote created.
-    pub fn add(&mut self, key: &ObjectKey, live: &Value) {
-        if let Some(uid) = live.pointer("/metadata/uid").and_then(Value::as_str) {
+    /// Adds `created`, the control plane's object of `key`, which promote created.
+    pub fn add(&mut self, key: &ObjectKey, created: Created) {
+        if let Some(uid) = &created.uid {
             self.uids.insert(uid_bits(uid));
         }
-        // Above 1, its spec was edited since promote.
-        if let Some(generation) = live.pointer("/metadata/generation").and_then(Value::as_i64)
+        if let Some(generation) = created.generation
             && generation > 1
         {
             self.edited.push((key.clone(), generation));
@@ -296,10 +319,13 @@ mod tests {
         let live =
             |uid: &str, generation: i64| json!({ "metadata": { "uid": uid, "generation": generation } });
         let web = ObjectKey::namespaced("apps", "deployments", "shop", "web");
-        promoted.add(&web, &live("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11", 2));
+        promoted.add(
+            &web,
+            Created::of(&live("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11", 2)),
+        );
         promoted.add(
             &ObjectKey::namespaced("", "configmaps", "shop", "c"),
-            &live("not-a-uuid", 1),
+            Created::of(&live("not-a-uuid", 1)),
         );
         assert!(promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"));
         assert!(!promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e12"));

@@ -499,10 +499,7 @@ impl Inventory {
         cluster: &LiveCluster,
         key: &ObjectKey,
     ) -> Result<kube::Api<kube::api::DynamicObject>, LiveError> {
-        let record = self.graph.record(key).ok_or_else(|| LiveError::Malformed {
-            key: key.clone(),
-            detail: "not in the archive".to_owned(),
-        })?;
+        let record = self.graph.record(key).ok_or_else(|| not_archived(key))?;
         Ok(cluster.api(key, &record.api_version, &record.kind))
     }
 
@@ -539,6 +536,14 @@ fn open_verified(path: &Path) -> Result<(kpromote_archive::ArchiveReader, String
     }
     let archive_id = reader.manifest_sha256().ok_or_else(unverifiable)?;
     Ok((reader, archive_id))
+}
+
+/// The error for a key the inventory does not hold.
+pub(super) fn not_archived(key: &ObjectKey) -> LiveError {
+    LiveError::Malformed {
+        key: key.clone(),
+        detail: "not in the archive".to_owned(),
+    }
 }
 
 /// What the index says of an object whose entry cannot be read.

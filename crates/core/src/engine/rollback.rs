@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::apply::Restorer;
 use super::detach::{detached_owners, lock_report};
-use super::drift::Promoted;
+use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
@@ -242,24 +242,17 @@ async fn promoted_in_control_plane(
                     // Only what drift reads is kept of each, not the live object.
                     Ok::<_, EngineError>(
                         live.filter(|live| ours.owns(archived.key(), live, namespaces))
-                            .map(|live| {
-                                let metadata = &live["metadata"];
-                                let summary = json!({ "metadata": {
-                                "uid": metadata.get("uid"),
-                                "generation": metadata.get("generation"),
-                            } });
-                                (archived.key(), summary)
-                            }),
+                            .map(|live| (archived.key(), Created::of(&live))),
                     )
                 }
             })
             .collect();
-        let found: Vec<Option<(&ObjectKey, Value)>> = futures::stream::iter(lookups)
+        let found: Vec<Option<(&ObjectKey, Created)>> = futures::stream::iter(lookups)
             .buffer_unordered(opts.concurrency)
             .try_collect()
             .await?;
-        for (key, summary) in found.into_iter().flatten() {
-            promoted.add(key, &summary);
+        for (key, created) in found.into_iter().flatten() {
+            promoted.add(key, created);
         }
     }
     Ok((promoted, namespaces))

@@ -15,7 +15,7 @@ use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster};
 use kpromote_model::ObjectKey;
 use kube::Api;
 use kube::api::ListParams;
-use support::faults::{FaultProxy, Faults};
+use support::faults::{FaultProxy, Faults, Refusal};
 use support::pair::Pair;
 use support::promotion::Promotion;
 use support::{apps, wait_for, wait_namespace_gone};
@@ -38,6 +38,8 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         drop_every: 13,
         outage_on,
         unavailable: Duration::from_secs(12),
+        refuse_from: None,
+        conflict_on: None,
     };
     let member_proxy = FaultProxy::start(pair.member.clone(), faults(vec!["DELETE"])).await;
     let cp_proxy = FaultProxy::start(pair.cp.clone(), faults(vec!["POST", "DELETE"])).await;
@@ -109,7 +111,7 @@ async fn rollback_waits_for_an_owner_the_garbage_collector_has_not_finished_dele
     // pending (deletionTimestamp set, the orphan finalizer on) past the detach wait.
     pair.env.cluster("member").pause_controller_manager().unwrap();
     let impatient = EngineOptions {
-        gc_timeout: Duration::from_secs(3),
+        gc_stall: Duration::from_secs(3),
         step_retries: 0,
         ..EngineOptions::default()
     };
@@ -483,4 +485,213 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     .await;
     wait_namespace_gone(&pair.cp, ns).await;
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
+}
+
+#[tokio::test]
+async fn a_permanent_error_mid_run_stops_the_run_at_once_naming_it_and_rollback_resumes() {
+    let (pair, before) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    let permanent = |from, refusal| Faults {
+        throttle_every: 0,
+        drop_every: 0,
+        outage_on: Vec::new(),
+        unavailable: Duration::ZERO,
+        refuse_from: Some((from, refusal)),
+        conflict_on: None,
+    };
+
+    // The member's token is revoked right after detach (the first PATCH marks a pod): promote
+    // stops at once, and so does its automatic rollback, which needs the member too — leaving
+    // a rollback journal that resumes once the credentials work again.
+    let member_proxy =
+        FaultProxy::start(pair.member.clone(), permanent("PATCH", Refusal::Unauthorized)).await;
+    let run = Promotion::archive(&pair, &[ns], &[])
+        .await
+        .through(member_proxy.client(), pair.cp.clone());
+    let started = std::time::Instant::now();
+    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}: {message}",
+        started.elapsed()
+    );
+    assert!(
+        message.contains("HTTP 401") && message.contains("renew the token"),
+        "{message}"
+    );
+    assert!(message.contains("the automatic rollback failed too"), "{message}");
+    member_proxy.heal().await;
+    run.rollback("auto-rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the rollback resumes once the member answers: {e}"));
+    pair.assert_rolled_back(ns, &before, "rollback after revoked credentials")
+        .await;
+
+    // The control plane's URL now answers with a sign-in page (not the Kubernetes API) from the
+    // restore's first create on: not retried for minutes, but named at once.
+    let cp_proxy = FaultProxy::start(pair.cp.clone(), permanent("POST", Refusal::Malformed)).await;
+    let run = Promotion::archive(&pair, &[ns], &[])
+        .await
+        .through(pair.member.clone(), cp_proxy.client());
+    let started = std::time::Instant::now();
+    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}: {message}",
+        started.elapsed()
+    );
+    assert!(
+        message.contains("not the Kubernetes API") && message.contains("server URL"),
+        "{message}"
+    );
+    assert!(
+        cp_proxy
+            .injected
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    cp_proxy.heal().await;
+    run.rollback("auto-rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the rollback resumes once the control plane answers: {e}"));
+    pair.assert_rolled_back(ns, &before, "rollback after a malformed control plane")
+        .await;
+}
+
+#[tokio::test]
+async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves_no_pod_marked() {
+    let (pair, before) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    let dir = tempfile::tempdir().unwrap();
+    let one_per_frame = WriterOptions::zstd().frame_size(512);
+    let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
+    let mut run = Promotion {
+        inv: Inventory::from_archive(&path).unwrap(),
+        dir,
+        member: LiveCluster::new("member", pair.member.clone()),
+        cp: LiveCluster::new("control plane", pair.cp.clone()),
+    };
+    run.promote(&EngineOptions::default()).await.unwrap();
+
+    // Rollback reads the archive whole, then a pod's entry goes bad before the unmark streams
+    // it: skipping it would leave that member pod marked, and Kosmos deletes a marked pod with
+    // its control-plane twin, which teardown removes.
+    run.inv = Inventory::for_rollback(&path).unwrap();
+    assert!(run.inv.unreadable.is_empty());
+    let frames = ArchiveReader::open(&path)
+        .unwrap()
+        .manifest()
+        .unwrap()
+        .frames
+        .clone();
+    let pod = frames
+        .iter()
+        .find(|f| f.first_path.starts_with("resources/pods/namespaces/nginx-test/"))
+        .cloned()
+        .expect("a pod's frame");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[usize::try_from(pod.offset + pod.length / 2).unwrap()] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let pod_key = kpromote_archive::layout::parse_object_path(&pod.first_path).unwrap();
+
+    let err = run
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .expect_err("a scan that cannot be read stops the step");
+    assert!(err.to_string().contains(&pod.first_path), "{err}");
+    let pods: Api<Pod> = Api::namespaced(pair.cp.clone(), ns);
+    assert!(
+        pods.get_opt(&pod_key.name).await.unwrap().is_some(),
+        "nothing was torn down: the marked member pod's twin is still there"
+    );
+
+    // Run again, the damage is known from the start: every pod is unmarked, none deleted.
+    run.inv = Inventory::for_rollback(&path).unwrap();
+    run.rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap();
+    wait_namespace_gone(&pair.cp, ns).await;
+    for pod in Api::<Pod>::namespaced(pair.member.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let labels = pod.metadata.labels.unwrap_or_default();
+        assert!(
+            !labels.contains_key(kpromote_model::kosmos::POD_LABEL),
+            "{:?} is still marked",
+            pod.metadata.name
+        );
+    }
+    assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
+}
+
+#[tokio::test]
+async fn an_adoption_that_keeps_conflicting_fails_and_is_done_when_resumed() {
+    let (pair, _) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    // The control plane's controllers stand still (its namespace and default ServiceAccount
+    // made first, a fixed pause instead of the barrier), so only kpromote adopts the pods. Every
+    // write to a control-plane pod conflicts, as if something kept changing it: the adoption
+    // that points the pods at their re-created ReplicaSet runs out of attempts.
+    apps::namespace(&pair.cp, ns).await;
+    pair.env
+        .cluster("control-plane")
+        .pause_controller_manager()
+        .unwrap();
+    let cp_proxy = FaultProxy::start(
+        pair.cp.clone(),
+        Faults {
+            throttle_every: 0,
+            drop_every: 0,
+            outage_on: Vec::new(),
+            unavailable: Duration::ZERO,
+            refuse_from: None,
+            conflict_on: Some("/pods/"),
+        },
+    )
+    .await;
+    let run = Promotion::archive(&pair, &[ns], &[])
+        .await
+        .through(pair.member.clone(), cp_proxy.client());
+    let opts = EngineOptions {
+        step_retries: 0,
+        settle: Duration::from_millis(100),
+        ..EngineOptions::default()
+    };
+    let err = run
+        .promote_with(&opts, false)
+        .await
+        .expect_err("an adoption that never happened is not a success");
+    assert!(
+        err.to_string().contains("attempts to point it at its owner"),
+        "{err}"
+    );
+
+    // Resumed once the pods hold still, the adoption is done: it was not journaled as done.
+    cp_proxy.heal().await;
+    run.promote_with(&opts, false).await.unwrap();
+    pair.env
+        .cluster("control-plane")
+        .resume_controller_manager()
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(pair.cp.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(!pods.items.is_empty());
+    for pod in pods.items {
+        assert!(
+            pod.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "ReplicaSet" && o.controller == Some(true)),
+            "{:?} is not owned by its ReplicaSet",
+            pod.metadata.name
+        );
+    }
 }

@@ -389,7 +389,7 @@ async fn a_finalizer_of_a_member_controller_never_hangs_rollback() {
     )
     .await;
     let short = EngineOptions {
-        namespace_timeout: Duration::from_secs(8),
+        namespace_stall: Duration::from_secs(8),
         ..EngineOptions::default()
     };
     let err = run

@@ -77,6 +77,8 @@ pub struct Args {
     /// the control plane's controllers have seen the dependents (0, the default, observes).
     #[arg(long, default_value_t = 0.0)]
     settle_seconds: f64,
+    #[command(flatten)]
+    stalls: super::engine::Stalls,
     /// Minimum seconds between two progress writes of one policy.
     #[arg(long, default_value_t = 2.0)]
     progress_interval_seconds: f64,
@@ -93,6 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.forbidden_namespaces = args.forbidden_namespaces.clone();
     config.engine.concurrency = args.concurrency.max(1);
     config.engine.settle = Duration::from_secs_f64(args.settle_seconds.max(0.0));
+    config.engine = args.stalls.apply(config.engine);
     config.progress_interval = Duration::from_secs_f64(args.progress_interval_seconds.max(0.0));
     let metrics_address = match args.metrics_address.as_str() {
         "off" => None,

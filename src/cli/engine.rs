@@ -55,6 +55,42 @@ impl Clusters {
     }
 }
 
+/// How long the engine's waits on the clusters' controllers may go without progress before
+/// they fail: each is a stall window, not a total, so a large namespace is waited for as long
+/// as its work advances. Shared by promote, rollback and the controller.
+#[derive(Debug, clap::Args)]
+pub struct Stalls {
+    /// Seconds the garbage collector may go without orphaning one more of a deleted owner's
+    /// dependents.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    gc_stall_seconds: u64,
+    /// Seconds a namespace being deleted (rollback) may go without one object fewer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
+    namespace_stall_seconds: u64,
+    /// Seconds the barrier before a level of owners may go without the control plane's
+    /// controllers showing they caught up or writing any owner's status.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    barrier_stall_seconds: u64,
+    /// Seconds the restore waits for one thing the target's controllers make or set (a
+    /// namespace's default ServiceAccount, a CRD's Established condition).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    object_wait_seconds: u64,
+}
+
+impl Stalls {
+    /// `options` with these windows.
+    pub fn apply(&self, options: EngineOptions) -> EngineOptions {
+        let secs = std::time::Duration::from_secs;
+        EngineOptions {
+            gc_stall: secs(self.gc_stall_seconds),
+            namespace_stall: secs(self.namespace_stall_seconds),
+            barrier_stall: secs(self.barrier_stall_seconds),
+            object_wait: secs(self.object_wait_seconds),
+            ..options
+        }
+    }
+}
+
 /// Engine knobs shared by promote and rollback.
 #[derive(Debug, clap::Args)]
 pub struct Knobs {
@@ -69,6 +105,8 @@ pub struct Knobs {
     /// connections — long enough to ride out an API server restart.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     retry_deadline_seconds: u64,
+    #[command(flatten)]
+    stalls: Stalls,
     /// Print the report as JSON.
     #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
     output: String,
@@ -83,11 +121,11 @@ impl Knobs {
     }
 
     fn options(&self) -> EngineOptions {
-        EngineOptions {
+        self.stalls.apply(EngineOptions {
             concurrency: self.concurrency.max(1),
             settle: std::time::Duration::from_secs_f64(self.settle_seconds.max(0.0)),
             ..EngineOptions::default()
-        }
+        })
     }
 }
 
@@ -242,7 +280,9 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         let opts = args.knobs.options();
         let progress = progress_printer();
         let run = Run::new(&member, &cp, &inv, &args.clusters.cluster_name, &opts).reporting(&progress);
-        let report = promote::promote(&run, &journal, rollback_journal.as_ref()).await?;
+        let report = promote::promote(&run, &journal, rollback_journal.as_ref())
+            .await
+            .map_err(|e| print_failure(e, &args.knobs.output))?;
         print_report(
             &format!("promoted (archive {})", archive.display()),
             &report,
@@ -272,7 +312,9 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             ..args.knobs.options()
         };
         let run = Run::new(&member, &cp, &inv, &args.clusters.cluster_name, &opts).reporting(&progress);
-        let report = rollback::rollback(&run, &journal).await?;
+        let report = rollback::rollback(&run, &journal)
+            .await
+            .map_err(|e| print_failure(e, &args.knobs.output))?;
         print_report("rolled back", &report, &args.knobs.output)?;
         Ok(ExitCode::SUCCESS)
     })
@@ -340,6 +382,28 @@ fn progress_printer() -> ProgressFn {
             tracing::info!(step, done, total, "progress");
         }
     })
+}
+
+/// Prints what a failed run leaves the user to know — every failure of the level that failed
+/// (a bounded list and the count) and the report of the automatic rollback — as JSON on stdout
+/// with `-o json`, as the report's lines otherwise; then hands the error on.
+fn print_failure(error: kpromote_core::engine::EngineError, output: &str) -> anyhow::Error {
+    let (failures, failed) = error.failures();
+    if output == "json" {
+        let document = serde_json::json!({
+            "error": error.to_string(),
+            "failures": failures,
+            "failed": failed,
+            "rollback": error.rollback_report(),
+        });
+        if let Ok(text) = serde_json::to_string_pretty(&document) {
+            println!("{text}");
+        }
+    } else if let Some(report) = error.rollback_report() {
+        // The error names the failure; the rollback's report says what it did and discarded.
+        let _ = print_report("automatic rollback", report, output);
+    }
+    error.into()
 }
 
 fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()> {

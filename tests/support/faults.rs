@@ -28,6 +28,21 @@ pub struct Faults {
     pub outage_on: Vec<&'static str>,
     /// Length of an outage window.
     pub unavailable: Duration,
+    /// From the first request of this method on, every request gets this answer, until
+    /// [`FaultProxy::heal`]: what a revoked token or a server URL now pointing elsewhere gives.
+    pub refuse_from: Option<(&'static str, Refusal)>,
+    /// Every PATCH of an object (not its status) whose path holds this is answered 409
+    /// Conflict, until [`FaultProxy::heal`]: an object some controller keeps changing.
+    pub conflict_on: Option<&'static str>,
+}
+
+/// A permanent fault: retrying it cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: the credentials are refused (a revoked token, an expired client certificate).
+    Unauthorized,
+    /// 200 with an HTML page: not the Kubernetes API (a server URL aimed at another service).
+    Malformed,
 }
 
 /// How many faults of each kind the proxy injected.
@@ -37,6 +52,7 @@ pub struct Injected {
     pub unavailable: AtomicU64,
     pub dropped: AtomicU64,
     pub forwarded: AtomicU64,
+    pub refused: AtomicU64,
 }
 
 struct State {
@@ -46,6 +62,8 @@ struct State {
     outage_until: Mutex<Option<Instant>>,
     outages_opened: Mutex<Vec<&'static str>>,
     injected: Arc<Injected>,
+    /// The refusal in force (see [`Faults::refuse_from`]), and whether it was healed.
+    refusing: Mutex<(Option<Refusal>, bool)>,
 }
 
 /// A running proxy; it stops when dropped.
@@ -75,6 +93,7 @@ impl FaultProxy {
             outage_until: Mutex::new(None),
             outages_opened: Mutex::new(Vec::new()),
             injected: injected.clone(),
+            refusing: Mutex::new((None, false)),
         });
         let accepting = state.clone();
         let task = tokio::spawn(async move {
@@ -101,6 +120,11 @@ impl FaultProxy {
         self.state.outages_opened.lock().await.clear();
     }
 
+    /// Ends the refusal of [`Faults::refuse_from`] for good.
+    pub async fn heal(&self) {
+        *self.state.refusing.lock().await = (None, true);
+    }
+
     /// A client of the proxied cluster.
     pub fn client(&self) -> Client {
         let config = kube::Config::new(self.url.parse().unwrap());
@@ -118,15 +142,37 @@ impl FaultProxy {
 }
 
 enum Verdict {
+    Refuse(Refusal),
+    Conflict,
     Forward,
     Throttle,
     Unavailable,
     Drop,
 }
 
-async fn decide(state: &State, method: &str) -> Verdict {
+async fn decide(state: &State, method: &str, target: &str) -> Verdict {
     let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let now = Instant::now();
+    {
+        let mut refusing = state.refusing.lock().await;
+        if !refusing.1
+            && method == "PATCH"
+            && let Some(path) = state.faults.conflict_on
+            && target.contains(path)
+            && !target.split('?').next().unwrap_or_default().ends_with("/status")
+        {
+            return Verdict::Conflict;
+        }
+        if let (None, false) = *refusing
+            && let Some((from, refusal)) = state.faults.refuse_from
+            && from == method
+        {
+            refusing.0 = Some(refusal);
+        }
+        if let Some(refusal) = refusing.0 {
+            return Verdict::Refuse(refusal);
+        }
+    }
     {
         let mut until = state.outage_until.lock().await;
         if until.is_some_and(|u| now < u) {
@@ -184,10 +230,27 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         let mut body = vec![0; length];
         reader.read_exact(&mut body).await?;
 
-        let (status, content_type, retry_after, payload) = match decide(&state, &method).await {
+        let (status, content_type, retry_after, payload) = match decide(&state, &method, &target).await {
             Verdict::Drop => {
                 state.injected.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
+            }
+            Verdict::Conflict => {
+                state.injected.refused.fetch_add(1, Ordering::Relaxed);
+                (409, "application/json", None, status_body(409, "Conflict", 0))
+            }
+            Verdict::Refuse(Refusal::Unauthorized) => {
+                state.injected.refused.fetch_add(1, Ordering::Relaxed);
+                (401, "application/json", None, status_body(401, "Unauthorized", 0))
+            }
+            Verdict::Refuse(Refusal::Malformed) => {
+                state.injected.refused.fetch_add(1, Ordering::Relaxed);
+                (
+                    200,
+                    "text/html",
+                    None,
+                    b"<html><body>Sign in to continue</body></html>".to_vec(),
+                )
             }
             Verdict::Throttle => {
                 state.injected.throttled.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +343,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         404 => "Not Found",
+        401 => "Unauthorized",
         409 => "Conflict",
         429 => "Too Many Requests",
         503 => "Service Unavailable",

@@ -89,14 +89,23 @@ impl Pair {
     /// The `kpromote <subcommand>` process, aimed at these two clusters with the member named
     /// `member`: what every CLI test passes before its own flags.
     pub fn kpromote(&self, subcommand: &str) -> Command {
-        let kubeconfig = |name: &str| self.env.cluster(name).kubeconfig_path().display().to_string();
+        let member = self.env.cluster("member").kubeconfig_path().display().to_string();
+        let mut cmd = self.kpromote_to_control_plane(subcommand);
+        cmd.arg(format!("--member-kubeconfig={member}"));
+        cmd
+    }
+
+    /// [`Pair::kpromote`] without the member's flags, for a test that passes its own.
+    pub fn kpromote_to_control_plane(&self, subcommand: &str) -> Command {
+        let cp = self
+            .env
+            .cluster("control-plane")
+            .kubeconfig_path()
+            .display()
+            .to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpromote"));
         cmd.arg(subcommand)
-            .arg(format!("--member-kubeconfig={}", kubeconfig("member")))
-            .arg(format!(
-                "--control-plane-kubeconfig={}",
-                kubeconfig("control-plane")
-            ))
+            .arg(format!("--control-plane-kubeconfig={cp}"))
             .arg("--cluster-name=member");
         cmd
     }

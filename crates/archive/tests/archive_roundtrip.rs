@@ -25,11 +25,25 @@ fn write(dir: &Path, name: &str, objects: Vec<NewObject>, options: WriterOptions
     path
 }
 
-fn tool_available(name: &str) -> bool {
-    Command::new(name)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The independent tools these tests read archives with must be there: a test that cannot
+/// find them fails, naming them, rather than passing without having checked anything.
+fn require_tools(names: &[&str]) {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| {
+            !Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not found on PATH: install them (Debian/Ubuntu: apt-get install {}) to run this test",
+        missing.join(", "),
+        missing.join(" ")
+    );
 }
 
 #[test]
@@ -293,19 +307,15 @@ fn long_names_and_many_frames() {
     assert_eq!(reader.objects_of("configmaps", "").unwrap().count(), 501);
     assert!(reader.verify().is_fully_verified());
 
-    if tool_available("zstd") && tool_available("tar") {
-        let names = zstd_tar_listing(&path, "tf");
-        assert!(names.lines().any(|l| l == long_path));
-        assert_eq!(names.lines().count(), 1 + 502 + 2);
-    }
+    require_tools(&["zstd", "tar"]);
+    let names = zstd_tar_listing(&path, "tf");
+    assert!(names.lines().any(|l| l == long_path));
+    assert_eq!(names.lines().count(), 1 + 502 + 2);
 }
 
 #[test]
 fn real_tools_read_zstd_archive() {
-    if !tool_available("zstd") || !tool_available("tar") {
-        eprintln!("skipped: zstd or tar missing");
-        return;
-    }
+    require_tools(&["zstd", "tar"]);
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),
@@ -358,10 +368,7 @@ fn real_tools_read_zstd_archive() {
 
 #[test]
 fn real_tools_read_gzip_archive() {
-    if !tool_available("gzip") || !tool_available("tar") {
-        eprintln!("skipped: gzip or tar missing");
-        return;
-    }
+    require_tools(&["gzip", "tar"]);
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "nginx.tar.gz", nginx_objects(), WriterOptions::gzip());
     let test = Command::new("gzip").arg("-t").arg(&path).output().unwrap();

@@ -20,6 +20,7 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+use crate::engine::live::Transport;
 use crate::kosmos::cluster::Cluster;
 
 /// Client-side rate limits are the API server's business (priority and fairness); kpromote's
@@ -72,8 +73,24 @@ pub enum AccessError {
         /// Whether an `exec` user was among them (the operator flag would allow it).
         exec_refused: bool,
     },
+    /// The cluster answered, but cannot be used as configured: its certificate is not trusted,
+    /// it refused the credentials, or what answered is not a Kubernetes API server.
+    #[error("{cluster} ({server}) cannot be used: {cause}; {advice}")]
+    Unusable {
+        /// Which cluster (member, control plane).
+        cluster: String,
+        /// Its API server URL.
+        server: String,
+        /// What is wrong.
+        cause: String,
+        /// What to do.
+        advice: String,
+    },
     /// The cluster did not answer.
-    #[error("{cluster} ({server}) is unreachable: {detail}")]
+    #[error(
+        "{cluster} ({server}) is unreachable: {detail}; check the server URL in the kubeconfig and that the API \
+         server runs and is reachable from here"
+    )]
     Unreachable {
         /// Which cluster (member, control plane).
         cluster: String,
@@ -170,14 +187,12 @@ fn withheld(e: &kube::config::KubeconfigError) -> String {
     format!("{what} (the loader's message is withheld: it may quote credentials)")
 }
 
-/// A client error without what authentication plugins print: an `exec` plugin's output is the
-/// credential itself.
+/// A client error with its causes, without what authentication plugins print: an `exec`
+/// plugin's output is the credential itself.
 fn client_error_text(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Auth(_) => {
-            "authentication failed (the message is withheld: it may quote credentials)".to_owned()
-        }
-        other => other.to_string(),
+    match Transport::of(e) {
+        Transport::Transient(chain) => chain,
+        Transport::Permanent { cause, .. } => cause,
     }
 }
 
@@ -325,10 +340,33 @@ impl ClusterClient {
             detail,
         };
         let client = Client::try_from(config).map_err(|e| unreachable(client_error_text(&e)))?;
-        client
-            .apiserver_version()
-            .await
-            .map_err(|e| unreachable(client_error_text(&e)))?;
+        client.apiserver_version().await.map_err(|e| match &e {
+            kube::Error::Api(status) => AccessError::Unusable {
+                cluster: role.into(),
+                server: server.clone(),
+                cause: format!(
+                    "it answered GET /version with HTTP {}: {}",
+                    status.code, status.message
+                ),
+                advice: match status.code {
+                    401 => {
+                        "it refused the credentials: renew the token or client certificate in the kubeconfig"
+                    }
+                    403 => "the identity may not read /version: grant it (system:discovery)",
+                    _ => "check that the kubeconfig's server URL names the Kubernetes API server",
+                }
+                .to_owned(),
+            },
+            _ => match Transport::of(&e) {
+                Transport::Permanent { cause, advice } => AccessError::Unusable {
+                    cluster: role.into(),
+                    server: server.clone(),
+                    cause,
+                    advice: advice.to_owned(),
+                },
+                Transport::Transient(_) => unreachable(client_error_text(&e)),
+            },
+        })?;
         Ok(Self {
             role: role.into(),
             server,

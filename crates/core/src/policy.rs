@@ -192,6 +192,16 @@ pub struct PromotePolicyStatus {
     /// Every precheck failure, not only the first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub precheck_errors: Vec<String>,
+    /// Every object that failed in the step's level that failed, up to 20; `failedCount` says
+    /// how many failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// How many objects failed in that level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_count: Option<i64>,
+    /// What the last promote or rollback (automatic ones included) discarded or warned about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// When the current promotion or rollback started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timestamp: Option<Time>,

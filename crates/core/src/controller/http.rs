@@ -1,5 +1,6 @@
 //! The controller's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
-//! serves requests) and `/readyz` (connected to the control plane and the CRD is served; a
+//! serves requests) and `/readyz` (connected to the control plane, the CRD is served and the
+//! leader's PromotePolicy watch works; a
 //! standby replica is ready too — readiness routes scrapes, not work, and leadership shows in
 //! `kpromote_leader`).
 
@@ -23,6 +24,9 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// Why the PromotePolicy watch is down, while it is: a controller that cannot watch does
+    /// nothing, and must not look healthy.
+    watch_down: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -31,10 +35,27 @@ impl Health {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether the replica is ready.
+    /// Records that the watch failed, with why (`None`: it works again).
+    pub fn set_watch_down(&self, why: Option<String>) {
+        *self
+            .watch_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// Why the watch is down, if it is.
+    #[must_use]
+    pub fn watch_down(&self) -> Option<String> {
+        self.watch_down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the replica is ready: connected, and its watch (when it runs one) works.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.watch_down().is_none()
     }
 }
 
@@ -68,12 +89,20 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready")
+    if let Some(why) = state.health.watch_down() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the PromotePolicy watch is failing: {why}; is the CRD installed and may this service account \
+                 list and watch promotepolicies.kosmos.io?"
+            ),
+        )
+    } else if state.health.is_ready() {
+        (StatusCode::OK, "ready".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the control plane yet",
+            "not connected to the control plane yet".to_owned(),
         )
     }
 }

@@ -9,6 +9,8 @@
 //! | `kpromote_failures_total` | counter | `phase` | failed phases entered (`FailedPrecheck`, …) |
 //! | `kpromote_step_duration_seconds` | histogram | `step`, `outcome` | backup, promote and rollback runs of the engine |
 //! | `kpromote_leader` | gauge | | 1 while this replica holds the leader lease |
+//! | `kpromote_watch_up` | gauge | | 1 while the leader's PromotePolicy watch works, 0 while it fails |
+//! | `kpromote_watch_errors_total` | counter | | PromotePolicy watch failures (no CRD, no RBAC, API server gone) |
 
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ pub struct Metrics {
     failures: Family<PhaseLabels, Counter>,
     step_duration: HistogramFamily<StepLabels>,
     leader: Gauge,
+    watch_up: Gauge,
+    watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -118,6 +122,18 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let watch_up = Gauge::default();
+        let watch_errors = Counter::default();
+        registry.register(
+            "watch_up",
+            "1 while the PromotePolicy watch works, 0 while it fails",
+            watch_up.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "PromotePolicy watch failures",
+            watch_errors.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -127,6 +143,16 @@ impl Metrics {
             failures,
             step_duration,
             leader,
+            watch_up,
+            watch_errors,
+        }
+    }
+
+    /// Records that the watch works (`true`) or failed once more (`false`).
+    pub fn watch(&self, up: bool) {
+        self.watch_up.set(i64::from(up));
+        if !up {
+            self.watch_errors.inc();
         }
     }
 

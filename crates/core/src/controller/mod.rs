@@ -78,6 +78,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::ListParams;
 use kube::runtime::Controller;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -240,10 +241,44 @@ impl std::fmt::Debug for Context {
 }
 
 /// Runs the controller until the future is dropped (shutdown, lost leadership). Call
-/// [`probe`] first.
-pub async fn run(client: Client, config: ControllerConfig, metrics: Arc<metrics::Metrics>) {
+/// [`probe`] first. While its PromotePolicy watch fails (the CRD or the RBAC went away), it
+/// says so: a warning, `kpromote_watch_up` 0, and `/readyz` failing through `health`.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    metrics: Arc<metrics::Metrics>,
+    health: Arc<http::Health>,
+) {
     let policies: Api<PromotePolicy> = Api::all(client.clone());
-    let controller = Controller::new(policies.clone(), watcher::Config::default().any_semantic());
+    let (store, writer) = kube::runtime::reflector::store();
+    let watching = {
+        let (metrics, health) = (metrics.clone(), health.clone());
+        watcher(policies.clone(), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| match event {
+                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    if health.watch_down().is_some() {
+                        tracing::info!("PromotePolicy watch works again");
+                    }
+                    metrics.watch(true);
+                    health.set_watch_down(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot watch PromotePolicies; nothing is reconciled until this works: is the CRD installed \
+                         (`kubectl apply -f deploy/crds.yaml`) and may this service account list and watch \
+                         promotepolicies.kosmos.io?"
+                    );
+                    metrics.watch(false);
+                    health.set_watch_down(Some(e.to_string()));
+                }
+            })
+            .applied_objects()
+    };
+    let controller = Controller::for_stream(watching, store.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -257,7 +292,7 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Arc<metrics:
         config,
         recorder,
         metrics,
-        store: controller.store(),
+        store,
         precheck_lock: tokio::sync::Mutex::new(()),
         retries: std::sync::Mutex::default(),
     });
@@ -267,6 +302,7 @@ pub async fn run(client: Client, config: ControllerConfig, metrics: Arc<metrics:
         .for_each(|outcome| async move {
             match outcome {
                 Ok((policy, action)) => tracing::debug!(policy = %policy.name, ?action, "reconciled"),
+                // Watch failures are reported where they happen, above.
                 Err(e) => tracing::debug!(error = %e, "controller stream"),
             }
         })

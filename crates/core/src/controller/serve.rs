@@ -89,7 +89,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()>) ->
     let Some(lease) = lease else {
         metrics.set_leader(true);
         tokio::select! {
-            () = super::run(cp.client, config, metrics) => {}
+            () = super::run(cp.client, config, metrics, health) => {}
             () = shutdown => tracing::info!("shutting down"),
         }
         return Ok(Ended::Shutdown);
@@ -103,7 +103,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()>) ->
     metrics.set_leader(true);
     let lost = tokio::select! {
         lost = elector.hold(renewed) => Some(lost),
-        () = super::run(cp.client, config, metrics.clone()) => None,
+        () = super::run(cp.client, config, metrics.clone(), health.clone()) => None,
         () = &mut shutdown => None,
     };
     // The controller future is dropped: its reconciles are aborted at their next await. Give them

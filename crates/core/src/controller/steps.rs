@@ -253,6 +253,9 @@ impl Run {
                 let message = completed_message(&report, &cluster_name);
                 self.transition(Phase::Completed, &message, None, |s| {
                     s.failure_reason = None;
+                    s.failures.clear();
+                    s.failed_count = None;
+                    s.warnings.clone_from(&report.warnings);
                 })
                 .await?;
                 Ok(Flow::Continue)
@@ -268,11 +271,16 @@ impl Run {
                     (RollbackTrigger::DetachFailed, "detach")
                 };
                 let cause = format!("{verb} failed: {}", chain(&e));
+                let (failures, failed) = e.failures();
                 self.transition(
                     Phase::RollingBack,
                     &format!("{cause}; rolling back automatically"),
                     Some((false, trigger.as_reason())),
-                    |s| s.failure_reason = Some(cause.clone()),
+                    |s| {
+                        s.failure_reason = Some(cause.clone());
+                        s.failures = failures;
+                        s.failed_count = Some(i64::try_from(failed).unwrap_or(i64::MAX));
+                    },
                 )
                 .await?;
                 Ok(Flow::Continue)
@@ -324,27 +332,35 @@ impl Run {
                     report.unmarked.len(),
                     report.deleted.len()
                 );
-                if !report.unreadable.is_empty() {
-                    done.push_str(&format!(
-                        "; damaged archive entries: {}",
-                        report.unreadable.join("; ")
-                    ));
-                }
+                // What the rollback discarded and warned about is the user's to know, whatever
+                // made it run.
+                let notes = report.notes();
+                done.push_str(&notes);
                 let (message, failure) = match (trigger, cause) {
                     (RollbackTrigger::DetachFailed | RollbackTrigger::RestoreFailed, Some(cause)) => {
                         let text = format!(
                             "{cause}; rolled back automatically: the member runs as before and the control plane \
-                             holds nothing promoted"
+                             holds nothing promoted{notes}"
                         );
                         (text.clone(), Some(text))
                     }
                     _ => (done, None),
                 };
+                let warnings: Vec<String> = report
+                    .discarded
+                    .iter()
+                    .map(|d| format!("discarded: {d}"))
+                    .chain(report.warnings.iter().cloned())
+                    .chain(report.unreadable.iter().cloned())
+                    .collect();
                 self.transition(
                     trigger.phase_after(),
                     &message,
                     Some((true, trigger.as_reason())),
-                    |s| s.failure_reason = failure,
+                    |s| {
+                        s.failure_reason = failure;
+                        s.warnings = warnings;
+                    },
                 )
                 .await?;
             }
@@ -359,6 +375,9 @@ impl Run {
                     Some(cause) => format!("{cause}; {failed}"),
                     None => failed,
                 };
+                let (failures, count) = e.failures();
+                self.status.failures = failures;
+                self.status.failed_count = Some(i64::try_from(count).unwrap_or(i64::MAX));
                 return self.failed_rollback(&reason).await;
             }
         }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::detach::lock_report;
 use super::inventory::{Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
+use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::plan::order::{RestorePlan, WaitPoint};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
@@ -100,8 +101,8 @@ impl Restorer<'_> {
     /// their ownerReferences pointed at them.
     ///
     /// # Errors
-    /// The first object that could not be restored (its level finishes first), API and journal
-    /// errors.
+    /// Every object of the level that could not be restored (the level finishes first; see
+    /// [`super::all_failures`]), API and journal errors.
     pub async fn run(
         &self,
         plan: &RestorePlan,
@@ -125,7 +126,7 @@ impl Restorer<'_> {
             // across `.await` makes the run fail `Send` for spawned callers (the controller;
             // rust-lang/rust#110338) — a batch at a time: a level may hold thousands of objects,
             // and each prepared future holds kilobytes.
-            let mut first_error = None;
+            let mut failed = Vec::new();
             for batch in level.objects.chunks(RESTORE_BATCH) {
                 let restores: Vec<_> = batch
                     .iter()
@@ -147,15 +148,12 @@ impl Restorer<'_> {
                             }
                         }
                         Ok(Outcome::Skipped) => {}
-                        Err(e) => {
-                            first_error.get_or_insert(e);
-                        }
+                        Err(e) => failed.push(e),
                     }
                 }
             }
-            if let Some(e) = first_error {
-                return Err(e);
-            }
+            // Every failure of the level is reported, not only the first.
+            super::all_failures(self.step, failed)?;
             if let Some(wait) = level.wait_after {
                 self.wait(wait, &level.objects).await?;
             }
@@ -194,7 +192,7 @@ impl Restorer<'_> {
         let Some(ns) = level.objects.iter().find_map(|k| k.namespace.as_deref()) else {
             return Ok(());
         };
-        super::barrier::observe(self.target, ns, needs, self.opts.barrier_timeout).await
+        super::barrier::observe(self.target, ns, needs, self.opts.barrier_stall).await
     }
 
     async fn restore_one(
@@ -385,7 +383,7 @@ impl Restorer<'_> {
                 .buffer_unordered(self.opts.concurrency)
                 .collect()
                 .await;
-            results.into_iter().collect::<Result<(), _>>()?;
+            super::all_failures(STEP_ADOPT, results.into_iter().filter_map(Result::err).collect())?;
         }
     }
 
@@ -436,51 +434,62 @@ impl Restorer<'_> {
         refs: &[OwnerReference],
         ctx: &TransformContext,
         report: &Mutex<Report>,
-        mut prefetched: Option<Option<Value>>,
+        prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
         let api = self
             .target
             .api(&dependent.key, &dependent.api_version, &dependent.kind);
-        let dependent = &dependent.key;
+        let (api, dependent) = (&api, &dependent.key);
         let name = adoption_name(dependent, owner);
-        for _ in 0..5 {
-            let live = match prefetched.take() {
-                Some(view) => view,
-                None => self
-                    .target
-                    .get_opt(&api, dependent)
-                    .await?
-                    .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
-            };
-            let Some(live) = live else {
+        // Only the first attempt may use the prefetched state: after a conflict it is stale.
+        let prefetched = Mutex::new(prefetched);
+        let (adopted, conflicts) = on_conflict(&self.target.role, dependent, "point it at its owner", |_| {
+            let prefetched = prefetched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            async move {
+                let live = match prefetched {
+                    Some(view) => view,
+                    None => self
+                        .target
+                        .get_opt(api, dependent)
+                        .await?
+                        .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+                };
                 // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
-                break;
-            };
-            if self.stamp && !stamped_by(&live, &self.inv.archive_id) {
-                // It existed before promote: left as it was.
-                break;
-            }
-            let adoption = adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
-                key: dependent.clone(),
-                source,
-            })?;
-            for conflict in &adoption.conflicts {
-                lock_report(report).warnings.push(format!(
-                    "{dependent}: already controlled by another owner; not adding {} {}",
-                    conflict.kind, conflict.name
-                ));
-            }
-            let Some(patch) = adoption.patch else { break };
-            match self.target.merge_patch(&api, dependent, &patch).await {
-                Ok(_) => {
-                    lock_report(report).adopted.push(name.clone());
-                    break;
+                let Some(live) = live else {
+                    return Ok((false, Vec::new()));
+                };
+                if self.stamp && !stamped_by(&live, &self.inv.archive_id) {
+                    // It existed before promote: left as it was.
+                    return Ok((false, Vec::new()));
                 }
-                // A controller adopted it between our read and write: read again.
-                Err(LiveError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                let adoption = adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
+                    key: dependent.clone(),
+                    source,
+                })?;
+                let Some(patch) = adoption.patch else {
+                    return Ok((false, adoption.conflicts));
+                };
+                // A controller adopting it between our read and write makes this conflict: the
+                // helper reads again.
+                self.target.merge_patch(api, dependent, &patch).await?;
+                Ok((true, adoption.conflicts))
             }
+        })
+        .await?;
+        let mut r = lock_report(report);
+        for conflict in conflicts {
+            r.warnings.push(format!(
+                "{dependent}: already controlled by another owner; not adding {} {}",
+                conflict.kind, conflict.name
+            ));
         }
+        if adopted {
+            r.adopted.push(name.clone());
+        }
+        drop(r);
         lock(self.journal).done(STEP_ADOPT, &name, Value::Null)?;
         Ok(())
     }
@@ -521,25 +530,21 @@ impl Restorer<'_> {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Result<(), EngineError> {
-        let api = self.inv.api(self.target, key)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(obj) = self.target.get_opt(&api, key).await?
-                && ready(&serde_json::to_value(&obj).unwrap_or(Value::Null))
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Timeout {
-                    cluster: self.target.role.clone(),
-                    key: key.clone(),
-                    what: what.into(),
-                    seconds: 60,
-                }
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let api = &self.inv.api(self.target, key)?;
+        let ready = &ready;
+        let awaited = Awaited {
+            cluster: &self.target.role,
+            key,
+            what,
+        };
+        until(awaited, self.opts.object_wait, || async move {
+            Ok(match self.target.get_opt(api, key).await? {
+                Some(obj) if ready(&serde_json::to_value(&obj).unwrap_or(Value::Null)) => Poll::Ready(()),
+                _ => Poll::Pending(Progress::Unmeasured),
+            })
+        })
+        .await?;
+        Ok(())
     }
 
     async fn wait_exists(
@@ -547,21 +552,17 @@ impl Restorer<'_> {
         api: &kube::Api<kube::api::DynamicObject>,
         key: &ObjectKey,
     ) -> Result<kube::api::DynamicObject, EngineError> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(obj) = self.target.get_opt(api, key).await? {
-                return Ok(obj);
-            }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Timeout {
-                    cluster: self.target.role.clone(),
-                    key: key.clone(),
-                    what: "the target's controllers to create it".into(),
-                    seconds: 60,
-                }
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let awaited = Awaited {
+            cluster: &self.target.role,
+            key,
+            what: "the target's controllers to create it",
+        };
+        Ok(until(awaited, self.opts.object_wait, || async {
+            Ok(match self.target.get_opt(api, key).await? {
+                Some(obj) => Poll::Ready(obj),
+                None => Poll::Pending(Progress::Unmeasured),
+            })
+        })
+        .await?)
     }
 }

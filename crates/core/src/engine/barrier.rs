@@ -32,7 +32,7 @@
 //! before the level is created; they carry [`SENTINEL_LABEL`], so a crashed run's leftovers are
 //! recognisable (and removed by the next barrier of that namespace, and never taken for user work).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject};
@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 
 use super::EngineError;
 use super::live::{LiveCluster, LiveError};
+use super::wait::{Awaited, Poll, Progress, Throttled, until};
 use kpromote_model::object_key::ObjectKey;
 
 /// Label every sentinel carries, with the barrier's id as value.
@@ -92,13 +93,14 @@ impl Needs {
 /// docs), using namespace `ns` (one the restore created) for the sentinels.
 ///
 /// # Errors
-/// [`LiveError::Timeout`] naming the controller that did not act within `timeout` — is the
-/// control plane's kube-controller-manager running? — and API errors.
+/// [`LiveError::Stalled`] naming the controller that neither acted nor wrote any owner's status
+/// in the namespace for `stall` — is the control plane's kube-controller-manager running? —
+/// and API errors.
 pub async fn observe(
     target: &LiveCluster,
     ns: &str,
     needs: Needs,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<(), EngineError> {
     if needs.is_empty() {
         return Ok(());
@@ -108,7 +110,6 @@ pub async fn observe(
     let sentinels = Sentinels::new(target, ns);
     sentinels.remove_leftovers().await?;
     let outcome = async {
-        let deadline = Instant::now() + timeout;
         if needs.pods_and_replicasets {
             sentinels
                 .create(&sentinels.pods, sentinel_pod(&name, &id))
@@ -134,19 +135,12 @@ pub async fn observe(
         }
         if needs.pods_and_replicasets {
             sentinels
-                .await_claimed(&sentinels.pods, &name, "ReplicaSet", "pods", deadline, timeout)
+                .await_claimed(&sentinels.pods, &name, "ReplicaSet", "pods", stall)
                 .await?;
         }
         if needs.replicasets {
             sentinels
-                .await_claimed(
-                    &sentinels.replicasets,
-                    &name,
-                    "Deployment",
-                    "replicasets",
-                    deadline,
-                    timeout,
-                )
+                .await_claimed(&sentinels.replicasets, &name, "Deployment", "replicasets", stall)
                 .await?;
         }
         if needs.revisions {
@@ -156,23 +150,31 @@ pub async fn observe(
                     &name,
                     "StatefulSet",
                     "controllerrevisions",
-                    deadline,
-                    timeout,
+                    stall,
                 )
                 .await?;
         }
         Ok::<_, EngineError>(())
     }
     .await;
-    sentinels.remove_leftovers().await?;
     // The StatefulSet controller may still be creating the sentinel's own revision as it is
     // deleted: sweep until none is left, so the restore's namespace holds only what it restored.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sentinels.any_left().await? && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let probe = ObjectKey::cluster("", "namespaces", ns);
+    let awaited = Awaited {
+        cluster: &target.role,
+        key: &probe,
+        what: "the barrier's sentinels to be removed",
+    };
+    let sweep = until(awaited, stall, || async {
         sentinels.remove_leftovers().await?;
-    }
-    outcome
+        Ok(match sentinels.left().await? {
+            0 => Poll::Ready(()),
+            left => Poll::Pending(Progress::Left(left)),
+        })
+    })
+    .await;
+    outcome?;
+    Ok(sweep?)
 }
 
 /// The dynamic APIs of the sentinels' kinds in one namespace.
@@ -243,18 +245,29 @@ impl<'a> Sentinels<'a> {
     }
 
     /// Waits until the sentinel `name` of `api` is claimed by a controller of `owner_kind`
-    /// (ownerReference) or being deleted by it (scale to zero).
+    /// (ownerReference) or being deleted by it (scale to zero). The controller manager may be
+    /// working through a backlog first: while it writes the status of the namespace's owners,
+    /// it is waited for.
     async fn await_claimed(
         &self,
         api: &Api<DynamicObject>,
         name: &str,
         owner_kind: &str,
         cache: &str,
-        deadline: Instant,
-        timeout: Duration,
+        stall: Duration,
     ) -> Result<(), EngineError> {
         let key = self.key(api, name);
-        loop {
+        let what = format!(
+            "the {owner_kind} controller to claim this sentinel, which proves its {cache} cache holds every \
+             object restored so far (is the control plane's kube-controller-manager running?)"
+        );
+        let awaited = Awaited {
+            cluster: &self.target.role,
+            key: &key,
+            what: &what,
+        };
+        let written = Throttled::default();
+        until(awaited, stall, || async {
             let object = self.target.get_opt(api, &key).await?;
             let claimed = object.is_none_or(|o| {
                 o.metadata.deletion_timestamp.is_some()
@@ -265,26 +278,35 @@ impl<'a> Sentinels<'a> {
                         .any(|r| r.kind == owner_kind)
             });
             if claimed {
-                return Ok(());
+                return Ok(Poll::Ready(()));
             }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Timeout {
-                    cluster: self.target.role.clone(),
-                    key,
-                    what: format!(
-                        "the {owner_kind} controller to claim this sentinel, which proves its {cache} cache holds \
-                         every object restored so far (is the control plane's kube-controller-manager running?)"
-                    ),
-                    seconds: timeout.as_secs(),
-                }
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let mark = written.get(|| self.owners_written()).await?;
+            Ok(Poll::Pending(Progress::Moved(mark)))
+        })
+        .await?;
+        Ok(())
     }
 
-    /// Whether any sentinel is left in the namespace.
-    async fn any_left(&self) -> Result<bool, EngineError> {
+    /// A fingerprint of the namespace's owners as their controllers last wrote them (names and
+    /// resourceVersions): it changes while the controller manager works through them.
+    async fn owners_written(&self) -> Result<u64, LiveError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        for api in [&self.replicasets, &self.statefulsets, &self.deployments] {
+            let probe = self.key(api, SENTINEL_PREFIX);
+            self.target
+                .count(std::slice::from_ref(api), &probe, |meta| {
+                    (&meta.name, &meta.resource_version).hash(&mut hasher);
+                    false
+                })
+                .await?;
+        }
+        Ok(hasher.finish())
+    }
+
+    /// How many sentinels are left in the namespace.
+    async fn left(&self) -> Result<u64, LiveError> {
+        let mut left = 0;
         for api in [
             &self.deployments,
             &self.statefulsets,
@@ -293,23 +315,20 @@ impl<'a> Sentinels<'a> {
             &self.revisions,
         ] {
             let probe = self.key(api, SENTINEL_PREFIX);
-            if !self
+            left += self
                 .target
                 .list_selected(api, &probe, Some(SENTINEL_LABEL))
                 .await?
-                .is_empty()
-            {
-                return Ok(true);
-            }
+                .len() as u64;
         }
-        Ok(false)
+        Ok(left)
     }
 
     /// Deletes every sentinel in the namespace: owners first (the garbage collector takes what
     /// they made, a revision the StatefulSet controller or a ReplicaSet the Deployment controller
     /// created late included), then the pods with grace period 0 (no kubelet serves their node)
     /// and the revisions.
-    async fn remove_leftovers(&self) -> Result<(), EngineError> {
+    async fn remove_leftovers(&self) -> Result<(), LiveError> {
         for (api, params) in [
             (&self.deployments, DeleteParams::background()),
             (&self.statefulsets, DeleteParams::background()),

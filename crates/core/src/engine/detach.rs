@@ -9,7 +9,8 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 use super::inventory::{Inventory, stamp};
-use super::live::{LiveCluster, LiveError};
+use super::live::LiveCluster;
+use super::wait::on_conflict;
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::plan::order::DetachPlan;
 use crate::plan::transform::{Prepared, Target, TransformContext, prepare};
@@ -138,8 +139,9 @@ async fn detach_one(
                     &api,
                     key,
                     uid,
-                    opts.gc_timeout,
+                    opts.gc_stall,
                     "the garbage collector to orphan its dependents",
+                    &dependent_apis(member, inv, key),
                 )
                 .await?;
         }
@@ -208,8 +210,9 @@ async fn mark_one(
     let api = member.api_for(key, archived)?;
     // The patch replaces the toleration list under the pod's resourceVersion: a concurrent
     // change (the kubelet's status is another subresource, but labels may move) is read again.
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let Some(live) = member.get_opt(&api, key).await? else {
+    let api = &api;
+    on_conflict(&member.role, key, "mark it", |_| async move {
+        let Some(live) = member.get_opt(api, key).await? else {
             return Ok(false);
         };
         if live.metadata.uid.as_deref() != inv.uid(key) {
@@ -222,11 +225,9 @@ async fn mark_one(
         })?;
         let marked = match patch {
             None => live,
-            Some(patch) => match member.merge_patch(&api, key, &patch).await {
-                Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
-                Err(LiveError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            },
+            Some(patch) => {
+                serde_json::to_value(member.merge_patch(api, key, &patch).await?).unwrap_or(Value::Null)
+            }
         };
         let twin = twins.twin(key, archived)?;
         let differences = clustertree_differences(&marked, &twin);
@@ -240,18 +241,69 @@ async fn mark_one(
                 ),
             });
         }
-        return Ok(true);
-    }
-    Err(LiveError::Conflict {
-        cluster: member.role.clone(),
-        key: key.clone(),
-        message: format!("still changing after {CONFLICT_ATTEMPTS} attempts to mark it"),
-    }
-    .into())
+        Ok(true)
+    })
+    .await
 }
 
-/// How often a write based on a read is retried when the object changed in between.
-const CONFLICT_ATTEMPTS: usize = 5;
+/// The types of the objects `owner` may own, as the garbage collector orphans them: what the
+/// archive records it owning, and what its kind's controller makes (the pods of a ReplicaSet,
+/// which a rollback's inventory does not hold). Counting those it still owns tells a slow
+/// garbage collector from a stuck one.
+pub(super) fn dependent_apis(
+    cluster: &LiveCluster,
+    inv: &Inventory,
+    owner: &ObjectKey,
+) -> Vec<kube::Api<kube::api::DynamicObject>> {
+    let Some(ns) = owner.namespace.as_deref() else {
+        return Vec::new();
+    };
+    let made: &[(&str, &str, &str, &str)] = match (owner.group.as_str(), owner.resource.as_str()) {
+        ("apps", "deployments") => &[("apps", "v1", "ReplicaSet", "replicasets")],
+        ("batch", "cronjobs") => &[("batch", "v1", "Job", "jobs")],
+        ("apps", "statefulsets" | "daemonsets") => &[
+            ("", "v1", "Pod", "pods"),
+            ("apps", "v1", "ControllerRevision", "controllerrevisions"),
+        ],
+        ("apps", "replicasets") | ("batch", "jobs") | ("", "replicationcontrollers") => {
+            &[("", "v1", "Pod", "pods")]
+        }
+        _ => &[],
+    };
+    let mut types: std::collections::BTreeSet<(String, String, String, String)> = made
+        .iter()
+        .map(|(g, v, k, r)| {
+            let api_version = if g.is_empty() {
+                (*v).to_owned()
+            } else {
+                format!("{g}/{v}")
+            };
+            ((*g).to_owned(), api_version, (*k).to_owned(), (*r).to_owned())
+        })
+        .collect();
+    for dependent in inv.graph.dependents(owner) {
+        if let Some(record) = inv.graph.record(dependent)
+            && dependent.namespace.as_deref() == Some(ns)
+        {
+            types.insert((
+                dependent.group.clone(),
+                record.api_version.clone(),
+                record.kind.clone(),
+                dependent.resource.clone(),
+            ));
+        }
+    }
+    types
+        .into_iter()
+        .map(|(group, api_version, kind, resource)| {
+            cluster.api(
+                &ObjectKey::namespaced(&group, &resource, ns, ""),
+                &api_version,
+                &kind,
+            )
+        })
+        .collect()
+}
 
 /// The archive being promoted, and the control-plane twin of each of its pods exactly as the
 /// restore will create it, so detach can check the marked member pod against it.
@@ -308,7 +360,7 @@ pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, R
 /// controller.
 ///
 /// # Errors
-/// API errors; [`LiveError::Timeout`] when a deletion does not finish within `opts.gc_timeout`.
+/// API errors; [`super::LiveError::Stalled`] when a deletion stops advancing for `opts.gc_stall`.
 pub async fn detached_owners(
     member: &LiveCluster,
     inv: &Inventory,
@@ -326,8 +378,9 @@ pub async fn detached_owners(
                         &api,
                         key,
                         live.metadata.uid.as_deref(),
-                        opts.gc_timeout,
+                        opts.gc_stall,
                         "the garbage collector to finish deleting it before it is re-created",
+                        &dependent_apis(member, inv, key),
                     )
                     .await?;
             }

@@ -147,32 +147,20 @@ pub async fn detect(
     if namespaces.is_empty() {
         return Ok(drift);
     }
-    // Discovery is many requests; like every other call it rides out a busy API server.
-    let deadline = std::time::Instant::now() + cp.retry.deadline;
-    let mut attempt = 0;
-    let surface = loop {
-        match ApiSurface::discover(&cp.client).await {
-            Ok(surface) => break surface,
-            Err(e) => {
-                attempt += 1;
-                let pause = cp.retry.delay(attempt, None);
-                if std::time::Instant::now() + pause > deadline {
-                    return Err(LiveError::Unavailable {
-                        cluster: cp.role.clone(),
-                        verb: "discover",
-                        key: ObjectKey::cluster(
-                            "",
-                            "namespaces",
-                            namespaces.iter().next().map_or("", String::as_str),
-                        ),
-                        detail: e.to_string(),
-                    }
-                    .into());
-                }
-                tokio::time::sleep(pause).await;
-            }
-        }
-    };
+    // Discovery is many requests; like every other call it rides out a busy API server, and
+    // fails at once on what retrying cannot change (a 403, a certificate not trusted).
+    let probe = ObjectKey::cluster(
+        "",
+        "namespaces",
+        namespaces.iter().next().map_or("", String::as_str),
+    );
+    let surface = cp
+        .retry("discover the types served for", &probe, || async {
+            ApiSurface::discover(&cp.client)
+                .await
+                .map_err(crate::resources::DiscoveryError::into_client_error)
+        })
+        .await?;
     // Events and the endpoints the control plane derives from Services are nobody's work.
     let excluded = surface
         .resolve_exclusions(

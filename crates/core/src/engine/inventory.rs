@@ -75,6 +75,10 @@ pub struct Inventory {
     packed: BTreeMap<ObjectKey, Box<[u8]>>,
     /// Stubs of unreadable objects outside the graph.
     stubs: BTreeMap<ObjectKey, Archived>,
+    /// The read errors met building the inventory, as their messages: met again while
+    /// streaming, they are known damage (whose stubs follow); any other error is new damage and
+    /// stops the scan — skipping it would skip an object (a pod left marked).
+    damage: BTreeSet<String>,
     /// The archive the objects outside the graph stream from; `None` when the graph holds all.
     rest: Option<PathBuf>,
     /// How many objects the archive holds.
@@ -169,6 +173,7 @@ impl Inventory {
             pod_owners: BTreeSet::new(),
             packed: BTreeMap::new(),
             stubs: BTreeMap::new(),
+            damage: BTreeSet::new(),
             rest: None,
         })
     }
@@ -321,6 +326,7 @@ impl Inventory {
             pod_owners,
             packed,
             stubs,
+            damage: problems.into_iter().collect(),
             rest: Some(path.to_owned()),
             len,
         })
@@ -426,18 +432,28 @@ impl Inventory {
             })),
             Bodies::Yes => {
                 let wanted_here = outside.clone();
-                // Damaged entries are skipped here and come back as stubs below.
+                let damage = &self.damage;
+                let known = move |e: &kpromote_archive::ArchiveError| damage.contains(&e.to_string());
+                // Entries damaged when the inventory was read are skipped here and come back as
+                // stubs below; damage found only now stops the scan.
                 let read = reader.objects_lenient()?.filter_map(move |object| {
-                    let object = object.ok()?;
+                    let object = match object {
+                        Ok(object) => object,
+                        Err(e) if known(&e) => return None,
+                        Err(e) => return Some(Err(e.into())),
+                    };
                     let record = object_record(&object.record);
                     if !wanted_here(&record.key) {
                         return None;
                     }
-                    let value = object.value().ok()?;
-                    Some(Ok(Archived {
-                        record,
-                        object: slim(&value),
-                    }))
+                    match object.value() {
+                        Ok(value) => Some(Ok(Archived {
+                            record,
+                            object: slim(&value),
+                        })),
+                        Err(e) if known(&e) => None,
+                        Err(e) => Some(Err(e.into())),
+                    }
                 });
                 let stubs = self
                     .stubs

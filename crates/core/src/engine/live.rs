@@ -10,6 +10,7 @@ use kube::api::{
 use kube::{Api, Client};
 use serde_json::Value;
 
+use super::wait::{Awaited, Poll, Progress, Throttled, until};
 use kpromote_model::object_key::ObjectKey;
 
 /// Field manager of every write kpromote makes, visible in `managedFields`.
@@ -85,8 +86,9 @@ pub enum LiveError {
         /// The server's message.
         message: String,
     },
-    /// Any other refusal, with the server's words.
-    #[error("{verb} {key} in the {cluster}: {message} (HTTP {code})")]
+    /// Any other refusal, with the server's words (and, for credentials and permissions, what
+    /// to do).
+    #[error("{verb} {key} in the {cluster}: {message} (HTTP {code}){}", refusal_advice(*.code))]
     Refused {
         /// Cluster role.
         cluster: String,
@@ -98,6 +100,22 @@ pub enum LiveError {
         code: u16,
         /// The server's message.
         message: String,
+    },
+    /// The cluster cannot be used as configured — its certificate is not trusted, credentials
+    /// cannot be obtained, or what answered is not a Kubernetes API server — and asking again
+    /// will not change that.
+    #[error("{verb} {key}: the {cluster} cannot be used: {cause}; {advice}")]
+    Permanent {
+        /// Cluster role.
+        cluster: String,
+        /// The verb.
+        verb: &'static str,
+        /// The object.
+        key: ObjectKey,
+        /// What is wrong, from the client's error.
+        cause: String,
+        /// What to do about it.
+        advice: &'static str,
     },
     /// The cluster did not answer even after retries.
     #[error("{verb} {key}: the {cluster} did not answer: {detail}")]
@@ -111,17 +129,24 @@ pub enum LiveError {
         /// The client's error.
         detail: String,
     },
-    /// A wait ran out.
-    #[error("timed out after {seconds}s waiting for {what} ({key} in the {cluster})")]
-    Timeout {
+    /// A wait saw the awaited work stop advancing (see [`super::wait::until`]).
+    #[error(
+        "no progress for {stalled}s waiting for {what} ({key} in the {cluster}; waited {waited}s{})",
+        .left.map(|n| format!(", {n} left")).unwrap_or_default()
+    )]
+    Stalled {
         /// Cluster role.
         cluster: String,
         /// The object.
         key: ObjectKey,
         /// What was awaited.
         what: String,
-        /// Seconds waited.
-        seconds: u64,
+        /// The stall window: how long nothing advanced.
+        stalled: u64,
+        /// How long the whole wait took.
+        waited: u64,
+        /// What was still left, when the work is counted.
+        left: Option<u64>,
     },
     /// The archived object cannot be turned into a request (no apiVersion or kind).
     #[error("{key}: {detail}")]
@@ -405,37 +430,85 @@ impl LiveCluster {
     }
 
     /// Waits until `key` is gone, or holds another UID than `uid` (it was deleted and re-made).
+    /// While it is there, the objects of `dependents` it still owns are counted: the wait fails
+    /// only once that count has not dropped for `stall` (with no `dependents`, once `stall` has
+    /// passed).
     ///
     /// # Errors
-    /// [`LiveError::Timeout`] naming what was awaited.
+    /// [`LiveError::Stalled`] naming what was awaited; API errors.
     pub async fn wait_gone(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
         uid: Option<&str>,
-        timeout: Duration,
+        stall: Duration,
         what: &str,
+        dependents: &[Api<DynamicObject>],
     ) -> Result<(), LiveError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.get_opt(api, key).await? {
-                None => return Ok(()),
-                Some(obj) if uid.is_some() && obj.metadata.uid.as_deref() != uid => return Ok(()),
-                Some(_) => {}
+        let awaited = Awaited {
+            cluster: &self.role,
+            key,
+            what,
+        };
+        let owned = Throttled::default();
+        until(awaited, stall, || async {
+            let live = match self.get_opt(api, key).await? {
+                None => return Ok(Poll::Ready(())),
+                Some(obj) if uid.is_some() && obj.metadata.uid.as_deref() != uid => {
+                    return Ok(Poll::Ready(()));
+                }
+                Some(live) => live,
+            };
+            if dependents.is_empty() {
+                return Ok(Poll::Pending(Progress::Unmeasured));
             }
-            if Instant::now() >= deadline {
-                return Err(LiveError::Timeout {
-                    cluster: self.role.clone(),
-                    key: key.clone(),
-                    what: what.to_owned(),
-                    seconds: timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let owner = live.metadata.uid.unwrap_or_default();
+            let left = owned
+                .get(|| {
+                    self.count(dependents, key, |meta| {
+                        meta.owner_references.iter().flatten().any(|r| r.uid == owner)
+                    })
+                })
+                .await?;
+            Ok(Poll::Pending(Progress::Left(left)))
+        })
+        .await
     }
 
-    async fn retry<T, F, Fut>(&self, verb: &'static str, key: &ObjectKey, mut call: F) -> Result<T, LiveError>
+    /// How many objects of `apis` `counted` accepts, read as metadata in pages of 500. `key`
+    /// names the requests in errors.
+    ///
+    /// # Errors
+    /// Refusals and unavailability.
+    pub async fn count(
+        &self,
+        apis: &[Api<DynamicObject>],
+        key: &ObjectKey,
+        mut counted: impl FnMut(&kube::api::ObjectMeta) -> bool,
+    ) -> Result<u64, LiveError> {
+        let mut n = 0;
+        for api in apis {
+            let mut params = ListParams::default().limit(500);
+            loop {
+                let page = self.retry("list", key, || api.list_metadata(&params)).await?;
+                n += page.items.iter().filter(|o| counted(&o.metadata)).count() as u64;
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                    _ => break,
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Runs `call` under this cluster's [`RetryPolicy`]: transient failures are retried until
+    /// the deadline, every other answer is final at once.
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        verb: &'static str,
+        key: &ObjectKey,
+        mut call: F,
+    ) -> Result<T, LiveError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
@@ -496,13 +569,144 @@ impl LiveCluster {
                     },
                 }
             }
-            other => LiveError::Unavailable {
-                cluster,
-                verb,
-                key: key.clone(),
-                detail: other.to_string(),
+            other => match Transport::of(&other) {
+                Transport::Transient(detail) => LiveError::Unavailable {
+                    cluster,
+                    verb,
+                    key: key.clone(),
+                    detail,
+                },
+                Transport::Permanent { cause, advice } => LiveError::Permanent {
+                    cluster,
+                    verb,
+                    key: key.clone(),
+                    cause,
+                    advice,
+                },
             },
         }
+    }
+}
+
+/// What to do about a refusal of the credentials (401) or of a permission (403).
+fn refusal_advice(code: u16) -> &'static str {
+    match code {
+        401 => {
+            "; the cluster refused the credentials: renew the token or client certificate of this cluster's \
+             kubeconfig (or the Kosmos Cluster's spec.kubeconfig)"
+        }
+        403 => {
+            "; the identity lacks this permission: grant it (see deploy/controller for the roles kpromote needs)"
+        }
+        _ => "",
+    }
+}
+
+/// A client error that is not an API server's answer, classed: a connection refused, reset or
+/// timed out may heal (an API server restarting behind its load balancer); a certificate the
+/// kubeconfig does not trust, credentials that cannot be obtained, or an answer that is not the
+/// Kubernetes API's will not, and retrying them for minutes only hides the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Worth retrying; the client's words.
+    Transient(String),
+    /// Not worth retrying.
+    Permanent {
+        /// What is wrong.
+        cause: String,
+        /// What to do.
+        advice: &'static str,
+    },
+}
+
+/// Advice for a server certificate the kubeconfig does not trust.
+const TLS_ADVICE: &str = "check that the kubeconfig's certificate-authority-data is the CA that signed this API \
+                          server's certificate and that its server URL names the API server (not a proxy that \
+                          presents another certificate), and that the certificate has not expired";
+/// Advice for an answer that is not the Kubernetes API's.
+const MALFORMED_ADVICE: &str = "check that the kubeconfig's server URL names the Kubernetes API server itself, not \
+                                another service or a proxy that rewrites its answers";
+
+impl Transport {
+    /// Classes `err`, a client error that is not an API answer, reading its whole chain of
+    /// causes (the TLS library's verdict is several levels down).
+    #[must_use]
+    pub fn of(err: &kube::Error) -> Self {
+        use std::error::Error as _;
+        let chain = {
+            let mut text = err.to_string();
+            let mut source = err.source();
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        };
+        match err {
+            kube::Error::Auth(_) => {
+                return Self::Permanent {
+                    // An auth plugin's message may quote the credential itself.
+                    cause:
+                        "the credentials could not be obtained (the message is withheld: it may quote them)"
+                            .to_owned(),
+                    advice: "check the kubeconfig's user: its token file, exec command or auth provider",
+                };
+            }
+            kube::Error::SerdeError(_)
+            | kube::Error::FromUtf8(_)
+            | kube::Error::LinesCodecMaxLineLengthExceeded => {
+                return Self::Permanent {
+                    cause: format!("its answer is not the Kubernetes API's ({chain})"),
+                    advice: MALFORMED_ADVICE,
+                };
+            }
+            kube::Error::BuildRequest(_)
+            | kube::Error::HttpError(_)
+            | kube::Error::InferConfig(_)
+            | kube::Error::InferKubeconfig(_)
+            | kube::Error::ProxyProtocolUnsupported { .. }
+            | kube::Error::ProxyProtocolDisabled { .. }
+            | kube::Error::TlsRequired
+            | kube::Error::RustlsTls(_) => {
+                return Self::Permanent {
+                    cause: format!("the request cannot be made ({chain})"),
+                    advice: "check the kubeconfig: its server URL, proxy-url and TLS settings",
+                };
+            }
+            _ => {}
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::InvalidData
+            {
+                // rustls reports a failed handshake as invalid data.
+                return Self::Permanent {
+                    cause: format!("TLS failed: {io}"),
+                    advice: TLS_ADVICE,
+                };
+            }
+            source = cause.source();
+        }
+        let lower = chain.to_ascii_lowercase();
+        // hyper's words for an answer that is not HTTP (its error type is not ours to name).
+        if lower.contains("invalid http") {
+            return Self::Permanent {
+                cause: format!("its answer is not HTTP ({chain})"),
+                advice: MALFORMED_ADVICE,
+            };
+        }
+        if ["certificate", "unknownissuer", "handshake"]
+            .iter()
+            .any(|needle| lower.contains(needle))
+        {
+            return Self::Permanent {
+                cause: format!("TLS failed: {chain}"),
+                advice: TLS_ADVICE,
+            };
+        }
+        Self::Transient(chain)
     }
 }
 
@@ -528,6 +732,78 @@ mod tests {
             }
         }
         assert!(policy.delay(1, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_that_cannot_heal_are_permanent_and_say_what_to_do() {
+        let io =
+            |kind, text: &str| kube::Error::Service(Box::new(std::io::Error::new(kind, text.to_owned())));
+        for (err, transient) in [
+            (
+                io(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "Connection refused (os error 111)",
+                ),
+                true,
+            ),
+            (
+                io(std::io::ErrorKind::ConnectionReset, "Connection reset by peer"),
+                true,
+            ),
+            (io(std::io::ErrorKind::TimedOut, "timed out"), true),
+            (
+                io(
+                    std::io::ErrorKind::InvalidData,
+                    "invalid peer certificate: UnknownIssuer",
+                ),
+                false,
+            ),
+            (
+                kube::Error::SerdeError(
+                    serde_json::from_str::<Value>("<html>sign in</html>").expect_err("not JSON"),
+                ),
+                false,
+            ),
+        ] {
+            let class = Transport::of(&err);
+            assert_eq!(
+                matches!(class, Transport::Transient(_)),
+                transient,
+                "{err}: {class:?}"
+            );
+        }
+        let key = ObjectKey::cluster("", "namespaces", "a");
+        let cluster = LiveCluster::new(
+            "member",
+            Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().expect("url"))).expect("client"),
+        );
+        let tls = cluster.classify(
+            "get",
+            &key,
+            io(
+                std::io::ErrorKind::InvalidData,
+                "invalid peer certificate: UnknownIssuer",
+            ),
+        );
+        assert!(!tls.is_transient());
+        let text = tls.to_string();
+        assert!(
+            text.contains("UnknownIssuer") && text.contains("certificate-authority-data"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refused_credential_says_to_renew_it() {
+        let refused = LiveError::Refused {
+            cluster: "member".into(),
+            verb: "get",
+            key: ObjectKey::cluster("", "namespaces", "a"),
+            code: 401,
+            message: "Unauthorized".into(),
+        };
+        assert!(!refused.is_transient());
+        assert!(refused.to_string().contains("renew the token"), "{refused}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod live;
 pub mod promote;
 pub mod rollback;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -104,12 +105,18 @@ pub struct EngineOptions {
     /// ([`barrier`]): only when non-zero, as an explicit fallback.
     pub settle: Duration,
     /// How long the barrier before a level of owners waits for the target's controllers to show
-    /// they have seen what the owners will adopt.
-    pub barrier_timeout: Duration,
-    /// How long the garbage collector may take to orphan an owner's dependents.
-    pub gc_timeout: Duration,
-    /// How long a namespace may take to be deleted on rollback.
-    pub namespace_timeout: Duration,
+    /// they have seen what the owners will adopt while they write nothing: a controller working
+    /// through a backlog (writing its owners' status) is waited for as long as it writes.
+    pub barrier_stall: Duration,
+    /// How long the garbage collector may go without orphaning one more of an owner's
+    /// dependents before the wait for the owner to go fails — however many it has.
+    pub gc_stall: Duration,
+    /// How long a namespace being deleted on rollback may go without one object fewer in it
+    /// before rollback names what holds it.
+    pub namespace_stall: Duration,
+    /// How long the restore waits for a single thing the target's controllers make or set (a
+    /// namespace's default ServiceAccount, a CRD's Established condition).
+    pub object_wait: Duration,
     /// How often promote runs its steps again (resuming from the journal) after a transient
     /// failure — the API server throttling or restarting for longer than one call's retries —
     /// before it rolls back.
@@ -125,9 +132,10 @@ impl Default for EngineOptions {
         Self {
             concurrency: 16,
             settle: Duration::ZERO,
-            barrier_timeout: Duration::from_secs(120),
-            gc_timeout: Duration::from_secs(120),
-            namespace_timeout: Duration::from_secs(180),
+            barrier_stall: Duration::from_secs(120),
+            gc_stall: Duration::from_secs(120),
+            namespace_stall: Duration::from_secs(180),
+            object_wait: Duration::from_secs(60),
             step_retries: 3,
             discard_changes: false,
         }
@@ -173,6 +181,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// What a user must know of a run beyond that it finished, as a sentence to append to a
+    /// message: the changes it discarded, its warnings and its damaged entries (empty when
+    /// there is none).
+    #[must_use]
+    pub fn notes(&self) -> String {
+        let mut notes = String::new();
+        for (label, items) in [
+            (
+                "discarded (changed in the control plane since promote)",
+                &self.discarded,
+            ),
+            ("warnings", &self.warnings),
+            ("damaged archive entries", &self.unreadable),
+        ] {
+            if !items.is_empty() {
+                notes.push_str(&format!("; {label}: {}", items.join("; ")));
+            }
+        }
+        notes
+    }
+
     /// The report a run's steps filled, in a stable order.
     fn finish(report: Mutex<Self>) -> Self {
         let mut report = report
@@ -273,14 +302,65 @@ pub enum EngineError {
         /// What the cluster says it waits for.
         why: String,
     },
+    /// Several objects of one step's level failed: each is named, up to [`FAILURES_SHOWN`].
+    #[error(
+        "{count} objects failed in one level of the {step}: {}{}",
+        .failures.join("; "),
+        if *.count > .failures.len() { format!("; and {} more", .count - .failures.len()) } else { String::new() }
+    )]
+    Failures {
+        /// The step (`restore`, `recreate`, `adopt`).
+        step: String,
+        /// The first [`FAILURES_SHOWN`] failures, each naming its object.
+        failures: Vec<String>,
+        /// How many failed.
+        count: usize,
+        /// Whether every one of them was transient.
+        transient: bool,
+    },
     /// Promote failed after it had changed the member; the automatic rollback ran.
-    #[error("promote failed: {cause}; {}", match .rollback { Ok(()) => "the automatic rollback restored the member and removed what promote created".to_owned(), Err(e) => format!("the automatic rollback failed too: {e}") })]
+    #[error("promote failed: {cause}; {}", match .rollback {
+        Ok(report) => format!("the automatic rollback restored the member and removed what promote created{}", report.notes()),
+        Err(e) => format!("the automatic rollback failed too: {e}"),
+    })]
     RolledBack {
         /// Why promote failed.
         cause: Box<EngineError>,
-        /// How the rollback went.
-        rollback: Result<(), Box<EngineError>>,
+        /// How the rollback went: its report (what it discarded, its warnings), or its error.
+        rollback: Result<Box<Report>, Box<EngineError>>,
     },
+}
+
+/// How many failures of one level an error names ([`EngineError::Failures`]); its count says
+/// how many there were.
+pub const FAILURES_SHOWN: usize = 20;
+
+/// Every failure of one step's level: `Ok` when there is none, the failure itself when there
+/// is one, and [`EngineError::Failures`] naming them all (up to [`FAILURES_SHOWN`]) when there
+/// are more — none is dropped for being second.
+///
+/// # Errors
+/// As described.
+pub fn all_failures(step: &str, mut errors: Vec<EngineError>) -> Result<(), EngineError> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        count => {
+            for e in &errors {
+                tracing::error!(step, error = %e, "failed");
+            }
+            Err(EngineError::Failures {
+                step: step.to_owned(),
+                transient: errors.iter().all(EngineError::is_transient),
+                failures: errors
+                    .iter()
+                    .take(FAILURES_SHOWN)
+                    .map(ToString::to_string)
+                    .collect(),
+                count,
+            })
+        }
+    }
 }
 
 impl EngineError {
@@ -289,8 +369,31 @@ impl EngineError {
     #[must_use]
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Live(e) => e.is_transient() || matches!(e, LiveError::Timeout { .. }),
+            Self::Live(e) => e.is_transient() || matches!(e, LiveError::Stalled { .. }),
+            Self::Failures { transient, .. } => *transient,
             _ => false,
+        }
+    }
+
+    /// What failed, one line each (up to [`FAILURES_SHOWN`]), and how many failed: the objects
+    /// of a level that failed together, or this error itself.
+    #[must_use]
+    pub fn failures(&self) -> (Vec<String>, usize) {
+        match self {
+            Self::Failures { failures, count, .. } => (failures.clone(), *count),
+            Self::RolledBack { cause, .. } => cause.failures(),
+            other => (vec![other.to_string()], 1),
+        }
+    }
+
+    /// The report of the automatic rollback that ran after this failure, if it completed.
+    #[must_use]
+    pub fn rollback_report(&self) -> Option<&Report> {
+        match self {
+            Self::RolledBack {
+                rollback: Ok(report), ..
+            } => Some(report),
+            _ => None,
         }
     }
 }
@@ -407,5 +510,38 @@ fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
 fn progress(progress: Option<&ProgressFn>, step: &str, done: u64, total: u64) {
     if let Some(f) = progress {
         f(step, done, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(n: usize) -> EngineError {
+        EngineError::ChangedSinceBackup {
+            key: ObjectKey::namespaced("", "pods", "shop", &format!("web-{n}")),
+            detail: "replaced".into(),
+        }
+    }
+
+    #[test]
+    fn every_failure_of_a_level_is_named_up_to_a_bound_with_the_count() {
+        assert!(all_failures("restore", Vec::new()).is_ok());
+        let one = all_failures("restore", vec![failed(0)]).expect_err("one failure");
+        assert!(matches!(one, EngineError::ChangedSinceBackup { .. }), "{one}");
+        let three = all_failures("restore", (0..3).map(failed).collect()).expect_err("three");
+        let text = three.to_string();
+        assert!(
+            text.starts_with("3 objects failed in one level of the restore"),
+            "{text}"
+        );
+        for n in 0..3 {
+            assert!(text.contains(&format!("pods/shop/web-{n} changed")), "{text}");
+        }
+        let many = all_failures("recreate", (0..25).map(failed).collect()).expect_err("many");
+        let (shown, count) = many.failures();
+        assert_eq!((shown.len(), count), (FAILURES_SHOWN, 25));
+        assert!(many.to_string().ends_with("; and 5 more"), "{many}");
+        assert!(!many.is_transient());
     }
 }

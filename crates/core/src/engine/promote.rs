@@ -66,7 +66,16 @@ pub async fn promote(
                 rj,
             )
             .await
-            .map(|_| ())
+            .map(|report| {
+                // What the automatic rollback discarded or warned about belongs to the user.
+                for change in &report.discarded {
+                    tracing::warn!(change, "the automatic rollback discarded a change");
+                }
+                for warning in &report.warnings {
+                    tracing::warn!(warning, "automatic rollback");
+                }
+                Box::new(report)
+            })
             .map_err(Box::new);
             if rollback.is_ok() {
                 lock(journal).close(super::ROLLED_BACK)?;

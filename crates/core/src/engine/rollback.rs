@@ -22,6 +22,7 @@ use super::detach::{detached_owners, lock_report};
 use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
+use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::kosmos;
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
@@ -129,8 +130,67 @@ async fn check_drift(
     Ok(())
 }
 
-/// Unmarks the member's archived pods, a batch at a time as they stream from the archive.
+/// Unmarks the member's archived pods, a batch at a time as they stream from the archive, then
+/// every member pod of the archive's namespaces that still carries the Kosmos mark and this
+/// archive's stamp: a pod left marked is deleted by Kosmos with its control-plane twin, so what
+/// the archive names is not trusted to be all. A scan that cannot be read stops the step.
 async fn unmark_member_pods(
+    member: &LiveCluster,
+    inv: &Inventory,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    unmark_archived_pods(member, inv, journal, opts, report).await?;
+    unmark_stamped_pods(member, inv, report).await
+}
+
+/// The member pods of the archive's namespaces still marked by this promotion (see
+/// [`unmark_member_pods`]), unmarked as if their archived copies held no mark: promote marked
+/// them, and only pods Kosmos itself made carry its label otherwise.
+async fn unmark_stamped_pods(
+    member: &LiveCluster,
+    inv: &Inventory,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    let mut namespaces = BTreeSet::new();
+    let mut scan = inv.scan(|k| k.is("", "pods"), Bodies::No)?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        namespaces.extend(batch.into_iter().filter_map(|a| a.record.key.namespace));
+    }
+    let selector = format!(
+        "{}={}",
+        kpromote_model::kosmos::POD_LABEL,
+        kpromote_model::kosmos::POD_LABEL_VALUE
+    );
+    for ns in namespaces {
+        let probe = ObjectKey::namespaced("", "pods", &ns, "");
+        let api = member.api(&probe, "v1", "Pod");
+        let marked = member
+            .list_kept(&api, &probe, Some(&selector), |pod| {
+                let live = serde_json::to_value(&pod).unwrap_or(Value::Null);
+                stamped_by(&live, &inv.archive_id).then_some(live)
+            })
+            .await?;
+        for (name, live) in marked {
+            let key = ObjectKey::namespaced("", "pods", &ns, &name);
+            if let Some(patch) = unmark_patch(&json!({}), &live) {
+                member.merge_patch(&api, &key, &patch).await?;
+                tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
+                let mut r = lock_report(report);
+                r.unmarked.push(key.to_string());
+                r.warnings.push(format!(
+                    "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \
+                     was not read); unmarked from its live state"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unmarks the member's archived pods, a batch at a time as they stream from the archive.
+async fn unmark_archived_pods(
     member: &LiveCluster,
     inv: &Inventory,
     journal: &SharedJournal,
@@ -415,8 +475,9 @@ async fn remove(
                 &api,
                 key,
                 uid.as_deref(),
-                opts.gc_timeout,
+                opts.gc_stall,
                 "the garbage collector to orphan its dependents",
+                &super::detach::dependent_apis(cp, ours.inv, key),
             )
             .await?;
         }
@@ -439,23 +500,32 @@ async fn remove(
         TeardownStep::Namespaces => {
             cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
                 .await?;
-            match cp
-                .wait_gone(
-                    &api,
-                    key,
-                    uid.as_deref(),
-                    opts.namespace_timeout,
-                    "the namespace to be deleted",
-                )
-                .await
-            {
+            let types = namespace_types(ours.inv, &key.name)?;
+            let apis: Vec<_> = types.values().map(|probe| probe.api(cp)).collect();
+            let emptied = Throttled::default();
+            let awaited = Awaited {
+                cluster: &cp.role,
+                key,
+                what: "the namespace to be deleted",
+            };
+            let gone = until(awaited, opts.namespace_stall, || async {
+                match cp.get_opt(&api, key).await? {
+                    None => return Ok(Poll::Ready(())),
+                    Some(ns) if ns.metadata.uid != uid => return Ok(Poll::Ready(())),
+                    Some(_) => {}
+                }
+                let left = emptied.get(|| objects_in(cp, &apis, key)).await?;
+                Ok(Poll::Pending(Progress::Left(left)))
+            })
+            .await;
+            match gone {
                 Ok(()) => {}
-                Err(super::LiveError::Timeout { .. }) => {
+                Err(super::LiveError::Stalled { waited, .. }) => {
                     let why = match cp.get_opt(&api, key).await? {
                         Some(ns) => {
                             let mut why =
                                 namespace_blockers(&serde_json::to_value(&ns).unwrap_or(Value::Null));
-                            let held = held_by_finalizers(cp, ours.inv, &key.name).await?;
+                            let held = held_by_finalizers(cp, &types, &key.name).await?;
                             if !held.is_empty() {
                                 why.push_str(&format!("; held by finalizers: {}", held.join(", ")));
                             }
@@ -466,8 +536,8 @@ async fn remove(
                     return Err(EngineError::Stuck {
                         key: key.clone(),
                         why: format!(
-                            "still terminating after {}s: {why}",
-                            opts.namespace_timeout.as_secs()
+                            "still terminating after {waited}s, nothing removed from it for the last {}s: {why}",
+                            opts.namespace_stall.as_secs()
                         ),
                     });
                 }
@@ -497,27 +567,32 @@ async fn remove_copied_finalizers(
     api: &kube::Api<kube::api::DynamicObject>,
     key: &ObjectKey,
     archived: &Value,
-    mut live: Value,
+    live: Value,
 ) -> Result<(), EngineError> {
-    for _ in 0..5 {
-        let Some(patch) = copied_finalizers_patch(archived, &live) else {
-            return Ok(());
-        };
-        match cp.merge_patch(api, key, &patch).await {
-            Ok(_) | Err(super::LiveError::NotFound { .. }) => return Ok(()),
-            Err(super::LiveError::Conflict { .. }) => match cp.get_opt(api, key).await? {
-                Some(fresh) => live = serde_json::to_value(&fresh).unwrap_or(Value::Null),
-                None => return Ok(()),
-            },
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(super::LiveError::Conflict {
-        cluster: cp.role.clone(),
-        key: key.clone(),
-        message: "still changing after 5 attempts to take off the finalizers kpromote copied".to_owned(),
-    }
-    .into())
+    let live = &live;
+    on_conflict(
+        &cp.role,
+        key,
+        "take off the finalizers kpromote copied",
+        |attempt| async move {
+            let live = if attempt == 0 {
+                live.clone()
+            } else {
+                match cp.get_opt(api, key).await? {
+                    Some(fresh) => serde_json::to_value(&fresh).unwrap_or(Value::Null),
+                    None => return Ok(()),
+                }
+            };
+            let Some(patch) = copied_finalizers_patch(archived, &live) else {
+                return Ok(());
+            };
+            match cp.merge_patch(api, key, &patch).await {
+                Ok(_) | Err(super::LiveError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await
 }
 
 /// The merge patch that takes off a control-plane copy the finalizers kpromote copied from the
@@ -542,10 +617,27 @@ fn copied_finalizers_patch(archived: &Value, live: &Value) -> Option<Value> {
     })
 }
 
-/// The objects of control-plane namespace `ns` that a finalizer keeps, as `key (finalizers)`,
-/// among the archive's kinds in that namespace: the ones a rollback can name.
-async fn held_by_finalizers(cp: &LiveCluster, inv: &Inventory, ns: &str) -> Result<Vec<String>, EngineError> {
-    // One archived object of each type in the namespace names the type's API.
+/// How many objects of `apis` there are, counting only the types this process may list.
+async fn objects_in(
+    cp: &LiveCluster,
+    apis: &[kube::Api<kube::api::DynamicObject>],
+    key: &ObjectKey,
+) -> Result<u64, super::LiveError> {
+    let mut n = 0;
+    for api in apis {
+        match cp.count(std::slice::from_ref(api), key, |_| true).await {
+            Ok(count) => n += count,
+            // A type this process may not list (Secrets): the others show the progress.
+            Err(super::LiveError::Refused { code: 403, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// One archived object of each type the archive holds in namespace `ns`, by (group, resource):
+/// what names the type's API there.
+fn namespace_types(inv: &Inventory, ns: &str) -> Result<BTreeMap<(String, String), Archived>, EngineError> {
     let mut probes: BTreeMap<(String, String), Archived> = BTreeMap::new();
     let mut scan = inv.scan(|k| k.namespace.as_deref() == Some(ns), Bodies::No)?;
     while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
@@ -554,8 +646,19 @@ async fn held_by_finalizers(cp: &LiveCluster, inv: &Inventory, ns: &str) -> Resu
             probes.entry(kind).or_insert(archived);
         }
     }
+    Ok(probes)
+}
+
+/// The objects of control-plane namespace `ns` that a finalizer keeps, as `key (finalizers)`,
+/// among the archive's kinds in that namespace (`types`, see [`namespace_types`]): the ones a
+/// rollback can name.
+async fn held_by_finalizers(
+    cp: &LiveCluster,
+    types: &BTreeMap<(String, String), Archived>,
+    ns: &str,
+) -> Result<Vec<String>, EngineError> {
     let mut held = Vec::new();
-    for probe in probes.values() {
+    for probe in types.values() {
         let api = probe.api(cp);
         let probe = probe.key();
         let listed = match cp.list_by_name(&api, probe).await {

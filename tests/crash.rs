@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use support::pair::Pair;
 use support::{apps, archiving};
@@ -64,7 +63,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
             &out,
             &format!("cycle {cycle}: promote resumed after {promote_fp}"),
         );
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        support::controllers_caught_up(&[(&member_client, "nginx-test"), (&cp_client, "nginx-test")]).await;
         let member_snap = apps::snapshot(&member_client, "nginx-test").await;
         assert_eq!(
             member_snap.pods, original.pods,
@@ -83,7 +82,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
             &out,
             &format!("cycle {cycle}: rollback resumed after {rollback_fp}"),
         );
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        support::controllers_caught_up(&[(&member_client, "nginx-test")]).await;
         apps::snapshot(&member_client, "nginx-test")
             .await
             .assert_rolled_back_to(&original, &format!("cycle {cycle} ({rollback_fp})"));

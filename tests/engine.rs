@@ -15,10 +15,6 @@ use support::pair::Pair;
 use support::promotion::Promotion;
 use support::{apps, wait_for};
 
-/// Controllers get this long to react (and so to reveal any pod they would create) before the
-/// after-snapshot is taken.
-const SETTLE: Duration = Duration::from_secs(5);
-
 /// In `client`'s `shop`: the StatefulSet `db` owns its pod, the WebApp owns its Deployment.
 /// Returns the StatefulSets' UIDs.
 async fn assert_exact_owners(client: &kube::Client) -> std::collections::BTreeMap<String, String> {
@@ -51,7 +47,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
 
     let report = promotion.promote_with(&opts, false).await.unwrap();
     assert_eq!(report.detached.len(), 2, "{report:#?}"); // the Deployment, then its ReplicaSet
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&member_client, "nginx-test"), (&cp_client, "nginx-test")]).await;
 
     // Member: the owners are gone, the pod is the same pod, marked for Kosmos.
     let after = apps::snapshot(&member_client, "nginx-test").await;
@@ -114,7 +110,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
         report.deleted.iter().any(|d| d == "namespaces/nginx-test"),
         "{report:#?}"
     );
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&member_client, "nginx-test")]).await;
     let rolled = apps::snapshot(&member_client, "nginx-test").await;
     rolled.assert_rolled_back_to(&before, "rollback");
     let member_pod = Api::<Pod>::namespaced(member_client.clone(), "nginx-test")
@@ -158,7 +154,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     )
     .await;
     apps::rich_namespace(&member_client, &pair.kubelet, "shop", 30080).await;
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&member_client, "shop")]).await;
     let before = apps::snapshot(&member_client, "shop").await;
     let sts_before = apps::statefulsets(&member_client, "shop").await;
 
@@ -192,7 +188,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
             .contains(&"clusterroles.rbac.authorization.k8s.io/kpromote-test-shared-reader".to_owned()),
         "{report:#?}"
     );
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&member_client, "shop"), (&cp_client, "shop")]).await;
 
     // Member: every pod is the same pod, no restart; revisions untouched; owners gone.
     let member_after = apps::snapshot(&member_client, "shop").await;
@@ -242,7 +238,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
 
     // Rollback.
     promotion.rollback("rollback.journal", &opts).await.unwrap();
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&member_client, "shop")]).await;
     let rolled = apps::snapshot(&member_client, "shop").await;
     rolled.assert_rolled_back_to(&before, "rollback");
     assert_eq!(

@@ -15,6 +15,27 @@ pub mod pair;
 /// One archived promotion a test drives.
 pub mod promotion;
 
+/// Waits until the kube-controller-manager of each cluster has seen everything written in its
+/// namespace so far — the engine's own observed barrier ([`kpromote_core::engine::barrier`]) —
+/// rather than sleeping a fixed time before asserting that nothing changed: whatever those
+/// controllers would do about the objects under test was queued before the barrier's sentinels,
+/// so a late change cannot slip past the assertion that follows.
+pub async fn controllers_caught_up(clusters: &[(&kube::Client, &str)]) {
+    use kpromote_core::engine::LiveCluster;
+    use kpromote_core::engine::barrier::{Needs, observe};
+    let every_cache = Needs {
+        pods_and_replicasets: true,
+        revisions: true,
+        replicasets: true,
+    };
+    for (client, ns) in clusters {
+        let cluster = LiveCluster::new("cluster", (*client).clone());
+        observe(&cluster, ns, every_cache, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("the controllers of {ns} did not catch up: {e}"));
+    }
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, failing the test with `what` after
 /// `timeout`. Cluster behaviour (garbage collection, adoption) is asynchronous; tests wait for
 /// it explicitly rather than sleeping.

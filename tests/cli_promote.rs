@@ -108,3 +108,80 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     );
     support::wait_namespace_gone(&cp_client, "nginx-test").await;
 }
+
+#[tokio::test]
+async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_rollbacks_report() {
+    let pair = Pair::start().await;
+    let ns = "nginx-test";
+    apps::nginx_example(&pair.member, &pair.kubelet).await;
+    apps::create(
+        &pair.member,
+        serde_json::json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": ns },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } },
+                      "template": { "metadata": { "labels": { "app": "web" } },
+                                    "spec": { "containers": [{ "name": "main", "image": "busybox:1.36" }] } } } }),
+    )
+    .await;
+    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=web", 1).await;
+    let before = apps::snapshot(&pair.member, ns).await;
+    // The control plane refuses every ReplicaSet in the namespace: both of the restore's
+    // ReplicaSets fail in the same level, after the member was detached.
+    for object in [
+        serde_json::json!({ "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": "refuse-replicasets" },
+            "spec": { "failurePolicy": "Fail",
+                      "matchConstraints": { "resourceRules": [{ "apiGroups": ["apps"], "apiVersions": ["v1"],
+                          "operations": ["CREATE"], "resources": ["replicasets"] }] },
+                      "validations": [{ "expression": "false", "message": "test: no ReplicaSets here" }] } }),
+        serde_json::json!({ "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": "refuse-replicasets" },
+            "spec": { "policyName": "refuse-replicasets", "validationActions": ["Deny"],
+                      "matchResources": { "namespaceSelector": { "matchLabels": {
+                          "kubernetes.io/metadata.name": ns } } } } }),
+    ] {
+        apps::create(&pair.cp, object).await;
+    }
+    // Admission policies take effect once the API server's informers have them.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = format!("--backup-dir={}", dir.path().display());
+    // A fixed pause instead of the barrier, whose sentinel ReplicaSet would be refused first.
+    let (ok, out, err) = kpromote(
+        &pair,
+        "promote",
+        &["-n", ns, &dir_arg, "-o", "json", "--settle-seconds=1"],
+    );
+    assert!(!ok, "promote succeeded\n{out}\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: stdout is not the JSON report:\n{out}\n{err}"));
+    assert_eq!(report["failed"], 2, "{report:#}");
+    let failures: Vec<&str> = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    for rs in before.replicasets.keys() {
+        assert!(
+            failures.iter().any(|f| f.contains(rs.as_str()) && f.contains("no ReplicaSets here")),
+            "{rs} not among the failures: {failures:#?}"
+        );
+    }
+    assert!(err.contains("2 objects failed in one level of the restore"), "{err}");
+    // The automatic rollback's own report: what it unmarked and removed.
+    let rollback = &report["rollback"];
+    assert_eq!(
+        rollback["unmarked"].as_array().map(Vec::len),
+        Some(before.pods.len()),
+        "{report:#}"
+    );
+    assert!(
+        rollback["deleted"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|k| k == "namespaces/nginx-test")),
+        "{report:#}"
+    );
+    pair.assert_rolled_back(ns, &before, "automatic rollback").await;
+}

@@ -88,6 +88,12 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
         status.condition(CONDITION_ROLLED_BACK).unwrap().reason,
         "RestoreFailed"
     );
+    // Every failure of the level that failed is in the status, with the count.
+    assert_eq!(status.failed_count, Some(1), "{status:#?}");
+    assert!(
+        status.failures.len() == 1 && status.failures[0].contains("test: no ReplicaSets here"),
+        "{status:#?}"
+    );
 
     // Restarted, it finishes the rollback — it does not resume the promote.
     let controller = env.controller("auto-rollback-resumed", &[], &[]);

@@ -154,8 +154,8 @@ async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_r
         &["-n", ns, &dir_arg, "-o", "json", "--settle-seconds=1"],
     );
     assert!(!ok, "promote succeeded\n{out}\n{err}");
-    let report: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: stdout is not the JSON report:\n{out}\n{err}"));
+    let report: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{e}: stdout is not the JSON report:\n{out}\n{err}"));
     assert_eq!(report["failed"], 2, "{report:#}");
     let failures: Vec<&str> = report["failures"]
         .as_array()
@@ -165,11 +165,16 @@ async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_r
         .collect();
     for rs in before.replicasets.keys() {
         assert!(
-            failures.iter().any(|f| f.contains(rs.as_str()) && f.contains("no ReplicaSets here")),
+            failures
+                .iter()
+                .any(|f| f.contains(rs.as_str()) && f.contains("no ReplicaSets here")),
             "{rs} not among the failures: {failures:#?}"
         );
     }
-    assert!(err.contains("2 objects failed in one level of the restore"), "{err}");
+    assert!(
+        err.contains("2 objects failed in one level of the restore"),
+        "{err}"
+    );
     // The automatic rollback's own report: what it unmarked and removed.
     let rollback = &report["rollback"];
     assert_eq!(

@@ -249,6 +249,9 @@ pub enum ArchiveError {
         /// The path asked for.
         entry: String,
     },
+    /// Keys, sealing or unsealing (see [`super::seal`]).
+    #[error(transparent)]
+    Seal(#[from] super::seal::SealError),
 }
 
 impl ArchiveError {
@@ -283,6 +286,7 @@ impl ArchiveError {
             | ArchiveError::InvalidRecord { entry, .. }
             | ArchiveError::InvalidObject { entry, .. }
             | ArchiveError::NotFound { entry } => entry.clone(),
+            ArchiveError::Seal(e) => e.entry(),
         }
     }
 
@@ -316,6 +320,7 @@ impl ArchiveError {
             ArchiveError::InvalidRecord { .. } => "invalid_record",
             ArchiveError::InvalidObject { .. } => "invalid_object",
             ArchiveError::NotFound { .. } => "not_found",
+            ArchiveError::Seal(e) => e.code(),
         }
     }
 
@@ -335,7 +340,7 @@ impl ArchiveError {
                 | ArchiveError::EntryTooLarge { .. }
                 | ArchiveError::InvalidRecord { .. }
                 | ArchiveError::InvalidObject { .. }
-        )
+        ) || matches!(self, ArchiveError::Seal(e) if e.is_entry_local())
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {

@@ -29,6 +29,9 @@
 //!   [`ArchiveReader::objects_of`] to stream verified objects, [`ArchiveReader::get`] for one.
 //! - Offline inspection uses the same reader plus [`ArchiveReader::verify`] and
 //!   [`verify_stream`].
+//! - Secrets are sealed (age-encrypted) when the writer has recipients
+//!   ([`WriterOptions::encrypt_to`]); a reader opens them after [`ArchiveReader::unseal_with`]
+//!   checked its identity. Verifying and inspecting need no key ([`seal`]).
 //!
 //! # Security
 //!
@@ -65,6 +68,7 @@ mod locator;
 mod manifest;
 mod reader;
 mod scan;
+pub mod seal;
 mod sort;
 mod tar_header;
 mod tar_stream;
@@ -78,6 +82,7 @@ pub use manifest::{
     ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, Inclusion, IndexInfo, IndexRecord, OwnerReference,
     PolicyFacts, SourceCluster, Summary, Tally, ToolInfo,
 };
+pub use seal::{Encryption, Identities, Recipients, SealError};
 pub use reader::{
     ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
     DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_RATIO_FLOOR, Objects,
@@ -87,13 +92,18 @@ pub use writer::{
     ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,
 };
 
-/// The kpromote archive format version written by this crate (spec §2). Readers accept any
-/// `1.x.y`; a newer minor is read with a warning.
-pub const FORMAT_VERSION: &str = "1.0.0";
+/// The newest kpromote archive format version this crate reads and writes (spec §2): 1.1 adds
+/// sealed entries (§14). Readers accept any `1.x.y`; a newer minor is read with a warning.
+pub const FORMAT_VERSION: &str = "1.1.0";
 /// Major part of [`FORMAT_VERSION`]: a reader refuses any other major (spec §2).
 pub const FORMAT_MAJOR: u16 = 1;
 /// Minor part of [`FORMAT_VERSION`].
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
+/// The version written when nothing is sealed: such an archive uses nothing of 1.1, so it says
+/// 1.0.0 and a 1.0 reader opens it without a warning. Only sealed archives say 1.1.0.
+pub const UNSEALED_FORMAT_VERSION: &str = "1.0.0";
+/// Minor part of [`UNSEALED_FORMAT_VERSION`].
+pub const UNSEALED_FORMAT_MINOR: u16 = 0;
 /// Default largest entry, for writers and readers alike: 64 MiB. Kubernetes objects are limited
 /// to about 1.5 MiB by etcd, so this leaves room without letting a hostile entry exhaust memory
 /// (spec §11).

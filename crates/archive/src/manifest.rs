@@ -169,6 +169,10 @@ pub struct ArchiveManifest {
     pub facts: ArchiveFacts,
     /// Codec and level.
     pub codec: CodecInfo,
+    /// How sealed entries are encrypted, and to whom (format 1.1, spec §14); absent when the
+    /// archive seals nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::seal::Encryption>,
     /// Counts.
     pub summary: Summary,
     /// The index entry's size and digest: the next link of the chain of trust.
@@ -332,10 +336,14 @@ pub struct IndexRecord {
     pub owner_references: Vec<OwnerReference>,
     /// Why the object is included.
     pub inclusion: Inclusion,
-    /// Size of the entry's JSON in bytes.
+    /// Size of the entry in bytes: the JSON, or for a sealed entry the age file holding it.
     pub size: u64,
-    /// SHA-256 of the entry's JSON bytes, lowercase hex.
+    /// SHA-256 of the entry's bytes as stored (JSON, or the age file), lowercase hex.
     pub sha256: String,
+    /// `age` when the entry is sealed: an age file whose plaintext is the JSON (format 1.1,
+    /// spec §14). Absent for entries stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
 }
 
 impl IndexRecord {
@@ -374,6 +382,7 @@ struct IndexLine {
     #[serde(default)]
     owner_references: Vec<OwnerReference>,
     inclusion: Option<Inclusion>,
+    encryption: Option<String>,
 }
 
 /// The record of the `metadata/version` entry.
@@ -468,6 +477,7 @@ pub(crate) fn parse_index_line(line: &[u8], line_no: u64) -> Result<ParsedLine> 
             .ok_or_else(|| bad("missing field `inclusion`".to_owned()))?,
         size: raw.size,
         sha256: raw.sha256,
+        encryption: raw.encryption,
     };
     if record.key() != key {
         return Err(bad(

@@ -7,6 +7,7 @@ use super::layout::{self, MANIFEST_ENTRY, VERSION_ENTRY_CONTENT};
 use super::locator::{Locator, Tail};
 use super::manifest::{ArchiveFacts, ArchiveManifest, IndexRecord, ParsedLine, Summary};
 use super::scan::{self, Collect, Problems, ScanKind};
+use super::seal::{self, Encryption, Identities, Keys};
 use super::sort::Sorted;
 use super::tar_stream::{Dialects, Next, TarStream};
 use super::{DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR};
@@ -136,7 +137,8 @@ pub enum ArchiveKind {
 pub struct ArchiveObject {
     /// Its index record.
     pub record: IndexRecord,
-    /// Its JSON, exactly as archived; its SHA-256 matched the record.
+    /// Its JSON, exactly as archived: the stored bytes, whose SHA-256 matched the record, or
+    /// for a sealed entry the JSON they decrypt to (age authenticates it).
     pub json: Vec<u8>,
 }
 
@@ -253,6 +255,7 @@ pub struct ArchiveReader {
     options: ReaderOptions,
     inner: Inner,
     warnings: Vec<String>,
+    keys: Keys,
 }
 
 impl ArchiveReader {
@@ -331,6 +334,13 @@ impl ArchiveReader {
                 }
             }
         };
+        let keys = match &inner {
+            Inner::Kpromote(state) => match &state.manifest.encryption {
+                Some(encryption) => Keys::Locked(encryption.recipients.clone()),
+                None => Keys::Plain,
+            },
+            Inner::Velero { .. } => Keys::Plain,
+        };
         Ok(ArchiveReader {
             path,
             file,
@@ -338,7 +348,38 @@ impl ArchiveReader {
             options,
             inner,
             warnings,
+            keys,
         })
+    }
+
+    /// How the archive's sealed entries are encrypted, and to whom (`None`: nothing sealed).
+    #[must_use]
+    pub fn encryption(&self) -> Option<&Encryption> {
+        self.manifest().and_then(|m| m.encryption.as_ref())
+    }
+
+    /// Gives the reader the identities that open the sealed entries, checking now — before
+    /// anything else is read — that one of them is a recipient. Without it, reading a sealed
+    /// entry's object is an error; records, `verify` and the manifest never need it. An archive
+    /// that seals nothing accepts any identities (or none) and ignores them.
+    ///
+    /// # Errors
+    /// [`seal::SealError::NoIdentity`], [`seal::SealError::WrongIdentity`] naming the recipients;
+    /// [`seal::SealError::UnknownScheme`] for an encryption of a newer minor version.
+    pub fn unseal_with(&mut self, identities: &Identities) -> Result<()> {
+        let Some(encryption) = self.encryption() else {
+            return Ok(());
+        };
+        if encryption.scheme != seal::SCHEME {
+            return Err(seal::SealError::UnknownScheme {
+                entry: MANIFEST_ENTRY.to_owned(),
+                scheme: encryption.scheme.clone(),
+            }
+            .into());
+        }
+        identities.check(&encryption.recipients)?;
+        self.keys = Keys::Open(Arc::new(identities.clone()));
+        Ok(())
     }
 
     /// The file's path.
@@ -457,6 +498,7 @@ impl ArchiveReader {
                     join: Box::new(self.join_with(state, Range::All, true, false, true)?),
                     done: false,
                     lenient: true,
+                    keys: self.keys.clone(),
                 }))
             }
             Inner::Velero { .. } => self.objects(),
@@ -577,6 +619,7 @@ impl ArchiveReader {
                     join: Box::new(self.join(state, range, keep_body, pump)?),
                     done: false,
                     lenient: false,
+                    keys: self.keys.clone(),
                 }))
             }
             Inner::Velero { .. } => {
@@ -903,11 +946,12 @@ pub struct Objects(ObjectsInner);
 
 #[derive(Debug)]
 enum ObjectsInner {
-    /// From a kpromote archive; `lenient` goes on after a bad entry.
+    /// From a kpromote archive; `lenient` goes on after a bad entry; `keys` open sealed ones.
     Join {
         join: Box<Join>,
         done: bool,
         lenient: bool,
+        keys: Keys,
     },
     /// From a Velero tarball (unverifiable: digests are computed, not checked).
     Velero {
@@ -923,7 +967,12 @@ impl Iterator for Objects {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
-            ObjectsInner::Join { join, done, lenient } => loop {
+            ObjectsInner::Join {
+                join,
+                done,
+                lenient,
+                keys,
+            } => loop {
                 if *done {
                     return None;
                 }
@@ -932,10 +981,22 @@ impl Iterator for Objects {
                         line: ParsedLine::Object(record),
                         body,
                     })) => {
-                        return Some(Ok(ArchiveObject {
-                            record: *record,
-                            json: body.unwrap_or_default(),
-                        }));
+                        let json = match body {
+                            Some(body) => keys.unseal(&record.path, record.encryption.as_deref(), body),
+                            None => Ok(Vec::new()),
+                        };
+                        match json {
+                            Ok(json) => {
+                                return Some(Ok(ArchiveObject {
+                                    record: *record,
+                                    json,
+                                }));
+                            }
+                            Err(e) => {
+                                *done = !*lenient;
+                                return Some(Err(e));
+                            }
+                        }
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {

@@ -469,6 +469,7 @@ fn velero_record(
         inclusion: Inclusion::Unrecorded,
         size: body.len() as u64,
         sha256: hex::encode(sha),
+        encryption: None,
     };
     serde_json::to_vec(&record).map_err(|e| invalid(e.to_string()))
 }

@@ -16,7 +16,11 @@ use super::manifest::{
 };
 use super::sort::{ExternalSorter, SortItem};
 use super::tar_header::{self, BLOCK_SIZE};
-use super::{DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_VERSION};
+use super::seal::{self, Recipients};
+use super::{
+    DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_VERSION, UNSEALED_FORMAT_MINOR,
+    UNSEALED_FORMAT_VERSION,
+};
 use kpromote_model::{GroupResource, ObjectKey};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -48,6 +52,9 @@ pub struct WriterOptions {
     pub spill_dir: Option<PathBuf>,
     /// Largest object accepted; must not exceed what readers accept (64 MiB by default).
     pub max_entry_bytes: u64,
+    /// Who may read the sealed entries (Secrets, [`seal::SEALED_RESOURCES`]); empty: nothing
+    /// is sealed and the archive is format 1.0.
+    pub encrypt_to: Recipients,
 }
 
 impl Default for WriterOptions {
@@ -58,6 +65,7 @@ impl Default for WriterOptions {
             frame_size: DEFAULT_FRAME_SIZE,
             spill_dir: None,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            encrypt_to: Recipients::default(),
         }
     }
 }
@@ -122,6 +130,15 @@ impl WriterOptions {
     #[must_use]
     pub fn spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spill_dir = Some(dir.into());
+        self
+    }
+
+    /// Seals Secrets to these recipients (format 1.1, spec §14). Sealing happens before the
+    /// sort, so spilled runs hold no Secret in clear either. Encryption is randomized: a sealed
+    /// archive is not byte-reproducible (spec §12).
+    #[must_use]
+    pub fn encrypt_to(mut self, recipients: Recipients) -> Self {
+        self.encrypt_to = recipients;
         self
     }
 
@@ -304,7 +321,10 @@ impl ArchiveWriter {
             temp,
             facts,
             mtime,
-            prepare: Prepare::spawn(ExternalSorter::new(options.sort_memory, spill_dir)),
+            prepare: Prepare::spawn(
+                ExternalSorter::new(options.sort_memory, spill_dir),
+                options.encrypt_to.clone(),
+            ),
             options,
         })
     }
@@ -446,8 +466,14 @@ impl ArchiveWriter {
         let (out, frame_infos) = frames.finish().map_err(out_err)?;
         let (index_file, index_info) = index.finish().map_err(spill_err)?;
 
+        let sealed = !options.encrypt_to.is_empty();
+        let (format_version, format_minor) = if sealed {
+            (FORMAT_VERSION, FORMAT_MINOR)
+        } else {
+            (UNSEALED_FORMAT_VERSION, UNSEALED_FORMAT_MINOR)
+        };
         let manifest = ArchiveManifest {
-            format_version: FORMAT_VERSION.to_owned(),
+            format_version: format_version.to_owned(),
             tool: ToolInfo {
                 name: "kpromote".to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -457,6 +483,7 @@ impl ArchiveWriter {
                 name: options.compression.codec,
                 level: options.compression.level,
             },
+            encryption: sealed.then(|| options.encrypt_to.encryption()),
             summary,
             index: index_info,
             frames: frame_infos,
@@ -478,7 +505,7 @@ impl ArchiveWriter {
         let mut out = frame_b.finish().map_err(out_err)?;
         let locator = Locator {
             major: FORMAT_MAJOR,
-            minor: FORMAT_MINOR,
+            minor: format_minor,
             flags: 0,
             frame_b_offset,
             frame_b_len: out.count - frame_b_offset,
@@ -596,7 +623,7 @@ struct Prepare {
 }
 
 impl Prepare {
-    fn spawn(mut sorter: ExternalSorter) -> Self {
+    fn spawn(mut sorter: ExternalSorter, seal_to: Recipients) -> Self {
         let (tx, rx) = sync_channel::<Vec<Staged>>(4);
         let in_flight = Arc::new(InFlight {
             state: Mutex::new((0, false)),
@@ -610,7 +637,7 @@ impl Prepare {
                     let n: usize = batch.iter().map(Staged::len).sum();
                     let outcome = batch
                         .into_iter()
-                        .try_for_each(|staged| prepare_one(staged, &mut sorter, &mut summary));
+                        .try_for_each(|staged| prepare_one(staged, &mut sorter, &mut summary, &seal_to));
                     flight.release(n);
                     outcome?;
                 }
@@ -680,8 +707,14 @@ impl Prepare {
     }
 }
 
-/// Checks the JSON, hashes it, serializes its index record and hands it to the sorter.
-fn prepare_one(staged: Staged, sorter: &mut ExternalSorter, summary: &mut Summary) -> Result<()> {
+/// Checks the JSON, seals it if it is a Secret and there are recipients, hashes what is stored,
+/// serializes its index record and hands it to the sorter.
+fn prepare_one(
+    staged: Staged,
+    sorter: &mut ExternalSorter,
+    summary: &mut Summary,
+    seal_to: &Recipients,
+) -> Result<()> {
     let (key, path, object) = match staged {
         Staged::Object { key, path, object } => {
             check_body(&path, &object)?;
@@ -699,8 +732,13 @@ fn prepare_one(staged: Staged, sorter: &mut ExternalSorter, summary: &mut Summar
             (key, path, object)
         }
     };
-    let size = object.json.len() as u64;
-    let sha256 = hex::encode(Sha256::digest(&object.json));
+    let (body, encryption) = if !seal_to.is_empty() && seal::is_sealed_resource(&object.group, &object.resource) {
+        (seal_to.seal(&path, &object.json)?, Some(seal::SCHEME.to_owned()))
+    } else {
+        (object.json, None)
+    };
+    let size = body.len() as u64;
+    let sha256 = hex::encode(Sha256::digest(&body));
     let record = IndexRecord {
         path: path.clone(),
         api_version: object.api_version,
@@ -714,6 +752,7 @@ fn prepare_one(staged: Staged, sorter: &mut ExternalSorter, summary: &mut Summar
         inclusion: object.inclusion,
         size,
         sha256,
+        encryption,
     };
     let line = serde_json::to_vec(&record).map_err(|e| ArchiveError::InvalidObject {
         entry: path.clone(),
@@ -724,7 +763,7 @@ fn prepare_one(staged: Staged, sorter: &mut ExternalSorter, summary: &mut Summar
         .push(SortItem {
             path,
             line,
-            body: object.json,
+            body,
         })
         .map_err(|e| ArchiveError::io(sorter.spill_dir(), e))
 }

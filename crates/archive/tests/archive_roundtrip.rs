@@ -65,7 +65,7 @@ fn nginx_round_trip_both_codecs() {
         assert!(reader.is_anchored());
         assert!(reader.warnings().is_empty());
         let manifest = reader.manifest().expect("manifest");
-        assert_eq!(manifest.format_version, kpromote_archive::FORMAT_VERSION);
+        assert_eq!(manifest.format_version, kpromote_archive::UNSEALED_FORMAT_VERSION);
         assert_eq!(manifest.facts, facts());
         assert_eq!(manifest.summary.objects, 5);
         assert_eq!(manifest.summary.by_namespace[""].objects, 1);

@@ -316,3 +316,170 @@ fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// An age key pair made by the reference `age-keygen` (Debian package `age`, installed by
+/// `.ci/run`): the identity file and its public key.
+fn age_keygen(dir: &Path, name: &str) -> (String, String) {
+    let file = dir.join(name);
+    let made = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("the reference `age-keygen` is needed (Debian package `age`): {e}"));
+    assert!(made.status.success(), "age-keygen: {}", stderr(&made));
+    let public = Command::new("age-keygen").arg("-y").arg(&file).output().unwrap();
+    (file.display().to_string(), stdout(&public).trim().to_owned())
+}
+
+/// Issue 23: Secrets sealed in the archive. `verify` and `inspect` need no key; `show` of a
+/// Secret, `rollback` and `promote --archive` need an identity of a recipient, and without one
+/// (or with a wrong one) fail before anything else, naming the recipients and what to give.
+#[test]
+fn sealed_archives_verify_without_a_key_and_open_only_with_a_recipients_identity() {
+    const MARKER: &str = "kpromote-sealed-cli-marker-0c3d";
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = age_keygen(dir.path(), "key.txt");
+    let (wrong_key, _) = age_keygen(dir.path(), "wrong.txt");
+    let recipients = dir.path().join("recipients.txt");
+    std::fs::write(&recipients, format!("# the team\n{public}\n")).unwrap();
+    let path = dir.path().join("sealed.tar.zst");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": { "name": "creds", "namespace": "nginx-test", "uid": "uid-creds" },
+        "data": { "password": base64_of(MARKER) },
+    });
+    let mut objects = nginx_objects();
+    objects.push(
+        kpromote_archive::NewObject::from_json(
+            "secrets",
+            "",
+            kpromote_archive::Inclusion::Namespaced,
+            serde_json::to_vec(&secret).unwrap(),
+        )
+        .unwrap(),
+    );
+    let sealed_to = kpromote_archive::Recipients::parse([recipients.display().to_string()]).unwrap();
+    let mut writer =
+        ArchiveWriter::create(&path, facts(), WriterOptions::zstd().encrypt_to(sealed_to)).unwrap();
+    for o in objects {
+        writer.add(o).unwrap();
+    }
+    writer.finish().unwrap();
+    let archive = path.display().to_string();
+
+    // No key: verify and inspect work.
+    let verified = kpromote(&["verify", &archive]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    let inspected = kpromote(&["inspect", &archive]);
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    assert!(
+        stdout(&inspected).contains(&format!("Encrypted:    secrets (age), to {public}")),
+        "{}",
+        stdout(&inspected)
+    );
+    let listed = json(&kpromote(&[
+        "inspect", "--list", "-o", "json", "-r", "secrets", &archive,
+    ]));
+    assert_eq!(listed["objects"][0]["encryption"], "age");
+    // Objects that are not sealed show without a key.
+    assert!(
+        kpromote(&["show", &archive, "pods/nginx-test/nginx-7c5ddbdf54-x8k2p"])
+            .status
+            .success()
+    );
+
+    // A Secret without an identity, and with a wrong one: refused, naming what to do.
+    let secret_path = "secrets/nginx-test/creds";
+    let missing = kpromote(&["show", &archive, secret_path]);
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(
+        err.contains(&public) && err.contains("--identity") && err.contains("KPROMOTE_AGE_IDENTITY_FILE"),
+        "{err}"
+    );
+    let wrong = kpromote(&["show", "--identity", &wrong_key, &archive, secret_path]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("the identity given is for"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(!(stdout(&wrong) + &stderr(&wrong)).contains(MARKER));
+
+    // The right identity, by flag or by environment: masked unless asked, exact when asked.
+    let shown = Command::new(env!("CARGO_BIN_EXE_kpromote"))
+        .args(["show", "-o", "json", &archive, secret_path])
+        .env("KPROMOTE_AGE_IDENTITY_FILE", &key)
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert_eq!(json(&shown)["data"]["password"], "<masked: 31 bytes>");
+    let revealed = json(&kpromote(&[
+        "show",
+        "-o",
+        "json",
+        "--reveal-secrets",
+        "-i",
+        &key,
+        &archive,
+        secret_path,
+    ]));
+    assert_eq!(revealed["data"]["password"], base64_of(MARKER));
+
+    // rollback and promote --archive stop before any cluster is contacted (the kubeconfigs do
+    // not exist), naming the recipients and the flag.
+    let clusters = [
+        "--member-kubeconfig",
+        "/nonexistent/member",
+        "--kubeconfig",
+        "/nonexistent/cp",
+        "--cluster-name",
+        "member",
+    ];
+    for command in ["rollback", "promote"] {
+        let mut args = vec![command, "--archive", &archive];
+        args.extend(clusters);
+        let out = kpromote(&args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(&public) && err.contains("--identity") && err.contains("nothing was changed"),
+            "{command}: {err}"
+        );
+        assert!(
+            !err.contains("/nonexistent"),
+            "{command} failed on the keys first: {err}"
+        );
+        args.extend(["--identity", &wrong_key]);
+        let err = stderr(&kpromote(&args));
+        assert!(err.contains("the identity given is for"), "{command}: {err}");
+    }
+    // With the identity, a rollback's dry run (no cluster needed) reads the whole plan.
+    let mut args = vec!["rollback", "--dry-run", "--archive", &archive, "--identity", &key];
+    args.extend(clusters);
+    let plan = kpromote(&args);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    // promote --encrypt-to reads its new archive back: without a matching identity it stops first.
+    let mut args = vec!["promote", "-n", "nginx-test", "--encrypt-to", &public];
+    args.extend(clusters);
+    let err = stderr(&kpromote(&args));
+    assert!(
+        err.contains("--encrypt-to") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains("/nonexistent"), "{err}");
+    // A recipient that is neither a key nor a file is named before any cluster is contacted.
+    let out = kpromote(&[
+        "backup",
+        "-n",
+        "shop",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--encrypt-to",
+        "age1bogus",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("--encrypt-to") && err.contains("age1bogus"), "{err}");
+    assert!(!err.contains("/nonexistent"), "{err}");
+}

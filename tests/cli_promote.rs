@@ -189,4 +189,106 @@ async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_r
         "{report:#}"
     );
     pair.assert_rolled_back(ns, &before, "automatic rollback").await;
+
+/// Issue 23: a namespace holding a Secret promoted with `--encrypt-to` and rolled back, both
+/// from the sealed archive. The Secret reaches the control plane intact although the archive
+/// holds it only encrypted; a rollback without the identity stops before touching anything.
+#[tokio::test]
+async fn a_namespace_with_a_secret_promotes_and_rolls_back_from_a_sealed_archive() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use std::io::Read as _;
+    const MARKER: &str = "kpromote-sealed-cluster-marker-e5a9";
+
+    let (pair, before) = Pair::start_with_nginx().await;
+    let (cp_client, member_client) = (pair.cp.clone(), pair.member.clone());
+    let secrets = Api::<Secret>::namespaced(member_client.clone(), "nginx-test");
+    let mut secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db-credentials", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration":
+                format!("{{\"stringData\":{{\"password\":\"{MARKER}\"}}}}")}},
+        "type": "Opaque",
+    }))
+    .unwrap();
+    secret.data = Some([("password".to_owned(), ByteString(MARKER.as_bytes().to_vec()))].into());
+    secrets.create(&Default::default(), &secret).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key.txt");
+    let made = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap_or_else(|e| panic!("the reference `age-keygen` is needed (Debian package `age`): {e}"));
+    assert!(made.status.success());
+    let public = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let key_arg = format!("--identity={}", key.display());
+    let dir_arg = format!("--backup-dir={}", dir.path().display());
+
+    let (ok, out, err) = kpromote(
+        &pair,
+        "promote",
+        &["-n", "nginx-test", &dir_arg, "--encrypt-to", &public, &key_arg],
+    );
+    assert!(ok, "{err}\n{out}");
+    let archive = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "zst"))
+        .unwrap();
+    // Sealed: the whole decompressed stream holds the value neither plain nor in base64.
+    let mut stream = Vec::new();
+    zstd::stream::read::Decoder::new(std::fs::File::open(&archive).unwrap())
+        .unwrap()
+        .read_to_end(&mut stream)
+        .unwrap();
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(MARKER);
+    for needle in [MARKER, encoded.as_str()] {
+        assert!(
+            !stream.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} in the archive"
+        );
+    }
+    // Restored from the sealed entry, the Secret's value is the member's.
+    let restored = Api::<Secret>::namespaced(cp_client.clone(), "nginx-test")
+        .get("db-credentials")
+        .await
+        .unwrap();
+    assert_eq!(restored.data.unwrap()["password"].0, MARKER.as_bytes());
+    assert_eq!(
+        apps::snapshot(&member_client, "nginx-test").await.pods,
+        before.pods
+    );
+
+    // No identity: refused before anything changes, naming the recipient and the flag.
+    let archive_arg = format!("--archive={}", archive.display());
+    let (ok, _, err) = kpromote(&pair, "rollback", &[&archive_arg]);
+    assert!(!ok);
+    assert!(err.contains(&public) && err.contains("--identity"), "{err}");
+    assert!(support::has_deployment(&cp_client, "nginx-test", "nginx").await);
+    assert!(!support::has_deployment(&member_client, "nginx-test", "nginx").await);
+
+    let (ok, out, err) = kpromote(&pair, "rollback", &[&archive_arg, &key_arg, "-o", "json"]);
+    assert!(ok, "{err}\n{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["unreadable"].as_array().is_none_or(|u| u.is_empty()),
+        "every sealed entry was read: {report}"
+    );
+    assert_eq!(
+        apps::snapshot(&member_client, "nginx-test").await.pods,
+        before.pods
+    );
+    assert!(support::has_deployment(&member_client, "nginx-test", "nginx").await);
+    let kept = secrets.get("db-credentials").await.unwrap();
+    assert_eq!(kept.data.unwrap()["password"].0, MARKER.as_bytes());
+    support::wait_namespace_gone(&cp_client, "nginx-test").await;
 }

@@ -215,3 +215,77 @@ async fn the_controller_promotes_and_rolls_back_with_the_real_clustertree_findin
         .assert_rolled_back_to(&original, "controller rollback under clustertree");
     kosmos.check_running().unwrap();
 }
+
+/// An age key pair made by the reference `age-keygen`: the identity file and its public key.
+fn age_keygen(file: &std::path::Path) -> String {
+    let made = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("the reference `age-keygen` is needed (Debian package `age`): {e}"));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let public = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8(public.stdout).unwrap().trim().to_owned()
+}
+
+/// Issue 23: a policy's `spec.encryptTo` reaches the backup: the controller seals the Secrets
+/// to that key and its own (`--age-identity`), promotes and rolls back from the sealed archive.
+#[tokio::test]
+async fn a_policy_with_encrypt_to_is_sealed_promoted_and_rolled_back_by_the_controller() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    const MARKER: &str = "kpromote-sealed-controller-marker-21fb";
+    let env = Env::start().await;
+    let original = apps::snapshot(&env.member, "nginx-test").await;
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("api-token".to_owned());
+    secret.data = Some([("token".to_owned(), ByteString(MARKER.as_bytes().to_vec()))].into());
+    Api::<Secret>::namespaced(env.member.clone(), "nginx-test")
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let own = age_keygen(&keys.path().join("controller.txt"));
+    let operator = age_keygen(&keys.path().join("operator.txt"));
+    let identity = keys.path().join("controller.txt").display().to_string();
+    let controller = env.controller("sealing", &["--age-identity", &identity], &[]);
+
+    env.apply(&DESIGN_POLICY.replacen("spec:\n", &format!("spec:\n  encryptTo: [{operator}]\n"), 1));
+    let policy = env.wait_design(&controller, Phase::Completed, 120).await;
+    let archive = policy.status.unwrap().backedup_file.unwrap();
+    let reader = kpromote_archive::ArchiveReader::open(&archive).unwrap();
+    let mut expected = vec![own, operator.clone()];
+    expected.sort();
+    assert_eq!(reader.encryption().unwrap().recipients, expected);
+    let restored = Api::<Secret>::namespaced(env.cp.clone(), "nginx-test")
+        .get("api-token")
+        .await
+        .unwrap();
+    assert_eq!(restored.data.unwrap()["token"].0, MARKER.as_bytes());
+    // The operator's key alone opens the archive too.
+    let mut by_operator = kpromote_archive::ArchiveReader::open(&archive).unwrap();
+    by_operator
+        .unseal_with(&kpromote_archive::Identities::from_file(&keys.path().join("operator.txt")).unwrap())
+        .unwrap();
+    let sealed = by_operator
+        .get("resources/secrets/namespaces/nginx-test/api-token.json")
+        .unwrap();
+    assert!(sealed.record.encryption.is_some());
+    assert!(String::from_utf8(sealed.json).unwrap().contains("api-token"));
+
+    env.apply(&design_rollback_policy().replacen(
+        "spec:\n",
+        &format!("spec:\n  encryptTo: [{operator}]\n"),
+        1,
+    ));
+    env.wait_design(&controller, Phase::RolledBack, 120).await;
+    tokio::time::sleep(SETTLE).await;
+    apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "RolledBack");
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
+}

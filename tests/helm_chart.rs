@@ -107,6 +107,8 @@ fn every_option() -> Vec<&'static str> {
         "--set=metrics.serviceMonitor.enabled=true",
         "--set=metrics.serviceMonitor.labels.release=prometheus",
         "--set=rbac.extraRules[0].apiGroups[0]=example.com,rbac.extraRules[0].resources[0]=widgets,rbac.extraRules[0].verbs[0]=get",
+        "--set=encryption.recipients[0]=age1rl3ufzakwpv6220304jlfcsaptvsvk092ef84sdxhm7wantz0smsvk77hy",
+        "--set=encryption.identitySecret=kpromote-age",
     ]
 }
 
@@ -210,6 +212,20 @@ fn every_option_renders_objects_their_types_accept() {
         volumes[1].secret.as_ref().unwrap().secret_name.as_deref(),
         Some("member-kubeconfig")
     );
+    // Sealed archives: the recipients as flags, the identity Secret mounted where the flag says.
+    assert!(
+        args.contains(
+            &"--encrypt-to=age1rl3ufzakwpv6220304jlfcsaptvsvk092ef84sdxhm7wantz0smsvk77hy".to_owned()
+        )
+    );
+    assert_eq!(flag(&args, "--age-identity"), Some("/etc/kpromote/age/identity"));
+    let age = volumes[2].secret.as_ref().unwrap();
+    assert_eq!(age.secret_name.as_deref(), Some("kpromote-age"));
+    assert_eq!(age.items.as_ref().unwrap()[0].key, "identity");
+    let mounts = container.volume_mounts.clone().unwrap();
+    assert!(mounts.iter().any(|m| m.name == "age-identity"
+        && m.mount_path == "/etc/kpromote/age"
+        && m.read_only == Some(true)));
     let monitor = find(&docs, "ServiceMonitor")[0];
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");

@@ -117,6 +117,9 @@ pub struct ShowArgs {
     /// Print a Secret's values instead of `<masked: N bytes>`.
     #[arg(long)]
     pub reveal_secrets: bool,
+    /// Opens a sealed Secret (needed only for those).
+    #[command(flatten)]
+    pub identity: super::keys::Identity,
 }
 
 /// Arguments of `kpromote verify`.
@@ -139,6 +142,9 @@ pub struct DiffArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = TextOrJson::Text)]
     pub output: TextOrJson,
+    /// Opens sealed Secrets (of either archive) to compare them.
+    #[command(flatten)]
+    pub identity: super::keys::Identity,
 }
 
 /// Opens an archive, turning failures into a message that names the file and what to do.
@@ -146,8 +152,19 @@ fn open(path: &Path) -> anyhow::Result<ArchiveReader> {
     ArchiveReader::open(path).map_err(|e| explain(path, e))
 }
 
+/// Opens an archive whose sealed Secrets are to be read: an identity given is checked now, before
+/// anything is read; without one, only a sealed object itself fails (naming what to give).
+fn open_unsealed(path: &Path, identity: &super::keys::Identity) -> anyhow::Result<ArchiveReader> {
+    let mut reader = open(path)?;
+    if identity.given() {
+        let identities = identity.load()?;
+        reader.unseal_with(&identities).map_err(|e| explain(path, e))?;
+    }
+    Ok(reader)
+}
+
 fn explain(path: &Path, err: ArchiveError) -> anyhow::Error {
-    let hint = match &err {
+    let hint = super::keys::hint(&err).unwrap_or_else(|| match &err {
         ArchiveError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound => {
             "check the path".to_owned()
         }
@@ -157,7 +174,7 @@ fn explain(path: &Path, err: ArchiveError) -> anyhow::Error {
         }
         ArchiveError::UnsupportedVersion { .. } => "upgrade kpromote to read this archive".to_owned(),
         _ => format!("run `kpromote verify {}` to list every problem", path.display()),
-    };
+    });
     anyhow::Error::new(err).context(format!("cannot read archive {} ({hint})", path.display()))
 }
 
@@ -227,6 +244,15 @@ fn summary_text(reader: &ArchiveReader, path: &Path, file_bytes: u64, out: &mut 
                 m.facts.source.name, m.facts.source.server_version
             );
             let _ = writeln!(out, "Policy:       {}", m.facts.policy.name);
+            if let Some(e) = &m.encryption {
+                let _ = writeln!(
+                    out,
+                    "Encrypted:    {} ({}), to {}",
+                    e.resources.join(", "),
+                    e.scheme,
+                    e.recipients.join(", ")
+                );
+            }
             let _ = writeln!(
                 out,
                 "Namespaces:   {}",
@@ -407,7 +433,7 @@ fn finish_output(result: io::Result<()>) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// The archive cannot be read, or the object is not in it.
 pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let reader = open(&args.archive)?;
+    let reader = open_unsealed(&args.archive, &args.identity)?;
     let path = resolve_object(&reader, &args.object)?;
     let object = reader.get(&path).map_err(|e| match e {
         ArchiveError::NotFound { .. } => anyhow::anyhow!(
@@ -613,7 +639,10 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn diff_inner(args: &DiffArgs) -> anyhow::Result<ExitCode> {
-    let (ra, rb) = (open(&args.a)?, open(&args.b)?);
+    let (ra, rb) = (
+        open_unsealed(&args.a, &args.identity)?,
+        open_unsealed(&args.b, &args.identity)?,
+    );
     let mut a = ra.objects().map_err(|e| explain(&args.a, e))?;
     let mut b = rb.objects().map_err(|e| explain(&args.b, e))?;
     let next = |it: &mut kpromote_archive::Objects, path: &Path| -> anyhow::Result<Option<ArchiveObject>> {

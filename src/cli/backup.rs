@@ -68,6 +68,8 @@ pub struct Args {
     /// Output format of the summary.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
     output: Output,
+    #[command(flatten)]
+    encrypt_to: super::keys::EncryptTo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +86,7 @@ enum Output {
 
 /// Runs `kpromote backup`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let recipients = args.encrypt_to.recipients()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let member =
@@ -93,7 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 CodecArg::Zstd => Codec::Zstd,
                 CodecArg::Gzip => Codec::Gzip,
             })
-            .workers(args.compression_threads);
+            .workers(args.compression_threads)
+            .encrypt_to(recipients);
         if let Some(level) = args.level {
             options = options.level(level);
         }

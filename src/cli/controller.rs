@@ -82,6 +82,13 @@ pub struct Args {
     /// Minimum seconds between two progress writes of one policy.
     #[arg(long, default_value_t = 2.0)]
     progress_interval_seconds: f64,
+    #[command(flatten)]
+    encrypt_to: super::keys::EncryptTo,
+    /// age identity file (the mounted Secret) that opens sealed archives; its public keys are
+    /// added to the recipients of every sealed archive, so the controller can read back what it
+    /// wrote.
+    #[arg(long, value_name = "FILE", env = super::keys::IDENTITY_ENV)]
+    age_identity: Option<PathBuf>,
 }
 
 /// Runs the controller until SIGTERM / Ctrl-C, or until leadership is lost (exit code 1).
@@ -97,6 +104,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.engine.settle = Duration::from_secs_f64(args.settle_seconds.max(0.0));
     config.engine = args.stalls.apply(config.engine);
     config.progress_interval = Duration::from_secs_f64(args.progress_interval_seconds.max(0.0));
+    config.encrypt_to = args.encrypt_to.recipients()?;
+    config.identities = super::keys::identities(args.age_identity.as_deref())?;
     let metrics_address = match args.metrics_address.as_str() {
         "off" => None,
         address => Some(

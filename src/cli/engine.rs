@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
+use kpromote_archive::{Identities, Recipients, WriterOptions};
 use kpromote_core::access::ClusterClient;
 use kpromote_core::engine::live::RetryPolicy;
 use kpromote_core::engine::{
-    EngineOptions, Inventory, LiveCluster, ProgressFn, Report, Run, promote, rollback,
+    EngineOptions, Inventory, InventoryError, LiveCluster, ProgressFn, Report, Run, promote, rollback,
 };
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::order::{DetachPlan, RestorePlan};
@@ -161,6 +161,12 @@ pub struct PromoteArgs {
     /// On a failure after detach, leave things as they are instead of rolling back.
     #[arg(long)]
     no_auto_rollback: bool,
+    /// Seal the new backup's Secrets (promote reads them back, so --identity must open it).
+    #[command(flatten)]
+    encrypt_to: super::keys::EncryptTo,
+    /// Opens the archive's sealed Secrets.
+    #[command(flatten)]
+    identity: super::keys::Identity,
     #[command(flatten)]
     knobs: Knobs,
 }
@@ -180,6 +186,9 @@ pub struct RollbackArgs {
     /// namespaces, owners edited there); without it rollback refuses and names them.
     #[arg(long)]
     discard_changes: bool,
+    /// Opens the archive's sealed Secrets.
+    #[command(flatten)]
+    identity: super::keys::Identity,
     #[command(flatten)]
     knobs: Knobs,
 }
@@ -188,8 +197,53 @@ fn open_journal(archive: &Path, direction: &str, inv: &Inventory) -> anyhow::Res
     Ok(kpromote_core::engine::open_journal(archive, direction, inv)?)
 }
 
-fn load(archive: &Path) -> anyhow::Result<Inventory> {
-    Inventory::from_archive(archive).with_context(|| format!("reading archive {}", archive.display()))
+fn load(archive: &Path, identities: &Identities) -> anyhow::Result<Inventory> {
+    Inventory::from_archive_with(archive, identities).map_err(|e| reading(archive, e))
+}
+
+/// An inventory error, with what to do when it is about keys.
+fn reading(archive: &Path, err: InventoryError) -> anyhow::Error {
+    let hint = match &err {
+        InventoryError::Archive(e) => super::keys::hint(e),
+        _ => None,
+    };
+    let context = match hint {
+        Some(hint) => format!(
+            "reading archive {} ({hint}); nothing was changed",
+            archive.display()
+        ),
+        None => format!("reading archive {}", archive.display()),
+    };
+    anyhow::Error::new(err).context(context)
+}
+
+/// Checks, from the manifest alone and before any cluster is contacted, that `identities` open
+/// the archive's sealed Secrets (nothing to check when it seals none).
+fn check_identity(archive: &Path, identities: &Identities) -> anyhow::Result<()> {
+    kpromote_archive::ArchiveReader::open(archive)
+        .and_then(|mut reader| reader.unseal_with(identities))
+        .map_err(|e| reading(archive, e.into()))
+}
+
+/// The recipients of a new backup, checked before anything starts: promote reads the archive
+/// back, so one of `identities` must be among them.
+fn backup_recipients(args: &PromoteArgs, identities: &Identities) -> anyhow::Result<Recipients> {
+    let recipients = args.encrypt_to.recipients()?;
+    if recipients.is_empty() {
+        return Ok(recipients);
+    }
+    anyhow::ensure!(
+        args.archive.is_none(),
+        "--encrypt-to seals a new backup; --archive names one already written (drop one of them)"
+    );
+    identities.check(&recipients.to_strings()).map_err(|e| {
+        anyhow::anyhow!(
+            "--encrypt-to: the new archive's Secrets would be sealed to {}, and promote reads them back from it: {e};              give the identity of one of them with --identity FILE or {}; nothing was changed",
+            recipients.to_strings().join(", "),
+            super::keys::IDENTITY_ENV
+        )
+    })?;
+    Ok(recipients)
 }
 
 /// Precheck and backup, for a promotion that starts from scratch; returns the new archive.
@@ -198,6 +252,7 @@ async fn precheck_and_backup(
     member: &LiveCluster,
     cp: &LiveCluster,
     dir: &Path,
+    recipients: &Recipients,
 ) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         !args.namespaces.is_empty(),
@@ -232,7 +287,8 @@ async fn precheck_and_backup(
     let backup = kpromote_core::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
         .excluded(excluded)
         .output_dir(dir)
-        .cluster_name(&args.clusters.cluster_name);
+        .cluster_name(&args.clusters.cluster_name)
+        .archive_options(WriterOptions::zstd().encrypt_to(recipients.clone()));
     let report = kpromote_core::backup::run(&member.client, &backup).await?;
     eprintln!(
         "backup: {} ({} objects)",
@@ -244,6 +300,11 @@ async fn precheck_and_backup(
 
 /// Runs `kpromote promote`.
 pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let identities = args.identity.load()?;
+    let recipients = backup_recipients(&args, &identities)?;
+    if let Some(archive) = &args.archive {
+        check_identity(archive, &identities)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
@@ -251,10 +312,12 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         let scratch = tempfile::tempdir()?;
         let archive = match &args.archive {
             Some(path) => path.clone(),
-            None if args.dry_run => precheck_and_backup(&args, &member, &cp, scratch.path()).await?,
-            None => precheck_and_backup(&args, &member, &cp, &args.backup_dir).await?,
+            None if args.dry_run => {
+                precheck_and_backup(&args, &member, &cp, scratch.path(), &recipients).await?
+            }
+            None => precheck_and_backup(&args, &member, &cp, &args.backup_dir, &recipients).await?,
         };
-        let inv = load(&archive)?;
+        let inv = load(&archive, &identities)?;
         if args.dry_run {
             print!("{}", plan_text(&inv)?);
             return Ok(ExitCode::SUCCESS);
@@ -295,8 +358,9 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
 /// Runs `kpromote rollback`.
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     // One damaged entry must not block a rollback: the rest is rolled back, the damage reported.
-    let inv = Inventory::for_rollback(&args.archive)
-        .with_context(|| format!("reading archive {}", args.archive.display()))?;
+    let identities = args.identity.load()?;
+    let inv =
+        Inventory::for_rollback_with(&args.archive, &identities).map_err(|e| reading(&args.archive, e))?;
     if args.dry_run {
         print!("{}", plan_text(&inv)?);
         return Ok(ExitCode::SUCCESS);

@@ -6,6 +6,7 @@ mod backup;
 mod controller;
 mod crd;
 mod engine;
+mod keys;
 mod shell;
 mod status;
 

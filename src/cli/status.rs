@@ -25,11 +25,15 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_parser = ["text", "json"], default_value = "text")]
     output: String,
+    /// Opens the archive's sealed Secrets (they decide which objects the restore skips).
+    #[command(flatten)]
+    identity: super::keys::Identity,
 }
 
 /// Runs `kpromote status`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let status = run_status::read(&args.archive, args.cluster_name.as_deref())?;
+    let identities = args.identity.load()?;
+    let status = run_status::read(&args.archive, args.cluster_name.as_deref(), &identities)?;
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -82,12 +82,12 @@ pub use manifest::{
     ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, Inclusion, IndexInfo, IndexRecord, OwnerReference,
     PolicyFacts, SourceCluster, Summary, Tally, ToolInfo,
 };
-pub use seal::{Encryption, Identities, Recipients, SealError};
 pub use reader::{
     ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
     DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_RATIO_FLOOR, Objects,
     ReaderOptions, Records, VerifyReport, verify_stream,
 };
+pub use seal::{Encryption, Identities, Recipients, SealError};
 pub use writer::{
     ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,
 };

@@ -324,10 +324,7 @@ fn recipients_file(path: &Path) -> Result<Vec<x25519::Recipient>, SealError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        keys.push(parse_recipient(
-            line,
-            &format!("{}:{}", path.display(), i + 1),
-        )?);
+        keys.push(parse_recipient(line, &format!("{}:{}", path.display(), i + 1))?);
     }
     if keys.is_empty() {
         return Err(SealError::NoRecipients {
@@ -519,7 +516,9 @@ mod tests {
         let ((a, a_pub), (b, b_pub), (c, _)) = (pair(), pair(), pair());
         let recipients = Recipients::parse([a_pub.as_str(), b_pub.as_str()]).unwrap();
         let json = br#"{"apiVersion":"v1","kind":"Secret","data":{"k":"c2VjcmV0"}}"#;
-        let sealed = recipients.seal("resources/secrets/namespaces/a/s.json", json).unwrap();
+        let sealed = recipients
+            .seal("resources/secrets/namespaces/a/s.json", json)
+            .unwrap();
         assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
         assert!(!sealed.windows(8).any(|w| w == b"c2VjcmV0"));
         for id in [a, b] {
@@ -588,7 +587,10 @@ mod tests {
         let secret = a.to_string();
         std::fs::write(
             &file,
-            format!("# created: now\n# public key: {a_pub}\n{}\n", secret.expose_secret()),
+            format!(
+                "# created: now\n# public key: {a_pub}\n{}\n",
+                secret.expose_secret()
+            ),
         )
         .unwrap();
         let ids = Identities::from_file(&file).unwrap();

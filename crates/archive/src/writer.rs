@@ -14,9 +14,9 @@ use super::manifest::{
     ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, Inclusion, IndexInfo, IndexRecord, OwnerReference,
     Summary, ToolInfo, VersionLine,
 };
+use super::seal::{self, Recipients};
 use super::sort::{ExternalSorter, SortItem};
 use super::tar_header::{self, BLOCK_SIZE};
-use super::seal::{self, Recipients};
 use super::{
     DEFAULT_MAX_ENTRY_BYTES, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_VERSION, UNSEALED_FORMAT_MINOR,
     UNSEALED_FORMAT_VERSION,
@@ -732,11 +732,12 @@ fn prepare_one(
             (key, path, object)
         }
     };
-    let (body, encryption) = if !seal_to.is_empty() && seal::is_sealed_resource(&object.group, &object.resource) {
-        (seal_to.seal(&path, &object.json)?, Some(seal::SCHEME.to_owned()))
-    } else {
-        (object.json, None)
-    };
+    let (body, encryption) =
+        if !seal_to.is_empty() && seal::is_sealed_resource(&object.group, &object.resource) {
+            (seal_to.seal(&path, &object.json)?, Some(seal::SCHEME.to_owned()))
+        } else {
+            (object.json, None)
+        };
     let size = body.len() as u64;
     let sha256 = hex::encode(Sha256::digest(&body));
     let record = IndexRecord {
@@ -760,11 +761,7 @@ fn prepare_one(
     })?;
     summary.add(&key, size);
     sorter
-        .push(SortItem {
-            path,
-            line,
-            body,
-        })
+        .push(SortItem { path, line, body })
         .map_err(|e| ArchiveError::io(sorter.spill_dir(), e))
 }
 

@@ -7,8 +7,8 @@ mod archive_support;
 
 use archive_support::{configmap, facts};
 use kpromote_archive::{
-    ArchiveError, ArchiveReader, ArchiveWriter, Codec, Identities, Inclusion, NewObject, Recipients, SealError,
-    WriterOptions,
+    ArchiveError, ArchiveReader, ArchiveWriter, Codec, Identities, Inclusion, NewObject, Recipients,
+    SealError, WriterOptions,
 };
 use serde_json::json;
 use std::io::Read;
@@ -62,16 +62,30 @@ fn secret(ns: &str, name: &str) -> NewObject {
         "data": {"password": base64(MARKERS[0])},
         "stringData": {"note": MARKERS[1]},
     });
-    NewObject::from_json("secrets", "", Inclusion::Namespaced, serde_json::to_vec(&value).unwrap()).unwrap()
+    NewObject::from_json(
+        "secrets",
+        "",
+        Inclusion::Namespaced,
+        serde_json::to_vec(&value).unwrap(),
+    )
+    .unwrap()
 }
 
 /// An age key pair made by the reference `age-keygen`: (identity file, public key).
 fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let file = dir.join(name);
-    let made = Command::new("age-keygen").arg("-o").arg(&file).output().unwrap_or_else(|e| {
-        panic!("the reference `age-keygen` is needed (Debian package `age`, installed by .ci/run): {e}")
-    });
-    assert!(made.status.success(), "age-keygen: {}", String::from_utf8_lossy(&made.stderr));
+    let made = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("the reference `age-keygen` is needed (Debian package `age`, installed by .ci/run): {e}")
+        });
+    assert!(
+        made.status.success(),
+        "age-keygen: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let public = Command::new("age-keygen").arg("-y").arg(&file).output().unwrap();
     assert!(public.status.success());
     (file, String::from_utf8(public.stdout).unwrap().trim().to_owned())
@@ -86,7 +100,11 @@ fn write(path: &Path, objects: Vec<NewObject>, options: WriterOptions) {
 }
 
 fn objects() -> Vec<NewObject> {
-    vec![secret("shop", "db"), secret("shop", "api"), configmap("shop", "settings", 100)]
+    vec![
+        secret("shop", "db"),
+        secret("shop", "api"),
+        configmap("shop", "settings", 100),
+    ]
 }
 
 /// The whole tar stream of an archive, decompressed (every frame, as `zstd -dc` / `gzip -dc`).
@@ -94,7 +112,9 @@ fn tar_stream(path: &Path, codec: Codec) -> Vec<u8> {
     let file = std::fs::File::open(path).unwrap();
     let mut out = Vec::new();
     match codec {
-        Codec::Zstd => zstd::stream::read::Decoder::new(file).unwrap().read_to_end(&mut out),
+        Codec::Zstd => zstd::stream::read::Decoder::new(file)
+            .unwrap()
+            .read_to_end(&mut out),
         Codec::Gzip => flate2::read::MultiGzDecoder::new(file).read_to_end(&mut out),
     }
     .unwrap();
@@ -153,15 +173,22 @@ fn sealed_secrets_verify_without_a_key_and_open_only_with_a_recipients_identity(
     );
 
     // Without an identity the Secret is an error naming the recipients; the ConfigMap reads.
-    let cm = reader.get("resources/configmaps/namespaces/shop/settings.json").unwrap();
+    let cm = reader
+        .get("resources/configmaps/namespaces/shop/settings.json")
+        .unwrap();
     assert!(cm.value().is_ok());
     match reader.get("resources/secrets/namespaces/shop/db.json") {
         Err(ArchiveError::Seal(SealError::NoIdentity { recipients })) => assert_eq!(recipients, expected),
         other => panic!("expected NoIdentity, got {other:?}"),
     }
     // A wrong identity is refused before anything is read.
-    let wrong = reader.unseal_with(&Identities::from_file(&key_c).unwrap()).unwrap_err();
-    assert!(matches!(wrong, ArchiveError::Seal(SealError::WrongIdentity { .. })), "{wrong}");
+    let wrong = reader
+        .unseal_with(&Identities::from_file(&key_c).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(wrong, ArchiveError::Seal(SealError::WrongIdentity { .. })),
+        "{wrong}"
+    );
     assert!(wrong.to_string().contains(&pub_a), "{wrong}");
     // Either recipient's identity opens every Secret, to the exact bytes given to the writer.
     for key in [&key_a, &key_b] {
@@ -183,7 +210,10 @@ fn no_secret_value_is_in_the_decompressed_stream_plain_or_base64() {
     let (_, public) = age_keygen(dir.path(), "k.key");
     let mut needles: Vec<String> = MARKERS.iter().map(|m| (*m).to_owned()).collect();
     needles.extend(MARKERS.iter().map(|m| base64(m)));
-    for (codec, options) in [(Codec::Zstd, WriterOptions::zstd()), (Codec::Gzip, WriterOptions::gzip())] {
+    for (codec, options) in [
+        (Codec::Zstd, WriterOptions::zstd()),
+        (Codec::Gzip, WriterOptions::gzip()),
+    ] {
         let path = dir.path().join(format!("s{}", codec.extension()));
         // A tiny sort budget makes the writer spill runs to disk, through the same path.
         let options = options
@@ -191,7 +221,10 @@ fn no_secret_value_is_in_the_decompressed_stream_plain_or_base64() {
             .encrypt_to(Recipients::parse([public.as_str()]).unwrap());
         write(&path, objects(), options);
         let stream = tar_stream(&path, codec);
-        assert!(stream.windows(b"shop".len()).any(|w| w == b"shop"), "the stream was decoded");
+        assert!(
+            stream.windows(b"shop".len()).any(|w| w == b"shop"),
+            "the stream was decoded"
+        );
         for needle in &needles {
             assert!(
                 !stream.windows(needle.len()).any(|w| w == needle.as_bytes()),
@@ -222,7 +255,10 @@ fn the_reference_age_command_line_decrypts_a_sealed_entry_to_the_archived_object
     );
     let entry = "resources/secrets/namespaces/shop/db.json";
     let stored = stored_entry(&tar_stream(&path, Codec::Zstd), entry);
-    assert!(stored.starts_with(b"age-encryption.org/v1\n"), "a binary age file");
+    assert!(
+        stored.starts_with(b"age-encryption.org/v1\n"),
+        "a binary age file"
+    );
     // What a 1.0 reader would hand out is not JSON: it fails rather than misreads (spec §14.3).
     assert!(serde_json::from_slice::<serde_json::Value>(&stored).is_err());
     let sealed_file = dir.path().join("db.json.age");
@@ -233,16 +269,46 @@ fn the_reference_age_command_line_decrypts_a_sealed_entry_to_the_archived_object
         .arg(&key)
         .arg(&sealed_file)
         .output()
-        .unwrap_or_else(|e| panic!("the reference `age` is needed (Debian package `age`, installed by .ci/run): {e}"));
-    assert!(decrypted.status.success(), "age -d: {}", String::from_utf8_lossy(&decrypted.stderr));
+        .unwrap_or_else(|e| {
+            panic!("the reference `age` is needed (Debian package `age`, installed by .ci/run): {e}")
+        });
+    assert!(
+        decrypted.status.success(),
+        "age -d: {}",
+        String::from_utf8_lossy(&decrypted.stderr)
+    );
     let original = secret("shop", "db").json;
-    assert_eq!(decrypted.stdout, original, "age -d gives the exact archived object");
+    assert_eq!(
+        decrypted.stdout, original,
+        "age -d gives the exact archived object"
+    );
+    // The README's pipeline, reference tools only.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar xOf - {entry} | age -d -i '{}'",
+            path.display(),
+            key.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(piped.stdout, original);
 
     // And the other way: what the reference `age` encrypts, the reader's identity opens.
     let ours = Identities::from_file(&key).unwrap();
     let plain_file = dir.path().join("plain.json");
     std::fs::write(&plain_file, &original).unwrap();
-    let encrypted = Command::new("age").arg("-r").arg(&public).arg(&plain_file).output().unwrap();
+    let encrypted = Command::new("age")
+        .arg("-r")
+        .arg(&public)
+        .arg(&plain_file)
+        .output()
+        .unwrap();
     assert!(encrypted.status.success());
     assert_eq!(ours.open(entry, &encrypted.stdout).unwrap(), original);
 }

@@ -81,6 +81,18 @@ pub struct PromotePolicySpec {
     /// fails, naming each change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discard_changes: bool,
+
+    /// age X25519 public keys (`age1…`, from `age-keygen -y`) the archive's Secrets are sealed
+    /// to, besides the controller's `--encrypt-to` keys and its own identity's key (it reads the
+    /// archive back to promote and to roll back; without an identity, precheck fails). Public
+    /// keys only: safe in a spec.
+    // An X25519 recipient is `age1` and 58 Bech32 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 20),
+        inner(regex(pattern = r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$"))
+    )]
+    pub encrypt_to: Vec<String>,
 }
 
 impl PromotePolicySpec {

@@ -149,17 +149,22 @@ pub struct RunStatus {
 }
 
 /// Reads where the run of `archive` stands. `cluster_name` overrides the archive's source
-/// cluster (it decides which objects the restore skips).
+/// cluster (it decides which objects the restore skips); `identities` open its sealed Secrets
+/// (which decide some of the skips).
 ///
 /// # Errors
-/// The archive cannot be read or verified. A damaged journal is not an error: it is reported
-/// as [`RunState::Damaged`].
-pub fn read(archive: &Path, cluster_name: Option<&str>) -> Result<RunStatus, StatusError> {
+/// The archive cannot be read or verified, or is sealed to none of `identities`. A damaged
+/// journal is not an error: it is reported as [`RunState::Damaged`].
+pub fn read(
+    archive: &Path,
+    cluster_name: Option<&str>,
+    identities: &kpromote_archive::Identities,
+) -> Result<RunStatus, StatusError> {
     let archive_error = |source| StatusError::Archive {
         path: archive.to_owned(),
         source,
     };
-    let inv = Inventory::from_archive(archive).map_err(archive_error)?;
+    let inv = Inventory::from_archive_with(archive, identities).map_err(archive_error)?;
     let facts = kpromote_archive::ArchiveReader::open(archive)
         .ok()
         .and_then(|r| r.facts().cloned());

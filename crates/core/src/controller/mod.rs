@@ -118,6 +118,11 @@ pub struct ControllerConfig {
     pub progress_interval: Duration,
     /// This replica's name in events (`reportingInstance`).
     pub instance: String,
+    /// Recipients every archive's Secrets are sealed to, besides a policy's `spec.encryptTo`.
+    pub encrypt_to: kpromote_archive::Recipients,
+    /// Identities that open sealed archives (read from a mounted Secret): promote reads the
+    /// archive it wrote back, and rollback reads it, so one must be a recipient of each.
+    pub identities: kpromote_archive::Identities,
 }
 
 impl ControllerConfig {
@@ -136,6 +141,8 @@ impl ControllerConfig {
             engine: EngineOptions::default(),
             progress_interval: Duration::from_secs(2),
             instance: instance.to_owned(),
+            encrypt_to: kpromote_archive::Recipients::default(),
+            identities: kpromote_archive::Identities::none(),
         }
     }
 }

@@ -61,6 +61,9 @@ impl Run {
                     .to_owned(),
             );
         }
+        if let Err(e) = sealing(&spec, &ctx.config) {
+            errors.push(e);
+        }
         let all = ctx.policies.list(&ListParams::default()).await?;
         let busy = machine::busy_namespaces(&self.name, &all.items);
         match ctx.member(&spec.cluster_name).await {
@@ -145,7 +148,19 @@ impl Run {
             };
             tx.send_replace(Some(progress("backup", done, total)));
         });
+        let recipients = match sealing(&spec, &ctx.config) {
+            Ok(recipients) => recipients,
+            Err(e) => {
+                let reason = format!("backup failed, nothing was changed in either cluster: {e}");
+                self.transition(Phase::FailedBackup, &reason, None, |s| {
+                    s.failure_reason = Some(reason.clone());
+                })
+                .await?;
+                return Ok(Flow::Continue);
+            }
+        };
         let request = BackupRequest::new(self.name.clone(), spec.included_namespaces.clone())
+            .archive_options(kpromote_archive::WriterOptions::zstd().encrypt_to(recipients))
             .excluded(exclusions(&spec.excluded_namespace_scoped_resources))
             .output_dir(&ctx.config.backup_dir)
             .cluster_name(spec.cluster_name.clone())
@@ -410,11 +425,12 @@ impl Run {
         let reading = path.clone();
         // Reading verifies every entry's checksum: CPU and disk work, off the async threads.
         let load = if for_rollback {
-            Inventory::for_rollback
+            Inventory::for_rollback_with
         } else {
-            Inventory::from_archive
+            Inventory::from_archive_with
         };
-        let inv = tokio::task::spawn_blocking(move || load(&reading))
+        let identities = self.ctx.config.identities.clone();
+        let inv = tokio::task::spawn_blocking(move || load(&reading, &identities))
             .await
             .map_err(|e| format!("reading archive {}: {e}", path.display()))?
             .map_err(|e| format!("archive {}: {}", path.display(), chain(&e)))?;
@@ -514,6 +530,31 @@ impl Run {
     }
 }
 
+/// The recipients a policy's archive is sealed to: its `spec.encryptTo`, the controller's
+/// `--encrypt-to`, and — when there is any — the controller's own identities, since promote
+/// reads the archive back and rollback reads it later. Empty: nothing is sealed.
+///
+/// # Errors
+/// A key of the spec that is not an age X25519 public key; recipients but no identity.
+fn sealing(
+    spec: &crate::policy::PromotePolicySpec,
+    config: &super::ControllerConfig,
+) -> Result<kpromote_archive::Recipients, String> {
+    let asked = kpromote_archive::Recipients::from_keys(&spec.encrypt_to)
+        .map_err(|e| format!("spec.encryptTo: {e}"))?
+        .union(&config.encrypt_to);
+    if asked.is_empty() {
+        return Ok(asked);
+    }
+    if config.identities.is_empty() {
+        return Err(format!(
+            "spec.encryptTo (or the controller's --encrypt-to) seals the Secrets to {}, but the controller holds no              age identity to read them back for the promotion and a rollback; give it one (Helm value              encryption.identitySecret, or --age-identity)",
+            asked.to_strings().join(", ")
+        ));
+    }
+    Ok(asked.union(&config.identities.recipients()))
+}
+
 /// The exclusions in effect: the policy's, or the design's list when it names none.
 fn exclusions(names: &[String]) -> Vec<String> {
     if names.is_empty() {
@@ -558,4 +599,73 @@ fn completed_message(report: &Report, cluster_name: &str) -> String {
         text.push_str(&report.warnings.join("; "));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(deprecated)] // age's X25519 keys: what kpromote seals to (see kpromote_archive::seal).
+    use super::*;
+    use crate::controller::ControllerConfig;
+    use crate::policy::PromotePolicySpec;
+
+    fn key() -> (String, String) {
+        let identity = age::x25519::Identity::generate();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned();
+        (secret, identity.to_public().to_string())
+    }
+
+    fn config_with_identity(dir: &Path) -> (ControllerConfig, String) {
+        let (secret, public) = key();
+        let file = dir.join("identity");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let mut config = ControllerConfig::new("test");
+        config.identities = kpromote_archive::Identities::from_file(&file).unwrap();
+        (config, public)
+    }
+
+    #[test]
+    fn a_policy_without_encrypt_to_seals_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = config_with_identity(dir.path());
+        assert!(
+            sealing(&PromotePolicySpec::default(), &config)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_archive_is_sealed_to_the_policys_keys_and_the_controllers_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, own) = config_with_identity(dir.path());
+        let (_, theirs) = key();
+        let spec = PromotePolicySpec {
+            encrypt_to: vec![theirs.clone()],
+            ..PromotePolicySpec::default()
+        };
+        let mut expected = vec![own, theirs];
+        expected.sort();
+        assert_eq!(sealing(&spec, &config).unwrap().to_strings(), expected);
+    }
+
+    #[test]
+    fn sealing_without_an_identity_or_with_a_bad_key_fails_before_anything() {
+        let (_, theirs) = key();
+        let spec = PromotePolicySpec {
+            encrypt_to: vec![theirs.clone()],
+            ..PromotePolicySpec::default()
+        };
+        let err = sealing(&spec, &ControllerConfig::new("test")).unwrap_err();
+        assert!(err.contains(&theirs) && err.contains("identitySecret"), "{err}");
+        // A spec names keys, never files: a path is a bad key, and is not opened.
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _) = config_with_identity(dir.path());
+        let path = dir.path().join("identity").display().to_string();
+        let spec = PromotePolicySpec {
+            encrypt_to: vec![path],
+            ..PromotePolicySpec::default()
+        };
+        let err = sealing(&spec, &config).unwrap_err();
+        assert!(err.starts_with("spec.encryptTo:"), "{err}");
+    }
 }

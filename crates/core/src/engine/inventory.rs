@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::live::{LiveCluster, LiveError};
 use crate::plan::order::DetachPlan;
 use crate::plan::transform::{TransformContext, restore_skip};
+use kpromote_archive::Identities;
 use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnershipError, OwnershipGraph};
@@ -81,6 +82,8 @@ pub struct Inventory {
     damage: BTreeSet<String>,
     /// The archive the objects outside the graph stream from; `None` when the graph holds all.
     rest: Option<PathBuf>,
+    /// The identities that open its sealed entries, for the streamed scans.
+    identities: Identities,
     /// How many objects the archive holds.
     len: usize,
 }
@@ -175,17 +178,29 @@ impl Inventory {
             stubs: BTreeMap::new(),
             damage: BTreeSet::new(),
             rest: None,
+            identities: Identities::none(),
         })
     }
 
     /// Reads every object of a verified kpromote archive (each entry's SHA-256 is checked as it
     /// is read). A Velero tarball or an archive whose manifest cannot be anchored is refused:
-    /// promote and rollback act only on what they can prove unaltered.
+    /// promote and rollback act only on what they can prove unaltered. An archive with sealed
+    /// Secrets needs [`Inventory::from_archive_with`].
     ///
     /// # Errors
     /// Archive errors (corruption, tampering, unsupported version), malformed objects.
     pub fn from_archive(path: &Path) -> Result<Self, InventoryError> {
-        let (reader, archive_id) = open_verified(path)?;
+        Self::from_archive_with(path, &Identities::none())
+    }
+
+    /// As [`Inventory::from_archive`], opening sealed Secrets with `identities` — checked
+    /// against the archive's recipients before any object is read.
+    ///
+    /// # Errors
+    /// As [`Inventory::from_archive`]; [`kpromote_archive::SealError`] (inside
+    /// [`InventoryError::Archive`]) when the archive is sealed and no identity fits.
+    pub fn from_archive_with(path: &Path, identities: &Identities) -> Result<Self, InventoryError> {
+        let (reader, archive_id) = open_verified(path, identities)?;
         let mut objects = BTreeMap::new();
         for object in reader.objects()? {
             let object = object?;
@@ -212,7 +227,16 @@ impl Inventory {
     /// # Errors
     /// As [`Inventory::from_archive`], except damage confined to entries.
     pub fn for_rollback(path: &Path) -> Result<Self, InventoryError> {
-        let (reader, archive_id) = open_verified(path)?;
+        Self::for_rollback_with(path, &Identities::none())
+    }
+
+    /// As [`Inventory::for_rollback`], opening sealed Secrets with `identities` (checked before
+    /// anything is read, and kept for the streamed scans).
+    ///
+    /// # Errors
+    /// As [`Inventory::from_archive_with`], except damage confined to entries.
+    pub fn for_rollback_with(path: &Path, identities: &Identities) -> Result<Self, InventoryError> {
+        let (reader, archive_id) = open_verified(path, identities)?;
         let mut owner_uids: HashSet<String> = HashSet::new();
         let mut len = 0;
         for record in reader.records()? {
@@ -328,6 +352,7 @@ impl Inventory {
             stubs,
             damage: problems.into_iter().collect(),
             rest: Some(path.to_owned()),
+            identities: identities.clone(),
             len,
         })
     }
@@ -410,7 +435,7 @@ impl Inventory {
                 items: Box::new(std::iter::empty()),
             });
         };
-        let (reader, archive_id) = open_verified(path)?;
+        let (reader, archive_id) = open_verified(path, &self.identities)?;
         if archive_id != self.archive_id {
             return Err(InventoryError::Replaced { path: path.clone() });
         }
@@ -540,16 +565,21 @@ impl Inventory {
 
 /// Opens a kpromote archive whose manifest is anchored, and its identity. A Velero tarball or an
 /// archive whose manifest cannot be anchored is refused: promote and rollback act only on what
-/// they can prove unaltered.
-fn open_verified(path: &Path) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
+/// they can prove unaltered. A sealed archive is refused here, before anything else is read,
+/// unless one of `identities` is a recipient.
+fn open_verified(
+    path: &Path,
+    identities: &Identities,
+) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
     use kpromote_archive::{ArchiveKind, ArchiveReader};
     let unverifiable = || InventoryError::Unverifiable {
         path: path.to_owned(),
     };
-    let reader = ArchiveReader::open(path)?;
+    let mut reader = ArchiveReader::open(path)?;
     if reader.kind() != ArchiveKind::Kpromote || !reader.is_anchored() {
         return Err(unverifiable());
     }
+    reader.unseal_with(identities)?;
     let archive_id = reader.manifest_sha256().ok_or_else(unverifiable)?;
     Ok((reader, archive_id))
 }

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::journal::{Journal, JournalError};
 use crate::plan::order::PlanError;
 use crate::plan::transform::TransformError;
-pub use inventory::{Archived, Bodies, Inventory, STAMP_ANNOTATION, Scan};
+pub use inventory::{Archived, Bodies, Inventory, InventoryError, STAMP_ANNOTATION, Scan};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
 pub use live::{LiveCluster, LiveError};

@@ -603,7 +603,8 @@ fn completed_message(report: &Report, cluster_name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(deprecated)] // age's X25519 keys: what kpromote seals to (see kpromote_archive::seal).
+    // age's X25519 keys are what kpromote seals to (see kpromote_archive::seal).
+    #![allow(deprecated, clippy::unwrap_used)]
     use super::*;
     use crate::controller::ControllerConfig;
     use crate::policy::PromotePolicySpec;

@@ -189,6 +189,7 @@ async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_r
         "{report:#}"
     );
     pair.assert_rolled_back(ns, &before, "automatic rollback").await;
+}
 
 /// Issue 23: a namespace holding a Secret promoted with `--encrypt-to` and rolled back, both
 /// from the sealed archive. The Secret reaches the control plane intact although the archive

@@ -20,7 +20,7 @@ use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, Report, Run, 
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 use kpromote_core::plan::transform::{Target, TransformContext};
-use kpromote_testenv::{FakeKubelet, TestEnv, register_virtual_node};
+use kpromote_testenv::{FakeKubelet, NodeLease, Profile, TestEnv, register_virtual_node};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -109,6 +109,32 @@ async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64
     by_verb
 }
 
+/// Requests by verb.
+type Requests = std::collections::BTreeMap<String, f64>;
+
+/// [`api_requests`] of the member's API server and the control plane's.
+async fn both_requests(member: &LiveCluster, cp: &LiveCluster) -> (Requests, Requests) {
+    (api_requests(&member.client).await, api_requests(&cp.client).await)
+}
+
+/// [`requests_between`] of both clusters.
+fn both_between(before: &(Requests, Requests), after: &(Requests, Requests)) -> (Requests, Requests) {
+    (
+        requests_between(&before.0, &after.0),
+        requests_between(&before.1, &after.1),
+    )
+}
+
+/// `GET 12, PATCH 3, …`, and the total.
+fn describe(requests: &Requests) -> String {
+    let total: f64 = requests.values().sum();
+    if total == 0.0 {
+        return "0".to_owned();
+    }
+    let verbs: Vec<String> = requests.iter().map(|(v, n)| format!("{v} {n:.0}")).collect();
+    format!("{total:.0} ({})", verbs.join(", "))
+}
+
 /// `after - before`, verb by verb.
 fn requests_between(
     before: &std::collections::BTreeMap<String, f64>,
@@ -136,6 +162,8 @@ fn own_cpu_ticks() -> u64 {
 /// the restore (0..1), this process's share of the machine's busy time during the restore.
 struct Timings {
     detach_s: f64,
+    /// Requests served during detach + mark by the member's API server and the control plane's.
+    detach_requests: (Requests, Requests),
     restore_s: f64,
     restored: usize,
     restore_busy: f64,
@@ -157,11 +185,13 @@ async fn promote_timed(
     ));
     let report = Mutex::new(Report::default());
     let skipped = inv.skipped_by_restore();
+    let before = both_requests(member, cp).await;
     let t = Instant::now();
     let progress = timeline(t);
+    let twins = TwinFactory::new(inv, "member");
     detach(
         member,
-        inv,
+        &twins,
         &DetachPlan::build(&inv.graph, skipped),
         &journal,
         opts,
@@ -170,11 +200,11 @@ async fn promote_timed(
     )
     .await
     .expect("detach");
-    let twins = TwinFactory::new(inv, "member");
     mark_pods(member, &twins, skipped, &journal, opts, &report, Some(&progress))
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
+    let detach_requests = both_between(&before, &both_requests(member, cp).await);
     let plan = RestorePlan::build(&inv.graph);
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());
     let restorer = Restorer {
@@ -202,6 +232,7 @@ async fn promote_timed(
     let restore_requests = requests_between(&requests0, &api_requests(&cp.client).await);
     Timings {
         detach_s,
+        detach_requests,
         restore_s,
         restored: report.into_inner().expect("report").created.len(),
         restore_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
@@ -335,12 +366,24 @@ fn main() {
     let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 100);
     let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 10);
     let serial = env_usize("KPROMOTE_BENCH_SERIAL", 1) == 1;
+    // The machine is shared: its load when the run starts goes with the figures.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
+        let profile = Profile::from_env().expect("profile");
         let env = TestEnv::start(&["control-plane", "member"]).await.expect("clusters");
         let cp_client = env.cluster("control-plane").client().await.expect("client");
         let member_client = env.cluster("member").client().await.expect("client");
+        // As in Pair::start: the control plane's own node, the virtual node with its lease kept
+        // (no clustertree runs here), the member's node.
+        let _cp_node = FakeKubelet::register(&cp_client, "control-plane-node-1").await.expect("node");
         register_virtual_node(&cp_client, "member").await.expect("node");
+        let _virtual_lease = NodeLease::keep(&cp_client, "kosmos-member").await.expect("lease");
         let kubelet = FakeKubelet::register(&member_client, "member-node-1").await.expect("kubelet");
         let t = Instant::now();
         build_namespace(&member_client, &kubelet, deployments, replicas).await;
@@ -353,6 +396,7 @@ fn main() {
         // processes).
         let dir = tempfile::tempdir().expect("tempdir");
         reset_peak_rss();
+        let requests0 = both_requests(&member, &cp).await;
         let t = Instant::now();
         let request = kpromote_core::backup::BackupRequest::new("bench", vec!["bench".to_owned()])
             .excluded(kpromote_core::resources::DEFAULT_EXCLUDED_RESOURCES.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>())
@@ -360,6 +404,7 @@ fn main() {
             .cluster_name("member");
         let backup = kpromote_core::backup::run(&member_client, &request).await.expect("backup");
         let backup_s = t.elapsed().as_secs_f64();
+        let backup_requests = both_between(&requests0, &both_requests(&member, &cp).await);
         let backup_rss = peak_rss_mib();
         reset_peak_rss();
         let t = Instant::now();
@@ -376,35 +421,49 @@ fn main() {
         drop(inv);
         let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
         reset_peak_rss();
+        let requests0 = both_requests(&member, &cp).await;
         let t = Instant::now();
         let lean = Inventory::for_rollback(&backup.path).expect("rollback inventory");
         let progress = timeline(t);
         let run = Run::new(&member, &cp, &lean, "member", &opts).reporting(&progress);
         rollback(&run, &journal).await.expect("rollback");
         let rollback_s = t.elapsed().as_secs_f64();
+        let rollback_requests = both_between(&requests0, &both_requests(&member, &cp).await);
         let rollback_rss = peak_rss_mib();
         drop(lean);
         // The raw client last, so that what it prepares is not in the phases' memory figures.
         let inv = Inventory::from_archive(&backup.path).expect("inventory");
         let (raw_n, raw_s, raw_requests) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
         eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
-        println!("\n{objects} archived objects ({deployments} Deployments x {replicas} pods)\n");
-        println!("| phase | wall s | objects/s | peak RSS MiB |");
-        println!("|---|---|---|---|");
-        let row = |phase: &str, seconds: f64, n: usize, rss: f64| {
-            println!("| {phase} | {seconds:.1} | {:.0} | {rss:.0} |", n as f64 / seconds);
+        println!(
+            "\n{objects} archived objects ({deployments} Deployments x {replicas} pods), {profile} profile, \
+             load average before the run {load}\n"
+        );
+        println!("| phase | wall s | objects/s | member API requests | control-plane API requests | peak RSS MiB |");
+        println!("|---|---|---|---|---|---|");
+        let none = (Requests::new(), Requests::new());
+        let row = |phase: &str, seconds: f64, n: usize, requests: &(Requests, Requests), rss: f64| {
+            println!(
+                "| {phase} | {seconds:.1} | {:.0} | {} | {} | {rss:.0} |",
+                n as f64 / seconds,
+                describe(&requests.0),
+                describe(&requests.1)
+            );
         };
-        row("backup (real, 6 lists at once)", backup_s, objects, backup_rss);
-        row("inventory (read + verify + graph)", load_s, objects, load_rss);
-        row("detach + mark", timings.detach_s, objects, promote_rss);
-        row("restore", timings.restore_s, timings.restored, promote_rss);
+        row("backup (real, 6 lists at once)", backup_s, objects, &backup_requests, backup_rss);
+        row("inventory (read + verify + graph)", load_s, objects, &none, load_rss);
+        row("detach + mark", timings.detach_s, objects, &timings.detach_requests, promote_rss);
+        let restore_requests = (Requests::new(), timings.restore_requests.clone());
+        row("restore", timings.restore_s, timings.restored, &restore_requests, promote_rss);
+        let promote_s = backup_s + load_s + timings.detach_s + timings.restore_s;
         row(
             "promote end to end (backup + inventory + detach + restore)",
-            backup_s + load_s + timings.detach_s + timings.restore_s,
+            promote_s,
             objects,
+            &none,
             backup_rss.max(load_rss).max(promote_rss),
         );
-        row("rollback", rollback_s, objects, rollback_rss);
+        row("rollback", rollback_s, objects, &rollback_requests, rollback_rss);
         let restore_rate = timings.restored as f64 / timings.restore_s;
         let raw_rate = raw_n as f64 / raw_s;
         println!("\n| creation of the restored objects | objects | s | objects/s |");
@@ -425,6 +484,11 @@ fn main() {
             println!("\nrestore ÷ one at a time: {:.2}x", restore_rate / one_rate);
         }
         println!("restore ÷ raw client: {:.2}x", restore_rate / raw_rate);
+        println!(
+            "promote end to end: {:.1}x the raw client's time; rollback: {:.1}x",
+            promote_s / raw_s,
+            rollback_s / raw_s
+        );
         println!(
             "CPU busy during restore: {:.0} %, of which kpromote {:.0} %",
             timings.restore_busy * 100.0,

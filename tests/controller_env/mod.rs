@@ -34,6 +34,8 @@ pub struct Env {
     pub cp: Client,
     pub member: Client,
     pub kubelet: FakeKubelet,
+    /// The control plane's node and the virtual node's lease, kept alive with the clusters.
+    _nodes: (FakeKubelet, Option<kpromote_testenv::NodeLease>),
     pub backup_dir: tempfile::TempDir,
     pub kubectl: PathBuf,
 }
@@ -46,10 +48,13 @@ impl Env {
             cp,
             member,
             kubelet,
+            cp_kubelet,
+            virtual_lease,
             ..
         } = pair;
         Self {
             kubelet,
+            _nodes: (cp_kubelet, virtual_lease),
             backup_dir: tempfile::tempdir().unwrap(),
             env,
             cp,

@@ -1,16 +1,27 @@
-//! The two clusters every promote test starts from: a control plane with the member's Kosmos
-//! virtual node, and a member with one fake kubelet node.
+//! The two clusters every promote test starts from: a control plane with a node of its own and the
+//! member's Kosmos virtual node, and a member with one fake kubelet node.
 
 use std::process::Command;
 
-use kpromote_testenv::{Clustertree, FakeKubelet, KosmosKit, TestEnv, register_virtual_node};
+use kpromote_testenv::{
+    ClusterOptions, Clustertree, FakeKubelet, KosmosKit, NodeLease, TestEnv, register_virtual_node,
+};
 use kube::Client;
+
+/// The control plane's own node: a real install runs its components (clustertree among them) on
+/// nodes, and clustertree copies the virtual node's status from one of them.
+pub const CONTROL_PLANE_NODE: &str = "control-plane-node-1";
 
 /// A control plane and a member, ready for a promote.
 pub struct Pair {
     /// The real Kosmos clustertree, when started with [`Pair::start_with_kosmos`]. First, so it
     /// stops before the clusters it talks to.
     pub kosmos: Option<Clustertree>,
+    /// The virtual node's lease, kept by the rig while no clustertree runs (clustertree keeps
+    /// it itself).
+    pub virtual_lease: Option<NodeLease>,
+    /// Keeps the control plane's own node ([`CONTROL_PLANE_NODE`]) alive.
+    pub cp_kubelet: FakeKubelet,
     /// Owns the processes: dropping it tears both clusters down.
     pub env: TestEnv,
     pub cp: Client,
@@ -20,16 +31,34 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Starts both clusters, registers `kosmos-member` in the control plane and the
+    /// Starts both clusters of the profile `$KPROMOTE_TESTENV_PROFILE` names, registers the
+    /// control plane's own node and `kosmos-member` there (its lease kept by the rig) and the
     /// `member-node-1` kubelet in the member.
     pub async fn start() -> Self {
-        let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
+        Self::start_in(&ClusterOptions::from_env().unwrap()).await
+    }
+
+    /// [`Pair::start`] with explicit cluster options (a profile).
+    pub async fn start_in(options: &ClusterOptions) -> Self {
+        let mut pair = Self::clusters(options).await;
+        pair.virtual_lease = Some(NodeLease::keep(&pair.cp, "kosmos-member").await.unwrap());
+        pair
+    }
+
+    /// The clusters and nodes; nobody keeps the virtual node's lease.
+    async fn clusters(options: &ClusterOptions) -> Self {
+        let env = TestEnv::start_with(&["control-plane", "member"], options)
+            .await
+            .unwrap();
         let cp = env.cluster("control-plane").client().await.unwrap();
         let member = env.cluster("member").client().await.unwrap();
+        let cp_kubelet = FakeKubelet::register(&cp, CONTROL_PLANE_NODE).await.unwrap();
         register_virtual_node(&cp, "member").await.unwrap();
         let kubelet = FakeKubelet::register(&member, "member-node-1").await.unwrap();
         Self {
             kosmos: None,
+            virtual_lease: None,
+            cp_kubelet,
             env,
             cp,
             member,
@@ -55,10 +84,15 @@ impl Pair {
     }
 
     /// [`Pair::start`], then the real Kosmos clustertree serving the member as cluster `member`
-    /// (it adopts the virtual node `kosmos-member`). Fails — never skips — when the kit is not
-    /// installed (`tests/testenv/kosmos.sh`).
+    /// (it adopts the virtual node `kosmos-member` and keeps its status and lease, as in a real
+    /// install). Fails — never skips — when the kit is not installed (`tests/testenv/kosmos.sh`).
     pub async fn start_with_kosmos() -> Self {
-        let mut pair = Self::start().await;
+        Self::start_with_kosmos_in(&ClusterOptions::from_env().unwrap()).await
+    }
+
+    /// [`Pair::start_with_kosmos`] with explicit cluster options (a profile).
+    pub async fn start_with_kosmos_in(options: &ClusterOptions) -> Self {
+        let mut pair = Self::clusters(options).await;
         let kit = KosmosKit::locate().unwrap_or_else(|e| panic!("{e}"));
         let kosmos = Clustertree::start(
             &kit,

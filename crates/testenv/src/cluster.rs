@@ -30,6 +30,78 @@ pub const CONTROLLERS: &[&str] = &[
     "persistentvolume-protection-controller",
 ];
 
+/// Controllers the production profile adds to [`CONTROLLERS`]: a real control plane watches its
+/// nodes' leases, taints a node whose lease went stale and evicts the pods that do not tolerate
+/// the taint, and force-deletes the pods of nodes that are gone.
+pub const PRODUCTION_CONTROLLERS: &[&str] = &[
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "pod-garbage-collector-controller",
+];
+
+/// Environment variable selecting the rig's [`Profile`]: `production`, or `test` (the default).
+pub const PROFILE_ENV: &str = "KPROMOTE_TESTENV_PROFILE";
+
+/// How the rig's controller managers are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// Fast: client rate limits ten times the default (`--kube-api-qps=200
+    /// --kube-api-burst=400`), five GC workers, no node lifecycle.
+    #[default]
+    Test,
+    /// As kubeadm and most distributions run it: the default client rate limits (20 / 30
+    /// requests per second) and GC workers, and the node-lifecycle, taint-eviction and pod GC
+    /// controllers on ([`PRODUCTION_CONTROLLERS`]), so a node whose lease goes stale is tainted
+    /// and its pods evicted.
+    Production,
+}
+
+impl Profile {
+    /// The profile `$KPROMOTE_TESTENV_PROFILE` names (unset or empty: [`Profile::Test`]).
+    ///
+    /// # Errors
+    /// [`TestEnvError::Profile`] for any other value.
+    pub fn from_env() -> Result<Self, TestEnvError> {
+        match std::env::var(PROFILE_ENV).unwrap_or_default().as_str() {
+            "" | "test" => Ok(Self::Test),
+            "production" => Ok(Self::Production),
+            other => Err(TestEnvError::Profile(other.to_owned())),
+        }
+    }
+
+    /// The controllers a cluster of this profile runs.
+    #[must_use]
+    pub fn controllers(self) -> Vec<String> {
+        let extra: &[&str] = match self {
+            Self::Test => &[],
+            Self::Production => PRODUCTION_CONTROLLERS,
+        };
+        CONTROLLERS.iter().chain(extra).map(|c| (*c).to_owned()).collect()
+    }
+
+    /// Flags of kube-controller-manager that differ from its defaults in this profile.
+    fn controller_manager_flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Test => &[
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                // Two cores: the default of 20 GC workers buys nothing here.
+                "--concurrent-gc-syncs=5",
+            ],
+            Self::Production => &[],
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Test => "test",
+            Self::Production => "production",
+        })
+    }
+}
+
 /// How long one cluster may take to become healthy (two cores, cold page cache).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Starts are retried this often: another process may take a port between our probe and bind.
@@ -38,15 +110,35 @@ const START_ATTEMPTS: u32 = 3;
 /// Options for [`Cluster::start_with`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Controllers passed to `--controllers` (default: [`CONTROLLERS`]).
+    /// Controllers passed to `--controllers` (default: the profile's, [`Profile::controllers`]).
     pub controllers: Vec<String>,
+    /// Rate limits and GC workers of the controller manager.
+    pub profile: Profile,
+}
+
+impl ClusterOptions {
+    /// The options of `profile`.
+    #[must_use]
+    pub fn of(profile: Profile) -> Self {
+        Self {
+            controllers: profile.controllers(),
+            profile,
+        }
+    }
+
+    /// The options of the profile `$KPROMOTE_TESTENV_PROFILE` names.
+    ///
+    /// # Errors
+    /// [`TestEnvError::Profile`] for a value that names no profile.
+    pub fn from_env() -> Result<Self, TestEnvError> {
+        Profile::from_env().map(Self::of)
+    }
 }
 
 impl Default for ClusterOptions {
+    /// The test profile.
     fn default() -> Self {
-        Self {
-            controllers: CONTROLLERS.iter().map(|c| (*c).to_owned()).collect(),
-        }
+        Self::of(Profile::Test)
     }
 }
 
@@ -55,6 +147,7 @@ impl Default for ClusterOptions {
 #[derive(Debug)]
 pub struct Cluster {
     name: String,
+    profile: Profile,
     // Field order is drop order: the controller manager stops before the API server, the API
     // server before etcd, and the directory goes last.
     controller_manager: Supervised,
@@ -67,13 +160,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a cluster named `name` with the default controllers and waits until it is healthy.
+    /// Starts a cluster named `name` of the profile `$KPROMOTE_TESTENV_PROFILE` names and waits
+    /// until it is healthy.
     ///
     /// # Errors
-    /// Missing binaries, a component that exits, or a cluster not healthy within two minutes;
-    /// each error carries the component log.
+    /// An unknown profile, missing binaries, a component that exits, or a cluster not healthy
+    /// within two minutes; each error carries the component log.
     pub async fn start(name: &str) -> Result<Self, TestEnvError> {
-        Self::start_with(name, &ClusterOptions::default()).await
+        Self::start_with(name, &ClusterOptions::from_env()?).await
     }
 
     /// Starts a cluster with explicit options; see [`Cluster::start`].
@@ -176,25 +270,24 @@ impl Cluster {
             wait_or_timeout(name, deadline, "kube-apiserver /readyz", &root).await?;
         }
 
+        let mut flags = strings(&[
+            &format!("--kubeconfig={}", kubeconfig_path.display()),
+            "--leader-elect=false",
+            "--secure-port=0",
+            &format!("--root-ca-file={}", ca_file.display()),
+            "--use-service-account-credentials=false",
+            &format!("--controllers={}", options.controllers.join(",")),
+        ]);
+        flags.extend(strings(options.profile.controller_manager_flags()));
         let controller_manager = Supervised::spawn(
             "kube-controller-manager",
             &bins.path("kube-controller-manager"),
-            &strings(&[
-                &format!("--kubeconfig={}", kubeconfig_path.display()),
-                "--leader-elect=false",
-                "--secure-port=0",
-                &format!("--root-ca-file={}", ca_file.display()),
-                "--use-service-account-credentials=false",
-                &format!("--controllers={}", options.controllers.join(",")),
-                "--kube-api-qps=200",
-                "--kube-api-burst=400",
-                // Two cores: the default of 20 GC workers buys nothing here.
-                "--concurrent-gc-syncs=5",
-            ]),
+            &flags,
             &root.join("kube-controller-manager.log"),
         )?;
         let mut cluster = Self {
             name: name.to_owned(),
+            profile: options.profile,
             controller_manager,
             apiserver,
             etcd,
@@ -245,6 +338,12 @@ impl Cluster {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The profile the cluster runs.
+    #[must_use]
+    pub fn profile(&self) -> Profile {
+        self.profile
     }
 
     /// The API server URL (`https://127.0.0.1:<port>`).
@@ -310,12 +409,21 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Starts one cluster per name, concurrently.
+    /// Starts one cluster per name, concurrently, of the profile `$KPROMOTE_TESTENV_PROFILE`
+    /// names.
+    ///
+    /// # Errors
+    /// An unknown profile; the first cluster that failed to start (the others are stopped).
+    pub async fn start(names: &[&str]) -> Result<Self, TestEnvError> {
+        Self::start_with(names, &ClusterOptions::from_env()?).await
+    }
+
+    /// Starts one cluster per name, concurrently, with `options`.
     ///
     /// # Errors
     /// The first cluster that failed to start; the others are stopped.
-    pub async fn start(names: &[&str]) -> Result<Self, TestEnvError> {
-        let started = futures::future::join_all(names.iter().map(|n| Cluster::start(n))).await;
+    pub async fn start_with(names: &[&str], options: &ClusterOptions) -> Result<Self, TestEnvError> {
+        let started = futures::future::join_all(names.iter().map(|n| Cluster::start_with(n, options))).await;
         let clusters = started.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Self { clusters })
     }

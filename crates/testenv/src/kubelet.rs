@@ -7,9 +7,12 @@
 //! `status` subresource). kpromote's own code never depends on it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -57,11 +60,78 @@ async fn set_node_ready(nodes: &Api<Node>, name: &str) -> Result<Node, TestEnvEr
         .await?)
 }
 
-/// Plays scheduler and kubelet for one node of a test cluster.
+/// The namespace of the nodes' heartbeat Leases.
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// A kubelet's lease: valid this long, renewed four times as often.
+const LEASE_SECONDS: i32 = 40;
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps a node's heartbeat Lease (`kube-node-lease/<node>`) fresh, as a kubelet does, so a
+/// control plane running the node-lifecycle controller (the production
+/// [`Profile`](crate::Profile)) sees the node alive and never taints it or evicts its pods.
+/// Renewal runs on the caller's Tokio runtime until this is dropped.
+#[derive(Debug)]
+pub struct NodeLease {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeLease {
+    /// Creates or renews the Lease of `node` now (owned by the Node, as a kubelet's is), then
+    /// every 10 s. A failed renewal is logged and tried again at the next tick.
+    ///
+    /// # Errors
+    /// The API server's refusal of the first renewal (a missing Node, for instance).
+    pub async fn keep(client: &Client, node: &str) -> Result<Self, TestEnvError> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let uid = nodes.get(node).await?.metadata.uid.unwrap_or_default();
+        let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
+        renew(&leases, node, &uid).await?;
+        let node = node.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                if let Err(err) = renew(&leases, &node, &uid).await {
+                    tracing::warn!(node, error = %err, "node lease not renewed");
+                }
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+impl Drop for NodeLease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Server-side applies the Lease with the current time: creates it the first time.
+async fn renew(leases: &Api<Lease>, node: &str, node_uid: &str) -> Result<(), TestEnvError> {
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": node,
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid }],
+        },
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": MicroTime(jiff::Timestamp::now()),
+        },
+    });
+    leases
+        .patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&lease))
+        .await?;
+    Ok(())
+}
+
+/// Plays scheduler and kubelet for one node of a test cluster, and keeps its lease.
 #[derive(Clone)]
 pub struct FakeKubelet {
     client: Client,
     node: String,
+    _lease: Arc<NodeLease>,
 }
 
 impl std::fmt::Debug for FakeKubelet {
@@ -73,7 +143,8 @@ impl std::fmt::Debug for FakeKubelet {
 }
 
 impl FakeKubelet {
-    /// Registers node `node` (Ready) and returns its kubelet. An existing node is reused.
+    /// Registers node `node` (Ready) and returns its kubelet, which keeps the node's lease
+    /// ([`NodeLease`]) until its last clone is dropped. An existing node is reused.
     ///
     /// # Errors
     /// The API server's refusal.
@@ -94,9 +165,11 @@ impl FakeKubelet {
             nodes.create(&PostParams::default(), &object).await?;
         }
         set_node_ready(&nodes, node).await?;
+        let lease = NodeLease::keep(client, node).await?;
         Ok(Self {
             client: client.clone(),
             node: node.to_owned(),
+            _lease: Arc::new(lease),
         })
     }
 

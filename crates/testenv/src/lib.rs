@@ -19,9 +19,11 @@ pub mod kosmos;
 mod kubelet;
 pub mod process;
 
-pub use cluster::{Cluster, ClusterOptions, TestEnv};
+pub use cluster::{
+    CONTROLLERS, Cluster, ClusterOptions, PRODUCTION_CONTROLLERS, PROFILE_ENV, Profile, TestEnv,
+};
 pub use kosmos::{Clustertree, KosmosKit};
-pub use kubelet::{FakeKubelet, register_virtual_node};
+pub use kubelet::{FakeKubelet, NodeLease, register_virtual_node};
 
 use std::path::{Path, PathBuf};
 
@@ -104,6 +106,9 @@ pub enum TestEnvError {
     /// The Kubernetes API refused a request the launcher or a helper made.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// `$KPROMOTE_TESTENV_PROFILE` names no profile.
+    #[error("{env} is {value:?}: set it to `test` (the default) or `production`", env = cluster::PROFILE_ENV, value = .0)]
+    Profile(String),
     /// The generated kubeconfig could not be loaded.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),

@@ -39,7 +39,7 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
 /// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`]): its
 /// ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
 /// keeps this much of each, not the pods.
-fn adoption_view(live: &kube::api::DynamicObject) -> Value {
+fn adoption_view(live: kube::api::DynamicObject) -> Value {
     use super::inventory::STAMP_ANNOTATION;
     let stamp = live
         .metadata
@@ -60,6 +60,47 @@ fn adoption_view(live: &kube::api::DynamicObject) -> Value {
         metadata.insert("annotations".to_owned(), json!({ STAMP_ANNOTATION: stamp }));
     }
     json!({ "metadata": metadata })
+}
+
+/// The live state of many `dependents` at once in `target`, as `view` keeps it: one LIST per
+/// type and namespace where at least [`PREFETCH_MIN`] dependents share them, instead of a GET
+/// each (a level of 100 ReplicaSets has 1,000 pods to check). `None` inside: listed, and not in
+/// the target; a dependent left out was not listed (too few of its type), to be read alone.
+///
+/// # Errors
+/// Refusals and unavailability.
+pub(super) async fn prefetch<'k>(
+    target: &LiveCluster,
+    dependents: impl Iterator<Item = &'k ObjectRecord>,
+    view: impl Fn(kube::api::DynamicObject) -> Value,
+) -> Result<HashMap<ObjectKey, Option<Value>>, EngineError> {
+    let mut by_list: BTreeMap<(&str, &str, Option<&str>), Vec<&ObjectRecord>> = BTreeMap::new();
+    for record in dependents {
+        let key = &record.key;
+        by_list
+            .entry((&key.group, &key.resource, key.namespace.as_deref()))
+            .or_default()
+            .push(record);
+    }
+    let mut views = HashMap::new();
+    for records in by_list.into_values().filter(|r| r.len() >= PREFETCH_MIN) {
+        let first = &records[0].key;
+        let api = target.api(first, &records[0].api_version, &records[0].kind);
+        let wanted: BTreeSet<&str> = records.iter().map(|r| r.key.name.as_str()).collect();
+        let mut listed = target
+            .list_kept(&api, first, None, |live| {
+                live.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| wanted.contains(n))
+                    .then(|| view(live))
+            })
+            .await?;
+        for record in records {
+            views.insert(record.key.clone(), listed.remove(&record.key.name));
+        }
+    }
+    Ok(views)
 }
 
 /// How an object ended up in the target.
@@ -372,9 +413,12 @@ impl Restorer<'_> {
                     pairs.push((dependent, owner, refs));
                 }
             }
-            let mut prefetched = self
-                .prefetch(pairs.iter().map(|(dependent, _, _)| dependent))
-                .await?;
+            let mut prefetched = prefetch(
+                self.target,
+                pairs.iter().map(|(dependent, _, _)| dependent),
+                adoption_view,
+            )
+            .await?;
             let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
                 .map(|(dependent, owner, refs)| {
                     let live = prefetched.remove(&dependent.key);
@@ -385,44 +429,6 @@ impl Restorer<'_> {
                 .await;
             super::all_failures(STEP_ADOPT, results.into_iter().filter_map(Result::err).collect())?;
         }
-    }
-
-    /// The live state of many `dependents` at once: one LIST per type and namespace where at
-    /// least [`PREFETCH_MIN`] dependents share them, instead of a GET each (a level of 100
-    /// ReplicaSets has 1,000 pods to check). `None` inside: listed, and not in the target.
-    async fn prefetch<'k>(
-        &self,
-        dependents: impl Iterator<Item = &'k ObjectRecord>,
-    ) -> Result<HashMap<ObjectKey, Option<Value>>, EngineError> {
-        let mut by_list: BTreeMap<(&str, &str, Option<&str>), Vec<&ObjectRecord>> = BTreeMap::new();
-        for record in dependents {
-            let key = &record.key;
-            by_list
-                .entry((&key.group, &key.resource, key.namespace.as_deref()))
-                .or_default()
-                .push(record);
-        }
-        let mut views = HashMap::new();
-        for records in by_list.into_values().filter(|r| r.len() >= PREFETCH_MIN) {
-            let first = &records[0].key;
-            let api = self.target.api(first, &records[0].api_version, &records[0].kind);
-            let keys: Vec<&ObjectKey> = records.iter().map(|r| &r.key).collect();
-            let wanted: BTreeSet<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-            let mut listed = self
-                .target
-                .list_kept(&api, first, None, |live| {
-                    live.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| wanted.contains(n))
-                        .then(|| adoption_view(&live))
-                })
-                .await?;
-            for key in keys {
-                views.insert(key.clone(), listed.remove(&key.name));
-            }
-        }
-        Ok(views)
     }
 
     /// Points `dependent` at `owner`'s new UID unless it already is; `prefetched` is its live

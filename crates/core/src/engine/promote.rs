@@ -100,8 +100,8 @@ async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -
     } = *run;
     let skipped = inv.skipped_by_restore();
     let detach_plan = DetachPlan::build(&inv.graph, skipped);
-    detach(member, inv, &detach_plan, journal, opts, report, on_progress).await?;
     let twins = TwinFactory::new(inv, cluster_name);
+    detach(member, &twins, &detach_plan, journal, opts, report, on_progress).await?;
     mark_pods(member, &twins, skipped, journal, opts, report, on_progress).await?;
 
     let plan = RestorePlan::build(&inv.graph);

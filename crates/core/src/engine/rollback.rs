@@ -6,9 +6,10 @@
 //!    while the pod carries `kosmos-io/pod=true`, so the mark goes first.
 //! 2. **Re-create** the detached owners in the member, bottom-up, and point the pods (and other
 //!    dependents) at them: the member's controllers manage the same pods again.
-//! 3. **Tear down** in the control plane every object stamped with this archive: owners top-down
-//!    with orphan propagation, pods with grace period 0 (no kubelet answers for a virtual
-//!    node), the rest, the namespaces, and CRDs promote created. Nothing unstamped is touched.
+//! 3. **Tear down** in the control plane every object stamped with this archive: a namespace
+//!    promote created goes whole (its pods with grace period 0: no kubelet answers for a virtual
+//!    node), with no request per object inside it; elsewhere owners top-down with orphan
+//!    propagation, pods, the rest, then CRDs promote created. Nothing unstamped is touched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -341,16 +342,18 @@ async fn teardown(
     let plan = TeardownPlan::build(&inv.graph, &inv.graph.keys().cloned().collect())?;
     let total = inv.len() as u64;
     let mut done = 0;
-    let remove_all = |batch: Vec<Archived>, step: TeardownStep| {
+    let remove_all = |mut batch: Vec<Archived>, step: TeardownStep| {
         let namespaces = &namespaces;
         async move {
+            let n = batch.len() as u64;
+            batch.retain(|archived| !goes_with_namespace(archived, namespaces));
             futures::stream::iter(batch.iter().map(Ok::<_, EngineError>))
                 .try_for_each_concurrent(opts.concurrency, |archived| async move {
                     remove(cp, ours, namespaces, archived, step, journal, opts, report).await
                 })
                 .await?;
             lock(journal).sync()?;
-            Ok::<_, EngineError>(batch.len() as u64)
+            Ok::<_, EngineError>(n)
         }
     };
     for step in TeardownStep::ALL {
@@ -366,6 +369,24 @@ async fn teardown(
         }
     }
     Ok(())
+}
+
+/// Whether `archived` goes with its namespace, one promote created (`namespaces`): deleting the
+/// namespace removes everything in it, with no request per object — and a namespace promote
+/// created held nothing before, and drift has shown nothing was added since (or was told to
+/// discard it). An object carrying finalizers is still removed on its own, so that the ones
+/// kpromote copied are taken off first.
+fn goes_with_namespace(archived: &Archived, namespaces: &BTreeSet<String>) -> bool {
+    archived
+        .key()
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| namespaces.contains(ns))
+        && archived
+            .object
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
 }
 
 /// Takes member cluster `cluster` off the `kosmos-io/cluster-owners` annotation of every
@@ -500,6 +521,20 @@ async fn remove(
         TeardownStep::Namespaces => {
             cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
                 .await?;
+            // Terminating, the namespace admits no new pod; the namespace controller deletes the
+            // rest of its content. Its pods are bound to the virtual node, where no kubelet
+            // confirms a graceful deletion (and clustertree leaves the control-plane pod alone
+            // once its member pod is unmarked): they go with grace period 0, in one request.
+            let pods = ObjectKey::namespaced("", "pods", &key.name, "");
+            cp.delete_collection(
+                &cp.api(&pods, "v1", "Pod"),
+                &pods,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await?;
             let types = namespace_types(ours.inv, &key.name)?;
             let apis: Vec<_> = types.values().map(|probe| probe.api(cp)).collect();
             let emptied = Throttled::default();

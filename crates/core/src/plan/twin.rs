@@ -86,6 +86,15 @@ pub const POD_CHANGES: &[PodChange] = &[
                  but never removing them; on a pod already scheduled a NoSchedule toleration changes nothing",
     },
     PodChange {
+        view: View::Member,
+        field: "metadata.ownerReferences",
+        change: "promote removes the references to the owners it detaches, in the patch that marks the pod and \
+                 only once each owner is being deleted; rollback's re-created owners are referenced again",
+        reason: "deleting an owner with orphan propagation makes the garbage collector remove them anyway, one \
+                 request per pod at the controller manager's client rate (20/s by default); an owner being \
+                 deleted no longer adopts or creates pods, so the pod is left alone either way",
+    },
+    PodChange {
         view: View::ControlPlane,
         field: "spec.nodeName",
         change: "kosmos-<cluster>",

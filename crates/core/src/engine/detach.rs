@@ -200,10 +200,16 @@ async fn await_owners_gone(
         return Ok(());
     };
     let uids: HashSet<&str> = pending.iter().filter_map(|k| inv.uid(k)).collect();
-    let mut apis: std::collections::BTreeMap<(&str, &str, Option<&str>), kube::Api<kube::api::DynamicObject>> =
-        std::collections::BTreeMap::new();
+    let mut apis: std::collections::BTreeMap<
+        (&str, &str, Option<&str>),
+        kube::Api<kube::api::DynamicObject>,
+    > = std::collections::BTreeMap::new();
     for key in &pending {
-        if !apis.contains_key(&(key.group.as_str(), key.resource.as_str(), key.namespace.as_deref())) {
+        if !apis.contains_key(&(
+            key.group.as_str(),
+            key.resource.as_str(),
+            key.namespace.as_deref(),
+        )) {
             let api = inv.api(member, key)?;
             apis.insert((&key.group, &key.resource, key.namespace.as_deref()), api);
         }
@@ -216,7 +222,9 @@ async fn await_owners_gone(
     };
     until(awaited, opts.gc_stall, || async {
         let left = member
-            .count(&apis, first, |meta| meta.uid.as_deref().is_some_and(|u| uids.contains(u)))
+            .count(&apis, first, |meta| {
+                meta.uid.as_deref().is_some_and(|u| uids.contains(u))
+            })
             .await?;
         progress(on_progress, "detach", total - left.min(total), total);
         Ok(if left == 0 {
@@ -369,7 +377,10 @@ async fn read(
     key: &ObjectKey,
     first: &Mutex<Option<Option<Value>>>,
 ) -> Result<Option<Value>, EngineError> {
-    let prefetched = first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let prefetched = first
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     Ok(match prefetched {
         Some(view) => view,
         None => member

@@ -93,5 +93,71 @@ fn archive(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, archive);
+/// 2 000 Secrets written and read in clear and sealed to one age recipient: what sealing costs.
+fn sealed(c: &mut Criterion) {
+    #[allow(deprecated)] // age's X25519 keys: what kpromote seals to (see kpromote_archive::seal).
+    let identity = age::x25519::Identity::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.txt");
+    std::fs::write(
+        &key,
+        format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+        ),
+    )
+    .unwrap();
+    let recipients = kpromote_archive::Recipients::parse([identity.to_public().to_string()]).unwrap();
+    let identities = kpromote_archive::Identities::from_file(&key).unwrap();
+    let secrets: Vec<NewObject> = (0..2000u32)
+        .map(|i| {
+            let value = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": format!("s-{i}"), "namespace": format!("ns-{}", i % 20), "uid": format!("{i:08x}-0000-4000-8000-000000000000")},
+                "data": {"password": format!("cGFzc3dvcmQt{i:08}"), "tls.crt": "QUJD".repeat(100)}});
+            NewObject::from_json("secrets", "", Inclusion::Namespaced, serde_json::to_vec(&value).unwrap()).unwrap()
+        })
+        .collect();
+    let bytes: u64 = secrets.iter().map(|o| o.json.len() as u64).sum();
+    let (plain, sealed) = (dir.path().join("p.tar.zst"), dir.path().join("s.tar.zst"));
+    let mut group = c.benchmark_group("sealed");
+    group.throughput(Throughput::Bytes(bytes));
+    group.sample_size(10);
+    group.bench_function("write_2000_secrets_clear", |b| {
+        b.iter(|| write(&plain, &secrets, WriterOptions::zstd()))
+    });
+    group.bench_function("write_2000_secrets_sealed", |b| {
+        b.iter(|| {
+            write(
+                &sealed,
+                &secrets,
+                WriterOptions::zstd().encrypt_to(recipients.clone()),
+            )
+        })
+    });
+    write(&plain, &secrets, WriterOptions::zstd());
+    write(
+        &sealed,
+        &secrets,
+        WriterOptions::zstd().encrypt_to(recipients.clone()),
+    );
+    eprintln!(
+        "2000 secrets: clear archive {} bytes, sealed {} bytes",
+        std::fs::metadata(&plain).unwrap().len(),
+        std::fs::metadata(&sealed).unwrap().len()
+    );
+    let read_all = |path: &Path| {
+        let mut reader = ArchiveReader::open(path).unwrap();
+        reader.unseal_with(&identities).unwrap();
+        reader
+            .objects()
+            .unwrap()
+            .map(|o| o.unwrap().json.len())
+            .sum::<usize>()
+    };
+    group.bench_function("read_2000_secrets_clear", |b| b.iter(|| read_all(&plain)));
+    group.bench_function("read_2000_secrets_sealed", |b| b.iter(|| read_all(&sealed)));
+    group.finish();
+}
+
+criterion_group!(benches, archive, sealed);
 criterion_main!(benches);

@@ -16,10 +16,6 @@ use support::apps;
 
 use controller_env::{DESIGN_POLICY, DESIGN_POLICY_NAME, Env, design_rollback_policy};
 
-/// Controllers get this long to react (and so to reveal any pod they would create) before the
-/// after-snapshot is taken.
-const SETTLE: Duration = Duration::from_secs(5);
-
 #[tokio::test]
 async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_without_a_restart() {
     let env = Env::start().await;
@@ -67,7 +63,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     );
 
     // Nothing restarted; the control plane holds the same objects, on the virtual node.
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&env.member, "nginx-test"), (&env.cp, "nginx-test")]).await;
     let member_after = apps::snapshot(&env.member, "nginx-test").await;
     assert_eq!(
         member_after.pods, original.pods,
@@ -123,7 +119,7 @@ async fn the_designs_policy_is_promoted_and_rolled_back_by_the_controller_withou
     assert_eq!(status.condition(CONDITION_READY).unwrap().status, "False");
     assert!(status.failure_reason.is_none());
 
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&env.member, "nginx-test")]).await;
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "RolledBack");
@@ -283,7 +279,7 @@ async fn a_policy_with_encrypt_to_is_sealed_promoted_and_rolled_back_by_the_cont
         1,
     ));
     env.wait_design(&controller, Phase::RolledBack, 120).await;
-    tokio::time::sleep(SETTLE).await;
+    support::controllers_caught_up(&[(&env.member, "nginx-test")]).await;
     apps::snapshot(&env.member, "nginx-test")
         .await
         .assert_rolled_back_to(&original, "RolledBack");

@@ -37,7 +37,7 @@ fn the_image_builds_from_debian_packages_and_runs_version_and_verify() {
     let found = Command::new("podman").arg("--version").output();
     assert!(
         found.as_ref().is_ok_and(|o| o.status.success()),
-        "podman is needed to build the image: apt-get install podman runc ({found:?})"
+        "podman is needed to build the image: run tests/testenv/build.sh (it installs podman and runc) ({found:?})"
     );
     let image = "localhost/kpromote-test:latest";
     let out = Command::new("bash")

@@ -5,8 +5,32 @@
 # second run reuses them in seconds. Prints the bin directory on stdout.
 # Helm and krew, which the chart and plugin tests run, are built first by helm/build.sh and
 # krew/build.sh (each with its own cache).
+# First it installs the machine tools the tests call (openssl, zstd, gzip, tar, age; podman and
+# runc for the image test) with apt-get when it runs as root on a Debian-like machine; elsewhere it
+# names in one line what to install and stops before building anything. Go and Rust it only
+# checks: their versions come from go.dev and rustup, not the distribution.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+
+# Debian package name = command name for each. runc because podman's default runtime, crun,
+# refuses these machines' hybrid cgroups (tests/image.rs runs podman --runtime runc). age (with
+# age-keygen) is the reference implementation the sealed-archive tests decrypt with.
+packages=()
+for tool in openssl zstd gzip tar podman runc age; do command -v "$tool" >/dev/null || packages+=("$tool"); done
+if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${packages[*]} with apt-get" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2
+  packages=()
+fi
+missing=("${packages[@]}")
+command -v go >/dev/null || missing+=("go (go.dev/dl)")
+command -v cargo >/dev/null || missing+=("cargo (rustup.rs)")
+if [ ${#missing[@]} -gt 0 ]; then
+  list=$(printf '%s, ' "${missing[@]}")
+  echo "the tests need ${list%, }${packages[*]:+ (as root: apt-get install ${packages[*]})}; install them and run $0 again" >&2
+  exit 1
+fi
 version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$here/go.mod")
 # Relative names: the key must not depend on where the checkout lives.
 key=$(cd "$here" && sha256sum go.mod go.sum | sha256sum | cut -c1-12)

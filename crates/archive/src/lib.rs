@@ -1,7 +1,8 @@
 //! The kpromote archive format, version 1: the single source of truth for promote and rollback.
 //!
 //! No Kubernetes client and no network here: bytes in, bytes out. The normative description is
-//! `format-spec/v1.md`; the constants below name the sections they implement.
+//! `format-spec/v1.md` at the repository root (the contract other implementations read); the
+//! constants below name the sections they implement.
 //!
 //! # The format in one screen
 //!

@@ -218,7 +218,7 @@ fn phase(phases: &[(String, f64)], name: &str) -> f64 {
 fn kpromote_backup(kubeconfig: &Path, out: &Path, name: &str) -> (Duration, u64, f64, String, String) {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kpromote"))
-        .args(["backup", "-n", NS, "--name", name, "--output-dir"])
+        .args(["backup", "-n", NS, "--name", name, "--backup-dir"])
         .arg(out)
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .env(

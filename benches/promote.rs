@@ -400,7 +400,7 @@ fn main() {
         let t = Instant::now();
         let request = kpromote_core::backup::BackupRequest::new("bench", vec!["bench".to_owned()])
             .excluded(kpromote_core::resources::DEFAULT_EXCLUDED_RESOURCES.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>())
-            .output_dir(dir.path())
+            .backup_dir(dir.path())
             .cluster_name("member");
         let backup = kpromote_core::backup::run(&member_client, &request).await.expect("backup");
         let backup_s = t.elapsed().as_secs_f64();

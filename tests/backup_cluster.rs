@@ -209,7 +209,7 @@ async fn a_namespace_of_every_common_kind_is_archived_exactly_with_its_dependenc
     let before = listed_paths(&client, &surface, NS).await;
     let dir = tempfile::tempdir().unwrap();
     let request = BackupRequest::new("test-policy", [NS])
-        .output_dir(dir.path())
+        .backup_dir(dir.path())
         .cluster_name("member-1")
         .created_at(created_at())
         .page_size(3);

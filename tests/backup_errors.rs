@@ -33,7 +33,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 fn request(dir: &Path) -> BackupRequest {
     BackupRequest::new("errors", [NS])
-        .output_dir(dir)
+        .backup_dir(dir)
         .file_name("out.tar.zst")
 }
 
@@ -88,6 +88,7 @@ async fn an_unreachable_cluster_is_named() {
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, kubeconfig).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kpromote"))
+        // `--output-dir`, the former name of `--backup-dir`, still works (scripts and Jobs use it).
         .args(["backup", "-n", NS, "--output-dir"])
         .arg(dir.path())
         .arg("--kubeconfig")
@@ -141,7 +142,7 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
     std::fs::create_dir(&out).unwrap();
 
     // A namespace that does not exist.
-    let err = backup::run(&client, &BackupRequest::new("p", [NS, "nope"]).output_dir(&out))
+    let err = backup::run(&client, &BackupRequest::new("p", [NS, "nope"]).backup_dir(&out))
         .await
         .unwrap_err();
     assert!(
@@ -173,14 +174,14 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
         .unwrap_err();
     assert!(matches!(err, BackupError::InvalidExclusions(_)), "{err}");
 
-    // An output directory that does not exist.
+    // A backup directory that does not exist.
     let err = backup::run(&client, &request(&dir.path().join("missing")))
         .await
         .unwrap_err();
-    assert!(matches!(err, BackupError::OutputDir { .. }), "{err}");
-    assert!(err.to_string().contains("--output-dir"), "{err}");
+    assert!(matches!(err, BackupError::BackupDir { .. }), "{err}");
+    assert!(err.to_string().contains("--backup-dir"), "{err}");
 
-    // A read-only output directory. Permission bits do not bind root, so as root the directory
+    // A read-only backup directory. Permission bits do not bind root, so as root the directory
     // is made immutable as well.
     let read_only = dir.path().join("read-only");
     std::fs::create_dir(&read_only).unwrap();
@@ -237,7 +238,7 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
         let mut args: Vec<std::ffi::OsString> = ["backup", "-n", NS, "--name", "full.tar.zst"]
             .map(Into::into)
             .to_vec();
-        args.extend(["--output-dir".into(), out.into()]);
+        args.extend(["--backup-dir".into(), out.into()]);
         args.extend(["--kubeconfig".into(), kubeconfig.into()]);
         args
     };
@@ -301,7 +302,7 @@ async fn bad_input_and_hostile_conditions_are_clear_errors_that_leave_no_file() 
         },
     )
     .await;
-    let err = backup::run(&client, &BackupRequest::new("p", ["leaving"]).output_dir(&out))
+    let err = backup::run(&client, &BackupRequest::new("p", ["leaving"]).backup_dir(&out))
         .await
         .unwrap_err();
     assert!(

@@ -73,7 +73,7 @@ fn the_manifests_say_what_a_backup_job_needs_and_grant_only_reading() {
     let container = &pod.containers[0];
     let args = job_args(job);
     assert_eq!(args[0], "backup", "the Job runs `kpromote backup`");
-    assert!(args.contains(&"--output-dir=/data/backup".to_owned()), "{args:?}");
+    assert!(args.contains(&"--backup-dir=/data/backup".to_owned()), "{args:?}");
     assert!(!job_namespaces(job).is_empty());
 
     // The volume at /data/backup is the manifests' PVC.
@@ -239,7 +239,7 @@ async fn a_real_api_server_accepts_the_manifests_and_the_job_backs_up_with_them(
     }
 
     // The Job's arguments, run as its ServiceAccount (no kubelet runs here to start the pod
-    // itself), with the output directory pointed at a temporary directory.
+    // itself), with the backup directory pointed at a temporary directory.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "kpromote-system");
     let request: TokenRequest = serde_json::from_value(json!({ "spec": { "audiences": [] } })).unwrap();
     let token = sas
@@ -269,8 +269,8 @@ async fn a_real_api_server_accepts_the_manifests_and_the_job_backs_up_with_them(
     let args: Vec<String> = job_args(&job)
         .into_iter()
         .map(|a| {
-            if a.starts_with("--output-dir=") {
-                format!("--output-dir={}", out_dir.display())
+            if a.starts_with("--backup-dir=") {
+                format!("--backup-dir={}", out_dir.display())
             } else {
                 a
             }

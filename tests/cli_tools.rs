@@ -77,6 +77,13 @@ fn man_pages_cover_every_subcommand() {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".SH NAME"), "{page}");
     }
+    // One name for the backup directory in every subcommand; the former `--output-dir` of
+    // `backup` is a hidden alias.
+    for page in ["kpromote-backup.1", "kpromote-promote.1", "kpromote-controller.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains("\\-\\-backup\\-dir"), "{page}");
+        assert!(!text.contains("output\\-dir"), "{page}");
+    }
 }
 
 #[test]

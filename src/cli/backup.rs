@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use kpromote_archive::{Codec, WriterOptions};
 use kpromote_core::access::ClusterClient;
-use kpromote_core::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_OUTPUT_DIR};
+use kpromote_core::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_BACKUP_DIR};
 
 /// Arguments of `kpromote backup`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Without --exclude, the design's list is excluded: events, events.events.k8s.io, \
                   endpoints, endpointslices.discovery.k8s.io.\n\nExamples:\n  kpromote backup -n shop -n \
-                  shop-db --output-dir ./backups\n  kpromote backup -n shop --dry-run -o json"
+                  shop-db --backup-dir ./backups\n  kpromote backup -n shop --dry-run -o json"
 )]
 pub struct Args {
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster).
@@ -35,9 +35,10 @@ pub struct Args {
     /// Exclude nothing, not even the default list.
     #[arg(long)]
     no_exclude: bool,
-    /// Directory of the archive.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUTPUT_DIR)]
-    output_dir: PathBuf,
+    /// Directory of the archive (the backup volume; `promote` and `controller` name it alike).
+    // `--output-dir`, its former name, stays as a hidden alias for existing scripts and Jobs.
+    #[arg(long, alias = "output-dir", value_name = "DIR", default_value = DEFAULT_BACKUP_DIR)]
+    backup_dir: PathBuf,
     /// File name of the archive (default: <policy-name><YYYYMMDD-HHMMSS>.tar.zst, UTC).
     #[arg(long, value_name = "FILE")]
     name: Option<String>,
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             options = options.level(level);
         }
         let mut request = BackupRequest::new(args.policy_name.clone(), args.namespaces.clone())
-            .output_dir(args.output_dir.clone())
+            .backup_dir(args.backup_dir.clone())
             .cluster_name(args.cluster_name.clone())
             .archive_options(options)
             .concurrency(args.concurrency)

@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long)]
     allow_kubeconfig_exec: bool,
     /// Directory of the archives (the backup volume).
-    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_OUTPUT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_BACKUP_DIR)]
     backup_dir: PathBuf,
     /// Namespaces that may never be promoted.
     #[arg(

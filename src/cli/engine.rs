@@ -147,7 +147,7 @@ pub struct PromoteArgs {
     #[arg(long = "allow-escalating-binding", value_name = "NAME")]
     allow_escalating_bindings: Vec<String>,
     /// Directory of the backup archive.
-    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_OUTPUT_DIR)]
+    #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_BACKUP_DIR)]
     backup_dir: PathBuf,
     /// Name recorded in the archive and used as its file name's prefix.
     #[arg(long, value_name = "NAME", default_value = "kpromote")]
@@ -286,7 +286,7 @@ async fn precheck_and_backup(
     }
     let backup = kpromote_core::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
         .excluded(excluded)
-        .output_dir(dir)
+        .backup_dir(dir)
         .cluster_name(&args.clusters.cluster_name)
         .archive_options(WriterOptions::zstd().encrypt_to(recipients.clone()));
     let report = kpromote_core::backup::run(&member.client, &backup).await?;

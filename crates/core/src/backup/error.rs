@@ -83,9 +83,9 @@ pub enum BackupError {
         #[source]
         source: kube::Error,
     },
-    /// The output directory is missing or not a directory.
-    #[error("output directory {path}: {reason}")]
-    OutputDir {
+    /// The backup directory is missing or not a directory.
+    #[error("backup directory {path}: {reason}")]
+    BackupDir {
         /// The directory.
         path: PathBuf,
         /// What is wrong, and what to do.
@@ -94,7 +94,7 @@ pub enum BackupError {
     /// An archive of that name exists already; archives are never overwritten.
     #[error(
         "{path} exists already; archives are never overwritten — choose another name (--name) or \
-         directory (--output-dir)"
+         directory (--backup-dir)"
     )]
     AlreadyExists {
         /// The existing file.

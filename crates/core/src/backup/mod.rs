@@ -3,7 +3,7 @@
 //!
 //! - [`run`] writes an archive and returns a [`BackupReport`]; [`plan`] (`--dry-run`) reads the
 //!   same things and returns what would be written, writing nothing.
-//! - [`BackupRequest`]: namespaces, exclusions (the design's list by default), output directory
+//! - [`BackupRequest`]: namespaces, exclusions (the design's list by default), backup directory
 //!   (`/data/backup`), file name (`<policyName><YYYYMMDD-HHMMSS>.tar.zst`), codec, progress.
 //! - [`dependencies`]: which cluster-scoped objects a namespaced object pulls in, and why.
 //! - [`trusted`]: whether a file in the backup directory is one kpromote wrote.
@@ -64,7 +64,7 @@ pub use report::{
     SkippedObject, list_key,
 };
 pub use request::{
-    BackupProgressFn, BackupRequest, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT_DIR, DEFAULT_PAGE_SIZE,
+    BackupProgressFn, BackupRequest, DEFAULT_CONCURRENCY, DEFAULT_BACKUP_DIR, DEFAULT_PAGE_SIZE,
     FILE_TIME_FORMAT,
 };
 pub use write::CHANNEL_CAPACITY;
@@ -88,7 +88,7 @@ pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<Backu
         elapsed_ms = started.elapsed().as_millis(),
         "discovery and checks done"
     );
-    request::check_output_dir(&request.output_dir)?;
+    request::check_backup_dir(&request.backup_dir)?;
     let created_at = created_at(request);
     let path = request.path_at(created_at);
     if path.exists() {

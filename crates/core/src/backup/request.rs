@@ -11,7 +11,7 @@ use super::report::BackupProgress;
 
 /// Where archives go when the request names no directory: the mount point of the backup PVC in
 /// the design (and in `deploy/backup-job/`).
-pub const DEFAULT_OUTPUT_DIR: &str = "/data/backup";
+pub const DEFAULT_BACKUP_DIR: &str = "/data/backup";
 /// Resource types listed at once. Each list is mostly waiting on the API server; a handful in
 /// flight keeps a server and two client cores busy without crowding out other clients (the API
 /// server's priority and fairness treats a backup like any other client).
@@ -37,8 +37,8 @@ pub struct BackupRequest {
     /// `endpointslices.discovery.k8s.io`); `None` means [`DEFAULT_EXCLUDED_RESOURCES`]. An empty
     /// list excludes nothing.
     pub excluded: Option<Vec<String>>,
-    /// Directory of the archive (default [`DEFAULT_OUTPUT_DIR`]); must exist.
-    pub output_dir: PathBuf,
+    /// Directory of the archive (default [`DEFAULT_BACKUP_DIR`]); must exist.
+    pub backup_dir: PathBuf,
     /// File name of the archive; default `<policyName><YYYYMMDD-HHMMSS><extension>` (UTC).
     pub file_name: Option<String>,
     /// The PromotePolicy (or operator-chosen) name: first part of the default file name, and
@@ -64,7 +64,7 @@ impl std::fmt::Debug for BackupRequest {
         f.debug_struct("BackupRequest")
             .field("namespaces", &self.namespaces)
             .field("excluded", &self.excluded)
-            .field("output_dir", &self.output_dir)
+            .field("backup_dir", &self.backup_dir)
             .field("file_name", &self.file_name)
             .field("policy_name", &self.policy_name)
             .field("cluster_name", &self.cluster_name)
@@ -89,7 +89,7 @@ impl BackupRequest {
         Self {
             namespaces: namespaces.into_iter().map(Into::into).collect(),
             excluded: None,
-            output_dir: PathBuf::from(DEFAULT_OUTPUT_DIR),
+            backup_dir: PathBuf::from(DEFAULT_BACKUP_DIR),
             file_name: None,
             policy_name: policy_name.into(),
             cluster_name: "member".to_owned(),
@@ -114,8 +114,8 @@ impl BackupRequest {
 
     /// Writes into `dir`.
     #[must_use]
-    pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.output_dir = dir.into();
+    pub fn backup_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.backup_dir = dir.into();
         self
     }
 
@@ -198,7 +198,7 @@ impl BackupRequest {
     /// The archive's path at `at`.
     #[must_use]
     pub fn path_at(&self, at: jiff::Timestamp) -> PathBuf {
-        self.output_dir.join(self.file_name_at(at))
+        self.backup_dir.join(self.file_name_at(at))
     }
 
     /// The namespaces, sorted, without duplicates.
@@ -298,19 +298,19 @@ fn file_part_problem(part: &str) -> Option<String> {
 /// Checks that `dir` is an existing directory.
 ///
 /// # Errors
-/// [`BackupError::OutputDir`] saying what is wrong and what to do.
-pub(crate) fn check_output_dir(dir: &Path) -> Result<(), BackupError> {
+/// [`BackupError::BackupDir`] saying what is wrong and what to do.
+pub(crate) fn check_backup_dir(dir: &Path) -> Result<(), BackupError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(BackupError::OutputDir {
+        Ok(_) => Err(BackupError::BackupDir {
             path: dir.to_owned(),
             reason: "is not a directory".to_owned(),
         }),
-        Err(err) => Err(BackupError::OutputDir {
+        Err(err) => Err(BackupError::BackupDir {
             path: dir.to_owned(),
             reason: format!(
                 "cannot be used ({err}); create it, or mount the backup volume there, or choose \
-                 another directory (--output-dir)"
+                 another directory (--backup-dir)"
             ),
         }),
     }
@@ -339,7 +339,7 @@ mod tests {
             gzip.file_name_at(at()),
             "promote-policy-sample20240311-104907.tar.gz"
         );
-        let named = request.file_name("mine.tar.zst").output_dir("/tmp/x");
+        let named = request.file_name("mine.tar.zst").backup_dir("/tmp/x");
         assert_eq!(named.path_at(at()), PathBuf::from("/tmp/x/mine.tar.zst"));
     }
 
@@ -371,17 +371,17 @@ mod tests {
     }
 
     #[test]
-    fn output_dir_must_be_a_directory() {
+    fn backup_dir_must_be_a_directory() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        assert!(check_output_dir(dir.path()).is_ok());
+        assert!(check_backup_dir(dir.path()).is_ok());
         let file = dir.path().join("f");
         std::fs::write(&file, b"").unwrap_or_else(|e| panic!("{e}"));
-        assert!(check_output_dir(&file).is_err());
+        assert!(check_backup_dir(&file).is_err());
         let missing = dir.path().join("missing");
-        let err = check_output_dir(&missing)
+        let err = check_backup_dir(&missing)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("--output-dir"), "{err}");
+        assert!(err.contains("--backup-dir"), "{err}");
     }
 }

@@ -130,7 +130,7 @@ impl ControllerConfig {
     #[must_use]
     pub fn new(instance: &str) -> Self {
         Self {
-            backup_dir: PathBuf::from(crate::backup::DEFAULT_OUTPUT_DIR),
+            backup_dir: PathBuf::from(crate::backup::DEFAULT_BACKUP_DIR),
             member_kubeconfig: None,
             member_context: None,
             kubeconfig_policy: KubeconfigPolicy::default(),

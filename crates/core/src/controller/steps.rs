@@ -162,7 +162,7 @@ impl Run {
         let request = BackupRequest::new(self.name.clone(), spec.included_namespaces.clone())
             .archive_options(kpromote_archive::WriterOptions::zstd().encrypt_to(recipients))
             .excluded(exclusions(&spec.excluded_namespace_scoped_resources))
-            .output_dir(&ctx.config.backup_dir)
+            .backup_dir(&ctx.config.backup_dir)
             .cluster_name(spec.cluster_name.clone())
             .created_at(created_at)
             .progress(on_progress);

@@ -207,17 +207,7 @@ async fn promote_timed(
     let detach_requests = both_between(&before, &both_requests(member, cp).await);
     let plan = RestorePlan::build(&inv.graph);
     let mut ctx = TransformContext::for_control_plane(inv.objects.values());
-    let restorer = Restorer {
-        target: cp,
-        inv,
-        kind: Target::ControlPlane {
-            cluster_name: "member".into(),
-        },
-        journal: &journal,
-        opts,
-        step: "restore",
-        stamp: true,
-    };
+    let restorer = Restorer::into_control_plane(cp, "member", inv, &journal, opts);
     let (busy0, total0) = cpu_jiffies();
     let own0 = own_cpu_ticks();
     let requests0 = api_requests(&cp.client).await;

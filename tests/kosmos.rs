@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kpromote_core::engine::{EngineError, EngineOptions};
-use kpromote_core::plan::twin::{STAMP_ANNOTATION, clustertree_differences};
+use kpromote_core::plan::twin::clustertree_differences;
+use kpromote_model::kosmos::STAMP_ANNOTATION;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;

@@ -322,7 +322,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
             print!("{}", plan_text(&inv)?);
             return Ok(ExitCode::SUCCESS);
         }
-        let _lock = kpromote_core::engine::lock_archive(&archive)?;
+        let _claim = kpromote_core::engine::claim_archive(&archive)?;
         let journal = match kpromote_core::engine::open_journal(&archive, "promote", &inv) {
             Err(kpromote_core::journal::JournalError::Finished { outcome, path })
                 if outcome == kpromote_core::engine::COMPLETED =>
@@ -368,7 +368,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (member, cp) = args.clusters.connect(args.knobs.retry()).await?;
-        let _lock = kpromote_core::engine::lock_archive(&args.archive)?;
+        let _claim = kpromote_core::engine::claim_archive(&args.archive)?;
         let journal = open_journal(&args.archive, "rollback", &inv)?;
         let progress = progress_printer();
         let opts = EngineOptions {

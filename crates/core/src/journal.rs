@@ -97,12 +97,13 @@ pub enum JournalError {
         /// The journal file.
         path: PathBuf,
     },
-    /// Another process is running promote or rollback on the archive.
+    /// Another process is running promote or rollback on the archive (it holds the
+    /// `ArchiveClaim`).
     #[error(
         "another kpromote process (the controller, or a command line) is working on {path}; wait for it to \
          finish, or stop it — two runs on one archive would undo each other's steps"
     )]
-    Locked {
+    Claimed {
         /// The archive.
         path: PathBuf,
     },

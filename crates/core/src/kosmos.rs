@@ -1,7 +1,6 @@
-//! Kosmos as kpromote meets it: the names Kosmos gives meaning to (one home:
-//! [`kpromote_model::kosmos`], re-exported here) and the `Cluster` object that registers a member.
-
-pub use kpromote_model::kosmos::*;
+//! The Kosmos `Cluster` object that registers a member, as kpromote reads it. The names Kosmos
+//! gives meaning to (labels, taints, the virtual node) have their one home in
+//! [`kpromote_model::kosmos`].
 
 /// The Kosmos `Cluster` object (`kosmos.io/v1alpha1`, cluster-scoped) that registers a member
 /// cluster; kpromote reads only its kubeconfig. Unknown fields of the real Kosmos type are

@@ -14,7 +14,8 @@
 //! - [`escalation`]: which RBAC grants would reach further in the control plane than in the member.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`run_status`]: where a run stands, read from its archive and journals (`kpromote status`).
-//! - [`kosmos`]: the labels, taints and names Kosmos gives meaning to.
+//! - [`kosmos`]: the Kosmos `Cluster` object that registers a member (its names and labels are
+//!   in `kpromote_model::kosmos`).
 
 pub mod access;
 pub mod backup;

@@ -9,7 +9,7 @@ use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::kosmos;
+use kpromote_model::kosmos;
 use crate::resources::{ApiSurface, ExcludedResources, GroupResource, well_known};
 
 /// Namespaces never promoted unless the caller overrides the list: moving the system namespaces

@@ -1,5 +1,6 @@
-//! The names Kosmos gives meaning to. One home for every label, taint and naming rule that the
-//! Kosmos clustertree controllers read, so promote, rollback and the tests agree on them.
+//! The names Kosmos gives meaning to, and kpromote's own mark beside them. One home for every
+//! label, taint, annotation and naming rule that the Kosmos clustertree controllers or kpromote's
+//! rollback read, so promote, rollback and the tests agree on them.
 
 /// Label Kosmos puts on a pod it manages from the control plane. The clustertree pod controllers
 /// only update or delete a member pod that carries it, so rollback removes it before deleting the
@@ -47,6 +48,13 @@ pub fn without_cluster_owner(owners: &str, cluster: &str) -> Option<String> {
             .join(",")
     })
 }
+
+/// Annotation kpromote puts on every object it creates in a target cluster, and on the member
+/// pods it marks, holding the archive's identity. Rollback deletes from the control plane exactly
+/// the objects carrying the annotation of its archive — never one that existed before — and needs
+/// no other record, so it works from the archive alone. It is on both views of a pod because
+/// clustertree copies the member pod's annotations over its twin's.
+pub const STAMP_ANNOTATION: &str = "kpromote.kosmos.io/archive";
 
 /// Name of the virtual node that stands for member cluster `cluster_name` in the control plane.
 #[must_use]

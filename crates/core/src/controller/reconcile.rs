@@ -134,22 +134,22 @@ pub(super) enum Flow {
 
 /// Steps the state machine of a live policy until it has nothing more to do.
 async fn apply(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let mut run = Run::new(policy, ctx);
+    let mut rec = Reconciliation::new(policy, ctx);
     loop {
         let next = machine::next(
-            run.phase(),
-            run.policy.spec.rollback_requested(),
-            run.spec_changed(),
+            rec.phase(),
+            rec.policy.spec.rollback_requested(),
+            rec.spec_changed(),
         );
         let flow = match next {
             Next::Idle => return Ok(Action::await_change()),
-            Next::Start => run.start().await?,
-            Next::Precheck => run.precheck().await?,
-            Next::Backup => run.backup().await?,
-            Next::Promote => run.promote().await?,
-            Next::BeginRollback => run.begin_rollback(RollbackTrigger::Requested).await?,
-            Next::Rollback => run.rollback().await?,
-            Next::IgnoreRollback => run.ignore_rollback().await?,
+            Next::Start => rec.start().await?,
+            Next::Precheck => rec.precheck().await?,
+            Next::Backup => rec.backup().await?,
+            Next::Promote => rec.promote().await?,
+            Next::BeginRollback => rec.begin_rollback(RollbackTrigger::Requested).await?,
+            Next::Rollback => rec.rollback().await?,
+            Next::IgnoreRollback => rec.ignore_rollback().await?,
         };
         if let Flow::Interrupted = flow {
             return Ok(Action::requeue(Duration::from_millis(200)));
@@ -159,28 +159,28 @@ async fn apply(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Result<Action, 
 
 /// The policy is being deleted: see [`machine::OnDelete`].
 async fn cleanup(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let mut run = Run::new(policy, ctx);
-    match machine::on_delete(run.phase()) {
+    let mut rec = Reconciliation::new(policy, ctx);
+    match machine::on_delete(rec.phase()) {
         OnDelete::Release => {
-            if run.phase() == Some(Phase::Completed) {
+            if rec.phase() == Some(Phase::Completed) {
                 let note = format!(
                     "PromotePolicy deleted; the promoted namespaces stay managed from the control plane{}",
-                    run.status
+                    rec.status
                         .backedup_file
                         .as_deref()
                         .map(|f| format!(" (archive {f} stays on the backup volume)"))
                         .unwrap_or_default()
                 );
-                run.event(EventType::Normal, "Released", "Delete", &note).await;
+                rec.event(EventType::Normal, "Released", "Delete", &note).await;
             }
             return Ok(Action::await_change());
         }
         OnDelete::RollBack => {
-            let phase = run.phase().map_or("new", Phase::as_str);
+            let phase = rec.phase().map_or("new", Phase::as_str);
             let why = format!(
                 "the PromotePolicy was deleted while {phase}; rolling back so the member is not left half detached"
             );
-            run.transition(
+            rec.transition(
                 Phase::RollingBack,
                 &why,
                 Some((false, RollbackTrigger::PolicyDeleted.as_reason())),
@@ -190,18 +190,18 @@ async fn cleanup(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Result<Action
         }
         OnDelete::FinishRollback => {}
     }
-    run.rollback().await?;
-    if run.phase() == Some(Phase::FailedRollback) {
+    rec.rollback().await?;
+    if rec.phase() == Some(Phase::FailedRollback) {
         return Err(ReconcileError::RollbackOnDelete {
-            name: run.name.clone(),
-            reason: run.status.failure_reason.clone().unwrap_or_default(),
+            name: rec.name.clone(),
+            reason: rec.status.failure_reason.clone().unwrap_or_default(),
         });
     }
     Ok(Action::await_change())
 }
 
 /// One policy being reconciled: its spec as read, and its status as last written.
-pub(super) struct Run {
+pub(super) struct Reconciliation {
     pub(super) ctx: Arc<Context>,
     pub(super) policy: Arc<PromotePolicy>,
     pub(super) name: String,
@@ -210,7 +210,7 @@ pub(super) struct Run {
     reference: ObjectReference,
 }
 
-impl Run {
+impl Reconciliation {
     fn new(policy: Arc<PromotePolicy>, ctx: Arc<Context>) -> Self {
         Self {
             name: policy.name_any(),

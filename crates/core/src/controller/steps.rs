@@ -14,7 +14,7 @@ use kube::api::ListParams;
 use tokio::sync::watch;
 
 use super::machine::{self, later_promote_phase, promote_phase_of_step};
-use super::reconcile::{Flow, ReconcileError, Run, chain};
+use super::reconcile::{Flow, ReconcileError, Reconciliation, chain};
 use crate::backup::{BackupProgress, BackupRequest};
 use crate::engine::{self, Inventory, LiveCluster, ProgressFn, Report};
 use crate::policy::{Phase, Progress, REASON_ROLLBACK_FAILED, RollbackTrigger};
@@ -45,7 +45,7 @@ enum Supervised<T> {
     Deleted,
 }
 
-impl Run {
+impl Reconciliation {
     /// `Prechecking` → `Backuping` or `FailedPrecheck`.
     pub(super) async fn precheck(&mut self) -> Result<Flow, ReconcileError> {
         let ctx = self.ctx.clone();
@@ -82,7 +82,7 @@ impl Run {
             }
             Err(e) => {
                 errors.push(e.to_string());
-                let node = crate::kosmos::virtual_node_name(&spec.cluster_name);
+                let node = kpromote_model::kosmos::virtual_node_name(&spec.cluster_name);
                 if Api::<Node>::all(ctx.client.clone())
                     .get_opt(&node)
                     .await?
@@ -239,9 +239,9 @@ impl Run {
         let (on_progress, rx) = engine_progress();
         let opts = ctx.config.engine.clone();
         // Another process on this archive (a command line) is waited out, not failed on.
-        let lock = engine::lock_archive(&path)?;
+        let claim = engine::claim_archive(&path)?;
         let work = async {
-            let _lock = lock;
+            let _claim = claim;
             let journal = match engine::open_journal(&path, engine::PROMOTE, &inv) {
                 // A restart after the run completed but before the phase said so.
                 Err(crate::journal::JournalError::Finished { outcome, .. })
@@ -324,9 +324,9 @@ impl Run {
             discard_changes: self.policy.spec.discard_changes || trigger != RollbackTrigger::Requested,
             ..ctx.config.engine.clone()
         };
-        let lock = engine::lock_archive(&path)?;
+        let claim = engine::claim_archive(&path)?;
         let work = async {
-            let _lock = lock;
+            let _claim = claim;
             let journal = engine::open_journal(&path, engine::ROLLBACK, &inv)?;
             let run =
                 engine::Run::new(&member, &control_plane, &inv, &cluster_name, &opts).reporting(&on_progress);
@@ -567,7 +567,7 @@ fn exclusions(names: &[String]) -> Vec<String> {
     }
 }
 
-/// An engine progress callback, and the receiver [`Run::supervise`] reads it from.
+/// An engine progress callback, and the receiver [`Reconciliation::supervise`] reads it from.
 fn engine_progress() -> (ProgressFn, watch::Receiver<Option<Progress>>) {
     let (tx, rx) = watch::channel(None);
     let on_progress: ProgressFn = Arc::new(move |step: &str, done: u64, total: u64| {
@@ -592,7 +592,7 @@ fn completed_message(report: &Report, cluster_name: &str) -> String {
         report.marked.len(),
         report.created.len(),
         report.existed.len(),
-        crate::kosmos::virtual_node_name(cluster_name)
+        kpromote_model::kosmos::virtual_node_name(cluster_name)
     );
     if !report.warnings.is_empty() {
         text.push_str("; warnings: ");

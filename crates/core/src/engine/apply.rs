@@ -8,7 +8,6 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::detach::lock_report;
 use super::inventory::{Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
@@ -40,7 +39,7 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
 /// ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
 /// keeps this much of each, not the pods.
 fn adoption_view(live: kube::api::DynamicObject) -> Value {
-    use super::inventory::STAMP_ANNOTATION;
+    use kpromote_model::kosmos::STAMP_ANNOTATION;
     let stamp = live
         .metadata
         .annotations
@@ -116,27 +115,72 @@ enum Outcome {
     Skipped,
 }
 
-/// Restores objects of an [`Inventory`] into one target cluster.
+/// Restores objects of an [`Inventory`] into one target cluster: the control plane on promote
+/// ([`Restorer::into_control_plane`]), the member on rollback ([`Restorer::into_member`]).
 #[derive(Debug)]
 pub struct Restorer<'a> {
-    /// The target cluster.
-    pub target: &'a LiveCluster,
-    /// The archived objects.
-    pub inv: &'a Inventory,
-    /// Control plane or member.
-    pub kind: Target,
-    /// The run's journal.
-    pub journal: &'a SharedJournal,
-    /// Options.
-    pub opts: &'a EngineOptions,
-    /// Journal step name of one object's restore (`restore` or `recreate`).
-    pub step: &'static str,
-    /// Whether created objects carry the archive's stamp (the control plane's do: rollback
-    /// removes exactly those).
-    pub stamp: bool,
+    cluster: &'a LiveCluster,
+    inv: &'a Inventory,
+    target: Target,
+    journal: &'a SharedJournal,
+    opts: &'a EngineOptions,
 }
 
-impl Restorer<'_> {
+impl<'a> Restorer<'a> {
+    /// Promote's restore into the Kosmos control plane `cluster`, where member `cluster_name`'s
+    /// virtual node stands for the member. Journal step `restore`; every created object carries
+    /// the archive's stamp, so rollback removes exactly those.
+    #[must_use]
+    pub fn into_control_plane(
+        cluster: &'a LiveCluster,
+        cluster_name: &str,
+        inv: &'a Inventory,
+        journal: &'a SharedJournal,
+        opts: &'a EngineOptions,
+    ) -> Self {
+        let target = Target::ControlPlane {
+            cluster_name: cluster_name.to_owned(),
+        };
+        Self {
+            cluster,
+            inv,
+            target,
+            journal,
+            opts,
+        }
+    }
+
+    /// Rollback's re-creation of the owners detach deleted, in the `member` cluster. Journal step
+    /// `recreate`; no stamp (the member's objects are its own again).
+    #[must_use]
+    pub fn into_member(
+        member: &'a LiveCluster,
+        inv: &'a Inventory,
+        journal: &'a SharedJournal,
+        opts: &'a EngineOptions,
+    ) -> Self {
+        Self {
+            cluster: member,
+            inv,
+            target: Target::Member,
+            journal,
+            opts,
+        }
+    }
+
+    /// Journal step name of one object's restore.
+    fn step(&self) -> &'static str {
+        match self.target {
+            Target::ControlPlane { .. } => super::promote::STEP_RESTORE,
+            Target::Member => super::rollback::STEP_RECREATE,
+        }
+    }
+
+    /// Whether created objects carry the archive's stamp.
+    fn stamps(&self) -> bool {
+        matches!(self.target, Target::ControlPlane { .. })
+    }
+
     /// Restores every object of `plan`; `ctx` holds the UIDs of owners already in the target and
     /// learns each new one. Right after each level, the dependents of the level's objects get
     /// their ownerReferences pointed at them.
@@ -155,7 +199,7 @@ impl Restorer<'_> {
         let mut done = 0;
         // Announce the step before its first level: observers (the controller's phase) must
         // attribute a failure in that level to this step.
-        progress(on_progress, self.step, 0, total);
+        progress(on_progress, self.step(), 0, total);
         for (index, level) in plan.levels.iter().enumerate() {
             let started = Instant::now();
             if index > 0 && level.height > 0 {
@@ -194,7 +238,7 @@ impl Restorer<'_> {
                 }
             }
             // Every failure of the level is reported, not only the first.
-            super::all_failures(self.step, failed)?;
+            super::all_failures(self.step(), failed)?;
             if let Some(wait) = level.wait_after {
                 self.wait(wait, &level.objects).await?;
             }
@@ -208,7 +252,7 @@ impl Restorer<'_> {
             done += level.objects.len() as u64;
             lock(self.journal).sync()?;
             tracing::debug!(
-                step = self.step,
+                step = self.step(),
                 level = index,
                 height = level.height,
                 objects = level.objects.len(),
@@ -217,7 +261,7 @@ impl Restorer<'_> {
                 adopt_ms = (started.elapsed() - created).as_millis() as u64,
                 "level restored"
             );
-            progress(on_progress, self.step, done, total);
+            progress(on_progress, self.step(), done, total);
         }
         Ok(())
     }
@@ -233,7 +277,7 @@ impl Restorer<'_> {
         let Some(ns) = level.objects.iter().find_map(|k| k.namespace.as_deref()) else {
             return Ok(());
         };
-        super::barrier::observe(self.target, ns, needs, self.opts.barrier_stall).await
+        super::barrier::observe(self.cluster, ns, needs, self.opts.barrier_stall).await
     }
 
     async fn restore_one(
@@ -248,52 +292,52 @@ impl Restorer<'_> {
         }
         let archived = self.inv.body(key).ok_or_else(|| not_archived(key))?;
         let archived = archived.as_ref();
-        let prepared = prepare(archived, &self.kind, ctx).map_err(|source| EngineError::Transform {
+        let prepared = prepare(archived, &self.target, ctx).map_err(|source| EngineError::Transform {
             key: key.clone(),
             source,
         })?;
         let outcome = match prepared {
             Prepared::Skip(reason) => {
-                lock_report(report)
+                lock(report)
                     .skipped
                     .insert(name.clone(), reason.reason().to_owned());
                 Outcome::Skipped
             }
             Prepared::Merge(merge) => {
-                let api = self.target.api_for(key, archived)?;
+                let api = self.cluster.api_for(key, archived)?;
                 let live = self.wait_exists(&api, key).await?;
                 let uid = live.metadata.uid.clone().unwrap_or_default();
                 let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                 if let Some(patch) = merge.patch_for(&live) {
-                    self.target.merge_patch(&api, key, &patch).await?;
+                    self.cluster.merge_patch(&api, key, &patch).await?;
                 }
-                lock_report(report).merged.push(name.clone());
+                lock(report).merged.push(name.clone());
                 Outcome::Merged(uid)
             }
             Prepared::Create(creation) => {
                 let mut object = creation.object;
-                if self.stamp {
+                if self.stamps() {
                     stamp(&mut object, &self.inv.archive_id);
                 }
-                let api = self.target.api_for(key, &object)?;
-                lock(self.journal).begin(self.step, &name, Value::Null)?;
-                let (outcome, live) = match self.target.create(&api, key, &object).await {
+                let api = self.cluster.api_for(key, &object)?;
+                lock(self.journal).begin(self.step(), &name, Value::Null)?;
+                let (outcome, live) = match self.cluster.create(&api, key, &object).await {
                     Ok(created) => (
                         Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
                         serde_json::to_value(&created).unwrap_or(Value::Null),
                     ),
                     Err(LiveError::AlreadyExists { .. }) => {
                         let live =
-                            self.target
+                            self.cluster
                                 .get_opt(&api, key)
                                 .await?
                                 .ok_or_else(|| LiveError::NotFound {
-                                    cluster: self.target.role.clone(),
+                                    cluster: self.cluster.role.clone(),
                                     key: key.clone(),
                                 })?;
                         let uid = live.metadata.uid.clone().unwrap_or_default();
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                        if self.stamp && stamped_by(&live, &self.inv.archive_id) {
+                        if self.stamps() && stamped_by(&live, &self.inv.archive_id) {
                             (Outcome::Created(uid), live)
                         } else {
                             (Outcome::Existed(uid), live)
@@ -304,7 +348,7 @@ impl Restorer<'_> {
                 // A pod admission changed would differ from the member pod it mirrors: Kosmos
                 // would try to update the running pod forever. Stop before anything else.
                 if matches!(outcome, Outcome::Created(_))
-                    && matches!(self.kind, Target::ControlPlane { .. })
+                    && matches!(self.target, Target::ControlPlane { .. })
                     && key.is("", "pods")
                 {
                     let changes = admission_changes(archived, &object, &live);
@@ -316,23 +360,23 @@ impl Restorer<'_> {
                     }
                 }
                 if let (Outcome::Created(_), Some(status)) = (&outcome, &creation.status) {
-                    self.target
+                    self.cluster
                         .merge_patch_status(&api, key, &json!({ "status": status }))
                         .await?;
                 }
                 for finalizer in &creation.dropped_finalizers {
-                    lock_report(report).warnings.push(format!(
+                    lock(report).warnings.push(format!(
                         "{name}: finalizer {finalizer} not copied: its controller runs in the member, and nothing \
                          in the control plane would remove it"
                     ));
                 }
                 for dropped in &creation.owner_references.dropped {
-                    lock_report(report).warnings.push(format!(
+                    lock(report).warnings.push(format!(
                         "{name}: ownerReference to {} {} dropped: the owner is not in the archive",
                         dropped.kind, dropped.name
                     ));
                 }
-                let mut r = lock_report(report);
+                let mut r = lock(report);
                 match &outcome {
                     Outcome::Created(_) => r.created.push(name.clone()),
                     Outcome::Existed(_) => r.existed.push(name.clone()),
@@ -347,7 +391,7 @@ impl Restorer<'_> {
             Outcome::Merged(uid) => json!({ "outcome": "merged", "uid": uid }),
             Outcome::Skipped => json!({ "outcome": "skipped" }),
         };
-        lock(self.journal).done(self.step, &name, data)?;
+        lock(self.journal).done(self.step(), &name, data)?;
         Ok(outcome)
     }
 
@@ -355,7 +399,7 @@ impl Restorer<'_> {
     fn journaled(&self, name: &str) -> Option<Outcome> {
         let journal = lock(self.journal);
         let record = journal
-            .get(self.step, name)
+            .get(self.step(), name)
             .filter(|r| r.state == crate::journal::State::Done)?;
         let uid = record
             .data
@@ -414,7 +458,7 @@ impl Restorer<'_> {
                 }
             }
             let mut prefetched = prefetch(
-                self.target,
+                self.cluster,
                 pairs.iter().map(|(dependent, _, _)| dependent),
                 adoption_view,
             )
@@ -443,13 +487,13 @@ impl Restorer<'_> {
         prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
         let api = self
-            .target
+            .cluster
             .api(&dependent.key, &dependent.api_version, &dependent.kind);
         let (api, dependent) = (&api, &dependent.key);
         let name = adoption_name(dependent, owner);
         // Only the first attempt may use the prefetched state: after a conflict it is stale.
         let prefetched = Mutex::new(prefetched);
-        let (adopted, conflicts) = on_conflict(&self.target.role, dependent, "point it at its owner", |_| {
+        let (adopted, conflicts) = on_conflict(&self.cluster.role, dependent, "point it at its owner", |_| {
             let prefetched = prefetched
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -458,7 +502,7 @@ impl Restorer<'_> {
                 let live = match prefetched {
                     Some(view) => view,
                     None => self
-                        .target
+                        .cluster
                         .get_opt(api, dependent)
                         .await?
                         .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
@@ -467,7 +511,7 @@ impl Restorer<'_> {
                 let Some(live) = live else {
                     return Ok((false, Vec::new()));
                 };
-                if self.stamp && !stamped_by(&live, &self.inv.archive_id) {
+                if self.stamps() && !stamped_by(&live, &self.inv.archive_id) {
                     // It existed before promote: left as it was.
                     return Ok((false, Vec::new()));
                 }
@@ -480,12 +524,12 @@ impl Restorer<'_> {
                 };
                 // A controller adopting it between our read and write makes this conflict: the
                 // helper reads again.
-                self.target.merge_patch(api, dependent, &patch).await?;
+                self.cluster.merge_patch(api, dependent, &patch).await?;
                 Ok((true, adoption.conflicts))
             }
         })
         .await?;
-        let mut r = lock_report(report);
+        let mut r = lock(report);
         for conflict in conflicts {
             r.warnings.push(format!(
                 "{dependent}: already controlled by another owner; not adding {} {}",
@@ -522,7 +566,7 @@ impl Restorer<'_> {
             WaitPoint::DefaultServiceAccounts => {
                 for ns in objects.iter().filter(|k| k.is("", "namespaces")) {
                     let sa = ObjectKey::namespaced("", "serviceaccounts", &ns.name, "default");
-                    let api = self.target.api(&sa, "v1", "ServiceAccount");
+                    let api = self.cluster.api(&sa, "v1", "ServiceAccount");
                     self.wait_exists(&api, &sa).await?;
                 }
             }
@@ -536,15 +580,15 @@ impl Restorer<'_> {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Result<(), EngineError> {
-        let api = &self.inv.api(self.target, key)?;
+        let api = &self.inv.api(self.cluster, key)?;
         let ready = &ready;
         let awaited = Awaited {
-            cluster: &self.target.role,
+            cluster: &self.cluster.role,
             key,
             what,
         };
         until(awaited, self.opts.object_wait, || async move {
-            Ok(match self.target.get_opt(api, key).await? {
+            Ok(match self.cluster.get_opt(api, key).await? {
                 Some(obj) if ready(&serde_json::to_value(&obj).unwrap_or(Value::Null)) => Poll::Ready(()),
                 _ => Poll::Pending(Progress::Unmeasured),
             })
@@ -559,12 +603,12 @@ impl Restorer<'_> {
         key: &ObjectKey,
     ) -> Result<kube::api::DynamicObject, EngineError> {
         let awaited = Awaited {
-            cluster: &self.target.role,
+            cluster: &self.cluster.role,
             key,
             what: "the target's controllers to create it",
         };
         Ok(until(awaited, self.opts.object_wait, || async {
-            Ok(match self.target.get_opt(api, key).await? {
+            Ok(match self.cluster.get_opt(api, key).await? {
                 Some(obj) => Poll::Ready(obj),
                 None => Poll::Pending(Progress::Unmeasured),
             })

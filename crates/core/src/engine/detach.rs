@@ -237,7 +237,7 @@ async fn await_owners_gone(
     for key in pending {
         let name = key.to_string();
         lock(journal).done(STEP_DETACH, &name, json!({ "uid": inv.uid(key) }))?;
-        lock_report(report).detached.push(name);
+        lock(report).detached.push(name);
     }
     Ok(())
 }
@@ -403,9 +403,9 @@ async fn mark_and_report(
     let name = key.to_string();
     let archived = &twins.inv.objects[key];
     if mark_one(member, twins, key, archived, owner_uids, prefetched).await? {
-        lock_report(report).marked.push(name.clone());
+        lock(report).marked.push(name.clone());
     } else {
-        lock_report(report).warnings.push(format!(
+        lock(report).warnings.push(format!(
             "pod {name} is gone from the member since the backup; not marked"
         ));
     }
@@ -577,10 +577,6 @@ impl<'a> TwinFactory<'a> {
             _ => Ok(archived.clone()),
         }
     }
-}
-
-pub(super) fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
-    report.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Owners listed in the archive that are absent from the member: what detach deleted (or what

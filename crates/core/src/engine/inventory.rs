@@ -15,11 +15,9 @@ use super::live::{LiveCluster, LiveError};
 use crate::plan::order::DetachPlan;
 use crate::plan::transform::{TransformContext, restore_skip};
 use kpromote_archive::Identities;
-use kpromote_model::kosmos;
+use kpromote_model::kosmos::{self, STAMP_ANNOTATION};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnershipError, OwnershipGraph};
-
-pub use crate::plan::twin::STAMP_ANNOTATION;
 
 /// Why an archive cannot be worked from.
 #[derive(Debug, thiserror::Error)]

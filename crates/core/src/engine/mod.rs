@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::journal::{Journal, JournalError};
 use crate::plan::order::PlanError;
 use crate::plan::transform::TransformError;
-pub use inventory::{Archived, Bodies, Inventory, InventoryError, STAMP_ANNOTATION, Scan};
+pub use inventory::{Archived, Bodies, Inventory, InventoryError, Scan};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
 pub use live::{LiveCluster, LiveError};
@@ -455,27 +455,28 @@ pub fn open_journal(
     Ok(Arc::new(Mutex::new(journal)))
 }
 
-/// An exclusive lock on an archive, held for a whole promote or rollback run: the command line
-/// and the controller (sharing the backup volume) never act on the same archive at once — two
-/// runs interleaving their journals and steps could each undo the other's work. Released when
-/// dropped (or when the process dies: the kernel drops `flock` locks with the process).
+/// A process's exclusive claim on an archive, held for a whole promote or rollback run: the
+/// command line and the controller (sharing the backup volume) never act on the same archive at
+/// once — two runs interleaving their journals and steps could each undo the other's work. An
+/// `flock` on the archive file; released when dropped (or when the process dies: the kernel
+/// drops `flock` locks with the process).
 #[derive(Debug)]
-pub struct ArchiveLock {
+pub struct ArchiveClaim {
     _file: std::fs::File,
 }
 
-/// Takes the [`ArchiveLock`] of `archive`, without waiting.
+/// Takes the [`ArchiveClaim`] on `archive`, without waiting.
 ///
 /// # Errors
-/// [`JournalError::Locked`] when another process holds it; I/O errors.
-pub fn lock_archive(archive: &std::path::Path) -> Result<ArchiveLock, JournalError> {
+/// [`JournalError::Claimed`] when another process holds it; I/O errors.
+pub fn claim_archive(archive: &std::path::Path) -> Result<ArchiveClaim, JournalError> {
     let file = std::fs::File::open(archive).map_err(|source| JournalError::Io {
         path: archive.to_owned(),
         source,
     })?;
     match file.try_lock() {
-        Ok(()) => Ok(ArchiveLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
+        Ok(()) => Ok(ArchiveClaim { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Claimed {
             path: archive.to_owned(),
         }),
         Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io {
@@ -503,8 +504,10 @@ fn rollback_closed(archive: &std::path::Path, inv: &Inventory) -> Result<Option<
         .map(str::to_owned))
 }
 
-fn lock(journal: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
-    journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Locks the run's journal or report. A step that panicked while holding it left it whole (each
+/// record or count is one call), so the others go on instead of panicking in turn.
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn progress(progress: Option<&ProgressFn>, step: &str, done: u64, total: u64) {

@@ -38,14 +38,14 @@ pub async fn promote(
     {
         retried += 1;
         tracing::warn!(error = %cause, attempt = retried, "promote step failed transiently; running it again");
-        super::detach::lock_report(&report)
+        lock(&report)
             .retried_steps
             .push(format!("attempt {retried} after: {cause}"));
         tokio::time::sleep(member.retry.delay(retried, None)).await;
         outcome = steps(run, journal, &report).await;
     }
     let retried_calls = member.retried() + control_plane.retried();
-    super::detach::lock_report(&report).retried_calls = retried_calls;
+    lock(&report).retried_calls = retried_calls;
     match (outcome, rollback_journal) {
         (Ok(()), _) => {
             lock(journal).close(super::COMPLETED)?;
@@ -116,16 +116,6 @@ async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -
             ctx.record_created(old, uid);
         }
     }
-    let restorer = Restorer {
-        target: control_plane,
-        inv,
-        kind: Target::ControlPlane {
-            cluster_name: cluster_name.to_owned(),
-        },
-        journal,
-        opts,
-        step: STEP_RESTORE,
-        stamp: true,
-    };
+    let restorer = Restorer::into_control_plane(control_plane, cluster_name, inv, journal, opts);
     restorer.run(&plan, &mut ctx, report, on_progress).await
 }

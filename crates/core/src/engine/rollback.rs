@@ -19,13 +19,13 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 use super::apply::Restorer;
-use super::detach::{detached_owners, lock_report};
+use super::detach::detached_owners;
 use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
-use crate::kosmos;
+use kpromote_model::kosmos;
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
 use crate::plan::transform::Target;
 use crate::plan::twin::unmark_patch;
@@ -66,7 +66,7 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     for (key, why) in &inv.unreadable {
         if recreate.remove(key) {
             tracing::error!(object = %key, reason = %why, "archived owner unreadable; not re-created");
-            lock_report(&report).unreadable.push(format!(
+            lock(&report).unreadable.push(format!(
                 "{key} was not re-created: {why}; its pods run on in the member without it, re-create it from \
                  its manifest"
             ));
@@ -75,19 +75,11 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
     let uids = inv.graph.keys().filter_map(|k| Some((k, inv.uid(k)?)));
     let mut ctx = inv.facts.for_member_from(uids, &recreate);
-    let restorer = Restorer {
-        target: member,
-        inv,
-        kind: Target::Member,
-        journal,
-        opts,
-        step: STEP_RECREATE,
-        stamp: false,
-    };
+    let restorer = Restorer::into_member(member, inv, journal, opts);
     restorer.run(&plan, &mut ctx, &report, on_progress).await?;
 
     teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
-    lock_report(&report).retried_calls = member.retried() + control_plane.retried();
+    lock(&report).retried_calls = member.retried() + control_plane.retried();
     lock(journal).close(super::ROLLED_BACK)?;
     Ok(Report::finish(report))
 }
@@ -109,7 +101,7 @@ async fn check_drift(
     let (promoted, namespaces) = promoted_in_control_plane(cp, ours, opts).await?;
     let drift = super::drift::detect(cp, &promoted, &namespaces, |live| ours.stamped(live)).await?;
     if !drift.unchecked.is_empty() {
-        lock_report(report).warnings.push(format!(
+        lock(report).warnings.push(format!(
             "not checked for objects added since promote (not allowed to list them): {}",
             drift.unchecked.join(", ")
         ));
@@ -120,7 +112,7 @@ async fn check_drift(
                 changes: drift.describe(),
             });
         }
-        lock_report(report).discarded.extend(drift.describe());
+        lock(report).discarded.extend(drift.describe());
     }
     lock(journal).done(
         STEP_DRIFT,
@@ -213,7 +205,7 @@ async fn unmark_archived_pods(
                     let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                     if let Some(patch) = unmark_patch(&archived.object, &live) {
                         member.merge_patch(&api, key, &patch).await?;
-                        lock_report(report).unmarked.push(name.clone());
+                        lock(report).unmarked.push(name.clone());
                     }
                 }
                 lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
@@ -450,7 +442,7 @@ async fn release_kosmos_copies(
             "resourceVersion": object.metadata.resource_version,
         } });
         cp.merge_patch(&api, &key, &patch).await?;
-        lock_report(report).warnings.push(format!(
+        lock(report).warnings.push(format!(
             "{key}: Kosmos had marked it as copied to member {cluster}; the mark was removed so that \
              deleting it in the control plane does not delete the member's"
         ));
@@ -590,7 +582,7 @@ async fn remove(
         }
     }
     lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
-    lock_report(report).deleted.push(name);
+    lock(report).deleted.push(name);
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use std::fmt;
 
 use serde_json::{Map, Value, json};
 
-use crate::kosmos;
+use kpromote_model::kosmos;
 use kpromote_model::object_key::{ObjectKey, group_of};
 use kpromote_model::ownership::OwnerReference;
 

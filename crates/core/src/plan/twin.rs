@@ -14,14 +14,7 @@
 use serde_json::{Map, Value, json};
 
 use super::transform::TransformError;
-use crate::kosmos;
-
-/// Annotation kpromote puts on every object it creates in a target cluster, and on the member
-/// pods it marks, holding the archive's identity. Rollback deletes from the control plane exactly
-/// the objects carrying the annotation of its archive — never one that existed before — and needs
-/// no other record, so it works from the archive alone. It is on both views of a pod because
-/// clustertree copies the member pod's annotations over its twin's.
-pub const STAMP_ANNOTATION: &str = "kpromote.kosmos.io/archive";
+use kpromote_model::kosmos::{self, STAMP_ANNOTATION};
 
 /// The pod fields Kosmos clustertree compares between a member pod and its control-plane twin
 /// (JSON pointers). Any difference makes it update the member pod in place.

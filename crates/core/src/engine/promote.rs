@@ -6,7 +6,7 @@ use super::apply::Restorer;
 use super::detach::{TwinFactory, detach, mark_pods};
 use super::{EngineError, EngineOptions, Report, Run, SharedJournal, lock};
 use crate::plan::order::{DetachPlan, RestorePlan};
-use crate::plan::transform::{Target, TransformContext};
+use crate::plan::transform::TransformContext;
 
 /// Journal step of one object's restore in the control plane.
 pub const STEP_RESTORE: &str = "restore";

@@ -27,7 +27,6 @@ use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use kpromote_model::kosmos;
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
-use crate::plan::transform::Target;
 use crate::plan::twin::unmark_patch;
 use kpromote_model::object_key::ObjectKey;
 

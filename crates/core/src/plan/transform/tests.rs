@@ -1,7 +1,11 @@
 //! Tests of the transforms: one table per rule, regression tests named after the Kosmos bugs
 //! they pin, and property tests over random objects.
 
+use std::collections::BTreeSet;
+
 use super::*;
+use kpromote_model::object_key::ObjectKey;
+use kpromote_model::ownership::OwnerReference;
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -25,14 +25,22 @@
 //! [`prepare`] checks this on every object it returns and fails with
 //! [`TransformError::TemplateChanged`] rather than return a changed one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value, json};
 
 use kpromote_model::kosmos;
-use kpromote_model::object_key::{ObjectKey, group_of};
-use kpromote_model::ownership::OwnerReference;
+use kpromote_model::object_key::group_of;
+
+mod context;
+mod owner_refs;
+
+pub use context::TransformContext;
+use owner_refs::owner_references_of;
+pub use owner_refs::{
+    Adoption, DROPPED_OWNER_REASON, OwnerReferenceRewrite, adoption_patch, rewrite_owner_references,
+};
 
 /// Where [`prepare`] prepares an object for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,148 +424,6 @@ const BIND_COMPLETED_ANNOTATION: &str = "pv.kubernetes.io/bind-completed";
 /// Secret type of a service-account token.
 const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 
-/// What the transform knows beyond the object: the UIDs of owners already created in the target,
-/// and a few facts about the rest of the archive.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TransformContext {
-    /// Old (archived) UID → UID of the same object in the target.
-    uid_map: BTreeMap<String, String>,
-    /// Archived UIDs of objects the caller will create (or merge) in the target but has not yet.
-    pending_uids: BTreeSet<String>,
-    /// (namespace, name) of archived Services with a selector.
-    selector_services: BTreeSet<(String, String)>,
-    /// (namespace, name) of archived service-account token Secrets.
-    token_secrets: BTreeSet<(String, String)>,
-}
-
-impl TransformContext {
-    /// An empty context: no owner exists, none will.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The context for promote: every archived object that [`prepare`] will create or merge is
-    /// pending; none is created yet.
-    ///
-    /// # Caveats
-    /// For a merged object (the `default` ServiceAccount) the caller records its old UID against
-    /// the target's existing object with [`record_created`](Self::record_created).
-    #[must_use]
-    pub fn for_control_plane<'a>(archive: impl IntoIterator<Item = &'a Value>) -> Self {
-        let objects: Vec<&Value> = archive.into_iter().collect();
-        let mut ctx = Self::with_archive_facts(&objects);
-        for object in &objects {
-            if let (Some(uid), Ok(view)) = (uid_of(object), View::read(object))
-                && skip_reason(&view, object, false, &ctx).is_none()
-            {
-                ctx.pending_uids.insert(uid.to_owned());
-            }
-        }
-        ctx
-    }
-
-    /// The context for rollback in the member: objects in `recreated` (the ones detach deleted)
-    /// are pending; every other archived object was never deleted from the member, so it keeps
-    /// its UID there and maps to itself.
-    #[must_use]
-    pub fn for_member<'a>(
-        archive: impl IntoIterator<Item = (&'a ObjectKey, &'a Value)>,
-        recreated: &BTreeSet<ObjectKey>,
-    ) -> Self {
-        let pairs: Vec<(&ObjectKey, &Value)> = archive.into_iter().collect();
-        let objects: Vec<&Value> = pairs.iter().map(|(_, v)| *v).collect();
-        let uids = pairs.iter().filter_map(|(k, v)| Some((*k, uid_of(v)?)));
-        Self::with_archive_facts(&objects).for_member_from(uids, recreated)
-    }
-
-    /// [`TransformContext::for_member`] from facts already learned (`self`, see
-    /// [`TransformContext::learn`]) and the archived objects' UIDs.
-    #[must_use]
-    pub fn for_member_from<'a>(
-        &self,
-        uids: impl IntoIterator<Item = (&'a ObjectKey, &'a str)>,
-        recreated: &BTreeSet<ObjectKey>,
-    ) -> Self {
-        let mut ctx = self.facts();
-        for (key, uid) in uids {
-            if recreated.contains(key) {
-                ctx.pending_uids.insert(uid.to_owned());
-            } else {
-                ctx.uid_map.insert(uid.to_owned(), uid.to_owned());
-            }
-        }
-        ctx
-    }
-
-    fn with_archive_facts(objects: &[&Value]) -> Self {
-        let mut ctx = Self::new();
-        for object in objects {
-            ctx.learn(object);
-        }
-        ctx
-    }
-
-    /// Learns what the transform of other objects needs to know of archived `object`: whether it
-    /// is a Service with a selector or a service-account token Secret. A reader streaming an
-    /// archive feeds it the objects [`TransformContext::learns_from`] names.
-    pub fn learn(&mut self, object: &Value) {
-        let Ok(view) = View::read(object) else { return };
-        let Some(ns) = view.namespace.clone() else {
-            return;
-        };
-        if view.is("", "Service") && service_has_selector(object) {
-            self.selector_services.insert((ns, view.name.clone()));
-        } else if view.is("", "Secret") && str_at(object, "/type") == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
-            self.token_secrets.insert((ns, view.name.clone()));
-        }
-    }
-
-    /// Whether an object of `kind` (in `group`) can teach [`TransformContext::learn`] anything:
-    /// a streaming reader parses just those.
-    #[must_use]
-    pub fn learns_from(group: &str, kind: &str) -> bool {
-        group.is_empty() && matches!(kind, "Service" | "Secret")
-    }
-
-    /// The archive facts of `self` (what [`TransformContext::learn`] gathered), without any UID.
-    #[must_use]
-    pub fn facts(&self) -> Self {
-        Self {
-            selector_services: self.selector_services.clone(),
-            token_secrets: self.token_secrets.clone(),
-            ..Self::default()
-        }
-    }
-
-    /// Marks `old_uid` as pending: the caller will create that object later.
-    pub fn add_pending(&mut self, old_uid: &str) {
-        if !self.uid_map.contains_key(old_uid) {
-            self.pending_uids.insert(old_uid.to_owned());
-        }
-    }
-
-    /// Records that the object archived with `old_uid` now exists in the target as `new_uid`:
-    /// created, merged into, or found already there (an object that existed before promote is
-    /// an owner like any other).
-    pub fn record_created(&mut self, old_uid: &str, new_uid: &str) {
-        self.pending_uids.remove(old_uid);
-        self.uid_map.insert(old_uid.to_owned(), new_uid.to_owned());
-    }
-
-    /// The target UID of the object archived with `old_uid`, once created.
-    #[must_use]
-    pub fn new_uid(&self, old_uid: &str) -> Option<&str> {
-        self.uid_map.get(old_uid).map(String::as_str)
-    }
-
-    /// Whether the object archived with `old_uid` will be created but is not yet.
-    #[must_use]
-    pub fn is_pending(&self, old_uid: &str) -> bool {
-        self.pending_uids.contains(old_uid)
-    }
-}
-
 /// The result of [`prepare`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prepared {
@@ -647,110 +513,6 @@ impl Merge {
         }
         Some(Value::Object(patch))
     }
-}
-
-/// What [`rewrite_owner_references`] did with each ownerReference.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct OwnerReferenceRewrite {
-    /// References whose owner exists in the target, with its new UID. These are in the object.
-    pub rewritten: Vec<OwnerReference>,
-    /// References whose owner will be created later, with the **old** UID. Not in the object;
-    /// the caller adds them with [`adoption_patch`] once the owner exists.
-    pub deferred: Vec<OwnerReference>,
-    /// References whose owner will never exist in the target. Not in the object.
-    pub dropped: Vec<OwnerReference>,
-}
-
-/// Why a dropped ownerReference is dropped, for the report.
-pub const DROPPED_OWNER_REASON: &str = "the owner is not in the archive or is not restored: an ownerReference to a \
-     UID that does not exist makes the garbage collector delete the object";
-
-/// Sorts `references` by what the target knows of their owners (see [`OwnerReferenceRewrite`]).
-#[must_use]
-pub fn rewrite_owner_references(
-    references: &[OwnerReference],
-    ctx: &TransformContext,
-) -> OwnerReferenceRewrite {
-    let mut out = OwnerReferenceRewrite::default();
-    for reference in references {
-        if let Some(new_uid) = ctx.new_uid(&reference.uid) {
-            out.rewritten.push(OwnerReference {
-                uid: new_uid.to_owned(),
-                ..reference.clone()
-            });
-        } else if ctx.is_pending(&reference.uid) {
-            out.deferred.push(reference.clone());
-        } else {
-            out.dropped.push(reference.clone());
-        }
-    }
-    out
-}
-
-/// The result of [`adoption_patch`].
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Adoption {
-    /// JSON merge patch setting the full new `metadata.ownerReferences` list, with `live`'s
-    /// resourceVersion as precondition; `None` when nothing is to add.
-    pub patch: Option<Value>,
-    /// Deferred references whose owner is still not created; call again later.
-    pub waiting: Vec<OwnerReference>,
-    /// Controller references not added because `live` already has a controller (a controller
-    /// adopted the object meanwhile); an object has at most one.
-    pub conflicts: Vec<OwnerReference>,
-}
-
-/// Adds the `deferred` references (from [`OwnerReferenceRewrite::deferred`]) whose owners now
-/// exist to `live`, the object as it is in the target. A reference already present — same UID,
-/// or same kind, group and name (its controller adopted it first) — is not added twice.
-///
-/// # Errors
-/// [`TransformError::InvalidField`] when `live`'s ownerReferences are not a list of
-/// ownerReferences.
-pub fn adoption_patch(
-    live: &Value,
-    deferred: &[OwnerReference],
-    ctx: &TransformContext,
-) -> Result<Adoption, TransformError> {
-    let mut refs = owner_references_of(live)?;
-    let mut out = Adoption::default();
-    let before = refs.len();
-    for reference in deferred {
-        let Some(new_uid) = ctx.new_uid(&reference.uid) else {
-            out.waiting.push(reference.clone());
-            continue;
-        };
-        let same = |r: &OwnerReference| {
-            r.uid == new_uid
-                || (r.kind == reference.kind
-                    && r.name == reference.name
-                    && group_of(&r.api_version) == group_of(&reference.api_version))
-        };
-        if refs.iter().any(same) {
-            continue;
-        }
-        if reference.controller == Some(true) && refs.iter().any(|r| r.controller == Some(true)) {
-            out.conflicts.push(reference.clone());
-            continue;
-        }
-        refs.push(OwnerReference {
-            uid: new_uid.to_owned(),
-            ..reference.clone()
-        });
-    }
-    if refs.len() != before {
-        let refs = serde_json::to_value(&refs).map_err(|_| TransformError::InvalidField {
-            field: "metadata.ownerReferences",
-            expected: "serializable ownerReferences",
-        })?;
-        let mut metadata = Map::new();
-        metadata.insert("ownerReferences".to_owned(), refs);
-        if let Some(rv) = live.pointer("/metadata/resourceVersion") {
-            metadata.insert("resourceVersion".to_owned(), rv.clone());
-        }
-        out.patch = Some(json!({ "metadata": metadata }));
-    }
-    Ok(out)
 }
 
 /// What happens to an object's `status`.
@@ -997,7 +759,7 @@ fn skip_reason(view: &View, object: &Value, member: bool, ctx: &TransformContext
             }
         }
         ("batch", "Job") if job_finished(object) => Some(SkipReason::CompletedJob),
-        ("", "Endpoints") if ctx.selector_services.contains(&ns_name()) => {
+        ("", "Endpoints") if ctx.facts.selector_services.contains(&ns_name()) => {
             Some(SkipReason::ControllerManagedEndpoints)
         }
         ("discovery.k8s.io", "EndpointSlice")
@@ -1148,20 +910,10 @@ fn prepare_service_account(
     };
     let before = secrets.len();
     secrets.retain(|s| {
-        !str_at(s, "/name").is_some_and(|name| ctx.token_secrets.contains(&(ns.clone(), name.to_owned())))
+        !str_at(s, "/name").is_some_and(|name| ctx.facts.token_secrets.contains(&(ns.clone(), name.to_owned())))
     });
     if secrets.len() != before {
         applied.push(SERVICE_ACCOUNT_TOKEN_SECRETS.rule);
-    }
-}
-
-fn owner_references_of(object: &Value) -> Result<Vec<OwnerReference>, TransformError> {
-    match object.pointer("/metadata/ownerReferences") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(refs) => serde_json::from_value(refs.clone()).map_err(|_| TransformError::InvalidField {
-            field: "metadata.ownerReferences",
-            expected: "a list of ownerReferences",
-        }),
     }
 }
 

@@ -9,8 +9,8 @@ use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use kpromote_model::kosmos;
 use crate::resources::{ApiSurface, ExcludedResources, GroupResource, well_known};
+use kpromote_model::kosmos;
 
 /// Namespaces never promoted unless the caller overrides the list: moving the system namespaces
 /// would move the control plane's own machinery.

@@ -64,7 +64,7 @@ pub use report::{
     SkippedObject, list_key,
 };
 pub use request::{
-    BackupProgressFn, BackupRequest, DEFAULT_CONCURRENCY, DEFAULT_BACKUP_DIR, DEFAULT_PAGE_SIZE,
+    BackupProgressFn, BackupRequest, DEFAULT_BACKUP_DIR, DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE,
     FILE_TIME_FORMAT,
 };
 pub use write::CHANNEL_CAPACITY;

@@ -321,30 +321,29 @@ impl<'a> Restorer<'a> {
                 }
                 let api = self.cluster.api_for(key, &object)?;
                 lock(self.journal).begin(self.step(), &name, Value::Null)?;
-                let (outcome, live) = match self.cluster.create(&api, key, &object).await {
-                    Ok(created) => (
-                        Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
-                        serde_json::to_value(&created).unwrap_or(Value::Null),
-                    ),
-                    Err(LiveError::AlreadyExists { .. }) => {
-                        let live =
-                            self.cluster
-                                .get_opt(&api, key)
-                                .await?
-                                .ok_or_else(|| LiveError::NotFound {
+                let (outcome, live) =
+                    match self.cluster.create(&api, key, &object).await {
+                        Ok(created) => (
+                            Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
+                            serde_json::to_value(&created).unwrap_or(Value::Null),
+                        ),
+                        Err(LiveError::AlreadyExists { .. }) => {
+                            let live = self.cluster.get_opt(&api, key).await?.ok_or_else(|| {
+                                LiveError::NotFound {
                                     cluster: self.cluster.role.clone(),
                                     key: key.clone(),
-                                })?;
-                        let uid = live.metadata.uid.clone().unwrap_or_default();
-                        let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                        if self.stamps() && stamped_by(&live, &self.inv.archive_id) {
-                            (Outcome::Created(uid), live)
-                        } else {
-                            (Outcome::Existed(uid), live)
+                                }
+                            })?;
+                            let uid = live.metadata.uid.clone().unwrap_or_default();
+                            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                            if self.stamps() && stamped_by(&live, &self.inv.archive_id) {
+                                (Outcome::Created(uid), live)
+                            } else {
+                                (Outcome::Existed(uid), live)
+                            }
                         }
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                        Err(e) => return Err(e.into()),
+                    };
                 // A pod admission changed would differ from the member pod it mirrors: Kosmos
                 // would try to update the running pod forever. Stop before anything else.
                 if matches!(outcome, Outcome::Created(_))

@@ -25,9 +25,9 @@ use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
 use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
-use kpromote_model::kosmos;
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
 use crate::plan::twin::unmark_patch;
+use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
 
 /// Journal step of one member pod's unmarking.

@@ -196,7 +196,6 @@ impl ListItem for DynamicObject {
     }
 }
 
-
 /// Like [`list_paged`], with each object as the server's own JSON bytes ([`RawObject`]), for
 /// callers that store objects rather than inspect them (the backup).
 ///

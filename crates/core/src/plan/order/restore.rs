@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{PlanError, Phase, RESTORE_ORDER, Tier};
+use super::{Phase, PlanError, RESTORE_ORDER, Tier};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipGraph;
 

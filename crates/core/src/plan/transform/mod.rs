@@ -910,7 +910,8 @@ fn prepare_service_account(
     };
     let before = secrets.len();
     secrets.retain(|s| {
-        !str_at(s, "/name").is_some_and(|name| ctx.facts.token_secrets.contains(&(ns.clone(), name.to_owned())))
+        !str_at(s, "/name")
+            .is_some_and(|name| ctx.facts.token_secrets.contains(&(ns.clone(), name.to_owned())))
     });
     if secrets.len() != before {
         applied.push(SERVICE_ACCOUNT_TOKEN_SECRETS.rule);

@@ -169,7 +169,7 @@ async fn unmark_stamped_pods(
             if let Some(patch) = unmark_patch(&json!({}), &live) {
                 member.merge_patch(&api, &key, &patch).await?;
                 tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
-                let mut r = lock_report(report);
+                let mut r = lock(report);
                 r.unmarked.push(key.to_string());
                 r.warnings.push(format!(
                     "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \

@@ -492,42 +492,44 @@ impl<'a> Restorer<'a> {
         let name = adoption_name(dependent, owner);
         // Only the first attempt may use the prefetched state: after a conflict it is stale.
         let prefetched = Mutex::new(prefetched);
-        let (adopted, conflicts) = on_conflict(&self.cluster.role, dependent, "point it at its owner", |_| {
-            let prefetched = prefetched
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            async move {
-                let live = match prefetched {
-                    Some(view) => view,
-                    None => self
-                        .cluster
-                        .get_opt(api, dependent)
-                        .await?
-                        .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
-                };
-                // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
-                let Some(live) = live else {
-                    return Ok((false, Vec::new()));
-                };
-                if self.stamps() && !stamped_by(&live, &self.inv.archive_id) {
-                    // It existed before promote: left as it was.
-                    return Ok((false, Vec::new()));
+        let (adopted, conflicts) =
+            on_conflict(&self.cluster.role, dependent, "point it at its owner", |_| {
+                let prefetched = prefetched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                async move {
+                    let live = match prefetched {
+                        Some(view) => view,
+                        None => self
+                            .cluster
+                            .get_opt(api, dependent)
+                            .await?
+                            .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+                    };
+                    // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
+                    let Some(live) = live else {
+                        return Ok((false, Vec::new()));
+                    };
+                    if self.stamps() && !stamped_by(&live, &self.inv.archive_id) {
+                        // It existed before promote: left as it was.
+                        return Ok((false, Vec::new()));
+                    }
+                    let adoption =
+                        adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
+                            key: dependent.clone(),
+                            source,
+                        })?;
+                    let Some(patch) = adoption.patch else {
+                        return Ok((false, adoption.conflicts));
+                    };
+                    // A controller adopting it between our read and write makes this conflict: the
+                    // helper reads again.
+                    self.cluster.merge_patch(api, dependent, &patch).await?;
+                    Ok((true, adoption.conflicts))
                 }
-                let adoption = adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
-                    key: dependent.clone(),
-                    source,
-                })?;
-                let Some(patch) = adoption.patch else {
-                    return Ok((false, adoption.conflicts));
-                };
-                // A controller adopting it between our read and write makes this conflict: the
-                // helper reads again.
-                self.cluster.merge_patch(api, dependent, &patch).await?;
-                Ok((true, adoption.conflicts))
-            }
-        })
-        .await?;
+            })
+            .await?;
         let mut r = lock(report);
         for conflict in conflicts {
             r.warnings.push(format!(

@@ -149,7 +149,7 @@ pub struct DiffArgs {
 
 /// Opens an archive, turning failures into a message that names the file and what to do.
 fn open(path: &Path) -> anyhow::Result<ArchiveReader> {
-    ArchiveReader::open(path).map_err(|e| explain(path, e))
+    kpromote_core::engine::open_archive(path).map_err(|e| explain(path, e))
 }
 
 /// Opens an archive whose sealed Secrets are to be read: an identity given is checked now, before
@@ -167,6 +167,9 @@ fn explain(path: &Path, err: ArchiveError) -> anyhow::Error {
     let hint = super::keys::hint(&err).unwrap_or_else(|| match &err {
         ArchiveError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound => {
             "check the path".to_owned()
+        }
+        ArchiveError::Io { .. } if kpromote_core::storage::ArchiveLocation::is_remote(path) => {
+            "check the URL, AWS_ENDPOINT_URL, AWS_REGION and the credentials".to_owned()
         }
         ArchiveError::Io { .. } => "check the file's permissions".to_owned(),
         ArchiveError::UnknownCodec { .. } | ArchiveError::NotAnArchive { .. } => {
@@ -187,7 +190,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     if args.list {
         return list(&reader, &args);
     }
-    let file_bytes = std::fs::metadata(&args.archive).map(|m| m.len()).unwrap_or(0);
+    let file_bytes = reader.byte_len();
     match args.output {
         TextOrJson::Json => {
             let doc = json!({
@@ -536,7 +539,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = if args.archive.as_os_str() == "-" {
         kpromote_archive::verify_stream(io::stdin().lock(), &ReaderOptions::default())
     } else {
-        ArchiveReader::open(&args.archive).map(|reader| reader.verify())
+        kpromote_core::engine::open_archive(&args.archive).map(|reader| reader.verify())
     };
     let name = args.archive.display().to_string();
     let (status, code) = match &report {

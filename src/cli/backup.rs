@@ -10,6 +10,7 @@ use std::time::Duration;
 use kpromote_archive::{Codec, WriterOptions};
 use kpromote_core::access::ClusterClient;
 use kpromote_core::backup::{self, BackupProgress, BackupRequest, Collected, DEFAULT_BACKUP_DIR};
+use kpromote_core::storage::BackupLocation;
 
 /// Arguments of `kpromote backup`.
 #[derive(Debug, clap::Args)]
@@ -39,6 +40,11 @@ pub struct Args {
     // `--output-dir`, its former name, stays as a hidden alias for existing scripts and Jobs.
     #[arg(long, alias = "output-dir", value_name = "DIR", default_value = DEFAULT_BACKUP_DIR)]
     backup_dir: PathBuf,
+    /// Where the archive goes instead of --backup-dir: a directory or `s3://BUCKET/PREFIX`
+    /// (configured by AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+    /// path-style requests when AWS_ENDPOINT_URL is set, unless AWS_S3_FORCE_PATH_STYLE=false).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", conflicts_with = "backup_dir")]
+    backup_location: Option<String>,
     /// File name of the archive (default: <policy-name><YYYYMMDD-HHMMSS>.tar.zst, UTC).
     #[arg(long, value_name = "FILE")]
     name: Option<String>,
@@ -102,8 +108,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(level) = args.level {
             options = options.level(level);
         }
+        let location = match &args.backup_location {
+            Some(location) => BackupLocation::parse(location)?,
+            None => BackupLocation::Dir(args.backup_dir.clone()),
+        };
         let mut request = BackupRequest::new(args.policy_name.clone(), args.namespaces.clone())
-            .backup_dir(args.backup_dir.clone())
+            .location(location)
             .cluster_name(args.cluster_name.clone())
             .archive_options(options)
             .concurrency(args.concurrency)

@@ -36,6 +36,11 @@ pub struct Args {
     /// Directory of the archives (the backup volume).
     #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_BACKUP_DIR)]
     backup_dir: PathBuf,
+    /// Default location of new archives instead of --backup-dir: `s3://BUCKET/PREFIX`
+    /// (credentials and endpoint from AWS_* variables); a PromotePolicy's spec.backupLocation
+    /// wins. Journals of such archives stay in $KPROMOTE_STATE_DIR.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", env = "KPROMOTE_BACKUP_LOCATION")]
+    backup_location: Option<String>,
     /// Namespaces that may never be promoted.
     #[arg(
         long,
@@ -96,6 +101,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let identity = args.identity.clone().unwrap_or_else(serve::default_identity);
     let mut config = ControllerConfig::new(&identity);
     config.backup_dir = args.backup_dir.clone();
+    config.backup_location = match args.backup_location.as_deref().filter(|l| !l.is_empty()) {
+        Some(location) => Some(kpromote_core::storage::BackupLocation::parse(location)?),
+        None => None,
+    };
     config.member_kubeconfig = args.member_kubeconfig.clone();
     config.member_context = args.member_context.clone();
     config.kubeconfig_policy.allow_exec = args.allow_kubeconfig_exec;

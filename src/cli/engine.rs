@@ -12,6 +12,7 @@ use kpromote_core::engine::{
 };
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::order::{DetachPlan, RestorePlan};
+use kpromote_core::storage::BackupLocation;
 
 /// How to reach the two clusters.
 #[derive(Debug, clap::Args)]
@@ -149,6 +150,10 @@ pub struct PromoteArgs {
     /// Directory of the backup archive.
     #[arg(long, value_name = "DIR", default_value = kpromote_core::backup::DEFAULT_BACKUP_DIR)]
     backup_dir: PathBuf,
+    /// Where the backup goes instead of --backup-dir: a directory or `s3://BUCKET/PREFIX`
+    /// (configured by AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", conflicts_with = "backup_dir")]
+    backup_location: Option<String>,
     /// Name recorded in the archive and used as its file name's prefix.
     #[arg(long, value_name = "NAME", default_value = "kpromote")]
     policy_name: String,
@@ -251,7 +256,7 @@ async fn precheck_and_backup(
     args: &PromoteArgs,
     member: &LiveCluster,
     cp: &LiveCluster,
-    dir: &Path,
+    location: BackupLocation,
     recipients: &Recipients,
 ) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
@@ -286,7 +291,7 @@ async fn precheck_and_backup(
     }
     let backup = kpromote_core::backup::BackupRequest::new(&args.policy_name, args.namespaces.clone())
         .excluded(excluded)
-        .backup_dir(dir)
+        .location(location)
         .cluster_name(&args.clusters.cluster_name)
         .archive_options(WriterOptions::zstd().encrypt_to(recipients.clone()));
     let report = kpromote_core::backup::run(&member.client, &backup).await?;
@@ -313,9 +318,16 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         let archive = match &args.archive {
             Some(path) => path.clone(),
             None if args.dry_run => {
-                precheck_and_backup(&args, &member, &cp, scratch.path(), &recipients).await?
+                let scratch = BackupLocation::Dir(scratch.path().to_owned());
+                precheck_and_backup(&args, &member, &cp, scratch, &recipients).await?
             }
-            None => precheck_and_backup(&args, &member, &cp, &args.backup_dir, &recipients).await?,
+            None => {
+                let location = match &args.backup_location {
+                    Some(location) => BackupLocation::parse(location)?,
+                    None => BackupLocation::Dir(args.backup_dir.clone()),
+                };
+                precheck_and_backup(&args, &member, &cp, location, &recipients).await?
+            }
         };
         let inv = load(&archive, &identities)?;
         if args.dry_run {

@@ -95,6 +95,10 @@ pub fn main() -> ExitCode {
         Command::Completion(args) => shell::completion(args, command()),
         Command::Man(args) => shell::man(args, command()),
     };
+    let (bytes, requests) = kpromote_core::storage::remote::fetched();
+    if requests > 0 {
+        tracing::debug!(bytes, requests, "object storage: bytes fetched by ranged reads");
+    }
     match outcome {
         Ok(code) => code,
         Err(err) => {

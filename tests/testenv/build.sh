@@ -3,8 +3,9 @@
 # (kube-apiserver, kube-controller-manager, kubectl, etcd) from the Go module
 # proxy, into a cache directory keyed by the pinned version and go.sum, so a
 # second run reuses them in seconds. Prints the bin directory on stdout.
-# Helm and krew, which the chart and plugin tests run, are built first by helm/build.sh and
-# krew/build.sh (each with its own cache).
+# Helm and krew, which the chart and plugin tests run, and versitygw, the S3-compatible server of
+# the object storage tests, are built first by helm/build.sh, krew/build.sh and s3/build.sh (each
+# with its own cache).
 # First it installs the machine tools the tests call (openssl, zstd, gzip, tar, age; podman and
 # runc for the image test) with apt-get when it runs as root on a Debian-like machine; elsewhere it
 # names in one line what to install and stops before building anything. Go and Rust it only
@@ -40,6 +41,7 @@ tools=(kube-apiserver kube-controller-manager kubectl etcd)
 
 "$here/helm/build.sh" >/dev/null
 "$here/krew/build.sh" >/dev/null
+"$here/s3/build.sh" >/dev/null
 
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 # `current` points at the build matching this checkout; kpromote's launcher looks there first.

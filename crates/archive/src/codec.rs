@@ -5,8 +5,8 @@
 //! Normative text: `format-spec/v1.md` §4.1 (frames), §8 (codecs).
 
 use super::error::{ArchiveError, RatioLimit, Result, TotalLimit, location};
+use super::random_access::RandomAccess;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -214,30 +214,18 @@ impl<W: Write> Write for FrameEncoder<W> {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset` of `file`, without moving any shared cursor.
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_at(file, buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-    }
-}
-
 /// A byte range of the archive file, read with positional reads so several sections can be
 /// read at once from one open file.
 #[derive(Debug, Clone)]
 pub struct Section {
-    file: Arc<File>,
+    file: Arc<dyn RandomAccess>,
     pos: u64,
     end: u64,
 }
 
 impl Section {
     /// The range `offset..offset + len` of `file`.
-    pub fn new(file: Arc<File>, offset: u64, len: u64) -> Self {
+    pub fn new(file: Arc<dyn RandomAccess>, offset: u64, len: u64) -> Self {
         Section {
             file,
             pos: offset,
@@ -252,7 +240,8 @@ impl Section {
     pub fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()> {
         let mut got = 0;
         while got < buf.len() {
-            let n = read_at(&self.file, &mut buf[got..], self.pos + got as u64)?;
+            let end = self.end.max(self.pos + buf.len() as u64);
+            let n = self.file.read_at(&mut buf[got..], self.pos + got as u64, end)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -269,7 +258,7 @@ impl Read for Section {
         if want == 0 {
             return Ok(0);
         }
-        let n = read_at(&self.file, &mut buf[..want], self.pos)?;
+        let n = self.file.read_at(&mut buf[..want], self.pos, self.end)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -502,7 +491,7 @@ impl Budget {
 /// Sequential decoding of known frames (the frame table), each checked to fill its section.
 pub struct FrameSeq {
     codec: Codec,
-    file: Arc<File>,
+    file: Arc<dyn RandomAccess>,
     /// (offset, length) of each frame still to read, in order.
     frames: std::vec::IntoIter<(u64, u64)>,
     current: Option<(SeqDecoder, u64)>,
@@ -532,7 +521,7 @@ impl FrameSeq {
     /// Decodes `frames` of `file` in order.
     pub fn new(
         codec: Codec,
-        file: Arc<File>,
+        file: Arc<dyn RandomAccess>,
         frames: Vec<(u64, u64)>,
         budget: Budget,
         what: &'static str,

@@ -343,7 +343,8 @@ impl ArchiveError {
         ) || matches!(self, ArchiveError::Seal(e) if e.is_entry_local())
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
+    /// An I/O error about `path` (a file, or the URL of a remote archive).
+    pub fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
         ArchiveError::Io {
             path: path.into(),
             error,

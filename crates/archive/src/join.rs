@@ -7,11 +7,11 @@ use super::codec::{Budget, FrameSeq, FrameSource, Pumped};
 use super::error::{ArchiveError, Result, location};
 use super::layout::{self, EntryPath, INDEX_ENTRY, MANIFEST_ENTRY};
 use super::manifest::{self, FrameInfo, IndexInfo, ParsedLine};
+use super::random_access::RandomAccess;
 use super::tar_header::EntryType;
 use super::tar_stream::{Dialects, Next, TarStream};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
-use std::fs::File;
 use std::sync::Arc;
 
 /// A decompressed frame source, possibly running on its own thread.
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Reopen {
 /// Builds a source decoding `frames` of `file`; `pump` moves decoding to a thread.
 pub(crate) fn source(
     codec: super::codec::Codec,
-    file: &Arc<File>,
+    file: &Arc<dyn RandomAccess>,
     frames: Vec<(u64, u64)>,
     budget: Budget,
     what: &'static str,

@@ -67,6 +67,7 @@ mod join;
 pub mod layout;
 mod locator;
 mod manifest;
+mod random_access;
 mod reader;
 mod scan;
 pub mod seal;
@@ -83,6 +84,7 @@ pub use manifest::{
     ArchiveFacts, ArchiveManifest, CodecInfo, FrameInfo, Inclusion, IndexInfo, IndexRecord, OwnerReference,
     PolicyFacts, SourceCluster, Summary, Tally, ToolInfo,
 };
+pub use random_access::RandomAccess;
 pub use reader::{
     ArchiveKind, ArchiveObject, ArchiveReader, DEFAULT_MAX_INDEX_LINE, DEFAULT_MAX_MANIFEST_BYTES,
     DEFAULT_MAX_PROBLEMS, DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_RATIO_FLOOR, Objects,
@@ -90,7 +92,8 @@ pub use reader::{
 };
 pub use seal::{Encryption, Identities, Recipients, SealError};
 pub use writer::{
-    ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions, WrittenArchive,
+    ArchiveSink, ArchiveWriter, DEFAULT_FRAME_SIZE, DEFAULT_SORT_MEMORY, NewObject, WriterOptions,
+    WrittenArchive,
 };
 
 /// The newest kpromote archive format version this crate reads and writes (spec §2): 1.1 adds

@@ -6,6 +6,7 @@ use super::join::{self, EntrySide, IndexSide, Join, Range};
 use super::layout::{self, MANIFEST_ENTRY, VERSION_ENTRY_CONTENT};
 use super::locator::{Locator, Tail};
 use super::manifest::{ArchiveFacts, ArchiveManifest, IndexRecord, ParsedLine, Summary};
+use super::random_access::RandomAccess;
 use super::scan::{self, Collect, Problems, ScanKind};
 use super::seal::{self, Encryption, Identities, Keys};
 use super::sort::Sorted;
@@ -250,7 +251,7 @@ enum Inner {
 #[derive(Debug)]
 pub struct ArchiveReader {
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<dyn RandomAccess>,
     codec: Codec,
     options: ReaderOptions,
     inner: Inner,
@@ -279,8 +280,22 @@ impl ArchiveReader {
     pub fn open_with(path: impl AsRef<Path>, options: ReaderOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| ArchiveError::io(&path, e))?;
-        let len = file.metadata().map_err(|e| ArchiveError::io(&path, e))?.len();
-        let file = Arc::new(file);
+        Self::open_source(path, Arc::new(file), options)
+    }
+
+    /// Opens an archive from any [`RandomAccess`] source (a remote object read by ranged
+    /// requests); `name` is what errors and [`ArchiveReader::path`] call it. Reads what
+    /// [`ArchiveReader::open_with`] reads: the first bytes, the locator and the manifest.
+    ///
+    /// # Errors
+    /// As [`ArchiveReader::open_with`].
+    pub fn open_source(
+        name: impl Into<PathBuf>,
+        file: Arc<dyn RandomAccess>,
+        options: ReaderOptions,
+    ) -> Result<Self> {
+        let path = name.into();
+        let len = file.len().map_err(|e| ArchiveError::io(&path, e))?;
         let mut magic = [0u8; 4];
         let head_len = len.min(4) as usize;
         Section::new(Arc::clone(&file), 0, len)
@@ -386,6 +401,12 @@ impl ArchiveReader {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The archive's size in bytes (0 when its source cannot tell).
+    #[must_use]
+    pub fn byte_len(&self) -> u64 {
+        self.file.len().unwrap_or(0)
     }
 
     /// The codec, as detected from the first bytes.
@@ -606,7 +627,7 @@ impl ArchiveReader {
     }
 
     fn whole_file(&self) -> Section {
-        let len = self.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let len = self.file.len().unwrap_or(u64::MAX);
         Section::new(Arc::clone(&self.file), 0, len)
     }
 
@@ -749,7 +770,7 @@ fn check_version_line(matched: join::Matched) -> Result<join::Matched> {
 
 /// Opens the kpromote state from a locator: reads and checks the manifest.
 fn open_located(
-    file: &Arc<File>,
+    file: &Arc<dyn RandomAccess>,
     len: u64,
     codec: Codec,
     locator: &Locator,

@@ -250,6 +250,50 @@ pub struct WrittenArchive {
     pub manifest_sha256: String,
 }
 
+/// Where an archive's bytes go when they do not go to a file: a stream (an object store's
+/// multipart upload) that makes the archive visible under its final name only on
+/// [`ArchiveSink::commit`]. Dropping a sink without committing must abandon what it received,
+/// leaving nothing under the final name.
+pub trait ArchiveSink: Write + Send + std::fmt::Debug {
+    /// Makes the archive visible under its final name. Called once, after every byte was written
+    /// and flushed and the writer's own checks passed; `written` says what the writer produced
+    /// (its size and manifest digest), for the sink to check against what it received.
+    ///
+    /// # Errors
+    /// The archive could not be made visible; nothing may then be under the final name.
+    fn commit(self: Box<Self>, written: &WrittenArchive) -> io::Result<()>;
+}
+
+/// Where [`ArchiveWriter`] writes: a hidden temporary file renamed at the end, or a sink.
+#[derive(Debug)]
+enum Target {
+    File(tempfile::NamedTempFile),
+    Sink(Box<dyn ArchiveSink>),
+}
+
+/// The byte stream of [`Target`] while the archive is written.
+#[derive(Debug)]
+enum Out {
+    File(File),
+    Sink(Box<dyn ArchiveSink>),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(buf),
+            Out::Sink(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Out::File(f) => f.flush(),
+            Out::Sink(s) => s.flush(),
+        }
+    }
+}
+
 /// Writes one archive. See the [module docs](super) for the format and guarantees.
 ///
 /// # Guarantees
@@ -263,7 +307,7 @@ pub struct WrittenArchive {
 #[derive(Debug)]
 pub struct ArchiveWriter {
     path: PathBuf,
-    temp: tempfile::NamedTempFile,
+    target: Target,
     facts: ArchiveFacts,
     mtime: u64,
     options: WriterOptions,
@@ -280,17 +324,7 @@ impl ArchiveWriter {
     pub fn create(path: impl AsRef<Path>, facts: ArchiveFacts, options: WriterOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         options.validate()?;
-        let created: jiff::Timestamp = facts
-            .created_at
-            .parse()
-            .map_err(|e| ArchiveError::InvalidOption {
-                option: "created_at",
-                reason: format!("{:?} is not an RFC 3339 timestamp: {e}", facts.created_at),
-            })?;
-        // The tar mtime field holds 11 octal digits; dates before 1970 are written as 0.
-        let mtime = u64::try_from(created.as_second())
-            .unwrap_or(0)
-            .min(0o77_777_777_777);
+        let mtime = mtime_of(&facts)?;
         if path.exists() {
             return Err(ArchiveError::AlreadyExists { path });
         }
@@ -318,7 +352,32 @@ impl ArchiveWriter {
         let spill_dir = options.spill_dir.clone().unwrap_or(dir);
         Ok(ArchiveWriter {
             path,
-            temp,
+            target: Target::File(temp),
+            facts,
+            mtime,
+            prepare: Prepare::spawn(ExternalSorter::new(options.sort_memory, spill_dir)),
+            options,
+        })
+    }
+
+    /// Prepares to write an archive into `sink` (an upload); `name` is what errors and
+    /// [`WrittenArchive::path`] call it. Scratch files go to [`WriterOptions::spill_dir`], else
+    /// the system's temporary directory.
+    ///
+    /// # Errors
+    /// [`ArchiveError::InvalidOption`] for bad options or a `created_at` that is not RFC 3339.
+    pub fn create_in_sink(
+        name: impl Into<PathBuf>,
+        sink: Box<dyn ArchiveSink>,
+        facts: ArchiveFacts,
+        options: WriterOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let mtime = mtime_of(&facts)?;
+        let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        Ok(ArchiveWriter {
+            path: name.into(),
+            target: Target::Sink(sink),
             facts,
             mtime,
             prepare: Prepare::spawn(
@@ -414,7 +473,7 @@ impl ArchiveWriter {
     pub fn finish(self) -> Result<WrittenArchive> {
         let ArchiveWriter {
             path,
-            temp,
+            target,
             facts,
             mtime,
             options,
@@ -423,13 +482,19 @@ impl ArchiveWriter {
         let (sorter, summary) = prepare.finish(&path)?;
         let spill_dir = sorter.spill_dir().to_path_buf();
         let spill_err = |e: io::Error| ArchiveError::io(&spill_dir, e);
-        let temp_path = temp.path().to_path_buf();
+        let temp_path = match &target {
+            Target::File(temp) => temp.path().to_path_buf(),
+            Target::Sink(_) => path.clone(),
+        };
         let out_err = |e: io::Error| ArchiveError::io(&temp_path, e);
-
-        let out = CountingWriter::new(BufWriter::with_capacity(
-            1 << 20,
-            temp.as_file().try_clone().map_err(out_err)?,
-        ));
+        let (out, temp) = match target {
+            Target::File(temp) => (
+                Out::File(temp.as_file().try_clone().map_err(out_err)?),
+                Some(temp),
+            ),
+            Target::Sink(sink) => (Out::Sink(sink), None),
+        };
+        let out = CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
         let mut frames = FramePipeline::new(out, options.compression);
         let index_file = tempfile::tempfile_in(&spill_dir).map_err(spill_err)?;
         let mut index = IndexSpool::new(index_file);
@@ -514,10 +579,26 @@ impl ArchiveWriter {
         out.write_all(&locator.encode(options.compression.codec))
             .map_err(out_err)?;
         let compressed_bytes = out.count;
-        let file = out.inner.into_inner().map_err(|e| out_err(e.into_error()))?;
+        let written = WrittenArchive {
+            path: path.clone(),
+            objects,
+            uncompressed_bytes: uncompressed,
+            compressed_bytes,
+            manifest_sha256: hex::encode(manifest_digest),
+        };
+        let file = match out.inner.into_inner().map_err(|e| out_err(e.into_error()))? {
+            Out::Sink(mut sink) => {
+                sink.flush().map_err(out_err)?;
+                sink.commit(&written).map_err(out_err)?;
+                return Ok(written);
+            }
+            Out::File(file) => file,
+        };
         file.sync_all().map_err(out_err)?;
         drop(file);
-
+        let Some(temp) = temp else {
+            return Err(out_err(io::Error::other("the temporary file is gone")));
+        };
         temp.persist_noclobber(&path).map_err(|e| {
             if e.error.kind() == io::ErrorKind::AlreadyExists {
                 ArchiveError::AlreadyExists { path: path.clone() }
@@ -526,14 +607,22 @@ impl ArchiveWriter {
             }
         })?;
         sync_dir(&parent_dir(&path))?;
-        Ok(WrittenArchive {
-            path,
-            objects,
-            uncompressed_bytes: uncompressed,
-            compressed_bytes,
-            manifest_sha256: hex::encode(manifest_digest),
-        })
+        Ok(written)
     }
+}
+
+/// The tar mtime of every entry: `created_at` in seconds (11 octal digits; 0 before 1970).
+fn mtime_of(facts: &ArchiveFacts) -> Result<u64> {
+    let created: jiff::Timestamp = facts
+        .created_at
+        .parse()
+        .map_err(|e| ArchiveError::InvalidOption {
+            option: "created_at",
+            reason: format!("{:?} is not an RFC 3339 timestamp: {e}", facts.created_at),
+        })?;
+    Ok(u64::try_from(created.as_second())
+        .unwrap_or(0)
+        .min(0o77_777_777_777))
 }
 
 /// An object whose identity passed the cheap checks, on its way to the prepare thread.

@@ -14,6 +14,7 @@
 //! - [`escalation`]: which RBAC grants would reach further in the control plane than in the member.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`run_status`]: where a run stands, read from its archive and journals (`kpromote status`).
+//! - [`storage`]: where archives are kept: a directory, or S3-compatible object storage.
 //! - [`kosmos`]: the Kosmos `Cluster` object that registers a member (its names and labels are
 //!   in `kpromote_model::kosmos`).
 
@@ -29,3 +30,4 @@ pub mod policy;
 pub mod precheck;
 pub mod resources;
 pub mod run_status;
+pub mod storage;

@@ -93,6 +93,17 @@ pub struct PromotePolicySpec {
         inner(regex(pattern = r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$"))
     )]
     pub encrypt_to: Vec<String>,
+
+    /// Where this policy's archive goes instead of the controller's default:
+    /// `s3://BUCKET/PREFIX` in the object storage the controller's credentials reach.
+    /// `status.backedupFile` then holds the object's URL (`s3://BUCKET/KEY`).
+    // Object storage only: a policy never picks a directory of the controller's filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 1024),
+        regex(pattern = r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$")
+    )]
+    pub backup_location: Option<String>,
 }
 
 impl PromotePolicySpec {

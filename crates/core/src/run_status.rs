@@ -165,7 +165,7 @@ pub fn read(
         source,
     };
     let inv = Inventory::from_archive_with(archive, identities).map_err(archive_error)?;
-    let facts = kpromote_archive::ArchiveReader::open(archive)
+    let facts = crate::engine::open_archive(archive)
         .ok()
         .and_then(|r| r.facts().cloned());
     let cluster_name = match (cluster_name, &facts) {

@@ -18,12 +18,14 @@ mod cluster;
 pub mod kosmos;
 mod kubelet;
 pub mod process;
+pub mod s3;
 
 pub use cluster::{
     CONTROLLERS, Cluster, ClusterOptions, PRODUCTION_CONTROLLERS, PROFILE_ENV, Profile, TestEnv,
 };
 pub use kosmos::{Clustertree, KosmosKit};
 pub use kubelet::{FakeKubelet, NodeLease, register_virtual_node};
+pub use s3::S3Server;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +63,17 @@ pub enum TestEnvError {
     )]
     KosmosMissing {
         /// The missing file or directory.
+        path: PathBuf,
+    },
+    /// The S3-compatible server of the object storage tests is not where the launcher looked.
+    #[error(
+        "S3-compatible test server not found: {path} is missing. Build it with `{}` (versitygw \
+         from the Go module proxy, cached), or set {}",
+        s3::BUILD_COMMAND,
+        s3::BIN_ENV
+    )]
+    S3ServerMissing {
+        /// The missing binary.
         path: PathBuf,
     },
     /// A file or process operation failed.

@@ -41,6 +41,18 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `program args…` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, TestEnvError> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Supervised::spawn`] with extra environment variables (credentials, which a command line
+    /// would show to every user of the machine).
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Self, TestEnvError> {
         let out = File::create(log).map_err(|e| TestEnvError::io(log, e))?;
         let err = out.try_clone().map_err(|e| TestEnvError::io(log, e))?;
         let mut child = Command::new("sh")
@@ -48,6 +60,7 @@ impl Supervised {
             .arg(SUPERVISOR)
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)

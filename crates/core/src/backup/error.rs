@@ -113,6 +113,15 @@ pub enum BackupError {
         #[source]
         source: ArchiveError,
     },
+    /// The object store refused the upload or is misconfigured; nothing was left under the key.
+    #[error("object storage for {path}")]
+    Storage {
+        /// The archive's URL.
+        path: PathBuf,
+        /// What the store said.
+        #[source]
+        source: crate::storage::StorageError,
+    },
     /// An object read from the cluster cannot be stored (a name the archive layout refuses).
     #[error("{what} cannot be stored in the archive")]
     Unstorable {

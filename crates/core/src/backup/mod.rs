@@ -72,6 +72,7 @@ pub use write::CHANNEL_CAPACITY;
 #[cfg(doc)]
 use kpromote_archive::Inclusion;
 
+use crate::storage::BackupLocation;
 use collect::{DrainError, drain, emit, open_lists, prepare};
 use kpromote_archive::{ArchiveFacts, PolicyFacts, SourceCluster};
 use write::ArchiveTask;
@@ -88,11 +89,14 @@ pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<Backu
         elapsed_ms = started.elapsed().as_millis(),
         "discovery and checks done"
     );
-    request::check_backup_dir(&request.backup_dir)?;
     let created_at = created_at(request);
-    let path = request.path_at(created_at);
-    if path.exists() {
-        return Err(BackupError::AlreadyExists { path });
+    let target = request.archive_at(created_at);
+    if let BackupLocation::Dir(dir) = &request.location {
+        request::check_backup_dir(dir)?;
+        let path = target.to_path_buf();
+        if path.exists() {
+            return Err(BackupError::AlreadyExists { path });
+        }
     }
     let open = open_lists(client, &prepared, request).await?;
     let facts = ArchiveFacts {
@@ -113,7 +117,7 @@ pub async fn run(client: &kube::Client, request: &BackupRequest) -> Result<Backu
         lists = open.lists.len(),
         "lists opened"
     );
-    let task = ArchiveTask::start(&path, facts, request.archive.clone()).await?;
+    let task = ArchiveTask::start(&target, facts, request.archive.clone()).await?;
     let collected = match drain(client, &prepared, open, request, task.sender()).await {
         Ok(collected) => collected,
         Err(DrainError::Backup(err)) => {

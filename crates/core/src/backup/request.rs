@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::resources::DEFAULT_EXCLUDED_RESOURCES;
+use crate::storage::{ArchiveLocation, BackupLocation};
 use kpromote_archive::WriterOptions;
 
 use super::error::BackupError;
@@ -37,8 +38,9 @@ pub struct BackupRequest {
     /// `endpointslices.discovery.k8s.io`); `None` means [`DEFAULT_EXCLUDED_RESOURCES`]. An empty
     /// list excludes nothing.
     pub excluded: Option<Vec<String>>,
-    /// Directory of the archive (default [`DEFAULT_BACKUP_DIR`]); must exist.
-    pub backup_dir: PathBuf,
+    /// Where the archive goes: a directory (default [`DEFAULT_BACKUP_DIR`]; must exist) or a
+    /// bucket and prefix in object storage.
+    pub location: BackupLocation,
     /// File name of the archive; default `<policyName><YYYYMMDD-HHMMSS><extension>` (UTC).
     pub file_name: Option<String>,
     /// The PromotePolicy (or operator-chosen) name: first part of the default file name, and
@@ -64,7 +66,7 @@ impl std::fmt::Debug for BackupRequest {
         f.debug_struct("BackupRequest")
             .field("namespaces", &self.namespaces)
             .field("excluded", &self.excluded)
-            .field("backup_dir", &self.backup_dir)
+            .field("location", &self.location)
             .field("file_name", &self.file_name)
             .field("policy_name", &self.policy_name)
             .field("cluster_name", &self.cluster_name)
@@ -89,7 +91,7 @@ impl BackupRequest {
         Self {
             namespaces: namespaces.into_iter().map(Into::into).collect(),
             excluded: None,
-            backup_dir: PathBuf::from(DEFAULT_BACKUP_DIR),
+            location: BackupLocation::Dir(PathBuf::from(DEFAULT_BACKUP_DIR)),
             file_name: None,
             policy_name: policy_name.into(),
             cluster_name: "member".to_owned(),
@@ -115,7 +117,14 @@ impl BackupRequest {
     /// Writes into `dir`.
     #[must_use]
     pub fn backup_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.backup_dir = dir.into();
+        self.location = BackupLocation::Dir(dir.into());
+        self
+    }
+
+    /// Writes into `location` (a directory, or a bucket and prefix).
+    #[must_use]
+    pub fn location(mut self, location: BackupLocation) -> Self {
+        self.location = location;
         self
     }
 
@@ -195,10 +204,16 @@ impl BackupRequest {
         }
     }
 
-    /// The archive's path at `at`.
+    /// The archive's path at `at` (an `s3://` URL for object storage).
     #[must_use]
     pub fn path_at(&self, at: jiff::Timestamp) -> PathBuf {
-        self.backup_dir.join(self.file_name_at(at))
+        self.archive_at(at).to_path_buf()
+    }
+
+    /// Where the archive goes at `at`.
+    #[must_use]
+    pub fn archive_at(&self, at: jiff::Timestamp) -> ArchiveLocation {
+        self.location.archive(&self.file_name_at(at))
     }
 
     /// The namespaces, sorted, without duplicates.

@@ -9,7 +9,7 @@
 //! is dropped) before, the writer is dropped unfinished and its temporary file removed: nothing
 //! ever appears under the final name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use kpromote_archive::{ArchiveError, ArchiveFacts, ArchiveWriter, NewObject, WriterOptions, WrittenArchive};
 
 use super::error::BackupError;
+use crate::storage::upload::MultipartSink;
+use crate::storage::{ArchiveLocation, StorageError};
 
 /// Objects in flight between the reading tasks and the writer thread.
 pub const CHANNEL_CAPACITY: usize = 256;
@@ -40,18 +42,44 @@ impl ArchiveTask {
     /// Creates the archive's temporary file (so an unwritable directory or an existing name
     /// fails now, before anything is read) and starts the writer thread.
     pub(crate) async fn start(
-        path: &Path,
+        target: &ArchiveLocation,
         facts: ArchiveFacts,
         options: WriterOptions,
     ) -> Result<Self, BackupError> {
-        let target = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || ArchiveWriter::create(&target, facts, options))
-            .await
-            .map_err(|e| BackupError::WriterStopped {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })?
-            .map_err(|e| BackupError::from_archive(path.to_owned(), e))?;
+        let path = target.to_path_buf();
+        let path = path.as_path();
+        let writer = match target.clone() {
+            ArchiveLocation::File(file) => {
+                tokio::task::spawn_blocking(move || ArchiveWriter::create(&file, facts, options))
+                    .await
+                    .map_err(|e| BackupError::WriterStopped {
+                        path: path.to_owned(),
+                        detail: e.to_string(),
+                    })?
+                    .map_err(|e| BackupError::from_archive(path.to_owned(), e))?
+            }
+            // The upload starts (and the key is checked free) before anything is read.
+            ArchiveLocation::Object(url) => {
+                let sink =
+                    tokio::task::spawn_blocking(move || MultipartSink::start(&url).map(|sink| (url, sink)))
+                        .await
+                        .map_err(|e| BackupError::WriterStopped {
+                            path: path.to_owned(),
+                            detail: e.to_string(),
+                        })?;
+                let (url, sink) = sink.map_err(|e| match e {
+                    StorageError::AlreadyExists { .. } => BackupError::AlreadyExists {
+                        path: path.to_owned(),
+                    },
+                    source => BackupError::Storage {
+                        path: path.to_owned(),
+                        source,
+                    },
+                })?;
+                ArchiveWriter::create_in_sink(url.to_string(), Box::new(sink), facts, options)
+                    .map_err(|e| BackupError::from_archive(path.to_owned(), e))?
+            }
+        };
         let (objects, mut received) = mpsc::channel::<NewObject>(CHANNEL_CAPACITY);
         let (commit, mut committed) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

@@ -102,6 +102,9 @@ pub const REPORTING_CONTROLLER: &str = "kpromote-controller";
 pub struct ControllerConfig {
     /// Where archives go (the backup PVC's mount point).
     pub backup_dir: PathBuf,
+    /// Where archives go instead, unless a policy names its own (`spec.backupLocation`): a
+    /// bucket and prefix in object storage (`--backup-location`). `None`: [`Self::backup_dir`].
+    pub backup_location: Option<crate::storage::BackupLocation>,
     /// Kubeconfig of the member when no Kosmos `Cluster` object of the policy's `clusterName`
     /// exists (setups without Kosmos).
     pub member_kubeconfig: Option<PathBuf>,
@@ -126,11 +129,20 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// Where new archives go by default: [`Self::backup_location`], else [`Self::backup_dir`].
+    #[must_use]
+    pub fn default_location(&self) -> crate::storage::BackupLocation {
+        self.backup_location
+            .clone()
+            .unwrap_or_else(|| crate::storage::BackupLocation::Dir(self.backup_dir.clone()))
+    }
+
     /// The defaults of `kpromote controller`.
     #[must_use]
     pub fn new(instance: &str) -> Self {
         Self {
             backup_dir: PathBuf::from(crate::backup::DEFAULT_BACKUP_DIR),
+            backup_location: None,
             member_kubeconfig: None,
             member_context: None,
             kubeconfig_policy: KubeconfigPolicy::default(),
@@ -172,7 +184,8 @@ pub async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), Con
         .list(&ListParams::default().limit(1))
         .await
         .map_err(ControllerError::CrdNotServed)?;
-    if !config.backup_dir.is_dir() {
+    // With object storage the volume is optional: it only keeps journals when mounted.
+    if config.backup_location.is_none() && !config.backup_dir.is_dir() {
         return Err(ControllerError::BackupDir(config.backup_dir.clone()));
     }
     Ok(())

@@ -20,6 +20,7 @@ use crate::engine::{self, Inventory, LiveCluster, ProgressFn, Report};
 use crate::policy::{Phase, Progress, REASON_ROLLBACK_FAILED, RollbackTrigger};
 use crate::precheck::{PrecheckRequest, precheck};
 use crate::resources::DEFAULT_EXCLUDED_RESOURCES;
+use crate::storage::{ArchiveLocation, BackupLocation};
 
 /// How often a running step's progress and the policy's deletion are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -96,10 +97,12 @@ impl Reconciliation {
             }
         }
         if errors.is_empty() {
+            let location = self
+                .backup_location()
+                .map_or_else(|e| e, |location| location.to_string());
             let message = format!(
-                "precheck passed; backing up {} into {}",
+                "precheck passed; backing up {} into {location}",
                 spec.included_namespaces.join(", "),
-                ctx.config.backup_dir.display()
             );
             self.transition(Phase::Backuping, &message, None, |s| {
                 s.precheck_errors.clear();
@@ -159,17 +162,45 @@ impl Reconciliation {
                 return Ok(Flow::Continue);
             }
         };
+        let location = match self.backup_location() {
+            Ok(location) => location,
+            Err(reason) => {
+                let reason = format!("backup failed, nothing was changed in either cluster: {reason}");
+                self.transition(Phase::FailedBackup, &reason, None, |s| {
+                    s.failure_reason = Some(reason.clone());
+                })
+                .await?;
+                return Ok(Flow::Continue);
+            }
+        };
         let request = BackupRequest::new(self.name.clone(), spec.included_namespaces.clone())
             .archive_options(kpromote_archive::WriterOptions::zstd().encrypt_to(recipients))
             .excluded(exclusions(&spec.excluded_namespace_scoped_resources))
-            .backup_dir(&ctx.config.backup_dir)
+            .location(location)
             .cluster_name(spec.cluster_name.clone())
             .created_at(created_at)
             .progress(on_progress);
         // The name depends only on the policy and its start time, and backup renames a finished
         // archive into place: one that exists is this run's, complete.
         let path = request.path_at(created_at);
-        if path.symlink_metadata().is_ok() {
+        if let ArchiveLocation::Object(url) = request.archive_at(created_at) {
+            // An object appears only complete and verified: one that exists is this run's.
+            match crate::storage::remote::exists(&url).await {
+                Ok(true) => {
+                    tracing::info!(policy = %self.name, archive = %url, "adopting the archive a killed run finished");
+                    return self.backed_up(&path, None).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let reason = format!("backup failed, nothing was changed in either cluster: {e}");
+                    self.transition(Phase::FailedBackup, &reason, None, |s| {
+                        s.failure_reason = Some(reason.clone());
+                    })
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+        } else if path.symlink_metadata().is_ok() {
             if let Err(e) = crate::backup::trusted::owned_regular_file(&path) {
                 let reason = format!("backup failed, nothing was changed in either cluster: {e}");
                 self.transition(Phase::FailedBackup, &reason, None, |s| {
@@ -419,9 +450,21 @@ impl Reconciliation {
             return Err("status.backedupFile names no archive".to_owned());
         };
         // The status subresource is not only the controller's to write: the path is checked to
-        // be an archive it wrote in its backup directory before it is opened.
-        let path = crate::backup::trusted::archive_in(&self.ctx.config.backup_dir, Path::new(&file))
-            .map_err(|e| format!("status.backedupFile: {e}"))?;
+        // be an archive it wrote in its backup directory (or right under the policy's bucket
+        // prefix) before it is opened.
+        let path = match ArchiveLocation::of(Path::new(&file)) {
+            Ok(ArchiveLocation::Object(url)) => {
+                let location = self.backup_location()?;
+                if !location.holds(&url) {
+                    return Err(format!(
+                        "status.backedupFile: {url} is not an archive of this policy's backup location {location}"
+                    ));
+                }
+                PathBuf::from(url.to_string())
+            }
+            _ => crate::backup::trusted::archive_in(&self.ctx.config.backup_dir, Path::new(&file))
+                .map_err(|e| format!("status.backedupFile: {e}"))?,
+        };
         let reading = path.clone();
         // Reading verifies every entry's checksum: CPU and disk work, off the async threads.
         let load = if for_rollback {
@@ -435,6 +478,17 @@ impl Reconciliation {
             .map_err(|e| format!("reading archive {}: {e}", path.display()))?
             .map_err(|e| format!("archive {}: {}", path.display(), chain(&e)))?;
         Ok((path, Arc::new(inv)))
+    }
+
+    /// Where this policy's archives go: its `spec.backupLocation`, else the controller's default.
+    fn backup_location(&self) -> Result<BackupLocation, String> {
+        match self.policy.spec.backup_location.as_deref() {
+            Some(location) => BackupLocation::parse(location)
+                .ok()
+                .filter(|l| matches!(l, BackupLocation::Bucket { .. }))
+                .ok_or_else(|| format!("spec.backupLocation {location:?} is not s3://BUCKET/PREFIX")),
+            None => Ok(self.ctx.config.default_location()),
+        }
     }
 
     /// A working phase without a readable archive cannot go on, nor roll back: say so and

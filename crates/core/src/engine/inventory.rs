@@ -569,17 +569,27 @@ fn open_verified(
     path: &Path,
     identities: &Identities,
 ) -> Result<(kpromote_archive::ArchiveReader, String), InventoryError> {
-    use kpromote_archive::{ArchiveKind, ArchiveReader};
+    use kpromote_archive::ArchiveKind;
     let unverifiable = || InventoryError::Unverifiable {
         path: path.to_owned(),
     };
-    let mut reader = ArchiveReader::open(path)?;
+    let mut reader = open_archive(path)?;
     if reader.kind() != ArchiveKind::Kpromote || !reader.is_anchored() {
         return Err(unverifiable());
     }
     reader.unseal_with(identities)?;
     let archive_id = reader.manifest_sha256().ok_or_else(unverifiable)?;
     Ok((reader, archive_id))
+}
+
+/// Opens the archive at `path`: a file, or an `s3://` object read by ranged requests.
+///
+/// # Errors
+/// As [`kpromote_archive::ArchiveReader::open`]; a malformed URL is an I/O error naming it.
+pub fn open_archive(path: &Path) -> Result<kpromote_archive::ArchiveReader, kpromote_archive::ArchiveError> {
+    let at = crate::storage::ArchiveLocation::of(path)
+        .map_err(|e| kpromote_archive::ArchiveError::io(path, std::io::Error::other(e.to_string())))?;
+    at.open(kpromote_archive::ReaderOptions::default())
 }
 
 /// The error for a key the inventory does not hold.

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::journal::{Journal, JournalError};
 use crate::plan::order::PlanError;
 use crate::plan::transform::TransformError;
-pub use inventory::{Archived, Bodies, Inventory, InventoryError, Scan};
+pub use inventory::{Archived, Bodies, Inventory, InventoryError, Scan, open_archive};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
 pub use live::{LiveCluster, LiveError};
@@ -415,7 +415,11 @@ pub const ROLLBACK: &str = "rollback";
 /// archive, so the command line and the controller resume each other's runs.
 #[must_use]
 pub fn journal_path(archive: &std::path::Path, direction: &str) -> std::path::PathBuf {
-    let mut name = archive.as_os_str().to_owned();
+    // A remote archive's journals sit beside its anchor in the local state directory.
+    let anchor = crate::storage::ArchiveLocation::of(archive)
+        .and_then(|at| at.local_anchor(false))
+        .unwrap_or_else(|_| archive.to_owned());
+    let mut name = anchor.as_os_str().to_owned();
     name.push(format!(".{direction}.journal"));
     std::path::PathBuf::from(name)
 }
@@ -470,6 +474,18 @@ pub struct ArchiveClaim {
 /// # Errors
 /// [`JournalError::Claimed`] when another process holds it; I/O errors.
 pub fn claim_archive(archive: &std::path::Path) -> Result<ArchiveClaim, JournalError> {
+    // A remote archive is locked through its anchor in the local state directory: object
+    // storage has no locks, and the runs that share a state directory are the ones to exclude.
+    let anchored = match crate::storage::ArchiveLocation::of(archive) {
+        Ok(at @ crate::storage::ArchiveLocation::Object(_)) => {
+            Some(at.local_anchor(true).map_err(|e| JournalError::Io {
+                path: archive.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?)
+        }
+        _ => None,
+    };
+    let archive = anchored.as_deref().unwrap_or(archive);
     let file = std::fs::File::open(archive).map_err(|source| JournalError::Io {
         path: archive.to_owned(),
         source,

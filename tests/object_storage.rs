@@ -6,6 +6,7 @@
 //! secret key.
 #![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
+mod controller_env;
 mod support;
 
 use std::io::Write;
@@ -13,10 +14,12 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use controller_env::{DESIGN_POLICY, Env};
 use kpromote_archive::{
     ArchiveFacts, ArchiveReader, ArchiveSink, ArchiveWriter, Inclusion, PolicyFacts, ReaderOptions,
     SourceCluster, WriterOptions, WrittenArchive,
 };
+use kpromote_core::policy::Phase;
 use kpromote_core::storage::remote::RemoteObject;
 use kpromote_core::storage::upload::{MultipartSink, PART_SIZE};
 use kpromote_core::storage::{ObjectUrl, S3Config, StorageError};
@@ -297,4 +300,68 @@ async fn promotion_rolls_back_from_the_bucket_alone() {
         !err.contains("kpromote-wrong-secret-77e1") && !err.contains(server.secret_key()),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn the_controller_keeps_a_policys_archive_in_its_bucket() {
+    let server = server();
+    let env = Env::start().await;
+    let before = support::apps::snapshot(&env.member, "nginx-test").await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().display().to_string();
+    let owned = server.env();
+    let mut envs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    envs.push(("KPROMOTE_STATE_DIR", &state_dir));
+    // The controller's default is one prefix; the policy names another, which wins.
+    let controller = env.controller("s3", &["--backup-location=s3://kp-archives/default/"], &envs);
+    let with_location = |policy: &str| {
+        policy.replacen(
+            "spec:\n",
+            "spec:\n  backupLocation: s3://kp-archives/policies/\n",
+            1,
+        )
+    };
+
+    env.apply(&with_location(DESIGN_POLICY));
+    let policy = env.wait_design(&controller, Phase::Completed, 120).await;
+    let file = policy.status.unwrap().backedup_file.unwrap();
+    assert!(
+        file.starts_with("s3://kp-archives/policies/promote-policy-example20"),
+        "{file}"
+    );
+    let key = file.strip_prefix("s3://kp-archives/").unwrap();
+    assert!(
+        server.bucket_dir(BUCKET).join(key).is_file(),
+        "{file} is in the bucket"
+    );
+
+    env.apply(&with_location(&controller_env::design_rollback_policy()));
+    env.wait_design(&controller, Phase::RolledBack, 120).await;
+    support::wait_namespace_gone(&env.cp, "nginx-test").await;
+    support::apps::snapshot(&env.member, "nginx-test")
+        .await
+        .assert_rolled_back_to(&before, "controller rollback from object storage");
+
+    // The secret key is nowhere: the controller's log, the policy, the events.
+    let log = controller.log();
+    assert!(log.contains("s3://kp-archives/policies/"), "{log}");
+    assert!(
+        !log.contains(server.secret_key()),
+        "the controller logged the secret key"
+    );
+    for what in [
+        &["get", "promotepolicies", "-o", "yaml"][..],
+        &["get", "events", "-A", "-o", "yaml"],
+    ] {
+        let out = env.kubectl_cp(what);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("s3://kp-archives/policies/"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(server.secret_key()),
+            "{what:?} shows the secret key"
+        );
+    }
 }

@@ -318,6 +318,7 @@ fn join_error(e: &tokio::task::JoinError) -> object_store::Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -355,7 +355,10 @@ impl ArchiveWriter {
             target: Target::File(temp),
             facts,
             mtime,
-            prepare: Prepare::spawn(ExternalSorter::new(options.sort_memory, spill_dir)),
+            prepare: Prepare::spawn(
+                ExternalSorter::new(options.sort_memory, spill_dir),
+                options.encrypt_to.clone(),
+            ),
             options,
         })
     }

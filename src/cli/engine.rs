@@ -225,7 +225,7 @@ fn reading(archive: &Path, err: InventoryError) -> anyhow::Error {
 /// Checks, from the manifest alone and before any cluster is contacted, that `identities` open
 /// the archive's sealed Secrets (nothing to check when it seals none).
 fn check_identity(archive: &Path, identities: &Identities) -> anyhow::Result<()> {
-    kpromote_archive::ArchiveReader::open(archive)
+    kpromote_core::engine::open_archive(archive)
         .and_then(|mut reader| reader.unseal_with(identities))
         .map_err(|e| reading(archive, e.into()))
 }

@@ -15,9 +15,13 @@ N=${N:-100000}
 WORK=${WORK:-$(mktemp -d /var/tmp/kpromote-s3-bench.XXXXXX)}
 cd "$(dirname "$0")/.."
 
-cargo build --release --bin kpromote 2>&1 | tail -1
+# Bytes fetched do not depend on the build profile: KPROMOTE=target/debug/kpromote skips the
+# release build.
+if [ -z "${KPROMOTE:-}" ]; then
+  cargo build --release --bin kpromote 2>&1 | tail -1
+  KPROMOTE=${CARGO_TARGET_DIR:-target}/release/kpromote
+fi
 TOOL=$(cargo bench -p kpromote-archive --bench archive_tool --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*archive_tool-[0-9a-f]*\)).*/\1/p' | tail -1)
-KPROMOTE=${CARGO_TARGET_DIR:-target}/release/kpromote
 S3=$(tests/testenv/s3/build.sh)/versitygw
 
 mkdir -p "$WORK/buckets/kp-bench"

@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kpromote_core::engine::apply::Restorer;
+use kpromote_core::engine::apply::{Restorer, Scope};
 use kpromote_core::engine::detach::{TwinFactory, detach, mark_pods};
 use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, Report, Run, rollback::rollback};
 use kpromote_core::journal::Journal;
-use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 use kpromote_core::plan::transform::{Target, TransformContext};
 use kpromote_testenv::{FakeKubelet, NodeLease, Profile, TestEnv, register_virtual_node};
 use kube::api::{ListParams, PostParams};
@@ -184,7 +183,6 @@ async fn promote_timed(
         Journal::open(&dir.join("promote.journal"), run).expect("journal"),
     ));
     let report = Mutex::new(Report::default());
-    let skipped = inv.skipped_by_restore();
     let before = both_requests(member, cp).await;
     let t = Instant::now();
     let progress = timeline(t);
@@ -192,7 +190,7 @@ async fn promote_timed(
     detach(
         member,
         &twins,
-        &DetachPlan::build(&inv.graph, skipped),
+        &inv.detach_plan(),
         &journal,
         opts,
         &report,
@@ -200,20 +198,20 @@ async fn promote_timed(
     )
     .await
     .expect("detach");
-    mark_pods(member, &twins, skipped, &journal, opts, &report, Some(&progress))
+    mark_pods(member, &twins, &journal, opts, &report, Some(&progress))
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
     let detach_requests = both_between(&before, &both_requests(member, cp).await);
-    let plan = RestorePlan::build(&inv.graph);
-    let mut ctx = TransformContext::for_control_plane(inv.objects.values());
+    let plan = inv.restore_plan();
+    let mut ctx = inv.control_plane_context();
     let restorer = Restorer::into_control_plane(cp, "member", inv, &journal, opts);
     let (busy0, total0) = cpu_jiffies();
     let own0 = own_cpu_ticks();
     let requests0 = api_requests(&cp.client).await;
     let t = Instant::now();
     restorer
-        .run(&plan, &mut ctx, &report, Some(&progress))
+        .run(&plan, Scope::Archive, &mut ctx, &report, Some(&progress))
         .await
         .expect("restore");
     let restore_s = t.elapsed().as_secs_f64();
@@ -224,7 +222,7 @@ async fn promote_timed(
         detach_s,
         detach_requests,
         restore_s,
-        restored: report.into_inner().expect("report").created.len(),
+        restored: usize::try_from(report.into_inner().expect("report").created.len()).expect("count"),
         restore_busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
         restore_own: (own1 - own0) as f64 / (busy1 - busy0).max(1) as f64,
         restore_requests,
@@ -266,7 +264,7 @@ fn reset_peak_rss() {
 async fn raw_create(
     cp_cluster: &kpromote_testenv::Cluster,
     cp: &LiveCluster,
-    inv: &Inventory,
+    archive: &std::path::Path,
     concurrency: usize,
 ) -> (usize, f64, std::collections::BTreeMap<String, f64>) {
     use futures::TryStreamExt;
@@ -274,10 +272,20 @@ async fn raw_create(
     let target = Target::ControlPlane {
         cluster_name: "member".into(),
     };
-    let ctx = TransformContext::for_control_plane(inv.objects.values());
+    // Every body at once: the raw client is timed, not measured for memory.
+    let reader = kpromote_archive::ArchiveReader::open(archive).expect("archive");
+    let objects: Vec<(kpromote_model::object_key::ObjectKey, serde_json::Value)> = reader
+        .objects()
+        .expect("objects")
+        .map(|o| {
+            let o = o.expect("object");
+            (o.record.key(), o.value().expect("json"))
+        })
+        .collect();
+    let ctx = TransformContext::for_control_plane(objects.iter().map(|(_, v)| v));
     let mut namespaces = Vec::new();
     let mut rest = Vec::new();
-    for (key, archived) in &inv.objects {
+    for (key, archived) in &objects {
         // Pods are admitted only once their ServiceAccount exists, and with the controller
         // manager paused nothing makes `default`: accounts go first, with the namespace.
         if key.is("", "serviceaccounts") {
@@ -398,14 +406,14 @@ fn main() {
         let backup_rss = peak_rss_mib();
         reset_peak_rss();
         let t = Instant::now();
-        let inv = Inventory::from_archive(&backup.path).expect("inventory");
+        let inv = Inventory::for_promote(&backup.path).expect("inventory");
         let load_s = t.elapsed().as_secs_f64();
         let load_rss = peak_rss_mib();
         let opts = EngineOptions::default();
         reset_peak_rss();
         let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), "default").await;
         let promote_rss = peak_rss_mib();
-        let objects = inv.objects.len();
+        let objects = inv.len();
         // Rollback reads the archive as the CLI and the controller do (streaming), with the
         // promote's inventory gone.
         drop(inv);
@@ -422,8 +430,8 @@ fn main() {
         let rollback_rss = peak_rss_mib();
         drop(lean);
         // The raw client last, so that what it prepares is not in the phases' memory figures.
-        let inv = Inventory::from_archive(&backup.path).expect("inventory");
-        let (raw_n, raw_s, raw_requests) = raw_create(env.cluster("control-plane"), &cp, &inv, opts.concurrency).await;
+        let (raw_n, raw_s, raw_requests) =
+            raw_create(env.cluster("control-plane"), &cp, &backup.path, opts.concurrency).await;
         eprintln!("raw: {raw_n} objects in {raw_s:.1}s");
         println!(
             "\n{objects} archived objects ({deployments} Deployments x {replicas} pods), {profile} profile, \
@@ -463,7 +471,7 @@ fn main() {
         if serial {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = support::archiving::archive(&member_client, &["bench"], &[], dir.path()).await;
-            let inv = Inventory::from_archive(&path).expect("inventory");
+            let inv = Inventory::for_promote(&path).expect("inventory");
             let opts = EngineOptions { concurrency: 1, ..EngineOptions::default() };
             let one = promote_timed(&member, &cp, &inv, &opts, dir.path(), "serial").await;
             let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));

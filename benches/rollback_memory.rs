@@ -1,9 +1,9 @@
 //! Peak memory of `kpromote rollback` against the number of archived objects (issue 11): archives
 //! of 10,000 and 100,000 generated objects, each rolled back by the real CLI against two real
 //! clusters (`tests/testenv/build.sh`), its peak RSS taken by `/usr/bin/time`. In the same run,
-//! on the same archives, each in a process of its own: the rollback inventory
-//! (`Inventory::for_rollback`, streaming) against the whole inventory every object's body in
-//! memory (`Inventory::from_archive`, what rollback read before).
+//! on the same archives, each in a process of its own: the inventory as rollback reads it
+//! (`Inventory::for_rollback`) and as promote does (`Inventory::for_promote`, which also
+//! verifies every entry is readable).
 //!
 //! `cargo bench --bench rollback_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=10000,100000`). With
 //! `KPROMOTE_BENCH_BASELINE=<kpromote binary>` (an earlier build), that binary rolls back the
@@ -19,6 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+mod common;
+use common::measured;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kpromote_archive::{
@@ -36,17 +39,14 @@ const APP: usize = 100;
 const PODS: usize = 10;
 
 fn main() {
-    // A child measuring one inventory: `KPROMOTE_BENCH_LOAD=whole|lean:<archive>`.
+    // A child measuring one inventory: `KPROMOTE_BENCH_LOAD=promote|lean:<archive>`.
     if let Ok(spec) = std::env::var("KPROMOTE_BENCH_LOAD") {
         let (how, path) = spec.split_once(':').expect("how:path");
         let objects = match how {
-            "whole" => Inventory::from_archive(Path::new(path))
-                .expect("inventory")
-                .objects
-                .len(),
+            "promote" => Inventory::for_promote(Path::new(path)).expect("inventory").len(),
             _ => Inventory::for_rollback(Path::new(path))
                 .expect("inventory")
-                .graph
+                .graph()
                 .len(),
         };
         println!("{objects}");
@@ -78,7 +78,7 @@ fn main() {
         );
         let whole = measured(
             Command::new(std::env::current_exe().expect("exe"))
-                .env("KPROMOTE_BENCH_LOAD", format!("whole:{}", path.display())),
+                .env("KPROMOTE_BENCH_LOAD", format!("promote:{}", path.display())),
         );
         let lean = measured(
             Command::new(std::env::current_exe().expect("exe"))
@@ -117,7 +117,7 @@ fn main() {
         }
     }
     println!(
-        "\n| archived objects | archive MiB | whole inventory: peak MiB, s | rollback inventory: peak MiB, s | `kpromote rollback`: peak MiB, s |"
+        "\n| archived objects | archive MiB | promote inventory: peak MiB, s | rollback inventory: peak MiB, s | `kpromote rollback`: peak MiB, s |"
     );
     println!("|---|---|---|---|---|");
     for (n, bytes, whole, lean, rolled) in &rows {
@@ -150,37 +150,6 @@ fn create_namespace(runtime: &tokio::runtime::Runtime, cluster: &kpromote_testen
     runtime
         .block_on(Api::<Namespace>::all(client).create(&PostParams::default(), &namespace))
         .expect("namespace");
-}
-
-/// Runs `command` under `/usr/bin/time`; its peak RSS in MiB and wall seconds. Fails unless it
-/// succeeds.
-fn measured(command: &mut Command) -> (f64, f64) {
-    let report = tempfile::NamedTempFile::new().expect("tempfile");
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .args(["-f", "%M %e", "-o"])
-        .arg(report.path())
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (k, v) in command.get_envs() {
-        match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
-        };
-    }
-    let out = timed.output().expect("/usr/bin/time");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}\n{}",
-        command,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let text = std::fs::read_to_string(report.path()).expect("time report");
-    let mut fields = text.split_whitespace();
-    let kib: f64 = fields.next().and_then(|f| f.parse().ok()).expect("peak");
-    let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).expect("seconds");
-    (kib / 1024.0, seconds)
 }
 
 /// Writes an archive of `n` generated objects in namespace `ns` (see the module docs).

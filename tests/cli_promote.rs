@@ -95,7 +95,7 @@ async fn an_operator_promotes_and_rolls_back_from_the_command_line() {
     assert!(ok, "{err}\n{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
-        report["deleted"]
+        report["deleted"]["first"]
             .as_array()
             .unwrap()
             .iter()
@@ -178,12 +178,12 @@ async fn a_failed_promote_reports_every_failure_of_the_level_and_the_automatic_r
     // The automatic rollback's own report: what it unmarked and removed.
     let rollback = &report["rollback"];
     assert_eq!(
-        rollback["unmarked"].as_array().map(Vec::len),
-        Some(before.pods.len()),
+        rollback["unmarked"]["count"].as_u64(),
+        Some(before.pods.len() as u64),
         "{report:#}"
     );
     assert!(
-        rollback["deleted"]
+        rollback["deleted"]["first"]
             .as_array()
             .is_some_and(|d| d.iter().any(|k| k == "namespaces/nginx-test")),
         "{report:#}"

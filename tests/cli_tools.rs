@@ -218,7 +218,7 @@ fn status_reads_where_a_run_stands_from_the_journal_and_refuses_a_damaged_one() 
     assert!(!journal_path(&archive, PROMOTE).exists(), "status writes nothing");
 
     // A promote that detached its first owner and began the second, then died.
-    let inv = Inventory::from_archive(&archive).unwrap();
+    let inv = Inventory::for_promote(&archive).unwrap();
     let (s0, _) = status(&archive);
     let detach = &s0["promote"]["steps"][0];
     assert_eq!(detach["step"], "detach");
@@ -228,7 +228,7 @@ fn status_reads_where_a_run_stands_from_the_journal_and_refuses_a_damaged_one() 
         "the nginx fixture detaches a Deployment and its ReplicaSet"
     );
     let path = journal_path(&archive, PROMOTE);
-    let mut journal = Journal::open(&path, &format!("{PROMOTE}:{}", inv.archive_id)).unwrap();
+    let mut journal = Journal::open(&path, &format!("{PROMOTE}:{}", inv.archive_id())).unwrap();
     journal.begin("detach", &planned[0], Value::Null).unwrap();
     journal.done("detach", &planned[0], Value::Null).unwrap();
     journal.begin("detach", &planned[1], Value::Null).unwrap();

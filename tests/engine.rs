@@ -106,10 +106,7 @@ async fn the_designs_nginx_example_is_promoted_and_rolled_back_without_a_restart
 
     // Rollback: the member's owners are back and adopt the same pod; the control plane is clean.
     let report = promotion.rollback("rollback.journal", &opts).await.unwrap();
-    assert!(
-        report.deleted.iter().any(|d| d == "namespaces/nginx-test"),
-        "{report:#?}"
-    );
+    assert!(report.deleted.contains("namespaces/nginx-test"), "{report:#?}");
     support::controllers_caught_up(&[(&member_client, "nginx-test")]).await;
     let rolled = apps::snapshot(&member_client, "nginx-test").await;
     rolled.assert_rolled_back_to(&before, "rollback");
@@ -185,7 +182,7 @@ async fn a_rich_namespace_is_promoted_and_rolled_back_without_a_restart() {
     assert!(
         report
             .existed
-            .contains(&"clusterroles.rbac.authorization.k8s.io/kpromote-test-shared-reader".to_owned()),
+            .contains("clusterroles.rbac.authorization.k8s.io/kpromote-test-shared-reader"),
         "{report:#?}"
     );
     support::controllers_caught_up(&[(&member_client, "shop"), (&cp_client, "shop")]).await;

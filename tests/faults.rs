@@ -407,7 +407,7 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     let one_per_frame = WriterOptions::zstd().frame_size(512);
     let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
     let mut run = Promotion {
-        inv: Inventory::from_archive(&path).unwrap(),
+        inv: Inventory::for_promote(&path).unwrap(),
         dir,
         member: LiveCluster::new("member", pair.member.clone()),
         cp: LiveCluster::new("control plane", pair.cp.clone()),
@@ -435,7 +435,7 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     }
     std::fs::write(&path, &bytes).unwrap();
     assert!(
-        Inventory::from_archive(&path).is_err(),
+        Inventory::for_promote(&path).is_err(),
         "promote refuses a damaged archive"
     );
     let service = kpromote_archive::layout::parse_object_path(&last.first_path).unwrap();
@@ -445,7 +445,10 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     // Rollback reads everything else (frames are independent), knows the damaged objects from
     // the verified index, rolls back all it can and names the owner it could not re-create.
     run.inv = Inventory::for_rollback(&path).unwrap();
-    assert_eq!(run.inv.unreadable.keys().collect::<Vec<_>>(), [&service, &owner]);
+    assert_eq!(
+        run.inv.unreadable().keys().collect::<Vec<_>>(),
+        [&service, &owner]
+    );
     let report = run
         .rollback("rollback.journal", &EngineOptions::default())
         .await
@@ -458,7 +461,7 @@ async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     );
     // The Service goes with the namespace promote created, damaged entry or not.
     assert!(
-        report.deleted.iter().any(|d| d == "namespaces/nginx-test"),
+        report.deleted.contains("namespaces/nginx-test"),
         "{:?}",
         report.deleted
     );
@@ -571,7 +574,7 @@ async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves
     let one_per_frame = WriterOptions::zstd().frame_size(512);
     let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
     let mut run = Promotion {
-        inv: Inventory::from_archive(&path).unwrap(),
+        inv: Inventory::for_promote(&path).unwrap(),
         dir,
         member: LiveCluster::new("member", pair.member.clone()),
         cp: LiveCluster::new("control plane", pair.cp.clone()),
@@ -582,7 +585,7 @@ async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves
     // it: skipping it would leave that member pod marked, and Kosmos deletes a marked pod with
     // its control-plane twin, which teardown removes.
     run.inv = Inventory::for_rollback(&path).unwrap();
-    assert!(run.inv.unreadable.is_empty());
+    assert!(run.inv.unreadable().is_empty());
     let frames = ArchiveReader::open(&path)
         .unwrap()
         .manifest()

@@ -229,7 +229,7 @@ async fn rich_namespace_promotes_and_rolls_back_with_clustertree_finding_nothing
             .unwrap_or_default()
             .get(STAMP_ANNOTATION)
             .map(String::as_str),
-        Some(run.inv.archive_id.as_str()),
+        Some(run.inv.archive_id()),
         "the stamp survives clustertree's status copy"
     );
     let after = apps::snapshot(&pair.member, ns).await;
@@ -310,11 +310,11 @@ async fn limit_range_and_quota_added_after_the_pods_change_nothing_under_cluster
     let log_start = pair.kosmos().log().len();
     let report = run.promote(&opts).await.unwrap();
     assert!(
-        report.created.iter().any(|c| c == "limitranges/cart/defaults"),
+        report.created.contains("limitranges/cart/defaults"),
         "{report:#?}"
     );
     assert!(
-        report.created.iter().any(|c| c == "resourcequotas/cart/counts"),
+        report.created.contains("resourcequotas/cart/counts"),
         "{report:#?}"
     );
     wait_control_plane_pods_running(&pair, ns, 2).await;

@@ -8,10 +8,10 @@ use kpromote_archive::{Identities, Recipients, WriterOptions};
 use kpromote_core::access::ClusterClient;
 use kpromote_core::engine::live::RetryPolicy;
 use kpromote_core::engine::{
-    EngineOptions, Inventory, InventoryError, LiveCluster, ProgressFn, Report, Run, promote, rollback,
+    Bodies, EngineOptions, Inventory, InventoryError, LiveCluster, ProgressFn, Report, Run, Tally, promote,
+    rollback,
 };
 use kpromote_core::journal::Journal;
-use kpromote_core::plan::order::{DetachPlan, RestorePlan};
 use kpromote_core::storage::BackupLocation;
 
 /// How to reach the two clusters.
@@ -203,7 +203,7 @@ fn open_journal(archive: &Path, direction: &str, inv: &Inventory) -> anyhow::Res
 }
 
 fn load(archive: &Path, identities: &Identities) -> anyhow::Result<Inventory> {
-    Inventory::from_archive_with(archive, identities).map_err(|e| reading(archive, e))
+    Inventory::for_promote_with(archive, identities).map_err(|e| reading(archive, e))
 }
 
 /// An inventory error, with what to do when it is about keys.
@@ -400,10 +400,10 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
 fn plan_text(inv: &Inventory) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let skipped = inv.skipped_by_restore();
-    let detach = DetachPlan::build(&inv.graph, skipped);
-    let restore = RestorePlan::build(&inv.graph);
+    let detach = inv.detach_plan();
+    let restore = inv.restore_plan();
     let mut out = String::new();
-    writeln!(out, "archive {} ({} objects)", inv.archive_id, inv.graph.len())?;
+    writeln!(out, "archive {} ({} objects)", inv.archive_id(), inv.len())?;
     writeln!(
         out,
         "\ndetach in the member (top-down, propagationPolicy=Orphan):"
@@ -414,35 +414,36 @@ fn plan_text(inv: &Inventory) -> anyhow::Result<String> {
             "  {}. height {}: {}",
             i + 1,
             level.height,
-            join(&level.objects)
+            join(level.objects.iter())
         )?;
     }
     writeln!(out, "\nmark pods kosmos-io/pod=true in the member")?;
     writeln!(out, "\nrestore into the control plane (bottom-up):")?;
     for (i, level) in restore.levels.iter().enumerate() {
+        // The objects outside the inventory's graph are read from the archive's index.
+        let mut streamed = Vec::new();
+        for (group, resource, _) in inv.outside_in(level) {
+            let mut scan = inv.rest(move |k| k.is(group, resource), Bodies::No)?;
+            while let Some(batch) = scan.next_batch(1024)? {
+                streamed.extend(batch.into_iter().map(|a| a.record.key));
+            }
+        }
         writeln!(
             out,
             "  {}. {}\n     {}",
             i + 1,
             level.reason(),
-            join(&level.objects)
+            join(level.objects.iter().chain(&streamed))
         )?;
     }
     if !skipped.is_empty() {
-        writeln!(
-            out,
-            "\nnot restored: {}",
-            join(&skipped.iter().cloned().collect::<Vec<_>>())
-        )?;
+        writeln!(out, "\nnot restored: {}", join(skipped.iter()))?;
     }
     Ok(out)
 }
 
-fn join(keys: &[kpromote_model::object_key::ObjectKey]) -> String {
-    keys.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+fn join<'a>(keys: impl Iterator<Item = &'a kpromote_model::object_key::ObjectKey>) -> String {
+    keys.map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn progress_printer() -> ProgressFn {
@@ -492,15 +493,30 @@ fn print_report(verb: &str, report: &Report, output: &str) -> anyhow::Result<()>
             println!("{label} ({}): {}", items.len(), items.join(", "));
         }
     };
+    let tally = |label: &str, tally: &Tally| {
+        if tally.is_empty() {
+            return;
+        }
+        let names = tally.names().collect::<Vec<_>>().join(", ");
+        let more = tally.len().saturating_sub(Tally::SAMPLE as u64);
+        if more == 0 {
+            println!("{label} ({}): {names}", tally.len());
+        } else {
+            println!(
+                "{label} ({}): {names}, and {more} more (the journal beside the archive lists each)",
+                tally.len()
+            );
+        }
+    };
     println!("{verb}");
-    line("detached", &report.detached);
-    line("marked", &report.marked);
-    line("created", &report.created);
-    line("already there, left as they were", &report.existed);
-    line("merged", &report.merged);
-    line("adopted", &report.adopted);
-    line("unmarked", &report.unmarked);
-    line("removed from the control plane", &report.deleted);
+    tally("detached", &report.detached);
+    tally("marked", &report.marked);
+    tally("created", &report.created);
+    tally("already there, left as they were", &report.existed);
+    tally("merged", &report.merged);
+    tally("adopted", &report.adopted);
+    tally("unmarked", &report.unmarked);
+    tally("removed from the control plane", &report.deleted);
     for (key, reason) in &report.skipped {
         println!("skipped {key}: {reason}");
     }

@@ -25,7 +25,7 @@ impl Promotion {
         let dir = tempfile::tempdir().unwrap();
         let path = archiving::archive(&pair.member, namespaces, cluster, dir.path()).await;
         Self {
-            inv: Inventory::from_archive(&path).unwrap(),
+            inv: Inventory::for_promote(&path).unwrap(),
             dir,
             member: LiveCluster::new("member", pair.member.clone()),
             cp: LiveCluster::new("control plane", pair.cp.clone()),

@@ -31,7 +31,7 @@
 //! detach and restore.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -283,11 +283,7 @@ impl Journal {
     /// How the run finished, when it is closed.
     #[must_use]
     pub fn closed(&self) -> Option<&str> {
-        self.latest
-            .full
-            .get(&(CLOSED_STEP.to_owned(), RUN_STEP.to_owned()))
-            .and_then(|r| r.data.get("outcome"))
-            .and_then(Value::as_str)
+        self.latest.outcome(CLOSED_STEP, RUN_STEP)
     }
 
     /// Whether `step` on `key` is recorded as done.
@@ -302,8 +298,9 @@ impl Journal {
         self.latest.get(step, key)
     }
 
-    /// Every latest record of `step` that is begun or carries data, in key order (a record done
-    /// without data says nothing but that, and is kept only as [`Journal::is_done`] needs).
+    /// Every latest record of `step` that is begun or carries data beyond an outcome, in key
+    /// order (a record done with no more says nothing else, and is kept only as
+    /// [`Journal::is_done`] and [`Journal::get`] need).
     pub fn records(&self, step: &str) -> impl Iterator<Item = &Record> {
         self.latest
             .full
@@ -376,37 +373,83 @@ impl Journal {
     }
 }
 
-/// The latest record per (step, key). Most records of a large run are done without data (an
-/// unmarked pod, an adoption): of those only a 128-bit fingerprint of (step, key) is kept, so
-/// that a run over a hundred thousand objects holds megabytes of journal, not tens.
+/// The latest record per (step, key). Most records of a large run are done with no data (an
+/// unmarked pod, an adoption) or with only an outcome (an object restored that owns nothing):
+/// of those only a 128-bit fingerprint of (step, key) is kept, with the outcome as an index into
+/// the few distinct ones, so that a run over a hundred thousand objects holds megabytes of
+/// journal, not tens.
 #[derive(Debug, Default)]
 struct Latest {
-    /// Begun, or done with data.
+    /// Begun, or done with other data.
     full: BTreeMap<(String, String), Record>,
-    /// Done without data.
-    done: HashSet<u128>,
+    /// Done with no data (`None`) or only an outcome (its index in `outcomes`).
+    done: HashMap<u128, Option<u16>>,
+    /// The distinct outcomes of `done`.
+    outcomes: Vec<String>,
 }
+
+/// The only field of a record's data that [`Latest`] keeps by index.
+const OUTCOME: &str = "outcome";
 
 impl Latest {
     fn insert(&mut self, record: Record) {
         let print = fingerprint(&record.step, &record.key);
         let full_key = (record.step.clone(), record.key.clone());
-        if record.state == State::Done && record.data.is_null() {
-            self.full.remove(&full_key);
-            self.done.insert(print);
-        } else {
-            self.done.remove(&print);
-            self.full.insert(full_key, record);
+        let compact = match (&record.state, &record.data) {
+            (State::Done, Value::Null) => Some(None),
+            (State::Done, Value::Object(map)) if map.len() == 1 => match map.get(OUTCOME) {
+                Some(Value::String(outcome)) => self.outcome_index(outcome).map(Some),
+                _ => None,
+            },
+            _ => None,
+        };
+        match compact {
+            Some(outcome) => {
+                self.full.remove(&full_key);
+                self.done.insert(print, outcome);
+            }
+            None => {
+                self.done.remove(&print);
+                self.full.insert(full_key, record);
+            }
+        }
+    }
+
+    /// The index of `outcome`, added if new; `None` past `u16` distinct outcomes (the record
+    /// is then kept whole).
+    fn outcome_index(&mut self, outcome: &str) -> Option<u16> {
+        if let Some(i) = self.outcomes.iter().position(|o| o == outcome) {
+            return u16::try_from(i).ok();
+        }
+        let i = u16::try_from(self.outcomes.len()).ok()?;
+        self.outcomes.push(outcome.to_owned());
+        Some(i)
+    }
+
+    /// The outcome recorded in the data of the latest record of `step` on `key`.
+    fn outcome(&self, step: &str, key: &str) -> Option<&str> {
+        match self.done.get(&fingerprint(step, key)) {
+            Some(outcome) => outcome.map(|i| self.outcomes[usize::from(i)].as_str()),
+            None => self
+                .full
+                .get(&(step.to_owned(), key.to_owned()))?
+                .data
+                .get(OUTCOME)
+                .and_then(Value::as_str),
         }
     }
 
     fn get(&self, step: &str, key: &str) -> Option<Cow<'_, Record>> {
-        if self.done.contains(&fingerprint(step, key)) {
+        if let Some(outcome) = self.done.get(&fingerprint(step, key)) {
+            let data = outcome.map_or(
+                Value::Null,
+                |i| serde_json::json!({ OUTCOME: self.outcomes[usize::from(i)] }),
+            );
             return Some(Cow::Owned(Record {
                 step: step.to_owned(),
                 key: key.to_owned(),
                 state: State::Done,
-                data: Value::Null,
+                data,
             }));
         }
         self.full
@@ -632,6 +675,46 @@ mod tests {
         // fingerprints.
         assert_eq!(j.records("unmark").count(), 1);
         assert_eq!(j.latest.done.len(), 1000);
+    }
+
+    #[test]
+    fn a_step_done_with_only_an_outcome_keeps_it_by_index_and_a_closed_run_stays_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(&dir, "promote:a").expect("opens");
+        for i in 0..1000 {
+            let outcome = if i % 2 == 0 { "created" } else { "existed" };
+            j.begin("restore", &format!("configmaps/ns/c{i}"), Value::Null)
+                .expect("writes");
+            j.done(
+                "restore",
+                &format!("configmaps/ns/c{i}"),
+                json!({ "outcome": outcome }),
+            )
+            .expect("writes");
+        }
+        j.done(
+            "restore",
+            "deployments.apps/ns/web",
+            json!({ "outcome": "created", "uid": "u" }),
+        )
+        .expect("writes");
+        j.close("completed").expect("closes");
+        drop(j);
+        let j = open(&dir, "promote:a").expect("reopens");
+        assert_eq!(j.closed(), Some("completed"));
+        assert_eq!(
+            j.get("restore", "configmaps/ns/c7")
+                .map(|r| (r.state, r.data.clone())),
+            Some((State::Done, json!({ "outcome": "existed" })))
+        );
+        assert_eq!(
+            j.get("restore", "configmaps/ns/c8").map(|r| r.data.clone()),
+            Some(json!({ "outcome": "created" }))
+        );
+        // Held whole: only the record with a uid.
+        let whole: Vec<&str> = j.records("restore").map(|r| r.key.as_str()).collect();
+        assert_eq!(whole, ["deployments.apps/ns/web"]);
+        assert_eq!(j.latest.outcomes.len(), 3, "created, existed, completed");
     }
 
     #[test]

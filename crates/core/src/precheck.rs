@@ -227,29 +227,42 @@ async fn check_contents(
         let gr = &served.group_resource;
         for ns in namespaces {
             let api: Api<DynamicObject> = Api::namespaced_with(member.clone(), ns, &served.api_resource());
-            let items = match api.list(&ListParams::default().limit(500)).await {
-                Ok(list) => list.items,
-                Err(e) => {
-                    errors.push(format!(
-                        "cannot list {gr} in namespace {ns} of the member cluster: {e}"
-                    ));
-                    continue;
+            // A page at a time: every object is checked, and a namespace of thousands is never
+            // held whole.
+            let mut params = ListParams::default().limit(500);
+            let mut first = true;
+            loop {
+                let page = match api.list(&params).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        errors.push(format!(
+                            "cannot list {gr} in namespace {ns} of the member cluster: {e}"
+                        ));
+                        break;
+                    }
+                };
+                if page.items.is_empty() {
+                    break;
                 }
-            };
-            if items.is_empty() {
-                continue;
+                if first {
+                    first = false;
+                    let served_there = cp_surface
+                        .get(gr)
+                        .is_some_and(|c| c.versions.contains(&served.version));
+                    if !served_there && !crd_groups.contains(gr.group()) {
+                        errors.push(format!(
+                            "namespace {ns} holds {gr} ({}), which the control plane does not serve; install that \
+                             API there or exclude {gr}",
+                            served.api_version()
+                        ));
+                    }
+                }
+                refuse_unmovable(gr, ns, &page.items, excluded, errors);
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                    _ => break,
+                }
             }
-            let served_there = cp_surface
-                .get(gr)
-                .is_some_and(|c| c.versions.contains(&served.version));
-            if !served_there && !crd_groups.contains(gr.group()) {
-                errors.push(format!(
-                    "namespace {ns} holds {gr} ({}), which the control plane does not serve; install that API \
-                     there or exclude {gr}",
-                    served.api_version()
-                ));
-            }
-            refuse_unmovable(gr, ns, &items, excluded, errors);
         }
     }
 }

@@ -29,9 +29,9 @@ use crate::engine::apply::STEP_ADOPT;
 use crate::engine::detach::{STEP_DETACH, STEP_MARK};
 use crate::engine::promote::STEP_RESTORE;
 use crate::engine::rollback::{STEP_RECREATE, STEP_TEARDOWN, STEP_UNMARK};
-use crate::engine::{Inventory, PROMOTE, ROLLBACK, journal_path};
+use crate::engine::{Bodies, Inventory, InventoryError, PROMOTE, ROLLBACK, journal_path};
 use crate::journal::{self, Record, State};
-use crate::plan::order::{DetachPlan, RestorePlan};
+use crate::plan::order::RestorePlan;
 use kpromote_model::object_key::ObjectKey;
 
 /// Errors of reading a run's status.
@@ -164,7 +164,7 @@ pub fn read(
         path: archive.to_owned(),
         source,
     };
-    let inv = Inventory::from_archive_with(archive, identities).map_err(archive_error)?;
+    let inv = Inventory::for_promote_with(archive, identities).map_err(archive_error)?;
     let facts = crate::engine::open_archive(archive)
         .ok()
         .and_then(|r| r.facts().cloned());
@@ -182,7 +182,7 @@ pub fn read(
     let mut problems = Vec::new();
     let mut load = |direction: &str| -> (PathBuf, Vec<Record>) {
         let path = journal_path(archive, direction);
-        let expected = format!("{direction}:{}", inv.archive_id);
+        let expected = format!("{direction}:{}", inv.archive_id());
         let records = match journal::read(&path) {
             Ok(None) => Vec::new(),
             Ok(Some(records)) => match journal::run_of(&records) {
@@ -205,8 +205,9 @@ pub fn read(
     let (promote_path, promote_records) = load(PROMOTE);
     let (rollback_path, rollback_records) = load(ROLLBACK);
 
-    let promote = promote_status(&inv, promote_path, &promote_records);
-    let rollback = rollback_status(&inv, rollback_path, &promote_records, &rollback_records);
+    let promote = promote_status(&inv, promote_path, &promote_records).map_err(archive_error)?;
+    let rollback =
+        rollback_status(&inv, rollback_path, &promote_records, &rollback_records).map_err(archive_error)?;
 
     let flags = format!(
         "--archive {} --cluster-name {cluster_name} <kubeconfig flags>",
@@ -234,10 +235,10 @@ pub fn read(
     };
     Ok(RunStatus {
         archive: archive.to_owned(),
-        archive_id: inv.archive_id.clone(),
+        archive_id: inv.archive_id().to_owned(),
         policy,
         cluster_name,
-        objects: inv.graph.len(),
+        objects: inv.len(),
         state,
         resumable: matches!(
             state,
@@ -250,19 +251,33 @@ pub fn read(
     })
 }
 
-fn promote_status(inv: &Inventory, journal: PathBuf, records: &[Record]) -> DirectionStatus {
-    let skipped = inv.skipped_by_restore();
-    let detach: Vec<ObjectKey> = DetachPlan::build(&inv.graph, skipped)
-        .objects()
-        .cloned()
-        .collect();
-    let mark: Vec<ObjectKey> = inv
-        .pods()
-        .map(|(k, _)| k.clone())
-        .filter(|k| !skipped.contains(k))
-        .collect();
-    let restore: Vec<ObjectKey> = RestorePlan::build(&inv.graph).objects().cloned().collect();
-    DirectionStatus {
+fn promote_status(
+    inv: &Inventory,
+    journal: PathBuf,
+    records: &[Record],
+) -> Result<DirectionStatus, InventoryError> {
+    let detach: Vec<ObjectKey> = inv.detach_plan().objects().cloned().collect();
+    let mut mark: Vec<ObjectKey> = Vec::new();
+    let held = inv
+        .graph()
+        .keys()
+        .filter(|k| k.is("", "pods"))
+        .filter_map(|k| inv.archived(k));
+    let mut outside = inv.outside_of_kind("", "pods")?;
+    let mut batch = Some(held.collect::<Vec<_>>());
+    while let Some(pods) = batch {
+        mark.extend(pods.into_iter().filter(|p| inv.restores(p)).map(|p| p.record.key));
+        batch = outside.next_batch(1024)?;
+    }
+    let plan = inv.restore_plan();
+    let mut restore: Vec<ObjectKey> = Vec::new();
+    for level in &plan.levels {
+        restore.extend(level.objects.iter().cloned());
+        for (group, resource, _) in inv.outside_in(level) {
+            restore.extend(keys(inv, |k| k.is(group, resource))?);
+        }
+    }
+    Ok(DirectionStatus {
         journal,
         started: started(records),
         steps: vec![
@@ -271,7 +286,20 @@ fn promote_status(inv: &Inventory, journal: PathBuf, records: &[Record]) -> Dire
             step(STEP_RESTORE, Some(&restore), records),
             step(STEP_ADOPT, None, records),
         ],
+    })
+}
+
+/// The keys of the archived objects `wanted` accepts, read from the index.
+fn keys(
+    inv: &Inventory,
+    wanted: impl Fn(&ObjectKey) -> bool + Clone + Send,
+) -> Result<Vec<ObjectKey>, InventoryError> {
+    let mut scan = inv.scan(wanted, Bodies::No)?;
+    let mut keys = Vec::new();
+    while let Some(batch) = scan.next_batch(1024)? {
+        keys.extend(batch.into_iter().map(|a| a.record.key));
     }
+    Ok(keys)
 }
 
 fn rollback_status(
@@ -279,8 +307,8 @@ fn rollback_status(
     journal: PathBuf,
     promote: &[Record],
     records: &[Record],
-) -> DirectionStatus {
-    let unmark: Vec<ObjectKey> = inv.pods().map(|(k, _)| k.clone()).collect();
+) -> Result<DirectionStatus, InventoryError> {
+    let unmark: Vec<ObjectKey> = keys(inv, |k| k.is("", "pods"))?;
     // Rollback re-creates the owners promote detached and removes what it created.
     let touched = |step: &str, created_only: bool| -> BTreeSet<String> {
         promote
@@ -291,19 +319,14 @@ fn rollback_status(
             .collect()
     };
     let detached = touched(STEP_DETACH, false);
-    let recreate: Vec<ObjectKey> = RestorePlan::build(&inv.graph)
+    let recreate: Vec<ObjectKey> = RestorePlan::build(inv.graph())
         .objects()
         .filter(|k| detached.contains(&k.to_string()))
         .cloned()
         .collect();
     let created = touched(STEP_RESTORE, true);
-    let teardown: Vec<ObjectKey> = inv
-        .objects
-        .keys()
-        .filter(|k| created.contains(&k.to_string()))
-        .cloned()
-        .collect();
-    DirectionStatus {
+    let teardown: Vec<ObjectKey> = keys(inv, move |k| created.contains(&k.to_string()))?;
+    Ok(DirectionStatus {
         journal,
         started: started(records),
         steps: vec![
@@ -312,7 +335,7 @@ fn rollback_status(
             step(STEP_ADOPT, None, records),
             step(STEP_TEARDOWN, Some(&teardown), records),
         ],
-    }
+    })
 }
 
 /// Whether a journal holds any step beyond its run record (promote opens the rollback journal

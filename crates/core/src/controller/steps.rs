@@ -470,7 +470,7 @@ impl Reconciliation {
         let load = if for_rollback {
             Inventory::for_rollback_with
         } else {
-            Inventory::from_archive_with
+            Inventory::for_promote_with
         };
         let identities = self.ctx.config.identities.clone();
         let inv = tokio::task::spawn_blocking(move || load(&reading, &identities))

@@ -12,7 +12,7 @@ use super::inventory::{Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
-use crate::plan::order::{RestorePlan, WaitPoint};
+use crate::plan::order::{Level, RestorePlan, WaitPoint};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
 use crate::plan::twin::admission_changes;
 use kpromote_model::object_key::ObjectKey;
@@ -115,6 +115,17 @@ enum Outcome {
     Skipped,
 }
 
+/// What a [`Restorer`] creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The plan's objects only (rollback's re-created owners).
+    Planned,
+    /// Every archived object (promote): the plan's, and, with each level of height 0, the
+    /// archive's objects of its tier outside the inventory's graph, streamed kind by kind
+    /// ([`Inventory::outside_in`]).
+    Archive,
+}
+
 /// Restores objects of an [`Inventory`] into one target cluster: the control plane on promote
 /// ([`Restorer::into_control_plane`]), the member on rollback ([`Restorer::into_member`]).
 #[derive(Debug)]
@@ -181,9 +192,10 @@ impl<'a> Restorer<'a> {
         matches!(self.target, Target::ControlPlane { .. })
     }
 
-    /// Restores every object of `plan`; `ctx` holds the UIDs of owners already in the target and
-    /// learns each new one. Right after each level, the dependents of the level's objects get
-    /// their ownerReferences pointed at them.
+    /// Restores every object of `plan` (and, for [`Scope::Archive`], the objects each level
+    /// streams in); `ctx` holds the UIDs of owners already in the target and learns each new
+    /// one. Right after each level, the dependents of the level's objects get their
+    /// ownerReferences pointed at them.
     ///
     /// # Errors
     /// Every object of the level that could not be restored (the level finishes first; see
@@ -191,11 +203,20 @@ impl<'a> Restorer<'a> {
     pub async fn run(
         &self,
         plan: &RestorePlan,
+        scope: Scope,
         ctx: &mut TransformContext,
         report: &Mutex<Report>,
         on_progress: Option<&ProgressFn>,
     ) -> Result<(), EngineError> {
-        let total = plan.len() as u64;
+        let streamed = |level: &Level| match scope {
+            Scope::Planned => Vec::new(),
+            Scope::Archive => self.inv.outside_in(level),
+        };
+        let total = plan
+            .levels
+            .iter()
+            .map(|l| l.objects.len() as u64 + streamed(l).iter().map(|(_, _, n)| n).sum::<u64>())
+            .sum();
         let mut done = 0;
         // Announce the step before its first level: observers (the controller's phase) must
         // attribute a failure in that level to this step.
@@ -207,34 +228,30 @@ impl<'a> Restorer<'a> {
             }
             let barrier = started.elapsed();
             let snapshot = ctx.clone();
-            // The futures are made before streaming them — a `map` closure kept in the stream
-            // across `.await` makes the run fail `Send` for spawned callers (the controller;
-            // rust-lang/rust#110338) — a batch at a time: a level may hold thousands of objects,
-            // and each prepared future holds kilobytes.
             let mut failed = Vec::new();
+            // A level may hold thousands of objects, and each prepared future holds kilobytes:
+            // a batch at a time, the held objects first, then those streamed in.
             for batch in level.objects.chunks(RESTORE_BATCH) {
-                let restores: Vec<_> = batch
+                let batch = batch
                     .iter()
-                    .map(|key| {
-                        let snapshot = &snapshot;
-                        async move { (key, self.restore_one(key, snapshot, report).await) }
-                    })
-                    .collect();
-                let results: Vec<(&ObjectKey, Result<Outcome, EngineError>)> =
-                    futures::stream::iter(restores)
-                        .buffer_unordered(self.opts.concurrency)
-                        .collect()
+                    .map(|key| (key.clone(), None))
+                    .collect::<Vec<(ObjectKey, Option<Value>)>>();
+                done += self
+                    .restore_batch(batch, &snapshot, ctx, &mut failed, report)
+                    .await;
+                progress(on_progress, self.step(), done, total);
+            }
+            for (group, resource, _) in streamed(level) {
+                let mut objects = self.inv.outside_of_kind(group, resource)?;
+                while let Some(batch) = objects.next_batch(RESTORE_BATCH)? {
+                    let batch = batch
+                        .into_iter()
+                        .map(|a| (a.record.key, Some(a.object)))
+                        .collect();
+                    done += self
+                        .restore_batch(batch, &snapshot, ctx, &mut failed, report)
                         .await;
-                for (key, result) in results {
-                    match result {
-                        Ok(Outcome::Created(uid) | Outcome::Existed(uid) | Outcome::Merged(uid)) => {
-                            if let Some(old) = self.inv.uid(key) {
-                                ctx.record_created(old, &uid);
-                            }
-                        }
-                        Ok(Outcome::Skipped) => {}
-                        Err(e) => failed.push(e),
-                    }
+                    progress(on_progress, self.step(), done, total);
                 }
             }
             // Every failure of the level is reported, not only the first.
@@ -247,9 +264,9 @@ impl<'a> Restorer<'a> {
             // target's controllers would adopt pods and ReplicaSets by selector too, but at their
             // client's rate limit (20 requests/s by default), which made a level of 100
             // ReplicaSets wait seconds for the adoption of their 1,000 pods; a controller that
-            // finds its dependents already owned has nothing to patch.
+            // finds its dependents already owned has nothing to patch. (Objects streamed in own
+            // nothing.)
             self.adopt_dependents(&level.objects, ctx, report).await?;
-            done += level.objects.len() as u64;
             lock(self.journal).sync()?;
             tracing::debug!(
                 step = self.step(),
@@ -261,9 +278,51 @@ impl<'a> Restorer<'a> {
                 adopt_ms = (started.elapsed() - created).as_millis() as u64,
                 "level restored"
             );
-            progress(on_progress, self.step(), done, total);
         }
         Ok(())
+    }
+
+    /// Restores one batch of a level: `objects` with their bodies when streamed (`None`: an
+    /// object of the graph, read from the inventory), concurrently, recording each new UID of
+    /// an object of the graph in `ctx`, and every failure in `failed`. How many were
+    /// attempted.
+    async fn restore_batch(
+        &self,
+        objects: Vec<(ObjectKey, Option<Value>)>,
+        snapshot: &TransformContext,
+        ctx: &mut TransformContext,
+        failed: &mut Vec<EngineError>,
+        report: &Mutex<Report>,
+    ) -> u64 {
+        let attempted = objects.len() as u64;
+        // The futures are made before streaming them — a `map` closure kept in the stream
+        // across `.await` makes the run fail `Send` for spawned callers (the controller;
+        // rust-lang/rust#110338).
+        let restores: Vec<_> =
+            objects
+                .iter()
+                .map(|(key, body)| async move {
+                    (key, self.restore_one(key, body.as_ref(), snapshot, report).await)
+                })
+                .collect();
+        let results: Vec<(&ObjectKey, Result<Outcome, EngineError>)> = futures::stream::iter(restores)
+            .buffer_unordered(self.opts.concurrency)
+            .collect()
+            .await;
+        for (key, result) in results {
+            match result {
+                Ok(Outcome::Created(uid) | Outcome::Existed(uid) | Outcome::Merged(uid)) => {
+                    if let Some(old) = self.inv.uid(key) {
+                        ctx.record_created(old, &uid);
+                    }
+                }
+                Ok(Outcome::Skipped) => {}
+                Err(e) => {
+                    failed.push(e);
+                }
+            }
+        }
+        attempted
     }
 
     /// Before a level of owners: the target's controllers must have seen what they will adopt
@@ -280,9 +339,12 @@ impl<'a> Restorer<'a> {
         super::barrier::observe(self.cluster, ns, needs, self.opts.barrier_stall).await
     }
 
+    /// Restores `key`, whose archived body is `streamed` or, for an object of the graph, the
+    /// inventory's.
     async fn restore_one(
         &self,
         key: &ObjectKey,
+        streamed: Option<&Value>,
         ctx: &TransformContext,
         report: &Mutex<Report>,
     ) -> Result<Outcome, EngineError> {
@@ -290,7 +352,10 @@ impl<'a> Restorer<'a> {
         if let Some(outcome) = self.journaled(&name) {
             return Ok(outcome);
         }
-        let archived = self.inv.body(key).ok_or_else(|| not_archived(key))?;
+        let archived = match streamed {
+            Some(body) => std::borrow::Cow::Borrowed(body),
+            None => self.inv.body(key).ok_or_else(|| not_archived(key))?,
+        };
         let archived = archived.as_ref();
         let prepared = prepare(archived, &self.target, ctx).map_err(|source| EngineError::Transform {
             key: key.clone(),
@@ -311,13 +376,13 @@ impl<'a> Restorer<'a> {
                 if let Some(patch) = merge.patch_for(&live) {
                     self.cluster.merge_patch(&api, key, &patch).await?;
                 }
-                lock(report).merged.push(name.clone());
+                lock(report).merged.add(name.clone());
                 Outcome::Merged(uid)
             }
             Prepared::Create(creation) => {
                 let mut object = creation.object;
                 if self.stamps() {
-                    stamp(&mut object, &self.inv.archive_id);
+                    stamp(&mut object, self.inv.archive_id());
                 }
                 let api = self.cluster.api_for(key, &object)?;
                 lock(self.journal).begin(self.step(), &name, Value::Null)?;
@@ -336,7 +401,7 @@ impl<'a> Restorer<'a> {
                             })?;
                             let uid = live.metadata.uid.clone().unwrap_or_default();
                             let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                            if self.stamps() && stamped_by(&live, &self.inv.archive_id) {
+                            if self.stamps() && stamped_by(&live, self.inv.archive_id()) {
                                 (Outcome::Created(uid), live)
                             } else {
                                 (Outcome::Existed(uid), live)
@@ -377,19 +442,26 @@ impl<'a> Restorer<'a> {
                 }
                 let mut r = lock(report);
                 match &outcome {
-                    Outcome::Created(_) => r.created.push(name.clone()),
-                    Outcome::Existed(_) => r.existed.push(name.clone()),
+                    Outcome::Created(_) => r.created.add(name.clone()),
+                    Outcome::Existed(_) => r.existed.add(name.clone()),
                     _ => {}
                 }
                 outcome
             }
         };
-        let data = match &outcome {
-            Outcome::Created(uid) => json!({ "outcome": "created", "uid": uid }),
-            Outcome::Existed(uid) => json!({ "outcome": "existed", "uid": uid }),
-            Outcome::Merged(uid) => json!({ "outcome": "merged", "uid": uid }),
-            Outcome::Skipped => json!({ "outcome": "skipped" }),
+        // Only an object of the graph can be an owner, and so only its new UID is needed again
+        // (a resumed run maps its dependents' references with it); the journal keeps little of
+        // a record with no more than an outcome.
+        let (word, uid) = match &outcome {
+            Outcome::Created(uid) => ("created", Some(uid)),
+            Outcome::Existed(uid) => ("existed", Some(uid)),
+            Outcome::Merged(uid) => ("merged", Some(uid)),
+            Outcome::Skipped => ("skipped", None),
         };
+        let mut data = json!({ "outcome": word });
+        if let Some(uid) = uid.filter(|_| self.inv.graph().contains(key)) {
+            data["uid"] = Value::String(uid.clone());
+        }
         lock(self.journal).done(self.step(), &name, data)?;
         Ok(outcome)
     }
@@ -511,7 +583,7 @@ impl<'a> Restorer<'a> {
                     let Some(live) = live else {
                         return Ok((false, Vec::new()));
                     };
-                    if self.stamps() && !stamped_by(&live, &self.inv.archive_id) {
+                    if self.stamps() && !stamped_by(&live, self.inv.archive_id()) {
                         // It existed before promote: left as it was.
                         return Ok((false, Vec::new()));
                     }
@@ -538,7 +610,7 @@ impl<'a> Restorer<'a> {
             ));
         }
         if adopted {
-            r.adopted.push(name.clone());
+            r.adopted.add(name.clone());
         }
         drop(r);
         lock(self.journal).done(STEP_ADOPT, &name, Value::Null)?;

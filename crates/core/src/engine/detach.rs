@@ -22,7 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
-use super::inventory::{Inventory, stamp};
+use super::inventory::{Archived, Inventory, stamp};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
@@ -74,15 +74,30 @@ pub async fn detach(
         let dependents: BTreeSet<&ObjectKey> = level
             .objects
             .iter()
-            .flat_map(|owner| inv.graph.dependents(owner))
+            .flat_map(|owner| inv.graph().dependents(owner))
             .filter(|d| {
-                inv.graph
+                inv.graph()
                     .owners(d)
                     .filter(|o| detached.contains(o))
                     .all(|o| deleted.contains(o))
             })
             .collect();
         orphan_dependents(member, twins, &dependents, &deleted_uids, journal, opts, report).await?;
+        // The pods outside the inventory's graph stream from the archive.
+        let level_owners: BTreeSet<&ObjectKey> = level.objects.iter().collect();
+        let orphaned = |pod: &Archived| {
+            let owners: Vec<&ObjectKey> = inv.graph().owners_of(&pod.record).collect();
+            owners.iter().any(|o| level_owners.contains(*o))
+                && owners
+                    .iter()
+                    .filter(|o| detached.contains(**o))
+                    .all(|o| deleted.contains(*o))
+        };
+        let mut pods = inv.outside_of_kind("", "pods")?;
+        while let Some(batch) = pods.next_batch(MARK_BATCH)? {
+            let batch: Vec<Archived> = batch.into_iter().filter(|p| orphaned(p)).collect();
+            mark_batch(member, twins, &batch, &deleted_uids, journal, opts, report).await?;
+        }
     }
     // The garbage collector removes each owner's `orphan` finalizer once it finds no dependent
     // left to orphan.
@@ -145,7 +160,8 @@ async fn delete_owner(
     if lock(journal).is_done(STEP_DETACH, &name) {
         return Ok(());
     }
-    let archived = &inv.objects[key];
+    let archived = inv.body(key).ok_or_else(|| super::inventory::not_archived(key))?;
+    let archived = archived.as_ref();
     let uid = inv.uid(key);
     let api = member.api_for(key, archived)?;
     match member.get_opt(&api, key).await? {
@@ -237,7 +253,7 @@ async fn await_owners_gone(
     for key in pending {
         let name = key.to_string();
         lock(journal).done(STEP_DETACH, &name, json!({ "uid": inv.uid(key) }))?;
-        lock(report).detached.push(name);
+        lock(report).detached.add(name);
     }
     Ok(())
 }
@@ -263,7 +279,7 @@ async fn orphan_dependents(
         .collect();
     // One pass over each type and namespace for the whole level: a LIST per batch would
     // serialize the namespace's every pod once per batch.
-    let records = pending.iter().filter_map(|k| inv.graph.record(k));
+    let records = pending.iter().filter_map(|k| inv.graph().record(k));
     let mut prefetched = super::apply::prefetch(member, records, mark_view).await?;
     for batch in pending.chunks(MARK_BATCH) {
         // The futures are made before streaming them (see `Restorer::run`).
@@ -273,7 +289,12 @@ async fn orphan_dependents(
                 let live = prefetched.remove(*key);
                 async move {
                     if key.is("", "pods") && !skipped.contains(*key) {
-                        mark_and_report(member, twins, key, owner_uids, live, journal, report).await
+                        let archived = inv.body(key).ok_or_else(|| super::inventory::not_archived(key))?;
+                        let uid = inv.uid(key);
+                        mark_and_report(
+                            member, twins, key, uid, &archived, owner_uids, live, journal, report,
+                        )
+                        .await
                     } else {
                         orphan_one(member, inv, key, owner_uids, live).await
                     }
@@ -390,26 +411,77 @@ async fn read(
     })
 }
 
-/// Marks one pod (taking it off `owner_uids` in the same patch), journals and reports it.
+/// Marks one pod (taking it off `owner_uids` in the same patch), journals and reports it;
+/// `uid` and `archived` are its archived UID and body.
+#[allow(clippy::too_many_arguments)]
 async fn mark_and_report(
     member: &LiveCluster,
     twins: &TwinFactory<'_>,
     key: &ObjectKey,
+    uid: Option<&str>,
+    archived: &Value,
     owner_uids: &HashSet<String>,
     prefetched: Option<Option<Value>>,
     journal: &SharedJournal,
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
     let name = key.to_string();
-    let archived = &twins.inv.objects[key];
-    if mark_one(member, twins, key, archived, owner_uids, prefetched).await? {
-        lock(report).marked.push(name.clone());
+    if mark_one(member, twins, key, uid, archived, owner_uids, prefetched).await? {
+        lock(report).marked.add(name.clone());
     } else {
         lock(report).warnings.push(format!(
             "pod {name} is gone from the member since the backup; not marked"
         ));
     }
     lock(journal).done(STEP_MARK, &name, Value::Null)?;
+    Ok(())
+}
+
+/// Marks the pods of `batch` the restore re-creates and no earlier attempt marked, taking each
+/// off its owners of `owner_uids` in the same patch; their live state is listed a type and
+/// namespace at a time.
+async fn mark_batch(
+    member: &LiveCluster,
+    twins: &TwinFactory<'_>,
+    batch: &[Archived],
+    owner_uids: &HashSet<String>,
+    journal: &SharedJournal,
+    opts: &EngineOptions,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    let inv = twins.inv;
+    let pending: Vec<&Archived> = batch
+        .iter()
+        .filter(|p| inv.restores(p) && !lock(journal).is_done(STEP_MARK, &p.key().to_string()))
+        .collect();
+    let mut prefetched = super::apply::prefetch(member, pending.iter().map(|p| &p.record), mark_view).await?;
+    // The futures are made before streaming them (see `Restorer::run`).
+    let marks: Vec<_> = pending
+        .iter()
+        .map(|pod| {
+            let live = prefetched.remove(pod.key());
+            async move {
+                mark_and_report(
+                    member,
+                    twins,
+                    pod.key(),
+                    pod.uid(),
+                    &pod.object,
+                    owner_uids,
+                    live,
+                    journal,
+                    report,
+                )
+                .await
+            }
+        })
+        .collect();
+    let results: Vec<Result<(), EngineError>> = futures::stream::iter(marks)
+        .buffer_unordered(opts.concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), _>>()?;
+    lock(journal).sync()?;
     Ok(())
 }
 
@@ -420,52 +492,37 @@ async fn mark_and_report(
 /// from its archived copy there (changed since the backup) stops the run before anything is
 /// created in the control plane: clustertree would try to update it forever. A pod that
 /// disappeared since the backup is reported, not an error: its owner was detached, and its
-/// control-plane twin is not created (see the report's warnings).
+/// control-plane twin is not created (see the report's warnings). The pods stream from the
+/// archive a batch at a time.
 ///
 /// # Errors
 /// [`EngineError::ChangedSinceBackup`]; API and journal errors.
 pub async fn mark_pods(
     member: &LiveCluster,
     twins: &TwinFactory<'_>,
-    skipped: &std::collections::BTreeSet<ObjectKey>,
     journal: &SharedJournal,
     opts: &EngineOptions,
     report: &Mutex<Report>,
     on_progress: Option<&ProgressFn>,
 ) -> Result<(), EngineError> {
     let inv = twins.inv;
-    let pods: Vec<&ObjectKey> = inv
-        .pods()
-        .map(|(k, _)| k)
-        .filter(|k| !skipped.contains(*k))
+    let held: Vec<Archived> = inv
+        .graph()
+        .keys()
+        .filter(|k| k.is("", "pods"))
+        .filter_map(|k| inv.archived(k))
         .collect();
-    let total = pods.len() as u64;
-    let pending: Vec<&ObjectKey> = pods
-        .iter()
-        .copied()
-        .filter(|k| !lock(journal).is_done(STEP_MARK, &k.to_string()))
-        .collect();
-    let mut done = total - pending.len() as u64;
-    progress(on_progress, "mark", done, total);
-    let records = pending.iter().filter_map(|k| inv.graph.record(k));
-    let mut prefetched = super::apply::prefetch(member, records, mark_view).await?;
+    let total = held.len() as u64 + inv.outside_count("", "pods");
+    let mut done = 0;
+    progress(on_progress, "mark", 0, total);
     let none = HashSet::new();
-    for batch in pending.chunks(MARK_BATCH) {
-        let marks: Vec<_> = batch
-            .iter()
-            .map(|key| {
-                let live = prefetched.remove(*key);
-                let none = &none;
-                async move { mark_and_report(member, twins, key, none, live, journal, report).await }
-            })
-            .collect();
-        let results: Vec<Result<(), EngineError>> = futures::stream::iter(marks)
-            .buffer_unordered(opts.concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<(), _>>()?;
-        done += batch.len() as u64;
+    let mut outside = inv.outside_of_kind("", "pods")?;
+    let mut batch = Some(held);
+    while let Some(pods) = batch {
+        done += pods.len() as u64;
+        mark_batch(member, twins, &pods, &none, journal, opts, report).await?;
         progress(on_progress, "mark", done, total);
+        batch = outside.next_batch(MARK_BATCH)?;
     }
     lock(journal).sync()?;
     Ok(())
@@ -478,6 +535,7 @@ async fn mark_one(
     member: &LiveCluster,
     twins: &TwinFactory<'_>,
     key: &ObjectKey,
+    uid: Option<&str>,
     archived: &Value,
     owner_uids: &HashSet<String>,
     prefetched: Option<Option<Value>>,
@@ -492,10 +550,10 @@ async fn mark_one(
         let Some(live) = read(member, api, key, first).await? else {
             return Ok(false);
         };
-        if live.pointer("/metadata/uid").and_then(Value::as_str) != inv.uid(key) {
+        if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
             return Ok(false);
         }
-        let patch = member_mark_patch(&live, &inv.archive_id).map_err(|source| EngineError::Transform {
+        let patch = member_mark_patch(&live, inv.archive_id()).map_err(|source| EngineError::Transform {
             key: key.clone(),
             source,
         })?;
@@ -554,7 +612,7 @@ impl<'a> TwinFactory<'a> {
             target: Target::ControlPlane {
                 cluster_name: cluster_name.to_owned(),
             },
-            ctx: TransformContext::for_control_plane(inv.objects.values()),
+            ctx: inv.control_plane_context(),
         }
     }
 
@@ -570,7 +628,7 @@ impl<'a> TwinFactory<'a> {
         match prepare(archived, &self.target, &self.ctx).map_err(transform)? {
             Prepared::Create(creation) => {
                 let mut object = creation.object;
-                stamp(&mut object, &self.inv.archive_id);
+                stamp(&mut object, self.inv.archive_id());
                 Ok(object)
             }
             // Not created in the control plane: nothing there to differ from.
@@ -652,8 +710,8 @@ pub(super) fn dependent_apis(
             ((*g).to_owned(), api_version, (*k).to_owned(), (*r).to_owned())
         })
         .collect();
-    for dependent in inv.graph.dependents(owner) {
-        if let Some(record) = inv.graph.record(dependent)
+    for dependent in inv.graph().dependents(owner) {
+        if let Some(record) = inv.graph().record(dependent)
             && dependent.namespace.as_deref() == Some(ns)
         {
             types.insert((

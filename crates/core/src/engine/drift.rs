@@ -189,28 +189,27 @@ pub async fn detect(
             let (stamped, ours) = (&stamped, &ours);
             async move {
                 let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
-                let objects = match cp.list_by_name(&api, &probe).await {
-                    Ok(objects) => objects,
+                // Only the names of added objects are kept, a page at a time: a namespace of
+                // thousands of ConfigMaps is never held whole.
+                let added = cp
+                    .list_kept(&api, &probe, None, |object| {
+                        let name = object.metadata.name.clone()?;
+                        let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
+                        let value = serde_json::to_value(&object).unwrap_or(Value::Null);
+                        let uid = value.pointer("/metadata/uid").and_then(Value::as_str);
+                        (!uid.is_some_and(ours) && !stamped(&value) && is_user_work(&key, &value, ours))
+                            .then_some(key)
+                    })
+                    .await;
+                match added {
+                    Ok(added) => Ok::<_, EngineError>((added.into_values().collect::<Vec<_>>(), None)),
                     // A type this process may not list (the controller never lists Secrets, and
                     // is granted no custom resources by default): not checked, and said so.
                     Err(LiveError::Refused { code: 403, .. }) => {
-                        return Ok::<_, EngineError>((Vec::new(), Some(probe.group_resource().to_string())));
+                        Ok((Vec::new(), Some(probe.group_resource().to_string())))
                     }
-                    Err(e) => return Err(e.into()),
-                };
-                Ok::<_, EngineError>((
-                    objects
-                        .into_iter()
-                        .filter_map(|(name, object)| {
-                            let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
-                            let value = serde_json::to_value(&object).unwrap_or(Value::Null);
-                            let uid = value.pointer("/metadata/uid").and_then(Value::as_str);
-                            (!uid.is_some_and(ours) && !stamped(&value) && is_user_work(&key, &value, ours))
-                                .then_some(key)
-                        })
-                        .collect(),
-                    None,
-                ))
+                    Err(e) => Err(e.into()),
+                }
             }
         }))
         .buffer_unordered(8)

@@ -1,10 +1,14 @@
 //! The archived objects a run works from, with their ownership graph: the single source of
 //! truth for promote and rollback.
 //!
-//! Promote holds every object ([`Inventory::from_archive`]). Rollback holds only the upper part
-//! of the graph — the objects that own something, and the workloads — and streams the rest past
-//! from the archive when it needs them ([`Inventory::for_rollback`], [`Inventory::scan`]): its
-//! memory follows the owners, not the object count.
+//! An [`Inventory`] holds the **upper part** of the ownership graph — the objects that own
+//! something, the workloads, and the few objects of the restore's first phases (CRDs,
+//! namespaces, admission policies) — whole, with what it must know of the rest of the archive;
+//! every other object streams past from the archive again, a batch at a time, when a step needs
+//! it ([`Inventory::scan`], [`Inventory::outside_of_kind`]). Its memory follows the owners, not
+//! the object count. Promote and rollback read an archive the same way; they differ only in
+//! what a damaged entry does ([`Inventory::for_promote`] refuses it, [`Inventory::for_rollback`]
+//! works around it).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::live::{LiveCluster, LiveError};
-use crate::plan::order::DetachPlan;
+use crate::plan::order::{DetachPlan, Level, Phase, RestorePlan, Tier};
 use crate::plan::transform::{TransformContext, restore_skip};
 use kpromote_archive::Identities;
 use kpromote_model::kosmos::{self, STAMP_ANNOTATION};
@@ -34,6 +38,18 @@ pub enum InventoryError {
         /// The archive.
         path: PathBuf,
     },
+    /// Part of the archive cannot be decoded (promote acts only on an archive read whole).
+    #[error(
+        "{path}: {count} archived objects cannot be read (e.g. {first}); promote needs every object — take a new backup"
+    )]
+    Damaged {
+        /// The archive.
+        path: PathBuf,
+        /// How many objects cannot be read.
+        count: usize,
+        /// One of them, with why.
+        first: String,
+    },
     /// The archive file was replaced while the run streamed from it.
     #[error(
         "{path} is no longer the archive this run started from (its manifest changed); put the original back and run again"
@@ -47,39 +63,39 @@ pub enum InventoryError {
     Ownership(#[from] OwnershipError),
 }
 
-/// The archived objects of one run.
+/// The archived objects of one run: the upper part of the ownership graph, held, and the rest
+/// streamed from the archive (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Inventory {
     /// The archive's identity (SHA-256 of its manifest), written into [`STAMP_ANNOTATION`].
-    pub archive_id: String,
-    /// Every archived object, whole ([`Inventory::from_archive`]); from
-    /// [`Inventory::for_rollback`], only a stub made from the verified index (kind, name,
-    /// namespace and uid, no spec) for each object of the graph whose entry could not be read —
-    /// the others' bodies are kept packed (see [`Inventory::body`]).
-    pub objects: BTreeMap<ObjectKey, Value>,
-    /// Who owns whom: among every object ([`Inventory::from_archive`]), or among the upper part
-    /// ([`Inventory::for_rollback`]; see [`OwnershipGraph::build_upper`]).
-    pub graph: OwnershipGraph,
-    /// Objects whose archive entry could not be read, with why (only from
-    /// [`Inventory::for_rollback`]).
-    pub unreadable: BTreeMap<ObjectKey, String>,
+    archive_id: String,
+    /// Who owns whom among the held objects, with the whole archive's heights (see
+    /// [`OwnershipGraph::build_upper`]).
+    graph: OwnershipGraph,
+    /// Objects whose archive entry could not be read, with why ([`Inventory::for_rollback`]).
+    unreadable: BTreeMap<ObjectKey, String>,
     /// What the transforms need to know of the whole archive (see [`TransformContext::learn`]).
-    pub facts: TransformContext,
+    facts: TransformContext,
     /// Objects of the graph the control-plane restore skips (see [`Inventory::skipped_by_restore`]).
     skipped: BTreeSet<ObjectKey>,
     /// Objects of the graph that own a restored pod outside it.
     pod_owners: BTreeSet<ObjectKey>,
-    /// The bodies of the graph's objects from [`Inventory::for_rollback`], as archived: JSON
-    /// text is a fraction of the parsed tree's size, and rollback reads each once or twice.
+    /// The bodies of the graph's objects, as archived: JSON text is a fraction of the parsed
+    /// tree's size, and a run reads each once or twice.
     packed: BTreeMap<ObjectKey, Box<[u8]>>,
+    /// Stubs made from the verified index (kind, name, namespace and uid, no spec) of the graph's
+    /// objects whose entry could not be read.
+    graph_stubs: BTreeMap<ObjectKey, Value>,
     /// Stubs of unreadable objects outside the graph.
     stubs: BTreeMap<ObjectKey, Archived>,
     /// The read errors met building the inventory, as their messages: met again while
     /// streaming, they are known damage (whose stubs follow); any other error is new damage and
     /// stops the scan — skipping it would skip an object (a pod left marked).
     damage: BTreeSet<String>,
-    /// The archive the objects outside the graph stream from; `None` when the graph holds all.
-    rest: Option<PathBuf>,
+    /// How many objects outside the graph the archive holds, per (group, resource).
+    outside: BTreeMap<(String, String), u64>,
+    /// The archive the objects outside the graph stream from.
+    path: PathBuf,
     /// The identities that open its sealed entries, for the streamed scans.
     identities: Identities,
     /// How many objects the archive holds.
@@ -91,8 +107,9 @@ pub struct Inventory {
 pub struct Archived {
     /// Its key, type, uid and ownerReferences, from the verified index.
     pub record: ObjectRecord,
-    /// Its body: whole for an object of the graph; what rollback reads of one streamed past
-    /// ([`slim`]); a stub when its entry is unreadable; `Null` when the scan reads no bodies.
+    /// Its body: whole for an object of the graph or from [`Inventory::outside_of_kind`]; what
+    /// rollback reads of one streamed past by [`Inventory::scan`] ([`slim`]); a stub when its
+    /// entry is unreadable; `Null` when the scan reads no bodies.
     pub object: Value,
 }
 
@@ -125,6 +142,15 @@ pub enum Bodies {
     Yes,
 }
 
+/// What a damaged archive entry does to reading the inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    /// Refuses the archive.
+    Refuse,
+    /// Keeps a stub of the object, named in [`Inventory::unreadable`].
+    Tolerate,
+}
+
 /// Archived objects, a batch at a time (see [`Inventory::scan`]).
 pub struct Scan<'a> {
     items: Box<dyn Iterator<Item = Result<Archived, InventoryError>> + Send + 'a>,
@@ -147,74 +173,45 @@ impl Scan<'_> {
     }
 }
 
+/// Whether an indexed object is held whole: it owns something (its uid is among `owner_uids`),
+/// is a workload (what rollback may re-create), or belongs to a phase of the restore before
+/// the objects (CRDs, namespaces) or after them (admission policies) — few, and waited on.
+fn held(record: &kpromote_archive::IndexRecord, owner_uids: &HashSet<String>) -> bool {
+    record.uid.as_ref().is_some_and(|uid| owner_uids.contains(uid))
+        || kpromote_model::workload::is_controlled(&record.group, &record.resource)
+        || Phase::of(&ObjectKey::cluster(&record.group, &record.resource, "x")) != Phase::Objects
+}
+
 impl Inventory {
-    /// Builds the inventory of `objects`.
+    /// Reads a verified archive for a promote: as [`Inventory::for_rollback`], except that any
+    /// entry that cannot be read refuses the archive — promote acts only on what it can prove
+    /// unaltered, whole.
     ///
     /// # Errors
-    /// A malformed object or an ownership cycle.
-    pub fn new(archive_id: &str, objects: BTreeMap<ObjectKey, Value>) -> Result<Self, OwnershipError> {
-        let graph = OwnershipGraph::from_objects(objects.iter().map(|(k, v)| (k.clone(), v)))?;
-        let mut facts = TransformContext::new();
-        for object in objects.values() {
-            facts.learn(object);
-        }
-        let skipped = objects
-            .iter()
-            .filter(|(_, object)| restore_skip(object, &facts).is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        Ok(Self {
-            archive_id: archive_id.to_owned(),
-            len: objects.len(),
-            objects,
-            graph,
-            unreadable: BTreeMap::new(),
-            facts,
-            skipped,
-            pod_owners: BTreeSet::new(),
-            packed: BTreeMap::new(),
-            stubs: BTreeMap::new(),
-            damage: BTreeSet::new(),
-            rest: None,
-            identities: Identities::none(),
-        })
+    /// Archive errors (corruption, tampering, unsupported version), malformed objects,
+    /// [`InventoryError::Unverifiable`], [`InventoryError::Damaged`].
+    pub fn for_promote(path: &Path) -> Result<Self, InventoryError> {
+        Self::for_promote_with(path, &Identities::none())
     }
 
-    /// Reads every object of a verified kpromote archive (each entry's SHA-256 is checked as it
-    /// is read). A Velero tarball or an archive whose manifest cannot be anchored is refused:
-    /// promote and rollback act only on what they can prove unaltered. An archive with sealed
-    /// Secrets needs [`Inventory::from_archive_with`].
+    /// As [`Inventory::for_promote`], opening sealed Secrets with `identities` — checked
+    /// against the archive's recipients before any object is read, and kept for the streamed
+    /// scans.
     ///
     /// # Errors
-    /// Archive errors (corruption, tampering, unsupported version), malformed objects.
-    pub fn from_archive(path: &Path) -> Result<Self, InventoryError> {
-        Self::from_archive_with(path, &Identities::none())
-    }
-
-    /// As [`Inventory::from_archive`], opening sealed Secrets with `identities` — checked
-    /// against the archive's recipients before any object is read.
-    ///
-    /// # Errors
-    /// As [`Inventory::from_archive`]; [`kpromote_archive::SealError`] (inside
+    /// As [`Inventory::for_promote`]; [`kpromote_archive::SealError`] (inside
     /// [`InventoryError::Archive`]) when the archive is sealed and no identity fits.
-    pub fn from_archive_with(path: &Path, identities: &Identities) -> Result<Self, InventoryError> {
-        let (reader, archive_id) = open_verified(path, identities)?;
-        let mut objects = BTreeMap::new();
-        for object in reader.objects()? {
-            let object = object?;
-            let value = object.value()?;
-            objects.insert(object.record.key(), value);
-        }
-        Ok(Self::new(&archive_id, objects)?)
+    pub fn for_promote_with(path: &Path, identities: &Identities) -> Result<Self, InventoryError> {
+        Self::read(path, identities, Damage::Refuse)
     }
 
-    /// Reads a verified archive for a rollback, holding only what rollback may re-create — the
-    /// objects that own something and the workloads, whole, with the graph among them — and
-    /// what it must know of the whole archive; every other object streams past again when a
-    /// step needs it ([`Inventory::scan`]). Three passes over the verified index (who is an
-    /// owner; the owners' records; the others' references, for heights), two over the bodies
-    /// (the archive facts; the owners' bodies, what the restore skipped, which owners have a
-    /// restored pod).
+    /// Reads a verified archive (each entry's SHA-256 is checked as it is read), holding only
+    /// the upper part of its ownership graph (see the [module docs](self)) and what a run must
+    /// know of the whole archive. Three passes over the verified index (who is an owner; the
+    /// held objects' records; the others' references, for heights), two over the bodies (the
+    /// archive facts; the held objects' bodies, what the restore skips, which owners have a
+    /// restored pod). A Velero tarball or an archive whose manifest cannot be anchored is
+    /// refused.
     ///
     /// One damaged entry must not block a rollback: a damaged one (checksum, size, undecodable
     /// frame) is kept as a stub made from its index record — verified through the manifest, it
@@ -223,7 +220,7 @@ impl Inventory {
     /// owner, and reports it.
     ///
     /// # Errors
-    /// As [`Inventory::from_archive`], except damage confined to entries.
+    /// As [`Inventory::for_promote`], except damage confined to entries.
     pub fn for_rollback(path: &Path) -> Result<Self, InventoryError> {
         Self::for_rollback_with(path, &Identities::none())
     }
@@ -232,8 +229,12 @@ impl Inventory {
     /// anything is read, and kept for the streamed scans).
     ///
     /// # Errors
-    /// As [`Inventory::from_archive_with`], except damage confined to entries.
+    /// As [`Inventory::for_promote_with`], except damage confined to entries.
     pub fn for_rollback_with(path: &Path, identities: &Identities) -> Result<Self, InventoryError> {
+        Self::read(path, identities, Damage::Tolerate)
+    }
+
+    fn read(path: &Path, identities: &Identities, damage: Damage) -> Result<Self, InventoryError> {
         let (reader, archive_id) = open_verified(path, identities)?;
         let mut owner_uids: HashSet<String> = HashSet::new();
         let mut len = 0;
@@ -242,24 +243,22 @@ impl Inventory {
             len += 1;
             owner_uids.extend(record.owner_references.into_iter().map(|r| r.uid));
         }
-        let in_upper = |record: &kpromote_archive::IndexRecord| {
-            record.uid.as_ref().is_some_and(|uid| owner_uids.contains(uid))
-                || kpromote_model::workload::is_controlled(&record.group, &record.resource)
-        };
         let mut upper = Vec::new();
         for record in reader.records()? {
             let record = record?;
-            if in_upper(&record) {
+            if held(&record, &owner_uids) {
                 upper.push(object_record(&record));
             }
         }
         let mut failed = None;
-        let outside = reader
+        let mut outside: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let streamed = reader
             .records()?
             .map_while(|r| r.map_err(|e| failed = Some(e)).ok())
-            .filter(|r| !in_upper(r))
+            .filter(|r| !held(r, &owner_uids))
+            .inspect(|r| *outside.entry((r.group.clone(), r.resource.clone())).or_default() += 1)
             .map(|r| object_record(&r));
-        let graph = OwnershipGraph::build_upper(upper, outside)?;
+        let graph = OwnershipGraph::build_upper(upper, streamed)?;
         if let Some(e) = failed {
             return Err(e.into());
         }
@@ -273,7 +272,6 @@ impl Inventory {
                 facts.learn(&value);
             }
         }
-        let mut objects = BTreeMap::new();
         let mut packed = BTreeMap::new();
         let mut read = 0;
         let mut skipped = BTreeSet::new();
@@ -293,9 +291,11 @@ impl Inventory {
                         pod_owners.extend(graph.owners_of(&record).cloned());
                     }
                 }
+                Err(e) if damage == Damage::Refuse => return Err(e.into()),
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        let mut graph_stubs = BTreeMap::new();
         let mut stubs = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         if read < len {
@@ -327,7 +327,7 @@ impl Inventory {
                     object: stub(&record),
                 };
                 if graph.contains(&key) {
-                    objects.insert(key.clone(), archived.object);
+                    graph_stubs.insert(key.clone(), archived.object);
                 } else {
                     // Whether it ran is unknown: its owners count as owning a restored pod.
                     if key.is("", "pods") {
@@ -337,22 +337,178 @@ impl Inventory {
                 }
                 unreadable.insert(key, why);
             }
+            if damage == Damage::Refuse
+                && let Some((key, why)) = unreadable.first_key_value()
+            {
+                return Err(InventoryError::Damaged {
+                    path: path.to_owned(),
+                    count: unreadable.len(),
+                    first: format!("{key}: {why}"),
+                });
+            }
         }
         Ok(Self {
             archive_id,
-            objects,
             graph,
             unreadable,
             facts,
             skipped,
             pod_owners,
             packed,
+            graph_stubs,
             stubs,
             damage: problems.into_iter().collect(),
-            rest: Some(path.to_owned()),
+            outside,
+            path: path.to_owned(),
             identities: identities.clone(),
             len,
         })
+    }
+
+    /// The archive's identity (SHA-256 of its manifest), written into [`STAMP_ANNOTATION`].
+    #[must_use]
+    pub fn archive_id(&self) -> &str {
+        &self.archive_id
+    }
+
+    /// Who owns whom among the held objects (the upper part of the graph, with the whole
+    /// archive's heights; see [`OwnershipGraph::build_upper`]).
+    #[must_use]
+    pub fn graph(&self) -> &OwnershipGraph {
+        &self.graph
+    }
+
+    /// Objects whose archive entry could not be read, with why (only from
+    /// [`Inventory::for_rollback`]; [`Inventory::for_promote`] refuses such an archive).
+    #[must_use]
+    pub fn unreadable(&self) -> &BTreeMap<ObjectKey, String> {
+        &self.unreadable
+    }
+
+    /// What the transforms need to know of the whole archive (see [`TransformContext::learn`]).
+    #[must_use]
+    pub fn facts(&self) -> &TransformContext {
+        &self.facts
+    }
+
+    /// The context for promote's transforms: the archive facts, and every held object the
+    /// restore creates as pending. Only held objects can be named by an ownerReference (an
+    /// owner is held), so only their UIDs are tracked.
+    #[must_use]
+    pub fn control_plane_context(&self) -> TransformContext {
+        let mut ctx = self.facts.facts();
+        for record in self.graph.keys().filter_map(|k| self.graph.record(k)) {
+            if let Some(uid) = &record.uid
+                && !self.skipped.contains(&record.key)
+            {
+                ctx.add_pending(uid);
+            }
+        }
+        ctx
+    }
+
+    /// Whether the control-plane restore creates (or merges) `archived`, an object of this
+    /// inventory with its whole body.
+    #[must_use]
+    pub fn restores(&self, archived: &Archived) -> bool {
+        if self.graph.contains(archived.key()) {
+            !self.skipped.contains(archived.key())
+        } else {
+            restore_skip(&archived.object, &self.facts).is_none()
+        }
+    }
+
+    /// The restore plan of the whole archive (promote): the held objects level by level, and
+    /// for each tier of the objects outside the graph — who own nothing, so are of height 0 —
+    /// a level of height 0 that [`Inventory::outside_in`] fills as the restore streams them.
+    #[must_use]
+    pub fn restore_plan(&self) -> RestorePlan {
+        let mut plan = RestorePlan::build(&self.graph);
+        let tiers: BTreeSet<Tier> = self.outside.keys().map(|(g, r)| tier_of(g, r)).collect();
+        for tier in tiers {
+            let present = plan
+                .levels
+                .iter()
+                .any(|l| l.phase == Phase::Objects && l.height == 0 && l.tier == tier);
+            if !present {
+                plan.levels.push(Level {
+                    phase: Phase::Objects,
+                    height: 0,
+                    tier,
+                    objects: Vec::new(),
+                    wait_after: None,
+                });
+            }
+        }
+        // Stable: the wait points stay on the last level of their phases.
+        plan.levels
+            .sort_by(|a, b| (a.phase, a.height, &a.tier).cmp(&(b.phase, b.height, &b.tier)));
+        plan
+    }
+
+    /// The kinds of the objects outside the graph that restore level `level` streams in (see
+    /// [`Inventory::restore_plan`]), as (group, resource) with how many objects each.
+    #[must_use]
+    pub fn outside_in(&self, level: &Level) -> Vec<(&str, &str, u64)> {
+        if level.phase != Phase::Objects || level.height != 0 {
+            return Vec::new();
+        }
+        self.outside
+            .iter()
+            .filter(|((g, r), _)| tier_of(g, r) == level.tier)
+            .map(|((g, r), n)| (g.as_str(), r.as_str(), *n))
+            .collect()
+    }
+
+    /// How many objects of (`group`, `resource`) the archive holds outside the graph.
+    #[must_use]
+    pub fn outside_count(&self, group: &str, resource: &str) -> u64 {
+        self.outside
+            .get(&(group.to_owned(), resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The objects of (`group`, `resource`) outside the graph, whole, in archive order, read
+    /// from that kind's part of the archive only — which must still be the one the inventory
+    /// was read from. Every entry must verify.
+    ///
+    /// # Errors
+    /// The archive cannot be opened again, or was replaced; an item is an error when an entry
+    /// cannot be read.
+    pub fn outside_of_kind(&self, group: &str, resource: &str) -> Result<Scan<'_>, InventoryError> {
+        let reader = self.reopen()?;
+        let graph = &self.graph;
+        let objects = reader.objects_of(resource, group)?.filter_map(move |object| {
+            let object = match object {
+                Ok(object) => object,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let record = object_record(&object.record);
+            if graph.contains(&record.key) {
+                return None;
+            }
+            Some(
+                object
+                    .value()
+                    .map(|object| Archived { record, object })
+                    .map_err(InventoryError::from),
+            )
+        });
+        Ok(Scan {
+            items: Box::new(objects),
+        })
+    }
+
+    /// The archive again, refused when it is no longer the one the inventory was read from.
+    fn reopen(&self) -> Result<kpromote_archive::ArchiveReader, InventoryError> {
+        let (reader, archive_id) = open_verified(&self.path, &self.identities)?;
+        if archive_id != self.archive_id {
+            return Err(InventoryError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        Ok(reader)
     }
 
     /// Object `key` of the graph, with its body.
@@ -364,7 +520,7 @@ impl Inventory {
     /// The body of `key`, an object of the graph (a stub when its entry is unreadable).
     #[must_use]
     pub fn body(&self, key: &ObjectKey) -> Option<std::borrow::Cow<'_, Value>> {
-        if let Some(object) = self.objects.get(key) {
+        if let Some(object) = self.graph_stubs.get(key) {
             return Some(std::borrow::Cow::Borrowed(object));
         }
         // Verified when read, and parsed then: it parses again.
@@ -428,15 +584,7 @@ impl Inventory {
     where
         F: Fn(&ObjectKey) -> bool + Clone + Send + 'a,
     {
-        let Some(path) = &self.rest else {
-            return Ok(Scan {
-                items: Box::new(std::iter::empty()),
-            });
-        };
-        let (reader, archive_id) = open_verified(path, &self.identities)?;
-        if archive_id != self.archive_id {
-            return Err(InventoryError::Replaced { path: path.clone() });
-        }
+        let reader = self.reopen()?;
         let graph = &self.graph;
         let outside = {
             let wanted = wanted.clone();
@@ -554,11 +702,11 @@ impl Inventory {
     pub fn skipped_by_restore(&self) -> &BTreeSet<ObjectKey> {
         &self.skipped
     }
+}
 
-    /// Archived pods of the graph (every one, from [`Inventory::from_archive`]).
-    pub fn pods(&self) -> impl Iterator<Item = (&ObjectKey, &Value)> {
-        self.objects.iter().filter(|(k, _)| k.is("", "pods"))
-    }
+/// The restore tier of objects of (`group`, `resource`).
+fn tier_of(group: &str, resource: &str) -> Tier {
+    Tier::of(&ObjectKey::cluster(group, resource, "x"))
 }
 
 /// Opens a kpromote archive whose manifest is anchored, and its identity. A Velero tarball or an
@@ -803,30 +951,53 @@ mod tests {
         all
     }
 
+    /// Every object of the archive at `path`, whole, read directly.
+    fn whole(path: &std::path::Path) -> BTreeMap<ObjectKey, Value> {
+        let reader = kpromote_archive::ArchiveReader::open(path).unwrap();
+        reader
+            .objects()
+            .unwrap()
+            .map(|o| {
+                let o = o.unwrap();
+                (o.record.key(), o.value().unwrap())
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_rollback_inventory_holds_the_owners_and_streams_the_rest_as_the_whole_one_has_it() {
+    fn the_inventory_holds_the_owners_and_streams_the_rest_as_the_archive_has_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = shop_archive(dir.path(), "2026-12-02T00:00:00Z");
-        let whole = Inventory::from_archive(&path).unwrap();
-        let lean = Inventory::for_rollback(&path).unwrap();
-        assert!(lean.unreadable.is_empty());
-        assert_eq!(lean.archive_id, whole.archive_id);
-        assert_eq!(lean.facts, whole.facts);
-        assert_eq!((lean.len(), whole.len()), (8, 8));
-        // Held: the owners and workloads, whole, planned with the whole archive's heights.
-        let held: Vec<String> = lean.graph.keys().map(ToString::to_string).collect();
-        assert_eq!(held, ["deployments.apps/shop/web", "replicasets.apps/shop/web-1"]);
-        for key in lean.graph.keys() {
-            assert_eq!(lean.graph.record(key), whole.graph.record(key), "{key}");
-            assert_eq!(lean.graph.height(key), whole.graph.height(key), "{key}");
-            assert_eq!(lean.body(key).unwrap().as_ref(), &whole.objects[key], "{key}");
-        }
-        assert!(lean.objects.is_empty());
-        assert_eq!(lean.detach_plan(), whole.detach_plan());
-        let skipped_held: BTreeSet<ObjectKey> = whole
-            .skipped_by_restore()
+        let whole = whole(&path);
+        let whole_graph = OwnershipGraph::from_objects(whole.iter().map(|(k, v)| (k.clone(), v))).unwrap();
+        let mut facts = TransformContext::new();
+        whole.values().for_each(|o| facts.learn(o));
+        let whole_skipped: BTreeSet<ObjectKey> = whole
             .iter()
-            .filter(|k| lean.graph.contains(k))
+            .filter(|(_, o)| restore_skip(o, &facts).is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let lean = Inventory::for_rollback(&path).unwrap();
+        let promoted = Inventory::for_promote(&path).unwrap();
+        assert!(lean.unreadable().is_empty());
+        assert_eq!(lean.archive_id(), promoted.archive_id());
+        assert_eq!(lean.facts(), &facts);
+        assert_eq!(lean.len(), 8);
+        // Held: the owners and workloads, whole, planned with the whole archive's heights.
+        let held: Vec<String> = lean.graph().keys().map(ToString::to_string).collect();
+        assert_eq!(held, ["deployments.apps/shop/web", "replicasets.apps/shop/web-1"]);
+        for key in lean.graph().keys() {
+            assert_eq!(lean.graph().record(key), whole_graph.record(key), "{key}");
+            assert_eq!(lean.graph().height(key), whole_graph.height(key), "{key}");
+            assert_eq!(lean.body(key).unwrap().as_ref(), &whole[key], "{key}");
+        }
+        assert_eq!(
+            lean.detach_plan(),
+            DetachPlan::build(&whole_graph, &whole_skipped)
+        );
+        let skipped_held: BTreeSet<ObjectKey> = whole_skipped
+            .iter()
+            .filter(|k| lean.graph().contains(k))
             .cloned()
             .collect();
         assert_eq!(lean.skipped_by_restore(), &skipped_held);
@@ -834,33 +1005,42 @@ mod tests {
             ObjectKey::namespaced("apps", "replicasets", "shop", "web-1"),
             ObjectKey::namespaced("apps", "deployments", "shop", "web"),
         ]);
-        let dependents = |inv: &Inventory| {
-            let mut pairs: Vec<(ObjectRecord, ObjectKey)> =
-                inv.dependents_of(&owners).unwrap().map(Result::unwrap).collect();
-            pairs.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-            pairs
-        };
-        let (lean_dependents, whole_dependents) = (dependents(&lean), dependents(&whole));
+        let mut dependents: Vec<(ObjectKey, ObjectKey)> = lean
+            .dependents_of(&owners)
+            .unwrap()
+            .map(|pair| {
+                let (record, owner) = pair.unwrap();
+                (record.key, owner)
+            })
+            .collect();
+        dependents.sort();
+        let mut expected: Vec<(ObjectKey, ObjectKey)> = owners
+            .iter()
+            .flat_map(|o| whole_graph.dependents(o).map(|d| (d.clone(), o.clone())))
+            .collect();
+        expected.sort();
         // The two pods (streamed) and the ReplicaSet (of the graph).
-        assert_eq!(lean_dependents.len(), 3);
-        assert_eq!(lean_dependents, whole_dependents);
-        // Streamed: every object, with the record the whole inventory has; bodies whole for the
-        // held ones, what rollback reads for the others.
-        let (lean_all, whole_all) = (all(&lean, Bodies::Yes), all(&whole, Bodies::Yes));
+        assert_eq!(dependents.len(), 3);
+        assert_eq!(dependents, expected);
+        // Streamed: every object, with the record the index has; bodies whole for the held
+        // ones, what rollback reads for the others.
+        let lean_all = all(&lean, Bodies::Yes);
         assert_eq!(lean_all.len(), 8);
         let keys_only: Vec<ObjectKey> = all(&lean, Bodies::No).iter().map(|a| a.key().clone()).collect();
-        assert_eq!(
-            keys_only,
-            lean_all.iter().map(|a| a.key().clone()).collect::<Vec<_>>()
-        );
-        for (lean_one, whole_one) in lean_all.iter().zip(&whole_all) {
+        assert_eq!(keys_only, whole.keys().cloned().collect::<Vec<_>>());
+        for lean_one in &lean_all {
             let key = lean_one.key();
-            assert_eq!(lean_one.record, whole_one.record, "{key}");
-            if lean.graph.contains(key) {
-                assert_eq!(lean_one.object, whole_one.object, "{key}");
+            let full = &whole[key];
+            assert_eq!(
+                lean_one.record,
+                ObjectRecord::from_object(key.clone(), full).unwrap(),
+                "{key}"
+            );
+            if lean.graph().contains(key) {
+                assert_eq!(&lean_one.object, full, "{key}");
                 continue;
             }
-            let (object, full) = (&lean_one.object, &whole_one.object);
+            let object = &lean_one.object;
             assert_eq!(object, &slim(full), "{key}");
             assert!(object.get("spec").is_none() && object.get("status").is_none());
             let live = json!({ "metadata": { "labels": { "kosmos-io/pod": "true", "kosmos-io/synced": "true" },
@@ -875,22 +1055,67 @@ mod tests {
                 full.pointer("/metadata/finalizers")
             );
         }
-        let pod = |all: &[Archived]| {
-            let key = ObjectKey::namespaced("", "pods", "shop", "web-1-a");
-            let found = all.iter().find(|a| a.key() == &key).unwrap();
-            serde_json::to_vec(&found.object).unwrap().len()
-        };
-        assert!(
-            pod(&lean_all) * 5 < pod(&whole_all),
-            "{} vs {}",
-            pod(&lean_all),
-            pod(&whole_all)
-        );
-        // Only the objects of the graph, once more, for the rest.
+        let pod = ObjectKey::namespaced("", "pods", "shop", "web-1-a");
+        let slim_pod = &lean_all.iter().find(|a| a.key() == &pod).unwrap().object;
+        let size = |v: &Value| serde_json::to_vec(v).unwrap().len();
+        assert!(size(slim_pod) * 5 < size(&whole[&pod]));
+        // Only the objects outside the graph, once more, for the rest.
         let mut rest = lean.rest(|k| k.is("", "pods"), Bodies::No).unwrap();
         let pods = rest.next_batch(10).unwrap().unwrap();
         assert_eq!(pods.len(), 2);
         assert!(rest.next_batch(10).unwrap().is_none());
+        // Whole, kind by kind, for promote; the completed pod and the token secret are not
+        // restored.
+        let mut pods = promoted.outside_of_kind("", "pods").unwrap();
+        let pods = pods.next_batch(10).unwrap().unwrap();
+        for archived in &pods {
+            assert_eq!(&archived.object, &whole[archived.key()]);
+            assert_eq!(
+                promoted.restores(archived),
+                !whole_skipped.contains(archived.key())
+            );
+        }
+        assert_eq!(pods.iter().filter(|p| promoted.restores(p)).count(), 1);
+    }
+
+    #[test]
+    fn the_restore_plan_streams_in_what_the_whole_plan_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = shop_archive(dir.path(), "2026-12-02T00:00:00Z");
+        let whole = whole(&path);
+        let whole_graph = OwnershipGraph::from_objects(whole.iter().map(|(k, v)| (k.clone(), v))).unwrap();
+        let inv = Inventory::for_promote(&path).unwrap();
+        let expected = RestorePlan::build(&whole_graph);
+        let plan = inv.restore_plan();
+        let levels = |plan: &RestorePlan, streamed: bool| -> Vec<(Phase, usize, Tier, BTreeSet<ObjectKey>)> {
+            plan.levels
+                .iter()
+                .map(|level| {
+                    let mut objects: BTreeSet<ObjectKey> = level.objects.iter().cloned().collect();
+                    let outside = if streamed {
+                        inv.outside_in(level)
+                    } else {
+                        Vec::new()
+                    };
+                    for (group, resource, n) in outside {
+                        let mut scan = inv.outside_of_kind(group, resource).unwrap();
+                        let batch = scan.next_batch(100).unwrap().unwrap_or_default();
+                        assert_eq!(batch.len() as u64, n);
+                        objects.extend(batch.into_iter().map(|a| a.record.key));
+                    }
+                    (level.phase, level.height, level.tier.clone(), objects)
+                })
+                .collect()
+        };
+        assert_eq!(levels(&plan, true), levels(&expected, false));
+        let wait = |plan: &RestorePlan| plan.levels.iter().map(|l| l.wait_after).collect::<Vec<_>>();
+        assert_eq!(wait(&plan), wait(&expected));
+        // Only the owners' UIDs are tracked; the archive facts are the whole archive's.
+        let ctx = inv.control_plane_context();
+        assert!(ctx.is_pending("rs-uid") && ctx.is_pending("dep-uid"));
+        assert!(!ctx.is_pending("cfg-uid"));
+        let all: Vec<&Value> = whole.values().collect();
+        assert_eq!(ctx.facts(), TransformContext::for_control_plane(all).facts());
     }
 
     #[test]

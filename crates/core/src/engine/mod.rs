@@ -24,7 +24,7 @@ pub mod promote;
 pub mod rollback;
 pub mod wait;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ impl<'a> Run<'a> {
 impl std::fmt::Debug for Run<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Run")
-            .field("archive", &self.inventory.archive_id)
+            .field("archive", &self.inventory.archive_id())
             .field("cluster_name", &self.cluster_name)
             .field("options", self.options)
             .finish_non_exhaustive()
@@ -145,27 +145,75 @@ impl Default for EngineOptions {
 /// Called with (step, items done, items total) as a run progresses.
 pub type ProgressFn = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
-/// What a run did, object by object.
+/// Objects one kind of action touched: how many, and the first [`Tally::SAMPLE`] of their names
+/// in key order. A run over a hundred thousand objects would otherwise hold (and print) every
+/// name; the journal beside the archive records each one.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    count: u64,
+    first: BTreeSet<String>,
+}
+
+impl Tally {
+    /// How many names a tally keeps.
+    pub const SAMPLE: usize = 200;
+
+    /// Counts `name`, keeping it if it is among the first [`Tally::SAMPLE`] in key order.
+    pub fn add(&mut self, name: String) {
+        self.count += 1;
+        if self.first.len() < Self::SAMPLE || self.first.last().is_some_and(|last| name < *last) {
+            self.first.insert(name);
+            if self.first.len() > Self::SAMPLE {
+                self.first.pop_last();
+            }
+        }
+    }
+
+    /// How many objects were counted.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether none was.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The names kept, in key order: every one when [`Tally::len`] is at most [`Tally::SAMPLE`].
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.first.iter().map(String::as_str)
+    }
+
+    /// Whether `name` is among the names kept.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.first.contains(name)
+    }
+}
+
+/// What a run did: per action, how many objects and the first of their names (see [`Tally`]).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
     /// Owners deleted from the member (orphan propagation).
-    pub detached: Vec<String>,
+    pub detached: Tally,
     /// Member pods marked Kosmos-managed.
-    pub marked: Vec<String>,
+    pub marked: Tally,
     /// Objects created in the target.
-    pub created: Vec<String>,
+    pub created: Tally,
     /// Objects that already existed in the target and were left as they were.
-    pub existed: Vec<String>,
+    pub existed: Tally,
     /// Objects merged into the target's own (the `default` ServiceAccount).
-    pub merged: Vec<String>,
+    pub merged: Tally,
     /// Objects not restored, with the reason.
     pub skipped: BTreeMap<String, String>,
     /// Dependents whose ownerReferences were pointed at their re-created owners.
-    pub adopted: Vec<String>,
+    pub adopted: Tally,
     /// Member pods whose Kosmos marks were removed (rollback).
-    pub unmarked: Vec<String>,
+    pub unmarked: Tally,
     /// Objects removed from the control plane (rollback).
-    pub deleted: Vec<String>,
+    pub deleted: Tally,
     /// Things a user should know that did not stop the run.
     pub warnings: Vec<String>,
     /// API calls that failed transiently (throttled, server error, no answer) and were retried.
@@ -202,28 +250,11 @@ impl Report {
         notes
     }
 
-    /// The report a run's steps filled, in a stable order.
+    /// The report a run's steps filled.
     fn finish(report: Mutex<Self>) -> Self {
-        let mut report = report
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        report.sort();
         report
-    }
-
-    fn sort(&mut self) {
-        for list in [
-            &mut self.detached,
-            &mut self.marked,
-            &mut self.created,
-            &mut self.existed,
-            &mut self.merged,
-            &mut self.adopted,
-            &mut self.unmarked,
-            &mut self.deleted,
-        ] {
-            list.sort();
-        }
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -441,7 +472,7 @@ pub fn open_journal(
     direction: &str,
     inv: &Inventory,
 ) -> Result<SharedJournal, JournalError> {
-    let run = format!("{direction}:{}", inv.archive_id);
+    let run = format!("{direction}:{}", inv.archive_id());
     let path = journal_path(archive, direction);
     let journal = Journal::open(&path, &run)?;
     if direction == PROMOTE {
@@ -508,7 +539,7 @@ fn rollback_closed(archive: &std::path::Path, inv: &Inventory) -> Result<Option<
     let Some(records) = crate::journal::read(&path)? else {
         return Ok(None);
     };
-    if crate::journal::run_of(&records) != Some(format!("{ROLLBACK}:{}", inv.archive_id).as_str()) {
+    if crate::journal::run_of(&records) != Some(format!("{ROLLBACK}:{}", inv.archive_id()).as_str()) {
         return Ok(None);
     }
     Ok(records

@@ -2,11 +2,9 @@
 
 use std::sync::Mutex;
 
-use super::apply::Restorer;
+use super::apply::{Restorer, Scope};
 use super::detach::{TwinFactory, detach, mark_pods};
 use super::{EngineError, EngineOptions, Report, Run, SharedJournal, lock};
-use crate::plan::order::{DetachPlan, RestorePlan};
-use crate::plan::transform::TransformContext;
 
 /// Journal step of one object's restore in the control plane.
 pub const STEP_RESTORE: &str = "restore";
@@ -98,14 +96,21 @@ async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -
         options: opts,
         on_progress,
     } = *run;
-    let skipped = inv.skipped_by_restore();
-    let detach_plan = DetachPlan::build(&inv.graph, skipped);
     let twins = TwinFactory::new(inv, cluster_name);
-    detach(member, &twins, &detach_plan, journal, opts, report, on_progress).await?;
-    mark_pods(member, &twins, skipped, journal, opts, report, on_progress).await?;
+    detach(
+        member,
+        &twins,
+        &inv.detach_plan(),
+        journal,
+        opts,
+        report,
+        on_progress,
+    )
+    .await?;
+    mark_pods(member, &twins, journal, opts, report, on_progress).await?;
 
-    let plan = RestorePlan::build(&inv.graph);
-    let mut ctx = TransformContext::for_control_plane(inv.objects.values());
+    let plan = inv.restore_plan();
+    let mut ctx = inv.control_plane_context();
     // Owners an earlier attempt already created keep their UIDs.
     for record in lock(journal).records(STEP_RESTORE) {
         if let (Ok(key), Some(uid)) = (
@@ -117,5 +122,7 @@ async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -
         }
     }
     let restorer = Restorer::into_control_plane(control_plane, cluster_name, inv, journal, opts);
-    restorer.run(&plan, &mut ctx, report, on_progress).await
+    restorer
+        .run(&plan, Scope::Archive, &mut ctx, report, on_progress)
+        .await
 }

@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
-use super::apply::Restorer;
+use super::apply::{Restorer, Scope};
 use super::detach::detached_owners;
 use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
@@ -62,7 +62,7 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     let detach_plan = inv.detach_plan();
     let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
     // An owner whose entry is damaged cannot be re-created; everything else still can.
-    for (key, why) in &inv.unreadable {
+    for (key, why) in inv.unreadable() {
         if recreate.remove(key) {
             tracing::error!(object = %key, reason = %why, "archived owner unreadable; not re-created");
             lock(&report).unreadable.push(format!(
@@ -71,11 +71,13 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
             ));
         }
     }
-    let plan = RestorePlan::build_for(&inv.graph, recreate.iter())?;
-    let uids = inv.graph.keys().filter_map(|k| Some((k, inv.uid(k)?)));
-    let mut ctx = inv.facts.for_member_from(uids, &recreate);
+    let plan = RestorePlan::build_for(inv.graph(), recreate.iter())?;
+    let uids = inv.graph().keys().filter_map(|k| Some((k, inv.uid(k)?)));
+    let mut ctx = inv.facts().for_member_from(uids, &recreate);
     let restorer = Restorer::into_member(member, inv, journal, opts);
-    restorer.run(&plan, &mut ctx, &report, on_progress).await?;
+    restorer
+        .run(&plan, Scope::Planned, &mut ctx, &report, on_progress)
+        .await?;
 
     teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
     lock(&report).retried_calls = member.retried() + control_plane.retried();
@@ -161,7 +163,7 @@ async fn unmark_stamped_pods(
         let marked = member
             .list_kept(&api, &probe, Some(&selector), |pod| {
                 let live = serde_json::to_value(&pod).unwrap_or(Value::Null);
-                stamped_by(&live, &inv.archive_id).then_some(live)
+                stamped_by(&live, inv.archive_id()).then_some(live)
             })
             .await?;
         for (name, live) in marked {
@@ -170,7 +172,7 @@ async fn unmark_stamped_pods(
                 member.merge_patch(&api, &key, &patch).await?;
                 tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
                 let mut r = lock(report);
-                r.unmarked.push(key.to_string());
+                r.unmarked.add(key.to_string());
                 r.warnings.push(format!(
                     "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \
                      was not read); unmarked from its live state"
@@ -204,7 +206,7 @@ async fn unmark_archived_pods(
                     let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                     if let Some(patch) = unmark_patch(&archived.object, &live) {
                         member.merge_patch(&api, key, &patch).await?;
-                        lock(report).unmarked.push(name.clone());
+                        lock(report).unmarked.add(name.clone());
                     }
                 }
                 lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
@@ -231,7 +233,7 @@ struct Ours<'a> {
 
 impl Ours<'_> {
     fn stamped(&self, live: &Value) -> bool {
-        stamped_by(live, &self.inv.archive_id)
+        stamped_by(live, self.inv.archive_id())
     }
 
     /// Whether `live`, the control plane's object of `key`, is this promotion's copy;
@@ -330,7 +332,7 @@ async fn teardown(
     for ns in &namespaces {
         release_kosmos_copies(cp, ours, ns, report).await?;
     }
-    let plan = TeardownPlan::build(&inv.graph, &inv.graph.keys().cloned().collect())?;
+    let plan = TeardownPlan::build(inv.graph(), &inv.graph().keys().cloned().collect())?;
     let total = inv.len() as u64;
     let mut done = 0;
     let remove_all = |mut batch: Vec<Archived>, step: TeardownStep| {
@@ -391,62 +393,102 @@ async fn release_kosmos_copies(
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
     let cluster = ours.cluster_name;
-    // ConfigMaps are listed; Secrets are only ever read by name (the controller may not list
-    // them): the archived ones, and the token copy Kosmos makes.
+    // ConfigMaps are listed, keeping only the marked ones, a page at a time; Secrets are only
+    // ever read by name (the controller may not list them): the archived ones, a batch at a
+    // time as they stream from the archive, and the token copy Kosmos makes.
     let probe = ObjectKey::namespaced("", "configmaps", ns, "");
     let configmaps = cp.api(&probe, "v1", "ConfigMap");
-    let mut candidates: Vec<(ObjectKey, kube::api::DynamicObject)> = cp
-        .list_by_name(&configmaps, &probe)
-        .await?
-        .into_iter()
-        .map(|(name, object)| (ObjectKey::namespaced("", "configmaps", ns, &name), object))
-        .collect();
-    let mut secret_names = BTreeSet::from([KOSMOS_TOKEN_SECRET.to_owned()]);
+    let marked = cp
+        .list_kept(&configmaps, &probe, None, |object| {
+            KosmosMark::of(&object, cluster)
+        })
+        .await?;
+    for (name, mark) in marked {
+        let key = ObjectKey::namespaced("", "configmaps", ns, &name);
+        mark.release(cp, &key, cluster, report).await?;
+    }
+    let token = ObjectKey::namespaced("", "secrets", ns, KOSMOS_TOKEN_SECRET);
     let mut secrets = ours.inv.scan(
-        |k| k.is("", "secrets") && k.namespace.as_deref() == Some(ns),
+        |k| k.is("", "secrets") && k.namespace.as_deref() == Some(ns) && k.name != KOSMOS_TOKEN_SECRET,
         Bodies::No,
     )?;
-    while let Some(batch) = secrets.next_batch(LOOKUP_BATCH)? {
-        secret_names.extend(batch.into_iter().map(|a| a.record.key.name));
+    let mut batch = Some(vec![token]);
+    while let Some(keys) = batch {
+        futures::stream::iter(keys.iter().map(Ok::<_, EngineError>))
+            .try_for_each_concurrent(LOOKUP_CONCURRENCY, |key| async move {
+                let api = cp.api(key, "v1", "Secret");
+                if let Some(mark) = cp
+                    .get_opt(&api, key)
+                    .await?
+                    .and_then(|object| KosmosMark::of(&object, cluster))
+                {
+                    mark.release(cp, key, cluster, report).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        batch = secrets
+            .next_batch(LOOKUP_BATCH)?
+            .map(|b| b.into_iter().map(|a| a.record.key).collect());
     }
-    for name in secret_names {
-        let key = ObjectKey::namespaced("", "secrets", ns, &name);
-        let api = cp.api(&key, "v1", "Secret");
-        if let Some(object) = cp.get_opt(&api, &key).await? {
-            candidates.push((key, object));
-        }
-    }
-    for (key, object) in candidates {
+    Ok(())
+}
+
+/// How many Secrets [`release_kosmos_copies`] reads at once.
+const LOOKUP_CONCURRENCY: usize = 16;
+
+/// A control-plane ConfigMap or Secret Kosmos marked as copied to a member cluster: what
+/// releasing it needs of the live object.
+struct KosmosMark {
+    /// The [`kosmos::CLUSTER_OWNERS_ANNOTATION`] without the member.
+    remaining: String,
+    resource_version: Option<String>,
+}
+
+impl KosmosMark {
+    /// The mark of `object` naming member `cluster`, if it carries one.
+    fn of(object: &kube::api::DynamicObject, cluster: &str) -> Option<Self> {
         let owners = object
             .metadata
             .annotations
-            .as_ref()
-            .and_then(|a| a.get(kosmos::CLUSTER_OWNERS_ANNOTATION));
-        let Some(remaining) = owners.and_then(|o| kosmos::without_cluster_owner(o, cluster)) else {
-            continue;
-        };
+            .as_ref()?
+            .get(kosmos::CLUSTER_OWNERS_ANNOTATION)?;
+        Some(Self {
+            remaining: kosmos::without_cluster_owner(owners, cluster)?,
+            resource_version: object.metadata.resource_version.clone(),
+        })
+    }
+
+    /// Takes member `cluster` off `key`'s mark.
+    async fn release(
+        self,
+        cp: &LiveCluster,
+        key: &ObjectKey,
+        cluster: &str,
+        report: &Mutex<Report>,
+    ) -> Result<(), EngineError> {
         let kind = if key.resource == "secrets" {
             "Secret"
         } else {
             "ConfigMap"
         };
-        let api = cp.api(&key, "v1", kind);
-        let value = if remaining.is_empty() {
+        let api = cp.api(key, "v1", kind);
+        let value = if self.remaining.is_empty() {
             Value::Null
         } else {
-            Value::String(remaining)
+            Value::String(self.remaining)
         };
         let patch = json!({ "metadata": {
             "annotations": { kosmos::CLUSTER_OWNERS_ANNOTATION: value },
-            "resourceVersion": object.metadata.resource_version,
+            "resourceVersion": self.resource_version,
         } });
-        cp.merge_patch(&api, &key, &patch).await?;
+        cp.merge_patch(&api, key, &patch).await?;
         lock(report).warnings.push(format!(
             "{key}: Kosmos had marked it as copied to member {cluster}; the mark was removed so that \
              deleting it in the control plane does not delete the member's"
         ));
+        Ok(())
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -581,7 +623,7 @@ async fn remove(
         }
     }
     lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
-    lock(report).deleted.push(name);
+    lock(report).deleted.add(name);
     Ok(())
 }
 
@@ -687,18 +729,22 @@ async fn held_by_finalizers(
     for probe in types.values() {
         let api = probe.api(cp);
         let probe = probe.key();
-        let listed = match cp.list_by_name(&api, probe).await {
+        // Only the objects a finalizer holds are kept, a page at a time.
+        let listed = cp
+            .list_kept(&api, probe, None, |object| {
+                let finalizers = object.metadata.finalizers.unwrap_or_default();
+                (object.metadata.deletion_timestamp.is_some() && !finalizers.is_empty()).then_some(finalizers)
+            })
+            .await;
+        let listed = match listed {
             Ok(listed) => listed,
             // A type this process may not list (Secrets): named by the namespace's conditions.
             Err(super::LiveError::Refused { code: 403, .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        for (name, object) in listed {
-            let finalizers = object.metadata.finalizers.unwrap_or_default();
-            if object.metadata.deletion_timestamp.is_some() && !finalizers.is_empty() {
-                let key = ObjectKey::namespaced(&probe.group, &probe.resource, ns, &name);
-                held.push(format!("{key} ({})", finalizers.join(", ")));
-            }
+        for (name, finalizers) in listed {
+            let key = ObjectKey::namespaced(&probe.group, &probe.resource, ns, &name);
+            held.push(format!("{key} ({})", finalizers.join(", ")));
         }
     }
     Ok(held)

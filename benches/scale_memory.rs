@@ -1,0 +1,298 @@
+//! Peak memory of the real CLI against the size of one namespace (issue 20): `kpromote backup`,
+//! `kpromote promote` and `kpromote rollback`, each a process of its own under `/usr/bin/time`,
+//! on namespaces of the same composition at several sizes, against two real clusters
+//! (`tests/testenv/build.sh`). Flat means the largest size needs at most 1.5x the smallest's
+//! peak.
+//!
+//! `cargo bench --bench scale_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=2000,20000`; the
+//! Deployments: `KPROMOTE_BENCH_DEPLOYMENTS=10`, `KPROMOTE_BENCH_REPLICAS=2`).
+//!
+//! Each namespace is what a platform team's looks like: mostly ConfigMaps and Secrets of about
+//! 2 KiB each (Helm keeps a Secret per release revision), half and half, plus a few Deployments
+//! whose pods a fake kubelet runs. The objects are created directly through the member's API
+//! server by many concurrent POSTs. Every promote and rollback is checked for the promise: the
+//! member's pods keep their UIDs, restart counts and nodes, and no controller made a pod or a
+//! ReplicaSet in place of one (`support::apps::Snapshot`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kpromote_testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+mod common;
+use common::measured;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// About `len` bytes of text that varies from object to object, like real configuration.
+fn payload(i: usize, len: usize) -> String {
+    let mut seed = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut out = String::with_capacity(len + 32);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.push_str(&format!("setting.{}={:016x}\n", seed % 97, seed));
+    }
+    out
+}
+
+/// ConfigMap or Secret `i` of namespace `ns`, about 2 KiB.
+fn config_object(ns: &str, i: usize) -> (&'static str, Value) {
+    let name = format!("cfg-{i:06}");
+    let labels = json!({ "app": format!("app-{}", i % 10), "release": format!("r{}", i % 7) });
+    if i.is_multiple_of(2) {
+        (
+            "configmaps",
+            json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": name, "namespace": ns, "labels": labels },
+                "data": { "application.properties": payload(i, 1900) } }),
+        )
+    } else {
+        (
+            "secrets",
+            json!({ "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": { "name": name, "namespace": ns, "labels": labels },
+                "stringData": { "release": payload(i, 1400) } }),
+        )
+    }
+}
+
+/// Builds namespace `ns` of about `objects` objects in the member (see the module docs) and
+/// waits until the fake kubelet runs its pods.
+async fn build_namespace(
+    client: &Client,
+    kubelet: &FakeKubelet,
+    ns: &str,
+    objects: usize,
+    deployments: usize,
+    replicas: usize,
+) {
+    support::apps::create(
+        client,
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
+    )
+    .await;
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
+    for d in 0..deployments {
+        let app = format!("web-{d:02}");
+        let deployment = serde_json::from_value(json!({
+            "metadata": { "name": app },
+            "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": app } },
+                      "template": { "metadata": { "labels": { "app": app } },
+                                    "spec": { "containers": [{ "name": "main", "image": "nginx:1.25" }] } } } }))
+        .expect("deployment");
+        api.create(&PostParams::default(), &deployment)
+            .await
+            .expect("create deployment");
+    }
+    // The namespace's own ServiceAccount and root CA ConfigMap, and each Deployment's
+    // ReplicaSet and pods, count too.
+    let configs = objects.saturating_sub(2 + deployments * (2 + replicas));
+    let t = Instant::now();
+    let resource = |plural: &str, kind: &str| {
+        kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("", "v1", kind),
+            plural,
+        )
+    };
+    let (configmaps, secrets) = (resource("configmaps", "ConfigMap"), resource("secrets", "Secret"));
+    futures::stream::iter(0..configs)
+        .map(|i| {
+            let (plural, value) = config_object(ns, i);
+            let ar = if plural == "configmaps" {
+                &configmaps
+            } else {
+                &secrets
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+            async move {
+                let object: DynamicObject = serde_json::from_value(value).expect("object");
+                api.create(&PostParams::default(), &object).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(48)
+        .try_collect::<()>()
+        .await
+        .expect("create configuration");
+    eprintln!(
+        "{ns}: {configs} ConfigMaps and Secrets in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let want = deployments * replicas;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = pods.list(&ListParams::default()).await.expect("list").items.len();
+        if n >= want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n}/{want} pods after 10 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kubelet.start_pods(ns, "").await.expect("start pods");
+}
+
+/// The kpromote binary with the kubeconfig flags of both clusters.
+fn kpromote(subcommand: &str, member: &Cluster, cp: &Cluster) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kpromote"));
+    command
+        .arg(subcommand)
+        .arg("--member-kubeconfig")
+        .arg(member.kubeconfig_path())
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["--cluster-name", "member", "-o", "json"]);
+    command
+}
+
+/// The archive promote wrote in `dir`.
+fn archive_in(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .expect("backup dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "zst"))
+        .expect("an archive")
+}
+
+/// How many objects an archive holds (`kpromote archive`'s own count is not needed: the index).
+fn archived_objects(path: &Path) -> usize {
+    kpromote_archive::ArchiveReader::open(path)
+        .expect("archive")
+        .records()
+        .expect("index")
+        .count()
+}
+
+/// One size's figures: (peak MiB, seconds) of each command.
+struct Row {
+    objects: usize,
+    backup: (f64, f64),
+    promote: (f64, f64),
+    rollback: (f64, f64),
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("KPROMOTE_BENCH_OBJECTS")
+        .unwrap_or_else(|_| "2000,20000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("a number of objects"))
+        .collect();
+    let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 10);
+    let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 2);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let env = runtime
+        .block_on(TestEnv::start(&["control-plane", "member"]))
+        .expect("clusters");
+    let (member, cp) = (env.cluster("member"), env.cluster("control-plane"));
+    let member_client = runtime.block_on(member.client()).expect("client");
+    let cp_client = runtime.block_on(cp.client()).expect("client");
+    runtime
+        .block_on(register_virtual_node(&cp_client, "member"))
+        .expect("virtual node");
+    let kubelet = runtime
+        .block_on(FakeKubelet::register(&member_client, "member-node-1"))
+        .expect("kubelet");
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let ns = format!("scale-{n}");
+        runtime.block_on(build_namespace(
+            &member_client,
+            &kubelet,
+            &ns,
+            n,
+            deployments,
+            replicas,
+        ));
+        let before = runtime.block_on(support::apps::snapshot(&member_client, &ns));
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        let (backup_dir, promote_dir) = (dir.path().join("backup"), dir.path().join("promote"));
+        for dir in [&backup_dir, &promote_dir] {
+            std::fs::create_dir(dir).expect("directory");
+        }
+        let backup = measured(
+            Command::new(env!("CARGO_BIN_EXE_kpromote"))
+                .arg("backup")
+                .arg("--kubeconfig")
+                .arg(member.kubeconfig_path())
+                .args(["-n", &ns, "--cluster-name", "member", "--output-dir"])
+                .arg(&backup_dir),
+        );
+        let objects = archived_objects(&archive_in(&backup_dir));
+        eprintln!("{ns}: backup of {objects} objects: {backup:?}");
+
+        let promote = measured(
+            kpromote("promote", member, cp)
+                .args(["-n", &ns, "--backup-dir"])
+                .arg(&promote_dir),
+        );
+        eprintln!("{ns}: promote {promote:?}");
+        runtime.block_on(async {
+            let after = support::apps::snapshot(&member_client, &ns).await;
+            assert_eq!(after.pods, before.pods, "{ns}: the member's pods after promote");
+            support::apps::snapshot(&cp_client, &ns)
+                .await
+                .assert_promoted_from(&before, &ns);
+        });
+
+        let archive = archive_in(&promote_dir);
+        let rollback = measured(kpromote("rollback", member, cp).arg("--archive").arg(&archive));
+        eprintln!("{ns}: rollback {rollback:?}");
+        runtime.block_on(async {
+            support::apps::snapshot(&member_client, &ns)
+                .await
+                .assert_rolled_back_to(&before, &ns);
+        });
+        rows.push(Row {
+            objects,
+            backup,
+            promote,
+            rollback,
+        });
+    }
+    println!(
+        "\n{deployments} Deployments x {replicas} pods, the rest ConfigMaps and Secrets of about 2 KiB\n"
+    );
+    println!(
+        "| archived objects | `kpromote backup`: peak MiB, s | `kpromote promote`: peak MiB, s | `kpromote rollback`: peak MiB, s |"
+    );
+    println!("|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {:.0}, {:.1} | {:.0}, {:.1} | {:.0}, {:.1} |",
+            row.objects,
+            row.backup.0,
+            row.backup.1,
+            row.promote.0,
+            row.promote.1,
+            row.rollback.0,
+            row.rollback.1
+        );
+    }
+    if let [first, .., last] = rows.as_slice() {
+        let ratio = |f: fn(&Row) -> (f64, f64)| f(last).0 / f(first).0;
+        println!(
+            "\npeak from {} to {} objects: backup {:.2}x, promote {:.2}x, rollback {:.2}x (flat: at most 1.5x)",
+            first.objects,
+            last.objects,
+            ratio(|r| r.backup),
+            ratio(|r| r.promote),
+            ratio(|r| r.rollback)
+        );
+    }
+}

@@ -219,7 +219,10 @@ impl ArchiveSink for MultipartSink {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     // Leave nothing half done behind the error.
-                    let _ = upload.abort().await;
+                    if let Err(abort) = upload.abort().await {
+                        tracing::warn!(error = %s3::describe(&abort),
+                            "could not abort the multipart upload; a lifecycle rule reclaims its parts");
+                    }
                     Err(e)
                 }
             }
@@ -229,9 +232,13 @@ impl ArchiveSink for MultipartSink {
         let head = s3::block_on(async move { store.head(&path).await }).map_err(|e| self.error(&e))?;
         if head.size != written.compressed_bytes {
             let (store, path) = (Arc::clone(&self.store), self.url.path());
-            let _ = s3::block_on(async move { store.delete(&path).await });
+            let deleted = s3::block_on(async move { store.delete(&path).await });
+            let fate = match deleted {
+                Ok(()) => "the object was deleted".to_owned(),
+                Err(e) => format!("deleting it failed too ({}): delete it by hand", s3::describe(&e)),
+            };
             return Err(io::Error::other(format!(
-                "{}: the store holds {} bytes after the upload, {} were written; the object was deleted",
+                "{}: the store holds {} bytes after the upload, {} were written; {fate}",
                 self.url, head.size, written.compressed_bytes
             )));
         }

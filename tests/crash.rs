@@ -16,7 +16,7 @@ const CYCLES: &[(&str, &str)] = &[
     ("mark:1", "recreate:1"),
     ("restore:1:begun", "adopt:1"),
     ("restore:4", "teardown:1:begun"),
-    ("adopt:1", "teardown:3"),
+    ("adopt:1", "teardown:1"),
 ];
 
 fn kpromote(pair: &Pair, subcommand: &str, archive: &Path, failpoint: Option<&str>) -> std::process::Output {

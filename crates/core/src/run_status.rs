@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::engine::apply::STEP_ADOPT;
 use crate::engine::detach::{STEP_DETACH, STEP_MARK};
 use crate::engine::promote::STEP_RESTORE;
-use crate::engine::rollback::{STEP_RECREATE, STEP_TEARDOWN, STEP_UNMARK};
+use crate::engine::rollback::{STEP_RECREATE, STEP_TEARDOWN, STEP_UNMARK, goes_with_namespace};
 use crate::engine::{Bodies, Inventory, InventoryError, PROMOTE, ROLLBACK, journal_path};
 use crate::journal::{self, Record, State};
 use crate::plan::order::RestorePlan;
@@ -325,7 +325,22 @@ fn rollback_status(
         .cloned()
         .collect();
     let created = touched(STEP_RESTORE, true);
-    let teardown: Vec<ObjectKey> = keys(inv, move |k| created.contains(&k.to_string()))?;
+    // A namespace promote created goes whole: what goes with it has no teardown step of its own.
+    let namespaces: BTreeSet<String> = created
+        .iter()
+        .filter_map(|k| k.strip_prefix("namespaces/"))
+        .map(str::to_owned)
+        .collect();
+    let mut scan = inv.scan(move |k| created.contains(&k.to_string()), Bodies::Yes)?;
+    let mut teardown: Vec<ObjectKey> = Vec::new();
+    while let Some(batch) = scan.next_batch(1024)? {
+        teardown.extend(
+            batch
+                .into_iter()
+                .filter(|a| !goes_with_namespace(a, &namespaces))
+                .map(|a| a.record.key),
+        );
+    }
     Ok(DirectionStatus {
         journal,
         started: started(records),

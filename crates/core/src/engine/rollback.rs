@@ -369,7 +369,7 @@ async fn teardown(
 /// created held nothing before, and drift has shown nothing was added since (or was told to
 /// discard it). An object carrying finalizers is still removed on its own, so that the ones
 /// kpromote copied are taken off first.
-fn goes_with_namespace(archived: &Archived, namespaces: &BTreeSet<String>) -> bool {
+pub(crate) fn goes_with_namespace(archived: &Archived, namespaces: &BTreeSet<String>) -> bool {
     archived
         .key()
         .namespace

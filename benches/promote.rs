@@ -8,7 +8,12 @@
 //! `KPROMOTE_BENCH_SERIAL=0`, with the restore one object at a time. Rollback reads the archive
 //! as the CLI does (`Inventory::for_rollback`); the raw run comes last, so that nothing it
 //! prepared is in the phases' memory figures. Figures are printed as Markdown tables for
-//! `benches/RESULTS.md`.
+//! `benches/RESULTS.md`. Between the phases (untimed) it checks the promise: the control plane
+//! holds the same pods, ReplicaSets and revisions and none a controller made, and after rollback
+//! the member's pods are the very same (UIDs, restart counts) — so
+//! `KPROMOTE_BENCH_DEPLOYMENTS=1 KPROMOTE_BENCH_REPLICAS=3000 KPROMOTE_BENCH_SERIAL=0
+//! KPROMOTE_TESTENV_PROFILE=production cargo bench --bench promote` is the 3,000-replica
+//! Deployment detached and re-attached at production rate limits.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -388,6 +393,8 @@ fn main() {
         eprintln!("built {deployments}x{replicas} in {:.1}s", t.elapsed().as_secs_f64());
         let member = LiveCluster::new("member", member_client.clone());
         let cp = LiveCluster::new("control plane", cp_client.clone());
+        // The promise, checked untimed between the phases: no pod replaced or restarted.
+        let before = support::apps::snapshot(&member_client, "bench").await;
 
         // The end-to-end promote with its phases: the real backup, the inventory, detach + mark,
         // restore, then rollback; peak RSS of this process per phase (the clusters are other
@@ -414,6 +421,13 @@ fn main() {
         let timings = promote_timed(&member, &cp, &inv, &opts, dir.path(), "default").await;
         let promote_rss = peak_rss_mib();
         let objects = inv.len();
+        let promoted = support::apps::snapshot(&cp_client, "bench").await;
+        promoted.assert_promoted_from(&before, "bench promote");
+        assert_eq!(
+            support::apps::snapshot(&member_client, "bench").await.pods,
+            before.pods,
+            "bench promote: the member's pods are the same, not restarted"
+        );
         // Rollback reads the archive as the CLI and the controller do (streaming), with the
         // promote's inventory gone.
         drop(inv);
@@ -429,6 +443,10 @@ fn main() {
         let rollback_requests = both_between(&requests0, &both_requests(&member, &cp).await);
         let rollback_rss = peak_rss_mib();
         drop(lean);
+        support::apps::snapshot(&member_client, "bench")
+            .await
+            .assert_rolled_back_to(&before, "bench rollback");
+        eprintln!("zero restarts: {} pods kept their UIDs and restart counts through promote and rollback", before.pods.len());
         // The raw client last, so that what it prepares is not in the phases' memory figures.
         let (raw_n, raw_s, raw_requests) =
             raw_create(env.cluster("control-plane"), &cp, &backup.path, opts.concurrency).await;

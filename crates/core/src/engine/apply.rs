@@ -534,15 +534,14 @@ impl<'a> Restorer<'a> {
                 adoption_view,
             )
             .await?;
-            let results: Vec<Result<(), EngineError>> = futures::stream::iter(pairs)
+            let adoptions: Vec<_> = pairs
+                .into_iter()
                 .map(|(dependent, owner, refs)| {
                     let live = prefetched.remove(&dependent.key);
                     async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
                 })
-                .buffer_unordered(self.opts.concurrency)
-                .collect()
-                .await;
-            super::all_failures(STEP_ADOPT, results.into_iter().filter_map(Result::err).collect())?;
+                .collect();
+            super::every(STEP_ADOPT, adoptions, self.opts.concurrency).await?;
         }
     }
 

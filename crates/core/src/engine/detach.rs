@@ -18,7 +18,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
-use futures::{StreamExt, TryStreamExt};
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
@@ -62,11 +61,12 @@ pub async fn detach(
     let mut deleted: BTreeSet<&ObjectKey> = BTreeSet::new();
     let mut deleted_uids: HashSet<String> = HashSet::new();
     for level in &plan.levels {
-        futures::stream::iter(level.objects.iter().map(Ok::<_, EngineError>))
-            .try_for_each_concurrent(opts.concurrency, |key| async move {
-                delete_owner(member, inv, key, journal).await
-            })
-            .await?;
+        let deletes = level
+            .objects
+            .iter()
+            .map(|key| delete_owner(member, inv, key, journal))
+            .collect();
+        super::every(STEP_DETACH, deletes, opts.concurrency).await?;
         lock(journal).sync()?;
         deleted.extend(level.objects.iter());
         deleted_uids.extend(level.objects.iter().filter_map(|k| inv.uid(k)).map(str::to_owned));
@@ -301,11 +301,7 @@ async fn orphan_dependents(
                 }
             })
             .collect();
-        let results: Vec<Result<(), EngineError>> = futures::stream::iter(patches)
-            .buffer_unordered(opts.concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<(), _>>()?;
+        super::every(STEP_MARK, patches, opts.concurrency).await?;
         lock(journal).sync()?;
     }
     Ok(())
@@ -476,11 +472,7 @@ async fn mark_batch(
             }
         })
         .collect();
-    let results: Vec<Result<(), EngineError>> = futures::stream::iter(marks)
-        .buffer_unordered(opts.concurrency)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<(), _>>()?;
+    super::every(STEP_MARK, marks, opts.concurrency).await?;
     lock(journal).sync()?;
     Ok(())
 }

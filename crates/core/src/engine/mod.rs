@@ -394,6 +394,24 @@ pub fn all_failures(step: &str, mut errors: Vec<EngineError>) -> Result<(), Engi
     }
 }
 
+/// Runs `steps` (one future per object, made before streaming them — see `Restorer::run`) at
+/// most `concurrency` at once, each to its end, then reports every failure through
+/// [`all_failures`]: a failure does not cancel its neighbours half done, nor hide theirs.
+///
+/// # Errors
+/// As [`all_failures`].
+pub(crate) async fn every<F>(step: &str, steps: Vec<F>, concurrency: usize) -> Result<(), EngineError>
+where
+    F: std::future::Future<Output = Result<(), EngineError>>,
+{
+    use futures::StreamExt;
+    let results: Vec<Result<(), EngineError>> = futures::stream::iter(steps)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    all_failures(step, results.into_iter().filter_map(Result::err).collect())
+}
+
 impl EngineError {
     /// Whether running the step again may succeed: the cluster did not answer or was
     /// overloaded past one call's retries, or a wait on its controllers ran out.

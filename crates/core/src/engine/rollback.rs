@@ -128,6 +128,10 @@ async fn check_drift(
 /// every member pod of the archive's namespaces that still carries the Kosmos mark and this
 /// archive's stamp: a pod left marked is deleted by Kosmos with its control-plane twin, so what
 /// the archive names is not trusted to be all. A scan that cannot be read stops the step.
+///
+/// The member's pods are read by one paged LIST per namespace, keeping only the pods that carry
+/// a mark (a few fields each), not by a GET per archived pod; each patch carries the listed UID
+/// as its precondition, so a pod replaced since is never touched.
 async fn unmark_member_pods(
     member: &LiveCluster,
     inv: &Inventory,
@@ -135,86 +139,119 @@ async fn unmark_member_pods(
     opts: &EngineOptions,
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
-    unmark_archived_pods(member, inv, journal, opts, report).await?;
-    unmark_stamped_pods(member, inv, report).await
-}
-
-/// The member pods of the archive's namespaces still marked by this promotion (see
-/// [`unmark_member_pods`]), unmarked as if their archived copies held no mark: promote marked
-/// them, and only pods Kosmos itself made carry its label otherwise.
-async fn unmark_stamped_pods(
-    member: &LiveCluster,
-    inv: &Inventory,
-    report: &Mutex<Report>,
-) -> Result<(), EngineError> {
-    let mut namespaces = BTreeSet::new();
-    let mut scan = inv.scan(|k| k.is("", "pods"), Bodies::No)?;
-    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
-        namespaces.extend(batch.into_iter().filter_map(|a| a.record.key.namespace));
-    }
-    let selector = format!(
-        "{}={}",
-        kpromote_model::kosmos::POD_LABEL,
-        kpromote_model::kosmos::POD_LABEL_VALUE
-    );
-    for ns in namespaces {
-        let probe = ObjectKey::namespaced("", "pods", &ns, "");
-        let api = member.api(&probe, "v1", "Pod");
-        let marked = member
-            .list_kept(&api, &probe, Some(&selector), |pod| {
-                let live = serde_json::to_value(&pod).unwrap_or(Value::Null);
-                stamped_by(&live, inv.archive_id()).then_some(live)
+    let mut marked = marked_member_pods(member, inv).await?;
+    let mut pods = inv.scan(|k| k.is("", "pods"), Bodies::Yes)?;
+    while let Some(batch) = pods.next_batch(LOOKUP_BATCH)? {
+        // The futures are made before streaming them (see `Restorer::run`).
+        let unmarks: Vec<_> = batch
+            .iter()
+            .map(|archived| {
+                let live = marked.remove(archived.key());
+                async move {
+                    let name = archived.key().to_string();
+                    if lock(journal).is_done(STEP_UNMARK, &name) {
+                        return Ok(());
+                    }
+                    if let Some(live) = live.filter(|live| uid_of(live) == archived.uid()) {
+                        unmark(member, archived.key(), &archived.object, &live, report).await?;
+                    }
+                    lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
+                    Ok(())
+                }
             })
-            .await?;
-        for (name, live) in marked {
-            let key = ObjectKey::namespaced("", "pods", &ns, &name);
-            if let Some(patch) = unmark_patch(&json!({}), &live) {
-                member.merge_patch(&api, &key, &patch).await?;
-                tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
-                let mut r = lock(report);
-                r.unmarked.add(key.to_string());
-                r.warnings.push(format!(
-                    "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \
-                     was not read); unmarked from its live state"
-                ));
-            }
+            .collect();
+        super::every(STEP_UNMARK, unmarks, opts.concurrency).await?;
+    }
+    // What no archived pod accounted for: still marked by this promotion, its entry unread.
+    for (key, live) in marked {
+        let labelled = live
+            .pointer(&format!(
+                "/metadata/labels/{}",
+                kosmos::POD_LABEL.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            == Some(kosmos::POD_LABEL_VALUE);
+        if labelled
+            && stamped_by(&live, inv.archive_id())
+            && unmark(member, &key, &json!({}), &live, report).await?
+        {
+            tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
+            lock(report).warnings.push(format!(
+                "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \
+                 was not read); unmarked from its live state"
+            ));
         }
     }
     Ok(())
 }
 
-/// Unmarks the member's archived pods, a batch at a time as they stream from the archive.
-async fn unmark_archived_pods(
+/// The member pods of the archive's namespaces that carry any mark promote sets (the Kosmos
+/// labels or a stamp), each as its UID and those fields only: one paged LIST per namespace.
+async fn marked_member_pods(
     member: &LiveCluster,
     inv: &Inventory,
-    journal: &SharedJournal,
-    opts: &EngineOptions,
-    report: &Mutex<Report>,
-) -> Result<(), EngineError> {
-    let mut pods = inv.scan(|k| k.is("", "pods"), Bodies::Yes)?;
-    while let Some(batch) = pods.next_batch(LOOKUP_BATCH)? {
-        futures::stream::iter(batch.iter().map(Ok::<_, EngineError>))
-            .try_for_each_concurrent(opts.concurrency, |archived| async move {
-                let (key, name) = (archived.key(), archived.key().to_string());
-                if lock(journal).is_done(STEP_UNMARK, &name) {
-                    return Ok(());
-                }
-                let api = archived.api(member);
-                if let Some(live) = member.get_opt(&api, key).await?
-                    && live.metadata.uid.as_deref() == archived.uid()
-                {
-                    let live = serde_json::to_value(&live).unwrap_or(Value::Null);
-                    if let Some(patch) = unmark_patch(&archived.object, &live) {
-                        member.merge_patch(&api, key, &patch).await?;
-                        lock(report).unmarked.add(name.clone());
-                    }
-                }
-                lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
-                Ok(())
-            })
-            .await?;
+) -> Result<std::collections::HashMap<ObjectKey, Value>, EngineError> {
+    let mut namespaces = BTreeSet::new();
+    let mut scan = inv.scan(|k| k.is("", "pods"), Bodies::No)?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        namespaces.extend(batch.into_iter().filter_map(|a| a.record.key.namespace));
     }
-    Ok(())
+    let mut marked = std::collections::HashMap::new();
+    for ns in namespaces {
+        let probe = ObjectKey::namespaced("", "pods", &ns, "");
+        let api = member.api(&probe, "v1", "Pod");
+        let listed = member.list_kept(&api, &probe, None, mark_view).await?;
+        marked.extend(
+            listed
+                .into_iter()
+                .map(|(name, view)| (ObjectKey::namespaced("", "pods", &ns, &name), view)),
+        );
+    }
+    Ok(marked)
+}
+
+/// A listed pod's UID and the marks [`unmark_patch`] reads, if it carries any.
+fn mark_view(pod: kube::api::DynamicObject) -> Option<Value> {
+    let meta = pod.metadata;
+    let pick = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
+        let map = map.unwrap_or_default();
+        keys.iter()
+            .filter_map(|k| Some(((*k).to_owned(), Value::String(map.get(*k)?.clone()))))
+            .collect::<serde_json::Map<String, Value>>()
+    };
+    let labels = pick(meta.labels, &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL]);
+    let annotations = pick(meta.annotations, &[kosmos::STAMP_ANNOTATION]);
+    (!labels.is_empty() || !annotations.is_empty())
+        .then(|| json!({ "metadata": { "uid": meta.uid, "labels": labels, "annotations": annotations } }))
+}
+
+fn uid_of(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/uid").and_then(Value::as_str)
+}
+
+/// Takes the marks off member pod `key` back to `archived`'s, with its listed UID as the patch's
+/// precondition. Whether it changed anything (a pod gone since the LIST has nothing to unmark).
+async fn unmark(
+    member: &LiveCluster,
+    key: &ObjectKey,
+    archived: &Value,
+    live: &Value,
+    report: &Mutex<Report>,
+) -> Result<bool, EngineError> {
+    let Some(mut patch) = unmark_patch(archived, live) else {
+        return Ok(false);
+    };
+    patch["metadata"]["uid"] = json!(uid_of(live));
+    let api = member.api(key, "v1", "Pod");
+    match member.merge_patch(&api, key, &patch).await {
+        Ok(_) => {
+            lock(report).unmarked.add(key.to_string());
+            Ok(true)
+        }
+        // Gone, or replaced by a pod of the same name (the UID precondition): not this pod.
+        Err(super::LiveError::NotFound { .. } | super::LiveError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What this promotion created in the control plane: the objects carrying the archive's stamp,

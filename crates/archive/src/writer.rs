@@ -31,12 +31,16 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Default memory for sorting before spilling a run: 16 MiB.
-pub const DEFAULT_SORT_MEMORY: usize = 16 << 20;
-/// Default uncompressed size at which a frame of frame A is cut: 4 MiB. Small enough that
-/// seeking to one resource decompresses little and frames compress in parallel; large enough
-/// that the ratio loss from independent frames is under 2% on Kubernetes JSON.
-pub const DEFAULT_FRAME_SIZE: usize = 4 << 20;
+/// Default memory for sorting before spilling a run: 4 MiB. A namespace of a few thousand
+/// objects already fills it, so the writer's memory is the same for 2,000 objects as for
+/// 200,000 (a larger budget only saves runs, whose merge costs one extra sequential read).
+pub const DEFAULT_SORT_MEMORY: usize = 4 << 20;
+/// Default uncompressed size at which a frame of frame A is cut: 1 MiB. Every frame in flight
+/// holds a buffer of this size (the one being filled, one per compression worker, one queued,
+/// one spare), and zstd's window at the default level is 2 MiB anyway, so larger frames compress
+/// no better (on Kubernetes JSON 1 MiB frames came out 0.1% smaller than 4 MiB ones); seeking
+/// to one object decompresses at most this much.
+pub const DEFAULT_FRAME_SIZE: usize = 1 << 20;
 
 /// How an archive is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,8 +302,8 @@ impl Write for Out {
 ///
 /// # Guarantees
 /// - Memory stays bounded by [`WriterOptions::sort_memory`], 4 MiB of objects queued for the
-///   prepare thread and a few frames in flight, whatever the object count (about 55 MiB peak
-///   with the defaults; see `benches/RESULTS.md`).
+///   prepare thread, the merge's read buffers (at most 4 MiB) and a few frames (workers + 3),
+///   whatever the object count (see `benches/RESULTS.md`).
 /// - The same objects and facts, added in any order, give a byte-identical file (for the same
 ///   options and compression library version).
 /// - Nothing exists under the final name until [`ArchiveWriter::finish`] succeeds; an error,
@@ -497,7 +501,8 @@ impl ArchiveWriter {
             ),
             Target::Sink(sink) => (Out::Sink(sink), None),
         };
-        let out = CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
+        // Frames are written whole (their writes bypass the buffer); it gathers the small ones.
+        let out = CountingWriter::new(BufWriter::with_capacity(256 << 10, out));
         let mut frames = FramePipeline::new(out, options.compression);
         let index_file = tempfile::tempfile_in(&spill_dir).map_err(spill_err)?;
         let mut index = IndexSpool::new(index_file);
@@ -1124,7 +1129,9 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
 
     /// Queues one frame. Blocks while too many frames are in flight, writing finished ones.
     fn submit(&mut self, data: Vec<u8>, entries: u64, first_path: String) -> io::Result<()> {
-        let limit = 2 * self.workers.len() as u64 + 1;
+        // One frame per worker being compressed and one queued: the workers never wait, and
+        // the frames held stay few (each is `frame_size` of memory).
+        let limit = self.workers.len() as u64 + 1;
         while self.next_seq - self.next_write >= limit {
             self.collect_one()?;
         }
@@ -1146,7 +1153,7 @@ impl<W: Write + Send + 'static> FramePipeline<W> {
             .done
             .recv()
             .map_err(|_| io::Error::other("compression worker stopped"))?;
-        if self.spare.len() < 2 {
+        if self.spare.is_empty() {
             spent.clear();
             self.spare.push(spent);
         }

@@ -661,12 +661,12 @@ impl Staged {
 }
 
 /// Most bytes of object JSON queued for the prepare thread: bounds the memory the queue adds.
-const STAGED_BYTES: usize = 4 << 20;
+const STAGED_BYTES: usize = 1 << 20;
 /// Objects are handed to the prepare thread in batches of about this many bytes (or
 /// [`BATCH_OBJECTS`] objects), so the threads do not wake each other for every object.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 256 << 10;
 /// Most objects in one batch.
-const BATCH_OBJECTS: usize = 512;
+const BATCH_OBJECTS: usize = 128;
 
 /// Bytes queued for the prepare thread, so `add` blocks rather than queue without bound.
 #[derive(Debug)]

@@ -17,8 +17,11 @@ pub const DEFAULT_BACKUP_DIR: &str = "/data/backup";
 /// flight keeps a server and two client cores busy without crowding out other clients (the API
 /// server's priority and fairness treats a backup like any other client).
 pub const DEFAULT_CONCURRENCY: usize = 6;
-/// Objects per list page: the API server's own default chunk for `kubectl get` and informers.
-pub const DEFAULT_PAGE_SIZE: u32 = 500;
+/// Objects per list page. Smaller than `kubectl get`'s 500: each list being drained holds about
+/// two pages (the one read ahead and the one being stored), so the page decides most of a
+/// backup's memory; with 2 KiB ConfigMaps, pages of 500 made a 20,000-object backup peak 1.28x
+/// a 2,000-object one, pages of 200 1.11x, at the same speed (`benches/RESULTS.md`).
+pub const DEFAULT_PAGE_SIZE: u32 = 200;
 /// The time format of the archive name, after the policy name: `20240311-104907` (UTC).
 pub const FILE_TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
 

@@ -214,13 +214,8 @@ pub fn list_raw(
         let client = client.clone();
         let http_request = kube::core::Request::new(url.clone()).list(&params);
         async move {
-            use futures::AsyncReadExt as _;
             let http_request = http_request.map_err(kube::Error::BuildRequest)?;
-            let mut body = Vec::new();
-            client
-                .request_stream(http_request)
-                .await?
-                .read_to_end(&mut body)
+            let body = read_body(client.request_stream(http_request).await?)
                 .await
                 .map_err(kube::Error::ReadEvents)?;
             let (metadata, items) = split_list(&body).map_err(kube::Error::SerdeError)?;
@@ -231,6 +226,25 @@ pub fn list_raw(
             })
         }
     })
+}
+
+/// The whole body of a response, chunk by chunk as they arrive. Not `AsyncReadExt::read_to_end`:
+/// futures' version zero-fills the buffer's spare capacity again each time the body is not ready
+/// (once per network chunk), which made reading a page of 500 ConfigMaps cost as much as zeroing
+/// it a hundred times (a debug build read 20,000 objects in 60 s instead of 16 s).
+async fn read_body(body: impl futures::AsyncBufRead) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncBufReadExt as _;
+    let mut body = Box::pin(body);
+    let mut out = Vec::new();
+    loop {
+        let chunk = body.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        let n = chunk.len();
+        out.extend_from_slice(chunk);
+        body.consume_unpin(n);
+    }
 }
 
 /// Lists `request` from the server as a stream of [`ListEvent`]s; see the [module docs](self).

@@ -69,12 +69,6 @@ impl Promoted {
             self.edited.push((key.clone(), generation));
         }
     }
-
-    /// Whether promote created the object with `uid`.
-    #[must_use]
-    pub fn has_uid(&self, uid: &str) -> bool {
-        self.uids.contains(&uid_bits(uid))
-    }
 }
 
 /// A UID as 128 bits: its value when it is a UUID (what Kubernetes assigns), else two
@@ -129,23 +123,28 @@ impl Drift {
     }
 }
 
-/// Compares the control plane with what promote created there (`promoted`, read live) in
-/// `namespaces` (the namespaces it created); `stamped` tells a live object promote created.
+/// Compares the control plane with what promote created there in `namespaces` (the namespaces
+/// it created), adding to `promoted` (what it created elsewhere, read live) what it finds of its
+/// own there; `ours` tells a listed object promote created (its stamp, or the rule for pods).
+///
+/// Each type of each namespace is listed once, a page at a time: an object of promote's is
+/// summarized ([`Created`]), any other keeps its key and owners' UIDs only while the lists
+/// run (it is someone's work unless it derives from an object of promote's, known only once
+/// every list is in). No object promote created is read on its own.
 ///
 /// # Errors
 /// Discovery and API errors.
 pub async fn detect(
     cp: &LiveCluster,
-    promoted: &Promoted,
+    mut promoted: Promoted,
     namespaces: &BTreeSet<String>,
-    stamped: impl Fn(&Value) -> bool,
+    ours: impl Fn(&ObjectKey, &Value) -> bool,
 ) -> Result<Drift, EngineError> {
-    let mut drift = Drift {
-        edited: promoted.edited.clone(),
-        ..Drift::default()
-    };
     if namespaces.is_empty() {
-        return Ok(drift);
+        return Ok(Drift {
+            edited: promoted.edited,
+            ..Drift::default()
+        });
     }
     // Discovery is many requests; like every other call it rides out a busy API server, and
     // fails at once on what retrying cannot change (a 403, a certificate not trusted).
@@ -169,7 +168,6 @@ pub async fn detect(
                 .filter(|n| surface.resolve(n).is_ok()),
         )
         .unwrap_or_default();
-    let ours = |uid: &str| promoted.has_uid(uid);
     let lists: Vec<(GroupResource, String, kube::Api<DynamicObject>)> = surface
         .resources()
         .iter()
@@ -184,52 +182,125 @@ pub async fn detect(
             })
         })
         .collect();
-    let listed: Vec<(Vec<ObjectKey>, Option<String>)> =
-        futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
-            let (stamped, ours) = (&stamped, &ours);
-            async move {
-                let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
-                // Only the names of added objects are kept, a page at a time: a namespace of
-                // thousands of ConfigMaps is never held whole.
-                let added = cp
-                    .list_kept(&api, &probe, None, |object| {
-                        let name = object.metadata.name.clone()?;
-                        let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
-                        let value = serde_json::to_value(&object).unwrap_or(Value::Null);
-                        let uid = value.pointer("/metadata/uid").and_then(Value::as_str);
-                        (!uid.is_some_and(ours) && !stamped(&value) && is_user_work(&key, &value, ours))
-                            .then_some(key)
+    let listed: Vec<Listed> = futures::stream::iter(lists.into_iter().map(|(gr, ns, api)| {
+        let ours = &ours;
+        async move {
+            let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
+            let mut found = Listed::default();
+            let kept = cp
+                .list_kept(&api, &probe, None, |object| {
+                    let name = object.metadata.name.clone()?;
+                    let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
+                    // Cannot fail (string keys); a Null would be reported as added, not skipped.
+                    let value = serde_json::to_value(&object).unwrap_or(Value::Null);
+                    Some(if ours(&key, &value) {
+                        Seen::Ours(key, Created::of(&value))
+                    } else {
+                        Seen::Other(Candidate::of(key, &value))
                     })
-                    .await;
-                match added {
-                    Ok(added) => Ok::<_, EngineError>((added.into_values().collect::<Vec<_>>(), None)),
-                    // A type this process may not list (the controller never lists Secrets, and
-                    // is granted no custom resources by default): not checked, and said so.
-                    Err(LiveError::Refused { code: 403, .. }) => {
-                        Ok((Vec::new(), Some(probe.group_resource().to_string())))
+                })
+                .await;
+            match kept {
+                Ok(kept) => {
+                    for seen in kept.into_values() {
+                        match seen {
+                            Seen::Ours(key, created) => found.ours.push((key, created)),
+                            Seen::Other(Some(candidate)) => found.others.push(candidate),
+                            Seen::Other(None) => {}
+                        }
                     }
-                    Err(e) => Err(e.into()),
                 }
+                // A type this process may not list (the controller never lists Secrets, and
+                // is granted no custom resources by default): not checked, and said so.
+                Err(LiveError::Refused { code: 403, .. }) => {
+                    found.unchecked = Some(probe.group_resource().to_string());
+                }
+                Err(e) => return Err(EngineError::from(e)),
             }
-        }))
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    for (added, unchecked) in listed {
-        drift.added.extend(added);
-        drift.unchecked.extend(unchecked);
+            Ok(found)
+        }
+    }))
+    .buffer_unordered(8)
+    .try_collect()
+    .await?;
+    let mut others = Vec::new();
+    let mut unchecked = Vec::new();
+    for found in listed {
+        for (key, created) in found.ours {
+            promoted.add(&key, created);
+        }
+        others.extend(found.others);
+        unchecked.extend(found.unchecked);
     }
+    let mut drift = Drift {
+        added: others
+            .into_iter()
+            .filter(|c| c.is_added(&promoted))
+            .map(|c| c.key)
+            .collect(),
+        edited: promoted.edited,
+        unchecked,
+    };
     drift.added.sort();
     drift.unchecked.sort();
     drift.unchecked.dedup();
     Ok(drift)
 }
 
-/// Whether an object promote did not create is someone's work rather than what the control
-/// plane or Kosmos makes in every namespace by itself.
-fn is_user_work(key: &ObjectKey, object: &Value, ours: &dyn Fn(&str) -> bool) -> bool {
+/// What one type of one namespace holds, as drift keeps it.
+#[derive(Default)]
+struct Listed {
+    ours: Vec<(ObjectKey, Created)>,
+    others: Vec<Candidate>,
+    unchecked: Option<String>,
+}
+
+/// A listed object, classified.
+enum Seen {
+    Ours(ObjectKey, Created),
+    /// Not promote's: someone's work, or nothing (see [`Candidate::of`]).
+    Other(Option<Candidate>),
+}
+
+/// An object promote did not create that may be someone's work: its key and its owners' UIDs,
+/// until every list is in and it is known whether it derives from an object promote created.
+struct Candidate {
+    key: ObjectKey,
+    owners: Vec<u128>,
+}
+
+impl Candidate {
+    /// `None` for what the control plane or Kosmos makes in every namespace by itself.
+    fn of(key: ObjectKey, object: &Value) -> Option<Self> {
+        if made_by_the_cluster(&key, object) {
+            return None;
+        }
+        let owners = object
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                    .map(uid_bits)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self { key, owners })
+    }
+
+    /// Whether it is someone's work: not derived from an object of `promoted`, or of a kind
+    /// that means new pods or a rollout in the member even when derived.
+    fn is_added(&self, promoted: &Promoted) -> bool {
+        let derived = self.owners.iter().any(|o| promoted.uids.contains(o));
+        !derived || REPORTED_EVEN_WHEN_DERIVED.iter().any(|(g, r)| self.key.is(g, r))
+    }
+}
+
+/// Whether an object promote did not create is what the control plane or Kosmos makes in every
+/// namespace by itself, or a restore barrier's sentinel a crashed run left behind.
+fn made_by_the_cluster(key: &ObjectKey, object: &Value) -> bool {
     let str_at = |p: &str| object.pointer(p).and_then(Value::as_str);
-    let made_by_the_cluster = match (key.group.as_str(), key.resource.as_str()) {
+    let by_the_cluster = match (key.group.as_str(), key.resource.as_str()) {
         ("", "configmaps") => key.name == "kube-root-ca.crt",
         ("", "serviceaccounts") => key.name == "default",
         ("", "secrets") => {
@@ -239,25 +310,13 @@ fn is_user_work(key: &ObjectKey, object: &Value, ours: &dyn Fn(&str) -> bool) ->
         }
         _ => false,
     };
-    // A restore barrier's sentinel a crashed run left behind.
     let sentinel = object
         .pointer(&format!(
             "/metadata/labels/{}",
             super::barrier::SENTINEL_LABEL.replace('/', "~1")
         ))
         .is_some();
-    if made_by_the_cluster || sentinel {
-        return false;
-    }
-    let derived = object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str))
-                .any(ours)
-        });
-    !derived || REPORTED_EVEN_WHEN_DERIVED.iter().any(|(g, r)| key.is(g, r))
+    by_the_cluster || sentinel
 }
 
 #[cfg(test)]
@@ -267,37 +326,45 @@ mod tests {
 
     #[test]
     fn what_the_cluster_makes_is_not_user_work() {
-        let promoted: BTreeSet<&str> = ["svc-uid", "rs-uid"].into_iter().collect();
-        let ours = &|uid: &str| promoted.contains(uid);
+        let mut promoted = Promoted::default();
+        for uid in ["svc-uid", "rs-uid"] {
+            let key = ObjectKey::namespaced("", "services", "shop", uid);
+            promoted.add(&key, Created::of(&json!({ "metadata": { "uid": uid } })));
+        }
         let key = |r: &str, n: &str| ObjectKey::namespaced("", r, "shop", n);
-        assert!(!is_user_work(
-            &key("configmaps", "kube-root-ca.crt"),
-            &json!({}),
-            ours
+        let added = |key: ObjectKey, object: Value| {
+            Candidate::of(key, &object).is_some_and(|c| c.is_added(&promoted))
+        };
+        assert!(!added(key("configmaps", "kube-root-ca.crt"), json!({})));
+        assert!(!added(key("serviceaccounts", "default"), json!({})));
+        assert!(!added(
+            key("secrets", "t"),
+            json!({"type": "kubernetes.io/service-account-token"})
         ));
-        assert!(!is_user_work(
-            &key("serviceaccounts", "default"),
-            &json!({}),
-            ours
-        ));
-        assert!(!is_user_work(
-            &key("secrets", "t"),
-            &json!({"type": "kubernetes.io/service-account-token"}),
-            ours
-        ));
+        let label = super::super::barrier::SENTINEL_LABEL;
+        let sentinel = json!({"metadata": {"labels": {label: "x"}}});
+        assert!(!added(key("pods", "sentinel"), sentinel));
         let slice = ObjectKey::namespaced("discovery.k8s.io", "endpointslices", "shop", "web-x");
-        assert!(!is_user_work(
-            &slice,
-            &json!({"metadata": {"ownerReferences": [{"uid": "svc-uid"}]}}),
-            ours
+        assert!(!added(
+            slice,
+            json!({"metadata": {"ownerReferences": [{"uid": "svc-uid"}]}})
         ));
         // A pod a control-plane ReplicaSet made after promote is a new pod in the member.
-        assert!(is_user_work(
-            &key("pods", "web-new"),
-            &json!({"metadata": {"ownerReferences": [{"uid": "rs-uid"}]}}),
-            ours
+        assert!(added(
+            key("pods", "web-new"),
+            json!({"metadata": {"ownerReferences": [{"uid": "rs-uid"}]}})
         ));
-        assert!(is_user_work(&key("configmaps", "notes"), &json!({}), ours));
+        // Derived from an object promote did not make: someone's work.
+        let other = ObjectKey::namespaced("discovery.k8s.io", "endpointslices", "shop", "new-x");
+        assert!(added(
+            other,
+            json!({"metadata": {"ownerReferences": [{"uid": "someone-elses"}]}})
+        ));
+        assert!(added(key("configmaps", "notes"), json!({})));
+    }
+
+    fn has(promoted: &Promoted, uid: &str) -> bool {
+        promoted.uids.contains(&uid_bits(uid))
     }
 
     #[test]
@@ -314,10 +381,10 @@ mod tests {
             &ObjectKey::namespaced("", "configmaps", "shop", "c"),
             Created::of(&live("not-a-uuid", 1)),
         );
-        assert!(promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"));
-        assert!(!promoted.has_uid("0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e12"));
-        assert!(promoted.has_uid("not-a-uuid"));
-        assert!(!promoted.has_uid("not-a-uuie"));
+        assert!(has(&promoted, "0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e11"));
+        assert!(!has(&promoted, "0b9f1f3e-5d0c-4c55-9d5e-8a1f0c2b7e12"));
+        assert!(has(&promoted, "not-a-uuid"));
+        assert!(!has(&promoted, "not-a-uuie"));
         assert_eq!(promoted.edited, vec![(web, 2)]);
         // A UUID and the string of its bits without hyphens are different UIDs.
         assert_ne!(

@@ -11,7 +11,7 @@
 //!    node), with no request per object inside it; elsewhere owners top-down with orphan
 //!    propagation, pods, the rest, then CRDs promote created. Nothing unstamped is touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use futures::{StreamExt, TryStreamExt};
@@ -100,7 +100,11 @@ async fn check_drift(
         return Ok(());
     }
     let (promoted, namespaces) = promoted_in_control_plane(cp, ours, opts).await?;
-    let drift = super::drift::detect(cp, &promoted, &namespaces, |live| ours.stamped(live)).await?;
+    let pods = archived_pods_in(ours.inv, &namespaces)?;
+    let drift = super::drift::detect(cp, promoted, &namespaces, |key, live| {
+        ours.stamped(live) || (pods.contains(&key_bits(key)) && ours.owns(key, live, &namespaces))
+    })
+    .await?;
     if !drift.unchecked.is_empty() {
         lock(report).warnings.push(format!(
             "not checked for objects added since promote (not allowed to list them): {}",
@@ -321,7 +325,10 @@ async fn promoted_in_control_plane(
     // Namespaces first: a pod of a namespace promote created is ours by a rule of its own.
     let namespaces = promoted_namespaces(cp, ours).await?;
     let mut promoted = Promoted::default();
-    let mut scan = ours.inv.scan(|_| true, Bodies::No)?;
+    // What lies in a namespace promote created is read by drift's LIST of that namespace.
+    let created = namespaces.clone();
+    let elsewhere = move |k: &ObjectKey| k.namespace.as_ref().is_none_or(|ns| !created.contains(ns));
+    let mut scan = ours.inv.scan(elsewhere, Bodies::No)?;
     while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
         // The futures are made before streaming them (see `Restorer::run`).
         let lookups: Vec<_> = batch
@@ -347,6 +354,28 @@ async fn promoted_in_control_plane(
         }
     }
     Ok((promoted, namespaces))
+}
+
+/// The archived pods of `namespaces`, as 64-bit hashes of their keys ([`key_bits`]): a pod of a
+/// namespace promote created is promote's by its name (see [`Ours`]), and the names of
+/// thousands of pods are not held as strings.
+fn archived_pods_in(inv: &Inventory, namespaces: &BTreeSet<String>) -> Result<HashSet<u64>, EngineError> {
+    let mut pods = HashSet::new();
+    let mut scan = inv.scan(
+        |k| k.is("", "pods") && k.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns)),
+        Bodies::No,
+    )?;
+    while let Some(batch) = scan.next_batch(LOOKUP_BATCH)? {
+        pods.extend(batch.iter().map(|a| key_bits(a.key())));
+    }
+    Ok(pods)
+}
+
+fn key_bits(key: &ObjectKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// How many archived objects stream past at once (each batch is looked up concurrently).

@@ -700,3 +700,38 @@ async fn an_adoption_that_keeps_conflicting_fails_and_is_done_when_resumed() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_owner_edited_since_the_backup_stops_the_detach_before_it_is_deleted() {
+    let (pair, before) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+    // Someone edits the Deployment's spec after the backup: its generation moves on.
+    Api::<Deployment>::namespaced(pair.member.clone(), ns)
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({ "spec": { "revisionHistoryLimit": 4 } })),
+        )
+        .await
+        .unwrap();
+
+    let err = run
+        .promote_with(&EngineOptions::default(), false)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, kpromote_core::engine::EngineError::ChangedSinceBackup { .. }),
+        "{message}"
+    );
+    assert!(message.contains("deployments.apps/nginx-test/nginx"), "{message}");
+    assert!(message.contains("generation"), "{message}");
+    // Nothing was deleted: the Deployment is there, not terminating, and the pods are untouched.
+    let deployment = Api::<Deployment>::namespaced(pair.member.clone(), ns)
+        .get("nginx")
+        .await
+        .unwrap();
+    assert!(deployment.metadata.deletion_timestamp.is_none());
+    assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
+}

@@ -61,10 +61,14 @@ pub async fn detach(
     let mut deleted: BTreeSet<&ObjectKey> = BTreeSet::new();
     let mut deleted_uids: HashSet<String> = HashSet::new();
     for level in &plan.levels {
-        let deletes = level
-            .objects
-            .iter()
-            .map(|key| delete_owner(member, inv, key, journal))
+        let keys: Vec<&ObjectKey> = level.objects.iter().collect();
+        let mut states = owner_states(member, inv, &keys).await?;
+        let deletes = keys
+            .into_iter()
+            .map(|key| {
+                let live = states.remove(key).flatten();
+                delete_owner(member, inv, key, live, journal)
+            })
             .collect();
         super::every(STEP_DETACH, deletes, opts.concurrency).await?;
         lock(journal).sync()?;
@@ -121,23 +125,24 @@ async fn refuse_owners_with_finalizers(
     plan: &DetachPlan,
     journal: &SharedJournal,
 ) -> Result<(), EngineError> {
+    let pending: Vec<&ObjectKey> = plan
+        .objects()
+        .filter(|k| !lock(journal).is_done(STEP_DETACH, &k.to_string()))
+        .collect();
+    let states = owner_states(member, inv, &pending).await?;
     let mut held = Vec::new();
-    for key in plan.objects() {
-        if lock(journal).is_done(STEP_DETACH, &key.to_string()) {
-            continue;
-        }
-        let api = inv.api(member, key)?;
-        let Some(live) = member.get_opt(&api, key).await? else {
+    for key in pending {
+        let Some(Some(live)) = states.get(key) else {
             continue;
         };
-        let foreign: Vec<String> = live
-            .metadata
-            .finalizers
-            .unwrap_or_default()
+        let foreign: Vec<&str> = live["finalizers"]
+            .as_array()
             .into_iter()
-            .filter(|f| !GC_FINALIZERS.contains(&f.as_str()))
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|f| !GC_FINALIZERS.contains(f))
             .collect();
-        if !foreign.is_empty() && live.metadata.deletion_timestamp.is_none() {
+        if !foreign.is_empty() && live["deleting"] != true {
             held.push(format!("{key} ({})", foreign.join(", ")));
         }
     }
@@ -148,12 +153,46 @@ async fn refuse_owners_with_finalizers(
     }
 }
 
-/// Deletes one owner with orphan propagation, after checking it is the archived one, unchanged.
-/// An owner already being deleted (by an earlier attempt) is left to finish.
+/// What detach reads of a live owner: its UID, generation and finalizers, and whether it is
+/// being deleted.
+fn owner_view(live: kube::api::DynamicObject) -> Value {
+    let meta = live.metadata;
+    json!({
+        "uid": meta.uid,
+        "generation": meta.generation,
+        "deleting": meta.deletion_timestamp.is_some(),
+        "finalizers": meta.finalizers.unwrap_or_default(),
+    })
+}
+
+/// The live state of `owners` ([`owner_view`]; `None`: gone): one LIST per type and namespace
+/// where enough of them share it (a level of 830 Deployments is one LIST, not 830 GETs), the
+/// few others read alone.
+async fn owner_states(
+    member: &LiveCluster,
+    inv: &Inventory,
+    owners: &[&ObjectKey],
+) -> Result<std::collections::HashMap<ObjectKey, Option<Value>>, EngineError> {
+    let records = owners.iter().filter_map(|k| inv.graph().record(k));
+    let mut states = super::apply::prefetch(member, records, owner_view).await?;
+    for key in owners {
+        if !states.contains_key(*key) {
+            let api = inv.api(member, key)?;
+            let live = member.get_opt(&api, key).await?.map(owner_view);
+            states.insert((*key).clone(), live);
+        }
+    }
+    Ok(states)
+}
+
+/// Deletes one owner with orphan propagation, after checking it is the archived one, unchanged;
+/// `live` is its state read with its level ([`owner_states`]). An owner already being deleted
+/// (by an earlier attempt) is left to finish.
 async fn delete_owner(
     member: &LiveCluster,
     inv: &Inventory,
     key: &ObjectKey,
+    live: Option<Value>,
     journal: &SharedJournal,
 ) -> Result<(), EngineError> {
     let name = key.to_string();
@@ -164,33 +203,32 @@ async fn delete_owner(
     let archived = archived.as_ref();
     let uid = inv.uid(key);
     let api = member.api_for(key, archived)?;
-    match member.get_opt(&api, key).await? {
+    let Some(live) = live else {
         // Gone already: an earlier attempt deleted it and stopped before journaling.
-        None => {}
-        Some(live) if live.metadata.uid.as_deref() != uid => {
-            return Err(EngineError::ChangedSinceBackup {
-                key: key.clone(),
-                detail: format!("it was replaced: UID {:?} is now {:?}", uid, live.metadata.uid),
-            });
-        }
-        // Deleted by an earlier attempt (which raised its generation): the garbage collector
-        // is at it.
-        Some(live) if live.metadata.deletion_timestamp.is_some() => {}
-        Some(live) => {
-            let archived_generation = archived.pointer("/metadata/generation").and_then(Value::as_i64);
-            if live.metadata.generation.is_some() && live.metadata.generation != archived_generation {
-                return Err(EngineError::ChangedSinceBackup {
-                    key: key.clone(),
-                    detail: format!(
-                        "generation {archived_generation:?} is now {:?}",
-                        live.metadata.generation
-                    ),
-                });
-            }
-            lock(journal).begin(STEP_DETACH, &name, json!({ "uid": uid }))?;
-            member.delete(&api, key, uid, DeleteParams::orphan()).await?;
-        }
+        return Ok(());
+    };
+    let live_uid = live["uid"].as_str();
+    if live_uid != uid {
+        return Err(EngineError::ChangedSinceBackup {
+            key: key.clone(),
+            detail: format!("it was replaced: UID {uid:?} is now {live_uid:?}"),
+        });
     }
+    // Deleted by an earlier attempt (which raised its generation): the garbage collector is at it.
+    if live["deleting"] == true {
+        return Ok(());
+    }
+    let archived_generation = archived.pointer("/metadata/generation").and_then(Value::as_i64);
+    let live_generation = live["generation"].as_i64();
+    if live_generation.is_some() && live_generation != archived_generation {
+        return Err(EngineError::ChangedSinceBackup {
+            key: key.clone(),
+            detail: format!("generation {archived_generation:?} is now {live_generation:?}"),
+        });
+    }
+    lock(journal).begin(STEP_DETACH, &name, json!({ "uid": uid }))?;
+    // The UID precondition refuses an owner replaced since it was read.
+    member.delete(&api, key, uid, DeleteParams::orphan()).await?;
     Ok(())
 }
 

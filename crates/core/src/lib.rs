@@ -11,7 +11,8 @@
 //!   reason.
 //! - [`policy`]: the `PromotePolicy` API users apply.
 //! - [`controller`]: the controller that drives `PromotePolicy` objects through their phases.
-//! - [`escalation`]: which RBAC grants would reach further in the control plane than in the member.
+//! - `escalation` (the precheck's, so not public): which RBAC grants would reach further in the
+//!   control plane than in the member.
 //! - [`journal`]: durable progress of a run, so a crash resumes instead of stranding pods.
 //! - [`run_status`]: where a run stands, read from its archive and journals (`kpromote status`).
 //! - [`storage`]: where archives are kept: a directory, or S3-compatible object storage.
@@ -22,7 +23,7 @@ pub mod access;
 pub mod backup;
 pub mod controller;
 pub mod engine;
-pub mod escalation;
+pub(crate) mod escalation;
 pub mod journal;
 pub mod kosmos;
 pub mod plan;

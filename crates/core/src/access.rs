@@ -116,7 +116,7 @@ impl KubeconfigPolicy {
     /// context's: a kubeconfig that carries such an entry at all was not written for a
     /// controller.
     #[must_use]
-    pub fn refusals(&self, kc: &Kubeconfig) -> (Vec<String>, bool) {
+    pub(crate) fn refusals(&self, kc: &Kubeconfig) -> (Vec<String>, bool) {
         let mut out = Vec::new();
         let mut exec = false;
         for named in &kc.auth_infos {
@@ -267,7 +267,7 @@ impl ClusterClient {
     /// # Errors
     /// [`AccessError::Refused`] for credentials that are not inline data; unparseable YAML or an
     /// unreachable server (without the loader's messages, which may quote credentials).
-    pub async fn from_kubeconfig_yaml(
+    pub(crate) async fn from_kubeconfig_yaml(
         role: &str,
         source: &str,
         yaml: &str,

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::backup::dependencies::{SERVICE_ACCOUNT_USER_PREFIX, SERVICE_ACCOUNTS_GROUP_PREFIX};
 
 /// The ClusterRole that grants everything.
-pub const CLUSTER_ADMIN: &str = "cluster-admin";
+pub(crate) const CLUSTER_ADMIN: &str = "cluster-admin";
 
 /// Verbs that let a subject grant itself more: create bindings to any role (`bind`), roles with
 /// any rule (`escalate`), or act as anyone (`impersonate`).
@@ -26,7 +26,7 @@ const READ_VERBS: [&str; 4] = ["get", "list", "watch", "*"];
 /// Why `role` (a ClusterRole object named `name`), bound cluster-wide, could escalate: one
 /// sentence fragment per finding, empty when it cannot.
 #[must_use]
-pub fn role_escalations(name: &str, role: &Value) -> Vec<String> {
+pub(crate) fn role_escalations(name: &str, role: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if name == CLUSTER_ADMIN {
         out.push("is cluster-admin".to_owned());
@@ -75,13 +75,13 @@ pub fn role_escalations(name: &str, role: &Value) -> Vec<String> {
 
 /// Label prefix that makes the API server add a ClusterRole's rules to every role aggregating
 /// that label (`admin`, `edit`, `view`, and any custom aggregated role).
-pub const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
+pub(crate) const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
 /// The aggregation labels `role` carries (set to `"true"`). A ClusterRole that promote creates in
 /// the control plane with such a label widens the control plane's aggregated roles for every
 /// subject bound to them, whatever binds the role itself — even a RoleBinding.
 #[must_use]
-pub fn aggregation_labels(role: &Value) -> Vec<String> {
+pub(crate) fn aggregation_labels(role: &Value) -> Vec<String> {
     role.pointer("/metadata/labels")
         .and_then(Value::as_object)
         .map(|labels| {
@@ -97,7 +97,7 @@ pub fn aggregation_labels(role: &Value) -> Vec<String> {
 /// The subjects of `binding` that are not accounts of `included_namespaces`: re-created in the
 /// control plane, the binding would grant its role to them too, though nothing promoted needs it.
 #[must_use]
-pub fn foreign_subjects(binding: &Value, included_namespaces: &BTreeSet<String>) -> Vec<String> {
+pub(crate) fn foreign_subjects(binding: &Value, included_namespaces: &BTreeSet<String>) -> Vec<String> {
     let subjects = binding
         .get("subjects")
         .and_then(Value::as_array)

@@ -44,7 +44,7 @@ pub const FAILPOINT_ENV: &str = "KPROMOTE_FAILPOINT";
 
 /// Whether [`FAILPOINT_ENV`] is read at all: in debug builds (which the crash tests run) and
 /// with the `failpoints` feature; a release build ignores it.
-pub const FAILPOINTS_ENABLED: bool = cfg!(any(debug_assertions, feature = "failpoints"));
+pub(crate) const FAILPOINTS_ENABLED: bool = cfg!(any(debug_assertions, feature = "failpoints"));
 
 /// Move-it-away advice shared by the errors about journals kpromote did not write.
 const MOVE_AWAY: &str = "move it out of the backup directory and run again (every step checks live state first, so \
@@ -132,7 +132,7 @@ pub enum JournalError {
 /// Whether a step has started or finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Written before the step acts.
     Begun,
     /// Written after the step's effect is durable in the cluster.
@@ -141,7 +141,7 @@ pub enum State {
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// The step kind, e.g. `detach`, `mark-pod`, `create`, `adopt`.
     pub step: String,
     /// What the step acted on, e.g. an archive path.
@@ -165,9 +165,9 @@ pub struct Journal {
 
 /// The first record of every journal names its run, so a journal is never applied to the wrong
 /// archive or direction.
-pub const RUN_STEP: &str = "run";
+pub(crate) const RUN_STEP: &str = "run";
 /// The last record of a finished run (see [`Journal::close`]).
-pub const CLOSED_STEP: &str = "closed";
+pub(crate) const CLOSED_STEP: &str = "closed";
 
 impl Journal {
     /// Opens (or creates) the journal at `path` for run `run` (e.g. `promote:<archive path>`).
@@ -258,19 +258,13 @@ impl Journal {
         Ok(journal)
     }
 
-    /// The journal file.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Records that the run finished with `outcome` (`completed`, `rolled back`) and syncs: a
     /// closed journal is never resumed — a later run of the same archive starts a new journal
     /// (see [`crate::engine::open_journal`]).
     ///
     /// # Errors
     /// The journal's I/O errors.
-    pub fn close(&mut self, outcome: &str) -> Result<(), JournalError> {
+    pub(crate) fn close(&mut self, outcome: &str) -> Result<(), JournalError> {
         self.append(Record {
             step: CLOSED_STEP.into(),
             key: RUN_STEP.into(),
@@ -282,26 +276,26 @@ impl Journal {
 
     /// How the run finished, when it is closed.
     #[must_use]
-    pub fn closed(&self) -> Option<&str> {
+    pub(crate) fn closed(&self) -> Option<&str> {
         self.latest.outcome(CLOSED_STEP, RUN_STEP)
     }
 
     /// Whether `step` on `key` is recorded as done.
     #[must_use]
-    pub fn is_done(&self, step: &str, key: &str) -> bool {
+    pub(crate) fn is_done(&self, step: &str, key: &str) -> bool {
         self.get(step, key).is_some_and(|r| r.state == State::Done)
     }
 
     /// The latest record of `step` on `key`, if any.
     #[must_use]
-    pub fn get(&self, step: &str, key: &str) -> Option<Cow<'_, Record>> {
+    pub(crate) fn get(&self, step: &str, key: &str) -> Option<Cow<'_, Record>> {
         self.latest.get(step, key)
     }
 
     /// Every latest record of `step` that is begun or carries data beyond an outcome, in key
     /// order (a record done with no more says nothing else, and is kept only as
     /// [`Journal::is_done`] and [`Journal::get`] need).
-    pub fn records(&self, step: &str) -> impl Iterator<Item = &Record> {
+    pub(crate) fn records(&self, step: &str) -> impl Iterator<Item = &Record> {
         self.latest
             .full
             .iter()
@@ -313,7 +307,7 @@ impl Journal {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn sync(&mut self) -> Result<(), JournalError> {
+    pub(crate) fn sync(&mut self) -> Result<(), JournalError> {
         self.file.sync_data().map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
@@ -475,7 +469,7 @@ fn fingerprint(step: &str, key: &str) -> u128 {
 ///
 /// # Errors
 /// I/O errors.
-pub fn retire(path: &Path) -> Result<PathBuf, JournalError> {
+pub(crate) fn retire(path: &Path) -> Result<PathBuf, JournalError> {
     let mut n = 1;
     loop {
         let mut name = path.as_os_str().to_owned();
@@ -559,7 +553,7 @@ fn open_private(path: &Path) -> Result<File, JournalError> {
 ///
 /// # Errors
 /// I/O errors or a damaged line other than the last.
-pub fn read(path: &Path) -> Result<Option<Vec<Record>>, JournalError> {
+pub(crate) fn read(path: &Path) -> Result<Option<Vec<Record>>, JournalError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -590,7 +584,7 @@ pub fn read(path: &Path) -> Result<Option<Vec<Record>>, JournalError> {
 
 /// The run a journal's records belong to (`<direction>:<archive id>`), from its first record.
 #[must_use]
-pub fn run_of(records: &[Record]) -> Option<&str> {
+pub(crate) fn run_of(records: &[Record]) -> Option<&str> {
     records
         .iter()
         .find(|r| r.step == RUN_STEP)

@@ -110,7 +110,7 @@ impl PromotePolicySpec {
     /// Whether the user asked for a rollback (only the exact string `"true"` counts, as in the
     /// design).
     #[must_use]
-    pub fn rollback_requested(&self) -> bool {
+    pub(crate) fn rollback_requested(&self) -> bool {
         self.rollback.as_deref() == Some("true")
     }
 }
@@ -162,7 +162,7 @@ impl Phase {
 
     /// Phases that report a failure (`Failed*`).
     #[must_use]
-    pub fn is_failure(self) -> bool {
+    pub(crate) fn is_failure(self) -> bool {
         matches!(
             self,
             Self::FailedPrecheck
@@ -175,7 +175,7 @@ impl Phase {
 
     /// The name as written in `status.phase`.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Prechecking => "Prechecking",
             Self::FailedPrecheck => "FailedPrecheck",
@@ -251,15 +251,15 @@ pub const CONDITION_READY: &str = "Ready";
 /// [`RollbackTrigger`]), or `NotRequested` before any rollback, or `RollbackFailed`.
 pub const CONDITION_ROLLED_BACK: &str = "RolledBack";
 /// Reason of the `RolledBack` condition before any rollback ran.
-pub const REASON_NOT_REQUESTED: &str = "NotRequested";
+pub(crate) const REASON_NOT_REQUESTED: &str = "NotRequested";
 /// Reason of the `RolledBack` condition when the last rollback failed.
-pub const REASON_ROLLBACK_FAILED: &str = "RollbackFailed";
+pub(crate) const REASON_ROLLBACK_FAILED: &str = "RollbackFailed";
 
 /// Why a rollback runs. It is the reason of the `RolledBack` condition while the phase is
 /// `RollingBack` (and after), so a controller restarted in the middle of a rollback knows which
 /// phase the rollback ends in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RollbackTrigger {
+pub(crate) enum RollbackTrigger {
     /// The user set `rollback: "true"`; success is `RolledBack`.
     Requested,
     /// Detach failed after changing the member; success is `FailedDetach`.
@@ -274,7 +274,7 @@ pub enum RollbackTrigger {
 impl RollbackTrigger {
     /// The condition reason naming this trigger.
     #[must_use]
-    pub fn as_reason(self) -> &'static str {
+    pub(crate) fn as_reason(self) -> &'static str {
         match self {
             Self::Requested => "RollbackRequested",
             Self::DetachFailed => "DetachFailed",
@@ -285,7 +285,7 @@ impl RollbackTrigger {
 
     /// The trigger a condition reason names, if any.
     #[must_use]
-    pub fn from_reason(reason: &str) -> Option<Self> {
+    pub(crate) fn from_reason(reason: &str) -> Option<Self> {
         [
             Self::Requested,
             Self::DetachFailed,
@@ -299,7 +299,7 @@ impl RollbackTrigger {
     /// The phase a successful rollback of this trigger ends in: a failed promotion stays a
     /// failure (its `failureReason` says it was rolled back), a requested one is `RolledBack`.
     #[must_use]
-    pub fn phase_after(self) -> Phase {
+    pub(crate) fn phase_after(self) -> Phase {
         match self {
             Self::Requested | Self::PolicyDeleted => Phase::RolledBack,
             Self::DetachFailed => Phase::FailedDetach,
@@ -317,7 +317,7 @@ impl PromotePolicyStatus {
 
     /// Sets condition `type_`. Its `lastTransitionTime` moves only when its status changes, as
     /// the Kubernetes API conventions ask.
-    pub fn set_condition(
+    pub(crate) fn set_condition(
         &mut self,
         type_: &str,
         status: bool,
@@ -347,7 +347,7 @@ impl PromotePolicyStatus {
 
     /// Why the current (or last) rollback ran, read from the `RolledBack` condition.
     #[must_use]
-    pub fn rollback_trigger(&self) -> Option<RollbackTrigger> {
+    pub(crate) fn rollback_trigger(&self) -> Option<RollbackTrigger> {
         self.condition(CONDITION_ROLLED_BACK)
             .and_then(|c| RollbackTrigger::from_reason(&c.reason))
     }

@@ -110,12 +110,6 @@ impl DirectionStatus {
     fn is_complete(&self) -> bool {
         self.steps.iter().all(StepStatus::is_complete)
     }
-
-    /// The first step with work left.
-    #[must_use]
-    pub fn current_step(&self) -> Option<&StepStatus> {
-        self.steps.iter().find(|s| !s.is_complete())
-    }
 }
 
 /// Where the run of one archive stands.

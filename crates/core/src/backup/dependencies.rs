@@ -46,14 +46,14 @@ use std::fmt;
 
 /// Annotation older clients used instead of `spec.storageClassName`; still honoured by the
 /// volume controllers when the field is unset.
-pub const BETA_STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+pub(crate) const BETA_STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 /// Annotation older clients used instead of `spec.ingressClassName`. Its value names the class an
 /// ingress controller watches, which by convention (not by rule) is also an IngressClass name.
-pub const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub(crate) const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// Username prefix of a ServiceAccount: `system:serviceaccount:<namespace>:<name>`.
-pub const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
+pub(crate) const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
 /// Group prefix of all ServiceAccounts of a namespace: `system:serviceaccounts:<namespace>`.
-pub const SERVICE_ACCOUNTS_GROUP_PREFIX: &str = "system:serviceaccounts:";
+pub(crate) const SERVICE_ACCOUNTS_GROUP_PREFIX: &str = "system:serviceaccounts:";
 
 /// A cluster-scoped object a backup needs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ pub struct ClusterObjectRef {
 impl ClusterObjectRef {
     /// A reference to `name` of type `resource`.
     #[must_use]
-    pub fn new(resource: GroupResource, name: impl Into<String>) -> Self {
+    pub(crate) fn new(resource: GroupResource, name: impl Into<String>) -> Self {
         Self {
             resource,
             name: name.into(),
@@ -113,7 +113,7 @@ impl Reason {
     /// user), or the Namespace object for a group of a namespace's accounts. `None` for an
     /// included namespace, which nothing pulled in.
     #[must_use]
-    pub fn pulled_in_by(&self) -> Option<ObjectKey> {
+    pub(crate) fn pulled_in_by(&self) -> Option<ObjectKey> {
         match self {
             Self::IncludedNamespace => None,
             Self::ReferencedBy { object, .. } => Some(object.clone()),
@@ -143,7 +143,7 @@ impl Reason {
     /// The field of [`pulled_in_by`](Self::pulled_in_by) (or of the binding) that names the
     /// dependency, e.g. `spec.volumeName` or `subjects[1]`; `None` for an included namespace.
     #[must_use]
-    pub fn via(&self) -> Option<&str> {
+    pub(crate) fn via(&self) -> Option<&str> {
         match self {
             Self::IncludedNamespace => None,
             Self::ReferencedBy { via, .. } | Self::BindsSubjectOf { via, .. } => Some(via),
@@ -164,7 +164,7 @@ impl fmt::Display for Reason {
 /// One cluster-scoped object a backup needs, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Dependency {
+pub(crate) struct Dependency {
     /// The object needed.
     pub target: ClusterObjectRef,
     /// Why.
@@ -178,7 +178,7 @@ pub struct Dependency {
 
 /// The Namespace object of included namespace `namespace`.
 #[must_use]
-pub fn namespace_dependency(namespace: &str) -> Dependency {
+pub(crate) fn namespace_dependency(namespace: &str) -> Dependency {
     Dependency {
         target: ClusterObjectRef::new(well_known::NAMESPACES, namespace),
         reason: Reason::IncludedNamespace,
@@ -193,7 +193,7 @@ pub fn namespace_dependency(namespace: &str) -> Dependency {
 /// StorageClass, a ClusterRoleBinding its ClusterRole). Whether a ClusterRoleBinding belongs in a
 /// backup at all is [`binding_subject_in`]'s question, not this function's.
 #[must_use]
-pub fn references(resource: &GroupResource, object: &Value) -> Vec<Dependency> {
+pub(crate) fn references(resource: &GroupResource, object: &Value) -> Vec<Dependency> {
     let mut refs = References {
         from: object_key(resource, object),
         out: Vec::new(),
@@ -250,7 +250,7 @@ pub fn references(resource: &GroupResource, object: &Value) -> Vec<Dependency> {
 /// object's name and namespace are enough — a custom resource references its CRD by its type).
 /// Kept beside the rules it summarizes; a test checks the two agree.
 #[must_use]
-pub fn reads_fields_of(resource: &GroupResource) -> bool {
+pub(crate) fn reads_fields_of(resource: &GroupResource) -> bool {
     workload::by_resource(resource.group(), resource.resource()).is_some()
         || matches!(
             (resource.group(), resource.resource()),
@@ -277,7 +277,7 @@ pub fn reads_fields_of(resource: &GroupResource) -> bool {
 /// account of the cluster) or `system:authenticated` do not count: such a binding is cluster
 /// policy, and copying it would grant it in the control plane to things that never asked for it.
 #[must_use]
-pub fn binding_subject_in(binding: &Value, included_namespaces: &BTreeSet<String>) -> Option<Reason> {
+pub(crate) fn binding_subject_in(binding: &Value, included_namespaces: &BTreeSet<String>) -> Option<Reason> {
     let included = |ns: &str| included_namespaces.contains(ns);
     for (i, subject) in items(Some(binding), "subjects") {
         let kind = str_at(subject, &["kind"]).unwrap_or_default();
@@ -327,7 +327,7 @@ pub fn binding_subject_in(binding: &Value, included_namespaces: &BTreeSet<String
 /// Each reference is queued at most once, so the fetch loop ends even with reference cycles.
 /// Memory is proportional to the number of distinct dependencies.
 #[derive(Debug, Clone, Default)]
-pub struct DependencyCollector {
+pub(crate) struct DependencyCollector {
     included_namespaces: BTreeSet<String>,
     found: BTreeMap<ClusterObjectRef, Found>,
     to_fetch: VecDeque<ClusterObjectRef>,
@@ -342,7 +342,7 @@ struct Found {
 impl DependencyCollector {
     /// A collector for a backup of `included_namespaces`; their Namespace objects are queued.
     #[must_use]
-    pub fn new<I>(included_namespaces: I) -> Self
+    pub(crate) fn new<I>(included_namespaces: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
@@ -358,14 +358,8 @@ impl DependencyCollector {
         collector
     }
 
-    /// The namespaces this backup includes.
-    #[must_use]
-    pub fn included_namespaces(&self) -> &BTreeSet<String> {
-        &self.included_namespaces
-    }
-
     /// Records the [`references`] of `object` (of type `resource`) and queues the new ones.
-    pub fn observe(&mut self, resource: &GroupResource, object: &Value) {
+    pub(crate) fn observe(&mut self, resource: &GroupResource, object: &Value) {
         for dependency in references(resource, object) {
             self.record(dependency, true);
         }
@@ -375,20 +369,21 @@ impl DependencyCollector {
     /// task reading one list) and queues it for fetching if it is new. The same rules as
     /// [`observe`](Self::observe): the first reason is kept unless a later one requires the
     /// object and the first did not.
-    pub fn add(&mut self, dependency: Dependency) {
+    pub(crate) fn add(&mut self, dependency: Dependency) {
         self.record(dependency, true);
     }
 
     /// Like [`add`](Self::add), for an object the caller already holds and writes itself (a
     /// ClusterRoleBinding accepted from the cluster-wide list): recorded, never queued.
-    pub fn add_held(&mut self, dependency: Dependency) {
+    pub(crate) fn add_held(&mut self, dependency: Dependency) {
         self.record(dependency, false);
     }
 
+    #[cfg(test)]
     /// Decides whether ClusterRoleBinding `binding` belongs in the backup
     /// ([`binding_subject_in`]). If it does, records it (not queued: the caller already holds the
     /// object and writes it), queues its ClusterRole, and returns `true`.
-    pub fn consider_cluster_role_binding(&mut self, binding: &Value) -> bool {
+    pub(crate) fn consider_cluster_role_binding(&mut self, binding: &Value) -> bool {
         let Some(reason) = binding_subject_in(binding, &self.included_namespaces) else {
             return false;
         };
@@ -407,38 +402,33 @@ impl DependencyCollector {
     }
 
     /// The next dependency to get from the cluster, if any is left.
-    pub fn next_to_fetch(&mut self) -> Option<ClusterObjectRef> {
+    pub(crate) fn next_to_fetch(&mut self) -> Option<ClusterObjectRef> {
         self.to_fetch.pop_front()
     }
 
     /// How many distinct dependencies were found so far.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.found.len()
     }
 
-    /// Whether none was found (never true once a namespace is included).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.found.is_empty()
-    }
-
+    #[cfg(test)]
     /// Whether `target` was found.
     #[must_use]
-    pub fn contains(&self, target: &ClusterObjectRef) -> bool {
+    pub(crate) fn contains(&self, target: &ClusterObjectRef) -> bool {
         self.found.contains_key(target)
     }
 
     /// Why `target` is needed so far (the first reason, or the first that requires it), and
     /// whether it may be absent; `None` if it was not found.
     #[must_use]
-    pub fn reason_of(&self, target: &ClusterObjectRef) -> Option<(&Reason, bool)> {
+    pub(crate) fn reason_of(&self, target: &ClusterObjectRef) -> Option<(&Reason, bool)> {
         self.found.get(target).map(|f| (&f.reason, f.may_be_absent))
     }
 
     /// Every dependency found, sorted by target, each with its first reason.
     #[must_use]
-    pub fn into_dependencies(self) -> Vec<Dependency> {
+    pub(crate) fn into_dependencies(self) -> Vec<Dependency> {
         self.found
             .into_iter()
             .map(|(target, f)| Dependency {

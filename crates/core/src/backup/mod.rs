@@ -58,16 +58,22 @@ mod request;
 pub mod trusted;
 mod write;
 
-pub use error::{BackupError, RBAC_MANIFEST};
-pub use report::{
-    BackupPlan, BackupProgress, BackupReport, BackupWarning, Collected, CollectedDependency, SkipReason,
-    SkippedObject, list_key,
-};
-pub use request::{
-    BackupProgressFn, BackupRequest, DEFAULT_BACKUP_DIR, DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE,
-    FILE_TIME_FORMAT,
-};
-pub use write::CHANNEL_CAPACITY;
+pub use error::BackupError;
+pub use error::RBAC_MANIFEST;
+pub use report::BackupPlan;
+pub use report::BackupProgress;
+pub use report::BackupReport;
+pub use report::BackupWarning;
+pub use report::Collected;
+pub use report::CollectedDependency;
+pub use report::SkipReason;
+pub use report::SkippedObject;
+pub use report::list_key;
+pub use request::BackupProgressFn;
+pub use request::BackupRequest;
+pub use request::DEFAULT_BACKUP_DIR;
+pub use request::DEFAULT_CONCURRENCY;
+pub use request::DEFAULT_PAGE_SIZE;
 
 #[cfg(doc)]
 use kpromote_archive::Inclusion;

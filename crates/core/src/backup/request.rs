@@ -23,7 +23,7 @@ pub const DEFAULT_CONCURRENCY: usize = 6;
 /// a 2,000-object one, pages of 200 1.11x, at the same speed (`benches/RESULTS.md`).
 pub const DEFAULT_PAGE_SIZE: u32 = 200;
 /// The time format of the archive name, after the policy name: `20240311-104907` (UTC).
-pub const FILE_TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
+pub(crate) const FILE_TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
 
 /// Progress callback; called from the backup's tasks, so it must be cheap and thread-safe.
 pub type BackupProgressFn = Arc<dyn Fn(&BackupProgress) + Send + Sync>;
@@ -182,7 +182,7 @@ impl BackupRequest {
 
     /// The exclusion names in effect: the request's, or the design's default list.
     #[must_use]
-    pub fn excluded_names(&self) -> Vec<String> {
+    pub(crate) fn excluded_names(&self) -> Vec<String> {
         match &self.excluded {
             Some(names) => names.clone(),
             None => DEFAULT_EXCLUDED_RESOURCES
@@ -195,7 +195,7 @@ impl BackupRequest {
     /// The archive's file name at `at`: the request's, or
     /// `<policyName><YYYYMMDD-HHMMSS><extension>` in UTC.
     #[must_use]
-    pub fn file_name_at(&self, at: jiff::Timestamp) -> String {
+    pub(crate) fn file_name_at(&self, at: jiff::Timestamp) -> String {
         match &self.file_name {
             Some(name) => name.clone(),
             None => format!(
@@ -209,13 +209,13 @@ impl BackupRequest {
 
     /// The archive's path at `at` (an `s3://` URL for object storage).
     #[must_use]
-    pub fn path_at(&self, at: jiff::Timestamp) -> PathBuf {
+    pub(crate) fn path_at(&self, at: jiff::Timestamp) -> PathBuf {
         self.archive_at(at).to_path_buf()
     }
 
     /// Where the archive goes at `at`.
     #[must_use]
-    pub fn archive_at(&self, at: jiff::Timestamp) -> ArchiveLocation {
+    pub(crate) fn archive_at(&self, at: jiff::Timestamp) -> ArchiveLocation {
         self.location.archive(&self.file_name_at(at))
     }
 
@@ -231,7 +231,7 @@ impl BackupRequest {
     ///
     /// # Errors
     /// [`BackupError::InvalidRequest`] naming the field, the value and what is wrong with it.
-    pub fn validate(&self) -> Result<(), BackupError> {
+    pub(crate) fn validate(&self) -> Result<(), BackupError> {
         let invalid = |field: &'static str, value: &str, reason: &str| BackupError::InvalidRequest {
             field,
             value: value.to_owned(),

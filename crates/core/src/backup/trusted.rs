@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Why a file is not trusted as an archive of this backup directory.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum UntrustedFile {
+pub(crate) enum UntrustedFile {
     /// The path leaves the backup directory (`..`, an absolute path elsewhere, a symlinked
     /// directory).
     #[error(
@@ -49,7 +49,7 @@ pub enum UntrustedFile {
 ///
 /// # Errors
 /// [`UntrustedFile`] saying why not.
-pub fn archive_in(dir: &Path, file: &Path) -> Result<PathBuf, UntrustedFile> {
+pub(crate) fn archive_in(dir: &Path, file: &Path) -> Result<PathBuf, UntrustedFile> {
     let io = |source| UntrustedFile::Io {
         file: file.to_owned(),
         source,
@@ -82,7 +82,7 @@ pub fn archive_in(dir: &Path, file: &Path) -> Result<PathBuf, UntrustedFile> {
 ///
 /// # Errors
 /// [`UntrustedFile::NotOurs`] or [`UntrustedFile::Io`].
-pub fn owned_regular_file(path: &Path) -> Result<(), UntrustedFile> {
+pub(crate) fn owned_regular_file(path: &Path) -> Result<(), UntrustedFile> {
     let meta = std::fs::symlink_metadata(path).map_err(|source| UntrustedFile::Io {
         file: path.to_owned(),
         source,

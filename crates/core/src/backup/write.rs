@@ -21,7 +21,7 @@ use crate::storage::upload::MultipartSink;
 use crate::storage::{ArchiveLocation, StorageError};
 
 /// Objects in flight between the reading tasks and the writer thread.
-pub const CHANNEL_CAPACITY: usize = 256;
+pub(crate) const CHANNEL_CAPACITY: usize = 256;
 
 /// How the writer thread ended.
 enum Ended {

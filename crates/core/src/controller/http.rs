@@ -36,7 +36,7 @@ impl Health {
     }
 
     /// Records that the watch failed, with why (`None`: it works again).
-    pub fn set_watch_down(&self, why: Option<String>) {
+    pub(crate) fn set_watch_down(&self, why: Option<String>) {
         *self
             .watch_down
             .lock()
@@ -45,7 +45,7 @@ impl Health {
 
     /// Why the watch is down, if it is.
     #[must_use]
-    pub fn watch_down(&self) -> Option<String> {
+    pub(crate) fn watch_down(&self) -> Option<String> {
         self.watch_down
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -54,7 +54,7 @@ impl Health {
 
     /// Whether the replica is ready: connected, and its watch (when it runs one) works.
     #[must_use]
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.watch_down().is_none()
     }
 }
@@ -66,7 +66,7 @@ struct AppState {
 }
 
 /// The router of the endpoints.
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+pub(crate) fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))

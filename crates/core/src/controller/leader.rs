@@ -83,7 +83,7 @@ impl LeaseConfig {
     ///
     /// # Errors
     /// [`LeaderError::UnsafeTimings`].
-    pub fn validate(&self) -> Result<(), LeaderError> {
+    pub(crate) fn validate(&self) -> Result<(), LeaderError> {
         if self.lease_duration > self.renew_deadline + 2 * self.retry_period
             && self.renew_deadline > self.retry_period
             && !self.retry_period.is_zero()
@@ -101,7 +101,7 @@ impl LeaseConfig {
 
 /// Why a leader stopped leading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lost {
+pub(crate) enum Lost {
     /// No renewal succeeded within the renew deadline.
     RenewDeadline,
     /// Another replica holds the lease.
@@ -137,7 +137,7 @@ struct Observed {
 
 /// One replica's side of the election.
 #[derive(Debug)]
-pub struct LeaderElector {
+pub(crate) struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<Observed>,
@@ -148,7 +148,7 @@ impl LeaderElector {
     ///
     /// # Errors
     /// Unsafe timings.
-    pub fn new(client: Client, config: LeaseConfig) -> Result<Self, LeaderError> {
+    pub(crate) fn new(client: Client, config: LeaseConfig) -> Result<Self, LeaderError> {
         config.validate()?;
         Ok(Self {
             api: Api::namespaced(client, &config.namespace),
@@ -159,7 +159,7 @@ impl LeaderElector {
 
     /// Waits until this replica holds the lease. Returns when the successful attempt was sent,
     /// for [`hold`](Self::hold). API errors are logged and retried.
-    pub async fn acquire(&mut self) -> Instant {
+    pub(crate) async fn acquire(&mut self) -> Instant {
         let mut announced = None;
         loop {
             let sent = Instant::now();
@@ -183,7 +183,7 @@ impl LeaderElector {
 
     /// Renews the lease every retry period until leadership is lost; never returns while this
     /// replica leads. `last_renewal` is when the acquiring attempt was sent.
-    pub async fn hold(&mut self, mut last_renewal: Instant) -> Lost {
+    pub(crate) async fn hold(&mut self, mut last_renewal: Instant) -> Lost {
         loop {
             tokio::time::sleep(self.config.retry_period).await;
             let sent = Instant::now();
@@ -202,7 +202,7 @@ impl LeaderElector {
 
     /// Gives the lease up (holder cleared, duration 1 s) so a standby takes over at once. Does
     /// nothing if another replica holds it.
-    pub async fn release(&mut self) {
+    pub(crate) async fn release(&mut self) {
         let result = async {
             let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
                 return Ok(());

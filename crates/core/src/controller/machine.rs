@@ -6,7 +6,7 @@ use crate::policy::{Phase, PromotePolicy};
 
 /// What a reconcile of a live (not deleted) policy does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Nothing until the spec changes.
     Idle,
     /// Start (or restart after a failed precheck or backup whose spec was edited): enter
@@ -40,7 +40,7 @@ pub enum Next {
 ///   `rollback: "true"` (as upstream: set it again).
 /// - `RolledBack` is final: a new promotion needs a new policy.
 #[must_use]
-pub fn next(phase: Option<Phase>, rollback_requested: bool, spec_changed: bool) -> Next {
+pub(crate) fn next(phase: Option<Phase>, rollback_requested: bool, spec_changed: bool) -> Next {
     use Phase::*;
     match phase {
         None => Next::Start,
@@ -61,7 +61,7 @@ pub fn next(phase: Option<Phase>, rollback_requested: bool, spec_changed: bool) 
 
 /// What deleting a policy does, by the phase it is in when the deletion is seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnDelete {
+pub(crate) enum OnDelete {
     /// Nothing to undo, or nothing that should be undone: let the policy go.
     ///
     /// A `Completed` policy's deletion leaves the promoted state in place: the applications are
@@ -78,7 +78,7 @@ pub enum OnDelete {
 
 /// What deleting a policy in `phase` does.
 #[must_use]
-pub fn on_delete(phase: Option<Phase>) -> OnDelete {
+pub(crate) fn on_delete(phase: Option<Phase>) -> OnDelete {
     match phase {
         Some(Phase::Detaching | Phase::Restoring | Phase::FailedRollback) => OnDelete::RollBack,
         Some(Phase::RollingBack) => OnDelete::FinishRollback,
@@ -91,7 +91,7 @@ pub fn on_delete(phase: Option<Phase>) -> OnDelete {
 /// (the namespaces are promoted, and its rollback will act on them); so does `FailedRollback`
 /// (the namespaces are half way back).
 #[must_use]
-pub fn holds_namespaces(phase: Option<Phase>) -> bool {
+pub(crate) fn holds_namespaces(phase: Option<Phase>) -> bool {
     matches!(
         phase,
         Some(
@@ -107,7 +107,7 @@ pub fn holds_namespaces(phase: Option<Phase>) -> bool {
 
 /// The namespaces `policies` other than `me` hold, each with the holder's name, for precheck.
 #[must_use]
-pub fn busy_namespaces(me: &str, policies: &[PromotePolicy]) -> Vec<(String, String)> {
+pub(crate) fn busy_namespaces(me: &str, policies: &[PromotePolicy]) -> Vec<(String, String)> {
     let mut busy = Vec::new();
     for policy in policies {
         let name = policy.metadata.name.as_deref().unwrap_or_default();
@@ -125,7 +125,7 @@ pub fn busy_namespaces(me: &str, policies: &[PromotePolicy]) -> Vec<(String, Str
 /// The phase an engine step of promote belongs to: detaching and marking the member's pods is
 /// `Detaching`; everything after is `Restoring`.
 #[must_use]
-pub fn promote_phase_of_step(step: &str) -> Phase {
+pub(crate) fn promote_phase_of_step(step: &str) -> Phase {
     match step {
         "detach" | "mark" => Phase::Detaching,
         _ => Phase::Restoring,
@@ -135,7 +135,7 @@ pub fn promote_phase_of_step(step: &str) -> Phase {
 /// The later of two promote phases: a resumed run re-reports detach steps it skips, but the
 /// phase never goes back.
 #[must_use]
-pub fn later_promote_phase(a: Phase, b: Phase) -> Phase {
+pub(crate) fn later_promote_phase(a: Phase, b: Phase) -> Phase {
     if a == Phase::Restoring || b == Phase::Restoring {
         Phase::Restoring
     } else {

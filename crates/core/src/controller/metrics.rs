@@ -25,14 +25,14 @@ use crate::policy::Phase;
 
 /// Labels naming an error kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     /// The kind (see the reconcile error's `metric_label`).
     pub error: String,
 }
 
 /// Labels of a phase transition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransitionLabels {
+pub(crate) struct TransitionLabels {
     /// The phase before (`New` for a policy without one).
     pub from: String,
     /// The phase after.
@@ -41,14 +41,14 @@ pub struct TransitionLabels {
 
 /// Labels naming a phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
+pub(crate) struct PhaseLabels {
     /// The phase.
     pub phase: String,
 }
 
 /// Labels of an engine run.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
+pub(crate) struct StepLabels {
     /// `backup`, `promote` or `rollback`.
     pub step: String,
     /// `ok`, `failed` or `interrupted`.
@@ -149,7 +149,7 @@ impl Metrics {
     }
 
     /// Records that the watch works (`true`) or failed once more (`false`).
-    pub fn watch(&self, up: bool) {
+    pub(crate) fn watch(&self, up: bool) {
         self.watch_up.set(i64::from(up));
         if !up {
             self.watch_errors.inc();
@@ -157,13 +157,13 @@ impl Metrics {
     }
 
     /// Counts a reconcile and its duration.
-    pub fn reconciled(&self, took: Duration) {
+    pub(crate) fn reconciled(&self, took: Duration) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
     /// Counts a reconcile error.
-    pub fn reconcile_error(&self, kind: &str) {
+    pub(crate) fn reconcile_error(&self, kind: &str) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 error: kind.to_owned(),
@@ -172,7 +172,7 @@ impl Metrics {
     }
 
     /// Counts a phase change, and a failure when `to` is one.
-    pub fn transition(&self, from: Option<Phase>, to: Phase) {
+    pub(crate) fn transition(&self, from: Option<Phase>, to: Phase) {
         self.transitions
             .get_or_create(&TransitionLabels {
                 from: from.map_or("New", Phase::as_str).to_owned(),
@@ -189,7 +189,7 @@ impl Metrics {
     }
 
     /// Records an engine run.
-    pub fn step(&self, step: &str, outcome: &str, took: Duration) {
+    pub(crate) fn step(&self, step: &str, outcome: &str, took: Duration) {
         self.step_duration
             .get_or_create(&StepLabels {
                 step: step.to_owned(),
@@ -199,13 +199,13 @@ impl Metrics {
     }
 
     /// Records whether this replica leads.
-    pub fn set_leader(&self, leader: bool) {
+    pub(crate) fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
 
     /// The Prometheus text exposition of every metric.
     #[must_use]
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -65,7 +65,7 @@
 
 pub mod http;
 pub mod leader;
-pub mod machine;
+pub(crate) mod machine;
 pub mod metrics;
 mod reconcile;
 pub mod serve;
@@ -88,14 +88,13 @@ use crate::access::{AccessError, ClusterClient, KubeconfigPolicy};
 use crate::engine::EngineOptions;
 use crate::kosmos::cluster::Cluster;
 use crate::policy::PromotePolicy;
-pub use reconcile::ReconcileError;
 
 /// Field manager of the controller's status writes.
-pub const FIELD_MANAGER: &str = "kpromote-controller";
+pub(crate) const FIELD_MANAGER: &str = "kpromote-controller";
 /// The finalizer that lets the controller roll back a policy deleted mid-promotion.
-pub const FINALIZER: &str = "kpromote.kosmos.io/finalizer";
+pub(crate) const FINALIZER: &str = "kpromote.kosmos.io/finalizer";
 /// The controller name events are reported under.
-pub const REPORTING_CONTROLLER: &str = "kpromote-controller";
+pub(crate) const REPORTING_CONTROLLER: &str = "kpromote-controller";
 
 /// How the controller works.
 #[derive(Debug, Clone)]
@@ -131,7 +130,7 @@ pub struct ControllerConfig {
 impl ControllerConfig {
     /// Where new archives go by default: [`Self::backup_location`], else [`Self::backup_dir`].
     #[must_use]
-    pub fn default_location(&self) -> crate::storage::BackupLocation {
+    pub(crate) fn default_location(&self) -> crate::storage::BackupLocation {
         self.backup_location
             .clone()
             .unwrap_or_else(|| crate::storage::BackupLocation::Dir(self.backup_dir.clone()))
@@ -178,7 +177,7 @@ pub enum ControllerError {
 ///
 /// # Errors
 /// [`ControllerError`] saying what is missing.
-pub async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), ControllerError> {
+pub(crate) async fn probe(client: &Client, config: &ControllerConfig) -> Result<(), ControllerError> {
     let policies: Api<PromotePolicy> = Api::all(client.clone());
     policies
         .list(&ListParams::default().limit(1))

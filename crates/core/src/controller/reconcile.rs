@@ -25,7 +25,7 @@ use crate::policy::{
 /// Why a reconcile stopped early; it is retried with backoff and the phase is kept.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     /// The control plane refused or did not answer.
     #[error("control plane API: {0}")]
     Kube(#[from] kube::Error),
@@ -55,7 +55,7 @@ pub enum ReconcileError {
 impl ReconcileError {
     /// A short label for metrics.
     #[must_use]
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
             Self::Member(_) => "member",

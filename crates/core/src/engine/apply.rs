@@ -19,7 +19,7 @@ use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnerReference};
 
 /// Journal step that points a dependent's ownerReference at its re-created owner.
-pub const STEP_ADOPT: &str = "adopt";
+pub(crate) const STEP_ADOPT: &str = "adopt";
 
 /// How many dependents of one type in one namespace make a LIST cheaper than a GET each.
 const PREFETCH_MIN: usize = 8;
@@ -164,7 +164,7 @@ impl<'a> Restorer<'a> {
     /// Rollback's re-creation of the owners detach deleted, in the `member` cluster. Journal step
     /// `recreate`; no stamp (the member's objects are its own again).
     #[must_use]
-    pub fn into_member(
+    pub(crate) fn into_member(
         member: &'a LiveCluster,
         inv: &'a Inventory,
         journal: &'a SharedJournal,

@@ -46,7 +46,7 @@ use kpromote_model::object_key::ObjectKey;
 /// Label every sentinel carries, with the barrier's id as value.
 pub const SENTINEL_LABEL: &str = "kpromote.kosmos.io/barrier";
 /// Prefix of sentinel names.
-pub const SENTINEL_PREFIX: &str = "kpromote-barrier-";
+pub(crate) const SENTINEL_PREFIX: &str = "kpromote-barrier-";
 /// The node sentinel pods are bound to: it does not exist, so nothing runs them.
 const NOWHERE: &str = "kpromote-barrier-no-such-node";
 
@@ -84,7 +84,7 @@ impl Needs {
 
     /// Whether nothing is needed.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.pods_and_replicasets && !self.revisions && !self.replicasets
     }
 }

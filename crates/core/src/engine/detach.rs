@@ -31,9 +31,9 @@ use crate::plan::twin::{clustertree_differences, member_mark_patch};
 use kpromote_model::object_key::ObjectKey;
 
 /// Journal step of one owner's deletion.
-pub const STEP_DETACH: &str = "detach";
+pub(crate) const STEP_DETACH: &str = "detach";
 /// Journal step of one pod's Kosmos mark.
-pub const STEP_MARK: &str = "mark";
+pub(crate) const STEP_MARK: &str = "mark";
 
 /// Deletes every owner of `plan`, level by level (highest first), each with
 /// `propagationPolicy: Orphan` and its archived UID as precondition; right after each level,
@@ -650,7 +650,7 @@ impl<'a> TwinFactory<'a> {
     ///
     /// # Errors
     /// [`EngineError::Transform`] when the pod cannot be prepared.
-    pub fn twin(&self, key: &ObjectKey, archived: &Value) -> Result<Value, EngineError> {
+    pub(crate) fn twin(&self, key: &ObjectKey, archived: &Value) -> Result<Value, EngineError> {
         let transform = |source| EngineError::Transform {
             key: key.clone(),
             source,
@@ -675,7 +675,7 @@ impl<'a> TwinFactory<'a> {
 ///
 /// # Errors
 /// API errors; [`super::LiveError::Stalled`] when a deletion stops advancing for `opts.gc_stall`.
-pub async fn detached_owners(
+pub(crate) async fn detached_owners(
     member: &LiveCluster,
     inv: &Inventory,
     plan: &DetachPlan,

@@ -28,7 +28,7 @@ const REPORTED_EVEN_WHEN_DERIVED: &[(&str, &str)] = &[
 /// them from the control plane: those whose spec was edited since, and every UID — as 128 bits,
 /// not strings, so that a rollback of many objects holds little of each.
 #[derive(Debug, Default)]
-pub struct Promoted {
+pub(crate) struct Promoted {
     edited: Vec<(ObjectKey, i64)>,
     uids: HashSet<u128>,
 }
@@ -36,7 +36,7 @@ pub struct Promoted {
 /// What drift needs of one object promote created, read from the control plane: the rest of
 /// the live object is not kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
+pub(crate) struct Created {
     /// Its UID there.
     pub uid: Option<String>,
     /// Its generation: above 1, its spec was edited since promote.
@@ -46,7 +46,7 @@ pub struct Created {
 impl Created {
     /// The summary of `live`.
     #[must_use]
-    pub fn of(live: &Value) -> Self {
+    pub(crate) fn of(live: &Value) -> Self {
         Self {
             uid: live
                 .pointer("/metadata/uid")
@@ -59,7 +59,7 @@ impl Created {
 
 impl Promoted {
     /// Adds `created`, the control plane's object of `key`, which promote created.
-    pub fn add(&mut self, key: &ObjectKey, created: Created) {
+    pub(crate) fn add(&mut self, key: &ObjectKey, created: Created) {
         if let Some(uid) = &created.uid {
             self.uids.insert(uid_bits(uid));
         }
@@ -92,7 +92,7 @@ fn uid_bits(uid: &str) -> u128 {
 
 /// Changes found; empty when the control plane holds exactly what promote made.
 #[derive(Debug, Default)]
-pub struct Drift {
+pub(crate) struct Drift {
     /// Objects created since promote in the promoted namespaces.
     pub added: Vec<ObjectKey>,
     /// Objects promote created whose spec changed since (generation above 1).
@@ -104,13 +104,13 @@ pub struct Drift {
 impl Drift {
     /// Whether nothing changed.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.added.is_empty() && self.edited.is_empty()
     }
 
     /// One line per change.
     #[must_use]
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         self.added
             .iter()
             .map(|k| format!("{k} was created in the control plane after promote"))
@@ -134,7 +134,7 @@ impl Drift {
 ///
 /// # Errors
 /// Discovery and API errors.
-pub async fn detect(
+pub(crate) async fn detect(
     cp: &LiveCluster,
     mut promoted: Promoted,
     namespaces: &BTreeSet<String>,

@@ -116,19 +116,19 @@ pub struct Archived {
 impl Archived {
     /// The object's key.
     #[must_use]
-    pub fn key(&self) -> &ObjectKey {
+    pub(crate) fn key(&self) -> &ObjectKey {
         &self.record.key
     }
 
     /// Its archived UID.
     #[must_use]
-    pub fn uid(&self) -> Option<&str> {
+    pub(crate) fn uid(&self) -> Option<&str> {
         self.record.uid.as_deref()
     }
 
     /// Its dynamic API in `cluster`.
     #[must_use]
-    pub fn api(&self, cluster: &LiveCluster) -> kube::Api<kube::api::DynamicObject> {
+    pub(crate) fn api(&self, cluster: &LiveCluster) -> kube::Api<kube::api::DynamicObject> {
         cluster.api(&self.record.key, &self.record.api_version, &self.record.kind)
     }
 }
@@ -387,7 +387,7 @@ impl Inventory {
 
     /// What the transforms need to know of the whole archive (see [`TransformContext::learn`]).
     #[must_use]
-    pub fn facts(&self) -> &TransformContext {
+    pub(crate) fn facts(&self) -> &TransformContext {
         &self.facts
     }
 
@@ -410,7 +410,7 @@ impl Inventory {
     /// Whether the control-plane restore creates (or merges) `archived`, an object of this
     /// inventory with its whole body.
     #[must_use]
-    pub fn restores(&self, archived: &Archived) -> bool {
+    pub(crate) fn restores(&self, archived: &Archived) -> bool {
         if self.graph.contains(archived.key()) {
             !self.skipped.contains(archived.key())
         } else {
@@ -462,7 +462,7 @@ impl Inventory {
 
     /// How many objects of (`group`, `resource`) the archive holds outside the graph.
     #[must_use]
-    pub fn outside_count(&self, group: &str, resource: &str) -> u64 {
+    pub(crate) fn outside_count(&self, group: &str, resource: &str) -> u64 {
         self.outside
             .get(&(group.to_owned(), resource.to_owned()))
             .copied()
@@ -476,7 +476,7 @@ impl Inventory {
     /// # Errors
     /// The archive cannot be opened again, or was replaced; an item is an error when an entry
     /// cannot be read.
-    pub fn outside_of_kind(&self, group: &str, resource: &str) -> Result<Scan<'_>, InventoryError> {
+    pub(crate) fn outside_of_kind(&self, group: &str, resource: &str) -> Result<Scan<'_>, InventoryError> {
         let reader = self.reopen()?;
         let graph = &self.graph;
         let objects = reader.objects_of(resource, group)?.filter_map(move |object| {
@@ -513,13 +513,13 @@ impl Inventory {
 
     /// Object `key` of the graph, with its body.
     #[must_use]
-    pub fn archived(&self, key: &ObjectKey) -> Option<Archived> {
+    pub(crate) fn archived(&self, key: &ObjectKey) -> Option<Archived> {
         self.of_graph(key, Bodies::Yes)
     }
 
     /// The body of `key`, an object of the graph (a stub when its entry is unreadable).
     #[must_use]
-    pub fn body(&self, key: &ObjectKey) -> Option<std::borrow::Cow<'_, Value>> {
+    pub(crate) fn body(&self, key: &ObjectKey) -> Option<std::borrow::Cow<'_, Value>> {
         if let Some(object) = self.graph_stubs.get(key) {
             return Some(std::borrow::Cow::Borrowed(object));
         }
@@ -560,7 +560,7 @@ impl Inventory {
     ///
     /// # Errors
     /// The archive cannot be opened again, or was replaced.
-    pub fn scan<'a, F>(&'a self, wanted: F, bodies: Bodies) -> Result<Scan<'a>, InventoryError>
+    pub(crate) fn scan<'a, F>(&'a self, wanted: F, bodies: Bodies) -> Result<Scan<'a>, InventoryError>
     where
         F: Fn(&ObjectKey) -> bool + Clone + Send + 'a,
     {
@@ -649,7 +649,7 @@ impl Inventory {
     ///
     /// # Errors
     /// As [`Inventory::scan`]; an item is an error when the archive cannot be read further.
-    pub fn dependents_of<'a>(
+    pub(crate) fn dependents_of<'a>(
         &'a self,
         owners: &'a BTreeSet<ObjectKey>,
     ) -> Result<
@@ -681,7 +681,7 @@ impl Inventory {
     ///
     /// # Errors
     /// [`LiveError::Malformed`] when `key` is not in the graph.
-    pub fn api(
+    pub(crate) fn api(
         &self,
         cluster: &LiveCluster,
         key: &ObjectKey,
@@ -692,7 +692,7 @@ impl Inventory {
 
     /// The archived UID of `key`, an object of the graph.
     #[must_use]
-    pub fn uid(&self, key: &ObjectKey) -> Option<&str> {
+    pub(crate) fn uid(&self, key: &ObjectKey) -> Option<&str> {
         self.graph.record(key).and_then(|r| r.uid.as_deref())
     }
 
@@ -777,7 +777,7 @@ fn object_record(record: &kpromote_archive::IndexRecord) -> ObjectRecord {
 /// the spec, status and every other field left out. (A pod's body is mostly spec, status and
 /// managed fields; this keeps a few hundred bytes of it.)
 #[must_use]
-pub fn slim(object: &Value) -> Value {
+pub(crate) fn slim(object: &Value) -> Value {
     let meta = |field: &str| object.pointer(&format!("/metadata/{field}")).cloned();
     let only = |field: &str, keys: &[&str]| -> Option<Value> {
         let map = object.pointer(&format!("/metadata/{field}"))?.as_object()?;
@@ -814,7 +814,7 @@ pub fn slim(object: &Value) -> Value {
 
 /// Whether a live object carries the stamp of archive `archive_id`.
 #[must_use]
-pub fn stamped_by(live: &Value, archive_id: &str) -> bool {
+pub(crate) fn stamped_by(live: &Value, archive_id: &str) -> bool {
     live.pointer("/metadata/annotations")
         .and_then(|a| a.get(STAMP_ANNOTATION))
         .and_then(Value::as_str)
@@ -822,7 +822,7 @@ pub fn stamped_by(live: &Value, archive_id: &str) -> bool {
 }
 
 /// Adds the stamp of `archive_id` to an object about to be created.
-pub fn stamp(object: &mut Value, archive_id: &str) {
+pub(crate) fn stamp(object: &mut Value, archive_id: &str) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         let annotations = meta
             .entry("annotations")

@@ -14,7 +14,7 @@ use super::wait::{Awaited, Poll, Progress, Throttled, until};
 use kpromote_model::object_key::ObjectKey;
 
 /// Field manager of every write kpromote makes, visible in `managedFields`.
-pub const FIELD_MANAGER: &str = "kpromote";
+pub(crate) const FIELD_MANAGER: &str = "kpromote";
 
 /// How the engine rides out what a busy or restarting API server answers: throttling (429),
 /// server errors (500, 502, 503, 504) and dropped connections are retried with exponential
@@ -45,7 +45,7 @@ impl RetryPolicy {
     /// `max_delay`, then drawn uniformly from its upper half so many clients that failed together
     /// do not retry together; at least `retry_after` when the server asked for it.
     #[must_use]
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .first_delay
             .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
@@ -159,16 +159,10 @@ pub enum LiveError {
 }
 
 impl LiveError {
-    /// Whether the object was not found.
-    #[must_use]
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::NotFound { .. })
-    }
-
     /// Whether asking again may succeed: the cluster did not answer, throttled (429) or had a
     /// server error (500, 502, 503, 504). Every other answer is final.
     #[must_use]
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
             || matches!(self, Self::Refused { code, .. } if matches!(code, 429 | 500 | 502 | 503 | 504))
     }
@@ -216,13 +210,13 @@ impl LiveCluster {
 
     /// How many transient failures this cluster's calls have retried so far.
     #[must_use]
-    pub fn retried(&self) -> u64 {
+    pub(crate) fn retried(&self) -> u64 {
         self.retried.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The dynamic API of `key` at `api_version`/`kind` (from the archived object).
     #[must_use]
-    pub fn api(&self, key: &ObjectKey, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    pub(crate) fn api(&self, key: &ObjectKey, api_version: &str, kind: &str) -> Api<DynamicObject> {
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g, v),
             None => ("", api_version),
@@ -261,7 +255,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals and unavailability.
-    pub async fn get_opt(
+    pub(crate) async fn get_opt(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -273,24 +267,13 @@ impl LiveCluster {
         }
     }
 
-    /// Every object of `api`'s type in its namespace (or the cluster), by name, read in pages of
-    /// 500. `key` is any object of that type; it names the request in errors.
+    /// Every object of `api`'s type in its namespace (or the cluster) carrying label selector
+    /// `selector` (all of them for `None`), by name, read in pages of 500. `key` is any object of
+    /// that type; it names the request in errors.
     ///
     /// # Errors
     /// Refusals and unavailability.
-    pub async fn list_by_name(
-        &self,
-        api: &Api<DynamicObject>,
-        key: &ObjectKey,
-    ) -> Result<BTreeMap<String, DynamicObject>, LiveError> {
-        self.list_selected(api, key, None).await
-    }
-
-    /// [`Self::list_by_name`] of the objects carrying label selector `selector`.
-    ///
-    /// # Errors
-    /// Refusals and unavailability.
-    pub async fn list_selected(
+    pub(crate) async fn list_selected(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -305,7 +288,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals and unavailability.
-    pub async fn list_kept<T>(
+    pub(crate) async fn list_kept<T>(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -337,7 +320,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// [`LiveError::AlreadyExists`], refusals, unavailability.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -359,7 +342,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals, unavailability, not found.
-    pub async fn merge_patch(
+    pub(crate) async fn merge_patch(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -372,7 +355,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals, unavailability, not found.
-    pub async fn merge_patch_status(
+    pub(crate) async fn merge_patch_status(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -409,7 +392,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// [`LiveError::Conflict`] when the UID differs; refusals, unavailability.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -434,7 +417,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals, unavailability.
-    pub async fn delete_collection(
+    pub(crate) async fn delete_collection(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -453,7 +436,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// [`LiveError::Stalled`] naming what was awaited; API errors.
-    pub async fn wait_gone(
+    pub(crate) async fn wait_gone(
         &self,
         api: &Api<DynamicObject>,
         key: &ObjectKey,
@@ -497,7 +480,7 @@ impl LiveCluster {
     ///
     /// # Errors
     /// Refusals and unavailability.
-    pub async fn count(
+    pub(crate) async fn count(
         &self,
         apis: &[Api<DynamicObject>],
         key: &ObjectKey,
@@ -624,7 +607,7 @@ fn refusal_advice(code: u16) -> &'static str {
 /// kubeconfig does not trust, credentials that cannot be obtained, or an answer that is not the
 /// Kubernetes API's will not, and retrying them for minutes only hides the cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// Worth retrying; the client's words.
     Transient(String),
     /// Not worth retrying.
@@ -648,7 +631,7 @@ impl Transport {
     /// Classes `err`, a client error that is not an API answer, reading its whole chain of
     /// causes (the TLS library's verdict is several levels down).
     #[must_use]
-    pub fn of(err: &kube::Error) -> Self {
+    pub(crate) fn of(err: &kube::Error) -> Self {
         use std::error::Error as _;
         let chain = {
             let mut text = err.to_string();

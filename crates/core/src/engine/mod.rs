@@ -18,7 +18,7 @@ pub mod apply;
 pub mod barrier;
 pub mod detach;
 mod drift;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod live;
 pub mod promote;
 pub mod rollback;
@@ -33,10 +33,16 @@ use serde::Serialize;
 use crate::journal::{Journal, JournalError};
 use crate::plan::order::PlanError;
 use crate::plan::transform::TransformError;
-pub use inventory::{Archived, Bodies, Inventory, InventoryError, Scan, open_archive};
+pub use inventory::Archived;
+pub use inventory::Bodies;
+pub use inventory::Inventory;
+pub use inventory::InventoryError;
+pub use inventory::Scan;
+pub use inventory::open_archive;
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::OwnershipError;
-pub use live::{LiveCluster, LiveError};
+pub use live::LiveCluster;
+pub(crate) use live::LiveError;
 
 /// One promote or rollback: the two clusters, the archived objects and how to act. The command
 /// line, the controller and the tests assemble it the same way and hand it over whole.
@@ -159,7 +165,7 @@ impl Tally {
     pub const SAMPLE: usize = 200;
 
     /// Counts `name`, keeping it if it is among the first [`Tally::SAMPLE`] in key order.
-    pub fn add(&mut self, name: String) {
+    pub(crate) fn add(&mut self, name: String) {
         self.count += 1;
         if self.first.len() < Self::SAMPLE || self.first.last().is_some_and(|last| name < *last) {
             self.first.insert(name);
@@ -233,7 +239,7 @@ impl Report {
     /// message: the changes it discarded, its warnings and its damaged entries (empty when
     /// there is none).
     #[must_use]
-    pub fn notes(&self) -> String {
+    pub(crate) fn notes(&self) -> String {
         let mut notes = String::new();
         for (label, items) in [
             (
@@ -364,7 +370,7 @@ pub enum EngineError {
 
 /// How many failures of one level an error names ([`EngineError::Failures`]); its count says
 /// how many there were.
-pub const FAILURES_SHOWN: usize = 20;
+pub(crate) const FAILURES_SHOWN: usize = 20;
 
 /// Every failure of one step's level: `Ok` when there is none, the failure itself when there
 /// is one, and [`EngineError::Failures`] naming them all (up to [`FAILURES_SHOWN`]) when there
@@ -372,7 +378,7 @@ pub const FAILURES_SHOWN: usize = 20;
 ///
 /// # Errors
 /// As described.
-pub fn all_failures(step: &str, mut errors: Vec<EngineError>) -> Result<(), EngineError> {
+pub(crate) fn all_failures(step: &str, mut errors: Vec<EngineError>) -> Result<(), EngineError> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
@@ -416,7 +422,7 @@ impl EngineError {
     /// Whether running the step again may succeed: the cluster did not answer or was
     /// overloaded past one call's retries, or a wait on its controllers ran out.
     #[must_use]
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Live(e) => e.is_transient() || matches!(e, LiveError::Stalled { .. }),
             Self::Failures { transient, .. } => *transient,
@@ -453,7 +459,7 @@ pub type SharedJournal = Arc<Mutex<Journal>>;
 /// How a closed journal's run finished (see [`Journal::close`]): promote completed.
 pub const COMPLETED: &str = "completed";
 /// See [`COMPLETED`]: the promotion was rolled back.
-pub const ROLLED_BACK: &str = "rolled back";
+pub(crate) const ROLLED_BACK: &str = "rolled back";
 
 /// Journal step directions: one journal file per direction beside the archive.
 pub const PROMOTE: &str = "promote";

@@ -7,7 +7,7 @@ use super::detach::{TwinFactory, detach, mark_pods};
 use super::{EngineError, EngineOptions, Report, Run, SharedJournal, lock};
 
 /// Journal step of one object's restore in the control plane.
-pub const STEP_RESTORE: &str = "restore";
+pub(crate) const STEP_RESTORE: &str = "restore";
 
 /// Runs promote for an archive already written. `rollback_journal` receives the automatic
 /// rollback's records when a step fails after the member was changed; `None` disables it.

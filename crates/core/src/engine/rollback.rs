@@ -31,15 +31,15 @@ use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
 
 /// Journal step of one member pod's unmarking.
-pub const STEP_UNMARK: &str = "unmark";
+pub(crate) const STEP_UNMARK: &str = "unmark";
 /// Journal step of one re-created member owner.
-pub const STEP_RECREATE: &str = "recreate";
+pub(crate) const STEP_RECREATE: &str = "recreate";
 /// The Secret Kosmos makes in a namespace when it converts a pod's service-account volume.
 const KOSMOS_TOKEN_SECRET: &str = "kosmos-default-token";
 /// Journal step of the check for changes made in the control plane since promote.
-pub const STEP_DRIFT: &str = "drift";
+pub(crate) const STEP_DRIFT: &str = "drift";
 /// Journal step of one control-plane deletion.
-pub const STEP_TEARDOWN: &str = "teardown";
+pub(crate) const STEP_TEARDOWN: &str = "teardown";
 
 /// Rolls the promotion of `inv` back.
 ///

@@ -25,7 +25,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// What one look at awaited work found.
 #[derive(Debug)]
-pub enum Poll<T> {
+pub(crate) enum Poll<T> {
     /// The condition holds.
     Ready(T),
     /// Not yet, and how far the work is.
@@ -47,7 +47,7 @@ pub enum Progress {
 
 /// What is awaited, for the error when it stalls.
 #[derive(Debug, Clone, Copy)]
-pub struct Awaited<'a> {
+pub(crate) struct Awaited<'a> {
     /// Cluster role.
     pub cluster: &'a str,
     /// The object waited on.
@@ -61,7 +61,11 @@ pub struct Awaited<'a> {
 /// # Errors
 /// [`LiveError::Stalled`] once the work has not advanced (see [`Progress`]) for `stall`; the
 /// errors of `look`.
-pub async fn until<T, F, Fut>(awaited: Awaited<'_>, stall: Duration, mut look: F) -> Result<T, LiveError>
+pub(crate) async fn until<T, F, Fut>(
+    awaited: Awaited<'_>,
+    stall: Duration,
+    mut look: F,
+) -> Result<T, LiveError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Poll<T>, LiveError>>,
@@ -108,7 +112,7 @@ fn advances(best: Option<Progress>, now: Progress) -> bool {
 }
 
 /// How often a write computed from a read is tried when the object keeps changing in between.
-pub const CONFLICT_ATTEMPTS: usize = 5;
+pub(crate) const CONFLICT_ATTEMPTS: usize = 5;
 
 /// Runs `attempt` (given its number, from 0) until it does not fail with
 /// [`LiveError::Conflict`], at most [`CONFLICT_ATTEMPTS`] times. Each attempt reads the object
@@ -116,7 +120,7 @@ pub const CONFLICT_ATTEMPTS: usize = 5;
 ///
 /// # Errors
 /// [`LiveError::Conflict`] naming `what` when every attempt conflicted; other errors at once.
-pub async fn on_conflict<T, F, Fut>(
+pub(crate) async fn on_conflict<T, F, Fut>(
     cluster: &str,
     key: &ObjectKey,
     what: &str,
@@ -145,19 +149,19 @@ where
 /// Work measured by a count that is expensive to take (a LIST): counted at most once per
 /// [`COUNT_EVERY`], the last count standing in between.
 #[derive(Debug, Default)]
-pub struct Throttled {
+pub(crate) struct Throttled {
     last: std::sync::Mutex<Option<(Instant, u64)>>,
 }
 
 /// How often a [`Throttled`] count is taken again.
-pub const COUNT_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const COUNT_EVERY: Duration = Duration::from_secs(3);
 
 impl Throttled {
     /// The count, from `count` when the last is older than [`COUNT_EVERY`].
     ///
     /// # Errors
     /// The errors of `count`.
-    pub async fn get<Fut>(&self, count: impl FnOnce() -> Fut) -> Result<u64, LiveError>
+    pub(crate) async fn get<Fut>(&self, count: impl FnOnce() -> Fut) -> Result<u64, LiveError>
     where
         Fut: Future<Output = Result<u64, LiveError>>,
     {

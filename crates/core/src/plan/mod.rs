@@ -32,6 +32,6 @@
 //! off with [`twin::unmark_patch`]; remove what promote created in the control plane in
 //! [`order::TeardownPlan`] order.
 
-pub mod order;
+pub(crate) mod order;
 pub mod transform;
 pub mod twin;

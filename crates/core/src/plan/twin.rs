@@ -18,7 +18,7 @@ use kpromote_model::kosmos::{self, STAMP_ANNOTATION};
 
 /// The pod fields Kosmos clustertree compares between a member pod and its control-plane twin
 /// (JSON pointers). Any difference makes it update the member pod in place.
-pub const CLUSTERTREE_COMPARED: &[&str] = &[
+pub(crate) const CLUSTERTREE_COMPARED: &[&str] = &[
     "/spec/containers",
     "/spec/initContainers",
     "/spec/activeDeadlineSeconds",
@@ -27,9 +27,10 @@ pub const CLUSTERTREE_COMPARED: &[&str] = &[
     "/metadata/annotations",
 ];
 
+#[cfg(test)]
 /// Which view of a pod a [`PodChange`] applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// The running pod in the member cluster.
     Member,
     /// Its copy in the control plane.
@@ -38,9 +39,10 @@ pub enum View {
     Both,
 }
 
+#[cfg(test)]
 /// One change kpromote makes to a pod, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodChange {
+pub(crate) struct PodChange {
     /// Which pod.
     pub view: View,
     /// The field.
@@ -51,9 +53,10 @@ pub struct PodChange {
     pub reason: &'static str,
 }
 
+#[cfg(test)]
 /// Every change kpromote makes to a member pod and to its control-plane twin. Nothing else of a
 /// pod is changed; a pod template is never changed at all.
-pub const POD_CHANGES: &[PodChange] = &[
+pub(crate) const POD_CHANGES: &[PodChange] = &[
     PodChange {
         view: View::Both,
         field: "metadata.labels[kosmos-io/pod]",
@@ -120,7 +123,7 @@ pub const POD_CHANGES: &[PodChange] = &[
 ///
 /// # Errors
 /// [`TransformError::InvalidField`] when `tolerations` is not a list.
-pub fn add_kosmos_toleration(spec: &mut Map<String, Value>) -> Result<bool, TransformError> {
+pub(crate) fn add_kosmos_toleration(spec: &mut Map<String, Value>) -> Result<bool, TransformError> {
     let slot = spec.entry("tolerations").or_insert(Value::Null);
     if slot.is_null() {
         *slot = Value::Array(Vec::new());
@@ -170,7 +173,7 @@ fn tolerates(toleration: &Value, key: &str, value: &str, effect: &str) -> bool {
 ///
 /// # Errors
 /// [`TransformError::InvalidField`] when the pod's tolerations are not a list.
-pub fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option<Value>, TransformError> {
+pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option<Value>, TransformError> {
     let mut metadata = Map::new();
     if label(live, kosmos::POD_LABEL) != Some(kosmos::POD_LABEL_VALUE) {
         metadata.insert(
@@ -207,7 +210,7 @@ pub fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option<Value>
 /// Taking the label off the member pod first is what keeps the control-plane pod's deletion from
 /// reaching it: Kosmos deletes a member pod only when it carries the label.
 #[must_use]
-pub fn unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
+pub(crate) fn unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
     let mut metadata = Map::new();
     for (field, keys) in [
         ("labels", &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL][..]),
@@ -258,7 +261,7 @@ pub struct AdmissionChange {
 /// ([`POD_CHANGES`]). Priority is compared with the `archived` pod's: the copy was created
 /// without it, so Priority admission recomputed it from the control plane's PriorityClass.
 #[must_use]
-pub fn admission_changes(archived: &Value, sent: &Value, created: &Value) -> Vec<AdmissionChange> {
+pub(crate) fn admission_changes(archived: &Value, sent: &Value, created: &Value) -> Vec<AdmissionChange> {
     let mut expected = sent.clone();
     for field in ["priority", "preemptionPolicy"] {
         let pointer = format!("/spec/{field}");

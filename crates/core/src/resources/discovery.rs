@@ -77,7 +77,7 @@ pub enum DiscoveryError {
 impl DiscoveryError {
     /// The client's error, for a caller that classes and retries it as any other call's.
     #[must_use]
-    pub fn into_client_error(self) -> kube::Error {
+    pub(crate) fn into_client_error(self) -> kube::Error {
         match self {
             Self::CoreVersions(e) | Self::Groups(e) | Self::CoreResources { source: e, .. } => e,
         }

@@ -18,14 +18,17 @@
 //! (canonical) group, and excluding any member excludes the whole family.
 
 mod discovery;
-pub mod resolve;
+pub(crate) mod resolve;
 
 pub use kpromote_model::group_resource::{
     BUILTIN_GROUPS, GroupResource, ParseGroupResourceError, well_known,
 };
 
-pub use discovery::{DiscoveryDocument, DiscoveryError, DiscoveryWarning};
-pub use resolve::{ExcludedResources, InvalidResourceNames, MatchKind, Resolution, ResolveError};
+pub use discovery::DiscoveryDocument;
+pub use discovery::DiscoveryError;
+pub use discovery::DiscoveryWarning;
+pub use resolve::ExcludedResources;
+pub(crate) use resolve::InvalidResourceNames;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -55,7 +58,7 @@ pub const DEFAULT_EXCLUDED_RESOURCES: [&str; 4] = [
 
 /// One resource reachable through several API groups that share the same stored objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cohabiting {
+pub(crate) struct Cohabiting {
     /// The plural resource name, the same in every group.
     pub resource: &'static str,
     /// The groups serving it, canonical first: a backup stores the family under the first group
@@ -73,7 +76,7 @@ pub struct Cohabiting {
 ///   and Velero's backups also keep the core copy. Only this family exists in v1.35.
 /// - `deployments`, `daemonsets`, `replicasets`, `networkpolicies`, `ingresses`: the old
 ///   `extensions` group served them until 1.16 (ingresses until 1.22); the GA group is canonical.
-pub const COHABITING: &[Cohabiting] = &[
+pub(crate) const COHABITING: &[Cohabiting] = &[
     Cohabiting {
         resource: "events",
         groups: &["", "events.k8s.io"],
@@ -109,7 +112,7 @@ fn cohabiting_family(gr: &GroupResource) -> Option<&'static Cohabiting> {
 
 /// Every group-resource that names the same objects as `gr`, `gr` included.
 #[must_use]
-pub fn same_objects_as(gr: &GroupResource) -> Vec<GroupResource> {
+pub(crate) fn same_objects_as(gr: &GroupResource) -> Vec<GroupResource> {
     match cohabiting_family(gr) {
         Some(family) => family
             .groups
@@ -122,7 +125,7 @@ pub fn same_objects_as(gr: &GroupResource) -> Vec<GroupResource> {
 
 /// Verbs a namespaced type must support to be backed up and restored: `list` to read it, `get`
 /// to re-read, `create` to restore it, `delete` to roll back.
-pub const BACKUP_VERBS: [&str; 4] = ["list", "get", "create", "delete"];
+pub(crate) const BACKUP_VERBS: [&str; 4] = ["list", "get", "create", "delete"];
 
 /// One resource type the server serves (subresources such as `pods/log` are not included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +155,7 @@ pub struct ServedResource {
 impl ServedResource {
     /// `group/version`, or `version` for the core group, as in an object's `apiVersion`.
     #[must_use]
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         if self.group_resource.is_core() {
             self.version.clone()
         } else {
@@ -162,7 +165,7 @@ impl ServedResource {
 
     /// Whether the server supports `verb` for this type.
     #[must_use]
-    pub fn supports(&self, verb: &str) -> bool {
+    pub(crate) fn supports(&self, verb: &str) -> bool {
         self.verbs.contains(verb)
     }
 
@@ -201,12 +204,13 @@ pub struct ApiSurface {
 }
 
 impl ApiSurface {
+    #[cfg(test)]
     /// Parses a [`DiscoveryDocument`] in JSON (e.g. a fixture under `fixtures/discovery/`) and
     /// builds the surface from it.
     ///
     /// # Errors
     /// When the JSON is not a discovery document.
-    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_json(json: &str) -> Result<Self, serde_json::Error> {
         let doc: DiscoveryDocument = serde_json::from_str(json)?;
         Ok(Self::from_document(&doc))
     }
@@ -223,9 +227,10 @@ impl ApiSurface {
         self.index.get(gr).map(|&i| &self.resources[i])
     }
 
+    #[cfg(test)]
     /// Whether some type of `group` is served (`""` for core).
     #[must_use]
-    pub fn serves_group(&self, group: &str) -> bool {
+    pub(crate) fn serves_group(&self, group: &str) -> bool {
         self.resources.iter().any(|r| r.group_resource.group() == group)
     }
 

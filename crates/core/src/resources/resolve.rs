@@ -30,7 +30,7 @@ const MAX_SUGGESTIONS: usize = 4;
 
 /// Which name of the type the input matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum MatchKind {
+pub(crate) enum MatchKind {
     /// The plural resource name, e.g. `deployments`.
     Plural,
     /// The singular name, e.g. `deployment`.
@@ -50,7 +50,7 @@ const TIERS: [MatchKind; 4] = [
 
 /// A user's name resolved to the served type it means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolution<'a> {
+pub(crate) struct Resolution<'a> {
     /// The input, trimmed.
     pub input: String,
     /// The type the input means.
@@ -189,18 +189,19 @@ impl ExcludedResources {
     /// Whether objects of `gr` are excluded (also when excluded under another group's name for
     /// the same objects).
     #[must_use]
-    pub fn contains(&self, gr: &GroupResource) -> bool {
+    pub(crate) fn contains(&self, gr: &GroupResource) -> bool {
         self.group_resources.contains(gr)
     }
 
     /// Every excluded group-resource, aliases included, sorted.
-    pub fn iter(&self) -> impl Iterator<Item = &GroupResource> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &GroupResource> {
         self.group_resources.iter()
     }
 
+    #[cfg(test)]
     /// Each input name with the type it resolved to, in input order (for reports).
     #[must_use]
-    pub fn inputs(&self) -> &[(String, GroupResource)] {
+    pub(crate) fn inputs(&self) -> &[(String, GroupResource)] {
         &self.inputs
     }
 }
@@ -264,7 +265,7 @@ impl ApiSurface {
     /// [`Subresource`](ResolveError::Subresource), [`GroupUnavailable`](ResolveError::GroupUnavailable)
     /// when the name's group failed discovery, and [`Unknown`](ResolveError::Unknown) with
     /// suggestions when nothing served matches.
-    pub fn resolve(&self, input: &str) -> Result<Resolution<'_>, ResolveError> {
+    pub(crate) fn resolve(&self, input: &str) -> Result<Resolution<'_>, ResolveError> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err(ResolveError::Empty);

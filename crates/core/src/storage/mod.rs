@@ -29,12 +29,13 @@ use std::path::{Path, PathBuf};
 
 use kpromote_archive::{ArchiveError, ArchiveReader, ReaderOptions};
 
-pub use s3::{ObjectUrl, S3Config};
+pub use s3::ObjectUrl;
+pub use s3::S3Config;
 
 /// The URL scheme of S3-compatible object storage.
-pub const S3_SCHEME: &str = "s3://";
+pub(crate) const S3_SCHEME: &str = "s3://";
 /// Environment variable naming the local state directory of remote archives.
-pub const STATE_DIR_ENV: &str = "KPROMOTE_STATE_DIR";
+pub(crate) const STATE_DIR_ENV: &str = "KPROMOTE_STATE_DIR";
 
 /// Errors of storage locations and object storage.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +143,7 @@ impl BackupLocation {
     /// bucket right under the prefix (what a policy's `backedupFile` must be before the
     /// controller trusts it).
     #[must_use]
-    pub fn holds(&self, archive: &ObjectUrl) -> bool {
+    pub(crate) fn holds(&self, archive: &ObjectUrl) -> bool {
         match self {
             BackupLocation::Dir(_) => false,
             BackupLocation::Bucket { bucket, prefix } => {
@@ -157,7 +158,7 @@ impl BackupLocation {
 
     /// Where an archive named `file_name` goes.
     #[must_use]
-    pub fn archive(&self, file_name: &str) -> ArchiveLocation {
+    pub(crate) fn archive(&self, file_name: &str) -> ArchiveLocation {
         match self {
             BackupLocation::Dir(dir) => ArchiveLocation::File(dir.join(file_name)),
             BackupLocation::Bucket { bucket, prefix } => ArchiveLocation::Object(ObjectUrl {
@@ -191,7 +192,7 @@ impl ArchiveLocation {
     ///
     /// # Errors
     /// [`StorageError::InvalidLocation`] for a malformed URL.
-    pub fn of(path: &Path) -> Result<Self, StorageError> {
+    pub(crate) fn of(path: &Path) -> Result<Self, StorageError> {
         match path.to_str().and_then(|p| p.strip_prefix(S3_SCHEME).map(|_| p)) {
             Some(url) => ObjectUrl::parse(url).map(ArchiveLocation::Object),
             None => Ok(ArchiveLocation::File(path.to_owned())),
@@ -206,7 +207,7 @@ impl ArchiveLocation {
 
     /// The path spelling (the URL itself for an object), as reports and policy status show it.
     #[must_use]
-    pub fn to_path_buf(&self) -> PathBuf {
+    pub(crate) fn to_path_buf(&self) -> PathBuf {
         match self {
             ArchiveLocation::File(path) => path.clone(),
             ArchiveLocation::Object(url) => PathBuf::from(url.to_string()),
@@ -218,7 +219,7 @@ impl ArchiveLocation {
     ///
     /// # Errors
     /// As [`ArchiveReader::open_with`]; the store's errors are [`ArchiveError::Io`] naming the URL.
-    pub fn open(&self, options: ReaderOptions) -> Result<ArchiveReader, ArchiveError> {
+    pub(crate) fn open(&self, options: ReaderOptions) -> Result<ArchiveReader, ArchiveError> {
         match self {
             ArchiveLocation::File(path) => ArchiveReader::open_with(path, options),
             ArchiveLocation::Object(url) => {
@@ -236,7 +237,7 @@ impl ArchiveLocation {
     ///
     /// # Errors
     /// [`StorageError::Io`] when the state directory cannot be made.
-    pub fn local_anchor(&self, create: bool) -> Result<PathBuf, StorageError> {
+    pub(crate) fn local_anchor(&self, create: bool) -> Result<PathBuf, StorageError> {
         match self {
             ArchiveLocation::File(path) => Ok(path.clone()),
             ArchiveLocation::Object(url) => {
@@ -274,7 +275,7 @@ impl std::fmt::Display for ArchiveLocation {
 /// `$KPROMOTE_STATE_DIR`, else `$XDG_STATE_HOME/kpromote`, else `~/.local/state/kpromote`. The
 /// chart points it at the backup volume when there is one.
 #[must_use]
-pub fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }

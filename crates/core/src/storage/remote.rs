@@ -22,9 +22,9 @@ use super::StorageError;
 use super::s3::{self, ObjectUrl};
 
 /// Largest single ranged request: 4 MiB, a whole frame of frame A at the default frame size.
-pub const BLOCK: u64 = 4 << 20;
+pub(crate) const BLOCK: u64 = 4 << 20;
 /// Blocks kept per open archive (memory: at most `KEPT_BLOCKS × BLOCK`).
-pub const KEPT_BLOCKS: usize = 4;
+pub(crate) const KEPT_BLOCKS: usize = 4;
 
 /// Bytes and requests fetched by every [`RemoteObject`] of this process, for `--stats` style
 /// reports and the benchmark in `benches/RESULTS.md`.
@@ -63,7 +63,7 @@ impl RemoteObject {
     ///
     /// # Errors
     /// [`StorageError::Store`] (not found, refused), [`StorageError::Config`].
-    pub fn open(url: &ObjectUrl) -> Result<Self, StorageError> {
+    pub(crate) fn open(url: &ObjectUrl) -> Result<Self, StorageError> {
         Self::open_with(url, &s3::S3Config::from_env()?)
     }
 
@@ -133,7 +133,7 @@ impl RemoteObject {
 ///
 /// # Errors
 /// [`StorageError::Store`] for anything but "not found"; [`StorageError::Config`].
-pub async fn exists(url: &ObjectUrl) -> Result<bool, StorageError> {
+pub(crate) async fn exists(url: &ObjectUrl) -> Result<bool, StorageError> {
     let store = s3::store_for(url)?;
     let path = url.path();
     match s3::on_io(async move { store.head(&path).await }).await {

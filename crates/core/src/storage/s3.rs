@@ -31,7 +31,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use super::{S3_SCHEME, StorageError};
 
 /// Environment variable choosing path-style (`true`) or virtual-hosted (`false`) requests.
-pub const FORCE_PATH_STYLE_ENV: &str = "AWS_S3_FORCE_PATH_STYLE";
+pub(crate) const FORCE_PATH_STYLE_ENV: &str = "AWS_S3_FORCE_PATH_STYLE";
 
 /// One object: `s3://bucket/key`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,9 +78,10 @@ impl ObjectUrl {
         object_store::path::Path::from(self.key.as_str())
     }
 
+    #[cfg(test)]
     /// The file name: the key's last component.
     #[must_use]
-    pub fn file_name(&self) -> &str {
+    pub(crate) fn file_name(&self) -> &str {
         self.key.rsplit('/').next().unwrap_or(&self.key)
     }
 }
@@ -96,7 +97,7 @@ impl std::fmt::Display for ObjectUrl {
 ///
 /// # Errors
 /// What is wrong.
-pub fn check_bucket(bucket: &str) -> Result<(), String> {
+pub(crate) fn check_bucket(bucket: &str) -> Result<(), String> {
     let ok_len = (3..=63).contains(&bucket.len());
     let ok_chars = bucket
         .bytes()
@@ -137,7 +138,7 @@ impl S3Config {
     ///
     /// # Errors
     /// [`StorageError::Config`] for an `AWS_S3_FORCE_PATH_STYLE` that is not a boolean.
-    pub fn from_env() -> Result<Self, StorageError> {
+    pub(crate) fn from_env() -> Result<Self, StorageError> {
         Self::parse(&|name| std::env::var(name).ok(), None)
     }
 
@@ -187,7 +188,7 @@ impl S3Config {
     ///
     /// # Errors
     /// [`StorageError::Config`] when object_store refuses the configuration.
-    pub fn store(&self, bucket: &str) -> Result<Arc<AmazonS3>, StorageError> {
+    pub(crate) fn store(&self, bucket: &str) -> Result<Arc<AmazonS3>, StorageError> {
         install_crypto_provider();
         let builder = match &self.given {
             None => AmazonS3Builder::from_env(),
@@ -223,7 +224,7 @@ impl S3Config {
 
     /// `text` with every configured secret blanked.
     #[must_use]
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         self.secrets.iter().fold(text.to_owned(), |t, secret| {
             t.replace(secret.as_str(), "[redacted]")
         })
@@ -232,7 +233,7 @@ impl S3Config {
 
 /// A store error as a message, with configured secrets blanked.
 #[must_use]
-pub fn describe(err: &object_store::Error) -> String {
+pub(crate) fn describe(err: &object_store::Error) -> String {
     let text = err.to_string();
     match S3Config::from_env() {
         Ok(config) => config.redact(&text),
@@ -244,7 +245,7 @@ pub fn describe(err: &object_store::Error) -> String {
 ///
 /// # Errors
 /// As [`S3Config::from_env`] and [`S3Config::store`].
-pub fn store_for(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>, StorageError> {
+pub(crate) fn store_for(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>, StorageError> {
     S3Config::from_env()?.store_for(url)
 }
 
@@ -274,7 +275,7 @@ fn install_crypto_provider() {
 ///
 /// # Panics
 /// When the operating system refuses to start its threads.
-pub fn io_runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -301,7 +302,7 @@ pub fn block_on<T: Send + 'static>(
 ///
 /// # Errors
 /// As [`block_on`].
-pub async fn on_io<T: Send + 'static>(
+pub(crate) async fn on_io<T: Send + 'static>(
     fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
 ) -> object_store::Result<T> {
     io_runtime()

@@ -37,9 +37,9 @@ use super::s3::{self, ObjectUrl};
 /// to 78 GiB, beyond the reader's 64 GiB cap on decompressed size for any realistic ratio).
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploading at once while the next one fills.
-pub const PARTS_IN_FLIGHT: usize = 2;
+pub(crate) const PARTS_IN_FLIGHT: usize = 2;
 /// Chunks (the writer's 1 MiB buffer flushes) queued for the verifier before writing waits.
-pub const VERIFY_QUEUE: usize = 8;
+pub(crate) const VERIFY_QUEUE: usize = 8;
 
 type Verifying = JoinHandle<Result<VerifyReport, ArchiveError>>;
 
@@ -69,7 +69,7 @@ impl MultipartSink {
     ///
     /// # Errors
     /// [`StorageError::AlreadyExists`], [`StorageError::Store`], [`StorageError::Config`].
-    pub fn start(url: &ObjectUrl) -> Result<Self, StorageError> {
+    pub(crate) fn start(url: &ObjectUrl) -> Result<Self, StorageError> {
         Self::start_with(url, &s3::S3Config::from_env()?)
     }
 

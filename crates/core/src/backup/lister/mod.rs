@@ -33,13 +33,13 @@ use std::future::Future;
 
 mod raw;
 
+pub(crate) use raw::RawObject;
 use raw::split_list;
-pub use raw::{HeadMetadata, ObjectHead, RawObject};
 
 /// Objects per page; the same default as kube's watcher and client-go's pager.
-pub const DEFAULT_PAGE_SIZE: u32 = 500;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 500;
 /// How many times a list may restart after its continue token expired before it gives up.
-pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// HTTP status of an expired continue token (`reason: Expired`).
 const GONE: u16 = 410;
 
@@ -88,7 +88,7 @@ impl ListRequest {
     /// one request, while holding almost nothing in memory: a backup opens every list this way
     /// before it drains any, so all its snapshots are taken within moments of each other.
     #[must_use]
-    pub fn first_page_size(mut self, first_page_size: u32) -> Self {
+    pub(crate) fn first_page_size(mut self, first_page_size: u32) -> Self {
         self.first_page_size = Some(first_page_size.max(1));
         self
     }

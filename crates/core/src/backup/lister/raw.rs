@@ -22,7 +22,7 @@ pub struct RawObject {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
-pub struct ObjectHead {
+pub(crate) struct ObjectHead {
     /// `apiVersion` (absent from the items of built-in lists).
     pub api_version: Option<String>,
     /// `kind` (absent from the items of built-in lists).
@@ -36,7 +36,7 @@ pub struct ObjectHead {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
-pub struct HeadMetadata {
+pub(crate) struct HeadMetadata {
     /// `metadata.name`.
     pub name: Option<String>,
     /// `metadata.namespace`.
@@ -55,7 +55,7 @@ impl RawObject {
     ///
     /// # Errors
     /// When `json` is not a JSON object.
-    pub fn new(json: Vec<u8>) -> Result<Self, serde_json::Error> {
+    pub(crate) fn new(json: Vec<u8>) -> Result<Self, serde_json::Error> {
         let head: ObjectHead = serde_json::from_slice(&json)?;
         Ok(Self { json, head })
     }
@@ -68,13 +68,13 @@ impl RawObject {
 
     /// The object's JSON, owned.
     #[must_use]
-    pub fn into_json(self) -> Vec<u8> {
+    pub(crate) fn into_json(self) -> Vec<u8> {
         self.json
     }
 
     /// What was read of it.
     #[must_use]
-    pub fn head(&self) -> &ObjectHead {
+    pub(crate) fn head(&self) -> &ObjectHead {
         &self.head
     }
 
@@ -82,7 +82,7 @@ impl RawObject {
     ///
     /// # Errors
     /// Never for an object read from a list (its JSON was validated).
-    pub fn value(&self) -> Result<Value, serde_json::Error> {
+    pub(crate) fn value(&self) -> Result<Value, serde_json::Error> {
         serde_json::from_slice(&self.json)
     }
 }

@@ -11,7 +11,7 @@ use kpromote_model::ownership::OwnershipGraph;
 /// its controller would keep managing the pods — or, for a CronJob, keep starting Jobs — next to
 /// the copy in the control plane.
 #[must_use]
-pub fn is_detached_workload(key: &ObjectKey) -> bool {
+pub(crate) fn is_detached_workload(key: &ObjectKey) -> bool {
     kpromote_model::workload::is_controlled(&key.group, &key.resource)
 }
 
@@ -19,7 +19,7 @@ pub fn is_detached_workload(key: &ObjectKey) -> bool {
 /// Any other group is a custom resource's — including CRDs in `*.k8s.io` groups such as
 /// `gateway.networking.k8s.io` or `snapshot.storage.k8s.io`, whose objects may own workloads.
 #[must_use]
-pub fn is_builtin_group(group: &str) -> bool {
+pub(crate) fn is_builtin_group(group: &str) -> bool {
     BUILTIN_GROUPS.contains(&group)
 }
 
@@ -56,10 +56,11 @@ pub struct DetachPlan {
 }
 
 impl DetachPlan {
+    #[cfg(test)]
     /// The detach plan for `graph`, leaving out `skipped` (objects the restore will not
     /// re-create, and the pods among them).
     #[must_use]
-    pub fn build(graph: &OwnershipGraph, skipped: &BTreeSet<ObjectKey>) -> Self {
+    pub(crate) fn build(graph: &OwnershipGraph, skipped: &BTreeSet<ObjectKey>) -> Self {
         Self::build_with(graph, skipped, &BTreeSet::new())
     }
 
@@ -67,7 +68,7 @@ impl DetachPlan {
     /// ([`OwnershipGraph::build_upper`]): `pod_owners` are its objects that own a restored pod
     /// outside it.
     #[must_use]
-    pub fn build_with(
+    pub(crate) fn build_with(
         graph: &OwnershipGraph,
         skipped: &BTreeSet<ObjectKey>,
         pod_owners: &BTreeSet<ObjectKey>,
@@ -111,13 +112,14 @@ impl DetachPlan {
     }
 
     /// Every object, in deletion order.
-    pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
         self.levels.iter().flat_map(|l| l.objects.iter())
     }
 
+    #[cfg(test)]
     /// Whether `key` is detached.
     #[must_use]
-    pub fn contains(&self, key: &ObjectKey) -> bool {
+    pub(crate) fn contains(&self, key: &ObjectKey) -> bool {
         self.levels.iter().any(|l| l.objects.binary_search(key).is_ok())
     }
 }

@@ -40,10 +40,14 @@ mod restore;
 mod teardown;
 mod tiers;
 
-pub use detach::{DetachLevel, DetachPlan, is_builtin_group, is_detached_workload};
-pub use restore::{Level, RestorePlan, WaitPoint};
-pub use teardown::{TeardownLevel, TeardownPlan, TeardownStep};
-pub use tiers::{ADMISSION_POLICIES, CRD_GROUP, CRD_RESOURCE, KindOrder, Phase, RESTORE_ORDER, Tier};
+pub(crate) use detach::DetachPlan;
+#[cfg(test)]
+use detach::{is_builtin_group, is_detached_workload};
+pub(crate) use restore::{Level, RestorePlan, WaitPoint};
+pub(crate) use teardown::{TeardownPlan, TeardownStep};
+#[cfg(test)]
+use tiers::{CRD_GROUP, CRD_RESOURCE};
+pub(crate) use tiers::{Phase, RESTORE_ORDER, Tier};
 
 use kpromote_model::object_key::ObjectKey;
 

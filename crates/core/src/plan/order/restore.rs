@@ -78,7 +78,7 @@ pub struct RestorePlan {
 impl RestorePlan {
     /// The plan for every object of `graph`.
     #[must_use]
-    pub fn build(graph: &OwnershipGraph) -> Self {
+    pub(crate) fn build(graph: &OwnershipGraph) -> Self {
         Self::levels_of(graph, graph.keys())
     }
 
@@ -87,7 +87,7 @@ impl RestorePlan {
     ///
     /// # Errors
     /// [`PlanError::UnknownObject`] when a key is not in `graph`.
-    pub fn build_for<'a>(
+    pub(crate) fn build_for<'a>(
         graph: &OwnershipGraph,
         keys: impl IntoIterator<Item = &'a ObjectKey>,
     ) -> Result<Self, PlanError> {
@@ -133,25 +133,21 @@ impl RestorePlan {
     }
 
     /// Every object, in plan order.
-    pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
         self.levels.iter().flat_map(|l| l.objects.iter())
     }
 
+    #[cfg(test)]
     /// Number of objects.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.levels.iter().map(|l| l.objects.len()).sum()
     }
 
-    /// Whether the plan has no objects.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.levels.iter().all(|l| l.objects.is_empty())
-    }
-
+    #[cfg(test)]
     /// The index of the level holding `key`.
     #[must_use]
-    pub fn level_of(&self, key: &ObjectKey) -> Option<usize> {
+    pub(crate) fn level_of(&self, key: &ObjectKey) -> Option<usize> {
         self.levels
             .iter()
             .position(|l| l.objects.binary_search(key).is_ok())

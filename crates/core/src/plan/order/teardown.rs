@@ -8,7 +8,7 @@ use kpromote_model::ownership::OwnershipGraph;
 
 /// The steps of a [`TeardownPlan`], in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TeardownStep {
+pub(crate) enum TeardownStep {
     /// Owners, highest first, so no controller re-creates a child already removed.
     Owners,
     /// Pods. The engine removes the Kosmos mark from each member pod first, so deleting the
@@ -24,7 +24,7 @@ pub enum TeardownStep {
 
 impl TeardownStep {
     /// Every step, in order.
-    pub const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Owners,
         Self::Pods,
         Self::Rest,
@@ -34,7 +34,7 @@ impl TeardownStep {
 
     /// The step that removes `key`, of ownership `height`.
     #[must_use]
-    pub fn of(key: &ObjectKey, height: usize) -> Self {
+    pub(crate) fn of(key: &ObjectKey, height: usize) -> Self {
         match Phase::of(key) {
             Phase::CustomResourceDefinitions => Self::CustomResourceDefinitions,
             Phase::Namespaces => Self::Namespaces,
@@ -47,7 +47,7 @@ impl TeardownStep {
 
 /// One level of a [`TeardownPlan`]: objects deletable concurrently.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TeardownLevel {
+pub(crate) struct TeardownLevel {
     /// The step.
     pub step: TeardownStep,
     /// For [`TeardownStep::Owners`], the height of every object in the level; otherwise 0.
@@ -61,7 +61,7 @@ pub struct TeardownLevel {
 /// names as created by promote are in it: an object that existed before promote — a shared
 /// ClusterRole, a CRD — is never removed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TeardownPlan {
+pub(crate) struct TeardownPlan {
     /// Levels, first to delete first.
     pub levels: Vec<TeardownLevel>,
 }
@@ -71,7 +71,7 @@ impl TeardownPlan {
     ///
     /// # Errors
     /// [`PlanError::UnknownObject`] when a key of `created` is not in `graph`.
-    pub fn build(graph: &OwnershipGraph, created: &BTreeSet<ObjectKey>) -> Result<Self, PlanError> {
+    pub(crate) fn build(graph: &OwnershipGraph, created: &BTreeSet<ObjectKey>) -> Result<Self, PlanError> {
         let mut grouped: BTreeMap<(TeardownStep, std::cmp::Reverse<usize>), Vec<ObjectKey>> = BTreeMap::new();
         for key in created {
             let height = graph
@@ -95,8 +95,9 @@ impl TeardownPlan {
         Ok(Self { levels })
     }
 
+    #[cfg(test)]
     /// Every object, in deletion order.
-    pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
         self.levels.iter().flat_map(|l| l.objects.iter())
     }
 }

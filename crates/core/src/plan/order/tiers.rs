@@ -7,9 +7,9 @@ use std::fmt;
 use kpromote_model::object_key::ObjectKey;
 
 /// Group of CustomResourceDefinitions.
-pub const CRD_GROUP: &str = "apiextensions.k8s.io";
+pub(crate) const CRD_GROUP: &str = "apiextensions.k8s.io";
 /// Resource of CustomResourceDefinitions.
-pub const CRD_RESOURCE: &str = "customresourcedefinitions";
+pub(crate) const CRD_RESOURCE: &str = "customresourcedefinitions";
 
 /// The API server's hard ordering: a custom resource needs its CRD, a namespaced object its
 /// Namespace.
@@ -31,7 +31,7 @@ pub enum Phase {
 impl Phase {
     /// The phase of `key`.
     #[must_use]
-    pub fn of(key: &ObjectKey) -> Self {
+    pub(crate) fn of(key: &ObjectKey) -> Self {
         if key.is(CRD_GROUP, CRD_RESOURCE) {
             Self::CustomResourceDefinitions
         } else if key.is("", "namespaces") {
@@ -45,7 +45,7 @@ impl Phase {
 }
 
 /// Kinds of [`Phase::AdmissionPolicies`], as (group, resource).
-pub const ADMISSION_POLICIES: &[(&str, &str)] = &[("", "limitranges"), ("", "resourcequotas")];
+pub(crate) const ADMISSION_POLICIES: &[(&str, &str)] = &[("", "limitranges"), ("", "resourcequotas")];
 
 /// Where a kind sits among objects of equal ownership height. See [`RESTORE_ORDER`] for which
 /// kind has which tier, and [`Tier::reason`] for why.
@@ -87,7 +87,7 @@ pub enum Tier {
 impl Tier {
     /// The tier of `key`'s kind.
     #[must_use]
-    pub fn of(key: &ObjectKey) -> Self {
+    pub(crate) fn of(key: &ObjectKey) -> Self {
         RESTORE_ORDER
             .iter()
             .find(|k| key.is(k.group, k.resource))
@@ -99,7 +99,7 @@ impl Tier {
 
     /// Why the tier comes where it does.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::CustomResourceDefinitions => {
                 "a custom resource can be created only once its type is served: CRDs come first, \
@@ -160,7 +160,7 @@ impl fmt::Display for Tier {
 
 /// One row of [`RESTORE_ORDER`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KindOrder {
+pub(crate) struct KindOrder {
     /// API group; empty for core.
     pub group: &'static str,
     /// Resource (plural).
@@ -182,7 +182,7 @@ const fn kind(group: &'static str, resource: &'static str, tier: Tier, reason: &
 
 /// The restore order of every known kind, with its reason. Kinds not listed are
 /// [`Tier::Other`]. Ownership height comes before the tier (see the [order module docs](super)).
-pub const RESTORE_ORDER: &[KindOrder] = &[
+pub(crate) const RESTORE_ORDER: &[KindOrder] = &[
     kind(
         CRD_GROUP,
         CRD_RESOURCE,
@@ -374,7 +374,7 @@ pub const RESTORE_ORDER: &[KindOrder] = &[
 impl KindOrder {
     /// `resource.group`, or `resource` for core.
     #[must_use]
-    pub fn group_resource(&self) -> String {
+    pub(crate) fn group_resource(&self) -> String {
         if self.group.is_empty() {
             self.resource.to_owned()
         } else {

@@ -39,7 +39,7 @@ pub(super) struct RestoreFacts {
 impl TransformContext {
     /// An empty context: no owner exists, none will.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -63,11 +63,12 @@ impl TransformContext {
         ctx
     }
 
+    #[cfg(test)]
     /// The context for rollback in the member: objects in `recreated` (the ones detach deleted)
     /// are pending; every other archived object was never deleted from the member, so it keeps
     /// its UID there and maps to itself.
     #[must_use]
-    pub fn for_member<'a>(
+    pub(crate) fn for_member<'a>(
         archive: impl IntoIterator<Item = (&'a ObjectKey, &'a Value)>,
         recreated: &BTreeSet<ObjectKey>,
     ) -> Self {
@@ -80,7 +81,7 @@ impl TransformContext {
     /// [`TransformContext::for_member`] from facts already learned (`self`, see
     /// [`TransformContext::learn`]) and the archived objects' UIDs.
     #[must_use]
-    pub fn for_member_from<'a>(
+    pub(crate) fn for_member_from<'a>(
         &self,
         uids: impl IntoIterator<Item = (&'a ObjectKey, &'a str)>,
         recreated: &BTreeSet<ObjectKey>,
@@ -107,7 +108,7 @@ impl TransformContext {
     /// Learns what the transform of other objects needs to know of archived `object`: whether it
     /// is a Service with a selector or a service-account token Secret. A reader streaming an
     /// archive feeds it the objects [`TransformContext::learns_from`] names.
-    pub fn learn(&mut self, object: &Value) {
+    pub(crate) fn learn(&mut self, object: &Value) {
         let Ok(view) = View::read(object) else { return };
         let Some(ns) = view.namespace.clone() else {
             return;
@@ -122,13 +123,13 @@ impl TransformContext {
     /// Whether an object of `kind` (in `group`) can teach [`TransformContext::learn`] anything:
     /// a streaming reader parses just those.
     #[must_use]
-    pub fn learns_from(group: &str, kind: &str) -> bool {
+    pub(crate) fn learns_from(group: &str, kind: &str) -> bool {
         group.is_empty() && matches!(kind, "Service" | "Secret")
     }
 
     /// The archive facts of `self` (what [`TransformContext::learn`] gathered), without any UID.
     #[must_use]
-    pub fn facts(&self) -> Self {
+    pub(crate) fn facts(&self) -> Self {
         Self {
             facts: self.facts.clone(),
             ..Self::default()
@@ -136,7 +137,7 @@ impl TransformContext {
     }
 
     /// Marks `old_uid` as pending: the caller will create that object later.
-    pub fn add_pending(&mut self, old_uid: &str) {
+    pub(crate) fn add_pending(&mut self, old_uid: &str) {
         if !self.uids.created.contains_key(old_uid) {
             self.uids.pending.insert(old_uid.to_owned());
         }
@@ -145,20 +146,20 @@ impl TransformContext {
     /// Records that the object archived with `old_uid` now exists in the target as `new_uid`:
     /// created, merged into, or found already there (an object that existed before promote is
     /// an owner like any other).
-    pub fn record_created(&mut self, old_uid: &str, new_uid: &str) {
+    pub(crate) fn record_created(&mut self, old_uid: &str, new_uid: &str) {
         self.uids.pending.remove(old_uid);
         self.uids.created.insert(old_uid.to_owned(), new_uid.to_owned());
     }
 
     /// The target UID of the object archived with `old_uid`, once created.
     #[must_use]
-    pub fn new_uid(&self, old_uid: &str) -> Option<&str> {
+    pub(crate) fn new_uid(&self, old_uid: &str) -> Option<&str> {
         self.uids.created.get(old_uid).map(String::as_str)
     }
 
     /// Whether the object archived with `old_uid` will be created but is not yet.
     #[must_use]
-    pub fn is_pending(&self, old_uid: &str) -> bool {
+    pub(crate) fn is_pending(&self, old_uid: &str) -> bool {
         self.uids.pending.contains(old_uid)
     }
 }

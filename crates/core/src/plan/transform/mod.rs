@@ -38,9 +38,9 @@ mod owner_refs;
 
 pub use context::TransformContext;
 use owner_refs::owner_references_of;
-pub use owner_refs::{
-    Adoption, DROPPED_OWNER_REASON, OwnerReferenceRewrite, adoption_patch, rewrite_owner_references,
-};
+#[cfg(test)]
+use owner_refs::{Adoption, DROPPED_OWNER_REASON};
+pub(crate) use owner_refs::{OwnerReferenceRewrite, adoption_patch, rewrite_owner_references};
 
 /// Where [`prepare`] prepares an object for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum Target {
 
 /// A metadata field, and why [`prepare`] removes or keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetadataField {
+pub(crate) struct MetadataField {
     /// The field under `metadata`.
     pub field: &'static str,
     /// Why it is removed or kept.
@@ -67,7 +67,7 @@ pub struct MetadataField {
 
 /// The metadata fields removed from every object. Everything else in `metadata` is kept; see
 /// [`KEPT_METADATA`].
-pub const STRIPPED_METADATA: &[MetadataField] = &[
+pub(crate) const STRIPPED_METADATA: &[MetadataField] = &[
     MetadataField {
         field: "uid",
         reason: "assigned by the target's API server; the member's UID survives only as a key of the \
@@ -105,8 +105,9 @@ pub const STRIPPED_METADATA: &[MetadataField] = &[
     },
 ];
 
+#[cfg(test)]
 /// Metadata [`prepare`] keeps, and why.
-pub const KEPT_METADATA: &[MetadataField] = &[
+pub(crate) const KEPT_METADATA: &[MetadataField] = &[
     MetadataField {
         field: "name, namespace",
         reason: "the identity Kosmos mirrors pods by",
@@ -134,7 +135,7 @@ pub const KEPT_METADATA: &[MetadataField] = &[
 
 /// A finalizer a control-plane copy may carry, and the control-plane component that removes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ControlPlaneFinalizer {
+pub(crate) struct ControlPlaneFinalizer {
     /// The finalizer.
     pub name: &'static str,
     /// Who removes it in the control plane.
@@ -147,7 +148,7 @@ pub struct ControlPlaneFinalizer {
 /// (its pods stay there) and watches the member's API server, so in the control plane such a
 /// finalizer would block the copy's deletion forever — the namespace of a rollback with it.
 /// Rollback also removes the finalizers kpromote copied when it deletes its own copies.
-pub const CONTROL_PLANE_FINALIZERS: &[ControlPlaneFinalizer] = &[
+pub(crate) const CONTROL_PLANE_FINALIZERS: &[ControlPlaneFinalizer] = &[
     ControlPlaneFinalizer {
         name: "kubernetes.io/pvc-protection",
         remover: "kube-controller-manager's pvc-protection controller (the control plane's admission adds it anyway)",
@@ -190,7 +191,7 @@ fn keep_control_plane_finalizers(object: &mut Value) -> Vec<String> {
 
 /// A status field the target derives itself, and so is never mirrored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DerivedStatus {
+pub(crate) struct DerivedStatus {
     /// The field under `status`.
     pub field: &'static str,
     /// Why it is not written.
@@ -198,7 +199,7 @@ pub struct DerivedStatus {
 }
 
 /// Status fields [`prepare`] leaves out of [`Creation::status`].
-pub const DERIVED_STATUS: &[DerivedStatus] = &[DerivedStatus {
+pub(crate) const DERIVED_STATUS: &[DerivedStatus] = &[DerivedStatus {
     field: "qosClass",
     reason: "the API server derives a pod's QoS class from its resources on create and rejects any other \
              value (the field is immutable); with an unchanged spec the two are equal anyway",
@@ -206,7 +207,7 @@ pub const DERIVED_STATUS: &[DerivedStatus] = &[DerivedStatus {
 
 /// One per-kind rule of [`prepare`], for the report and the docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KindRule {
+pub(crate) struct KindRule {
     /// API group; empty for core.
     pub group: &'static str,
     /// Kind.
@@ -227,7 +228,7 @@ const fn rule(group: &'static str, kind: &'static str, rule: &'static str, reaso
 }
 
 /// A control-plane pod is bound to the member cluster's virtual node.
-pub const POD_NODE_NAME: KindRule = rule(
+pub(crate) const POD_NODE_NAME: KindRule = rule(
     "",
     "Pod",
     "control plane: spec.nodeName = kosmos-<cluster>",
@@ -235,7 +236,7 @@ pub const POD_NODE_NAME: KindRule = rule(
      Kosmos mirrors pods bound there to the member pod of the same namespace and name",
 );
 /// A control-plane pod carries the Kosmos pod label.
-pub const POD_LABEL: KindRule = rule(
+pub(crate) const POD_LABEL: KindRule = rule(
     "",
     "Pod",
     "control plane: label kosmos-io/pod=true",
@@ -243,14 +244,14 @@ pub const POD_LABEL: KindRule = rule(
      label difference to push down",
 );
 /// A control-plane pod tolerates the virtual node's taint.
-pub const POD_TOLERATION: KindRule = rule(
+pub(crate) const POD_TOLERATION: KindRule = rule(
     "",
     "Pod",
     "control plane: toleration kosmos.io/node=true:NoSchedule (Equal) added unless one tolerates the taint",
     "the virtual node carries that taint; added to the pod only, never to a template",
 );
 /// A control-plane pod's priority is left to admission.
-pub const POD_PRIORITY: KindRule = rule(
+pub(crate) const POD_PRIORITY: KindRule = rule(
     "",
     "Pod",
     "control plane: spec.priority and spec.preemptionPolicy removed",
@@ -258,28 +259,29 @@ pub const POD_PRIORITY: KindRule = rule(
      from the target's PriorityClass",
 );
 /// Ephemeral containers are not created with the pod.
-pub const POD_EPHEMERAL_CONTAINERS: KindRule = rule(
+pub(crate) const POD_EPHEMERAL_CONTAINERS: KindRule = rule(
     "",
     "Pod",
     "spec.ephemeralContainers removed",
     "the API server rejects them on create (they are added through a subresource only)",
 );
 /// A Service gets its cluster IPs from the target.
-pub const SERVICE_CLUSTER_IP: KindRule = rule(
+pub(crate) const SERVICE_CLUSTER_IP: KindRule = rule(
     "",
     "Service",
     "spec.clusterIP and spec.clusterIPs removed unless clusterIP is None",
     "cluster IPs come from the target's service range; a headless Service must stay headless",
 );
+#[cfg(test)]
 /// A Service keeps its NodePorts.
-pub const SERVICE_NODE_PORTS: KindRule = rule(
+pub(crate) const SERVICE_NODE_PORTS: KindRule = rule(
     "",
     "Service",
     "spec.ports[].nodePort and spec.healthCheckNodePort kept",
     "a fixed NodePort must survive; the caller reports a port the target already allocated",
 );
 /// A PersistentVolume stays pre-bound to its claim by name.
-pub const VOLUME_CLAIM_REF: KindRule = rule(
+pub(crate) const VOLUME_CLAIM_REF: KindRule = rule(
     "",
     "PersistentVolume",
     "spec.claimRef.uid and spec.claimRef.resourceVersion removed; name and namespace kept",
@@ -287,7 +289,7 @@ pub const VOLUME_CLAIM_REF: KindRule = rule(
      find no such claim and release (and maybe delete) the volume",
 );
 /// A claim is bound afresh by the target's binder.
-pub const CLAIM_BIND_COMPLETED: KindRule = rule(
+pub(crate) const CLAIM_BIND_COMPLETED: KindRule = rule(
     "",
     "PersistentVolumeClaim",
     "annotation pv.kubernetes.io/bind-completed removed; spec.volumeName kept",
@@ -295,21 +297,23 @@ pub const CLAIM_BIND_COMPLETED: KindRule = rule(
      binder marks it Lost for good; without the mark the binder binds claim and volume by name",
 );
 /// A ServiceAccount loses references to skipped token Secrets.
-pub const SERVICE_ACCOUNT_TOKEN_SECRETS: KindRule = rule(
+pub(crate) const SERVICE_ACCOUNT_TOKEN_SECRETS: KindRule = rule(
     "",
     "ServiceAccount",
     "secrets entries naming skipped token Secrets removed",
     "the token Secrets are skipped (see SkipReason::ServiceAccountToken)",
 );
+#[cfg(test)]
 /// A Namespace keeps its spec.
-pub const NAMESPACE_SPEC: KindRule = rule(
+pub(crate) const NAMESPACE_SPEC: KindRule = rule(
     "",
     "Namespace",
     "spec kept (finalizers included), status removed",
     "the namespace finalizer is the target's own and harmless to repeat",
 );
+#[cfg(test)]
 /// An unfinished Job is refused.
-pub const JOB_UNFINISHED: KindRule = rule(
+pub(crate) const JOB_UNFINISHED: KindRule = rule(
     "batch",
     "Job",
     "an unfinished Job is an error",
@@ -317,8 +321,9 @@ pub const JOB_UNFINISHED: KindRule = rule(
      and so a template change. Precheck refuses promote while a Job runs",
 );
 
+#[cfg(test)]
 /// The per-kind rules of [`prepare`], each with its reason. Skips are in [`SkipReason`].
-pub const KIND_RULES: &[KindRule] = &[
+pub(crate) const KIND_RULES: &[KindRule] = &[
     POD_NODE_NAME,
     POD_LABEL,
     POD_TOLERATION,
@@ -365,7 +370,7 @@ pub enum SkipReason {
 impl SkipReason {
     /// Why the object is skipped.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::NotRestorable { .. } => {
                 "describes the member cluster itself (events, nodes, volume attachments), not the application"
@@ -471,7 +476,7 @@ impl Merge {
     /// key. The patch carries `live`'s resourceVersion, so it fails rather than overwrite a
     /// concurrent change to the pull-secret list. `None` when nothing is missing.
     #[must_use]
-    pub fn patch_for(&self, live: &Value) -> Option<Value> {
+    pub(crate) fn patch_for(&self, live: &Value) -> Option<Value> {
         let mut metadata = Map::new();
         for (field, archived) in [("labels", &self.labels), ("annotations", &self.annotations)] {
             let have = live
@@ -517,7 +522,7 @@ impl Merge {
 
 /// What happens to an object's `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusDisposition {
+pub(crate) enum StatusDisposition {
     /// Written through the status subresource after the create.
     Write(&'static str),
     /// Dropped: the target's controllers compute it.
@@ -526,7 +531,7 @@ pub enum StatusDisposition {
 
 /// Whether the archived status of a `kind` in `group` is written in `target`, and why.
 #[must_use]
-pub fn status_disposition(group: &str, kind: &str, target: &Target) -> StatusDisposition {
+pub(crate) fn status_disposition(group: &str, kind: &str, target: &Target) -> StatusDisposition {
     match (group, kind, target) {
         ("", "Pod", Target::ControlPlane { .. }) => StatusDisposition::Write(
             "a control-plane pod mirrors its member pod, and no kubelet in the control plane reports its \
@@ -622,7 +627,7 @@ impl View {
 /// [`Target::ControlPlane`] would say), given the archive facts in `facts`; `None` when it is
 /// restored. The reason does not depend on the cluster name.
 #[must_use]
-pub fn restore_skip(object: &Value, facts: &TransformContext) -> Option<SkipReason> {
+pub(crate) fn restore_skip(object: &Value, facts: &TransformContext) -> Option<SkipReason> {
     let view = View::read(object).ok()?;
     skip_reason(&view, object, false, facts)
 }
@@ -716,7 +721,7 @@ pub fn prepare(object: &Value, target: &Target, ctx: &TransformContext) -> Resul
 /// Where a kind keeps its pod template, which [`prepare`] never changes (the table is
 /// [`kpromote_model::workload::WORKLOADS`]).
 #[must_use]
-pub fn template_path(group: &str, kind: &str) -> Option<&'static str> {
+pub(crate) fn template_path(group: &str, kind: &str) -> Option<&'static str> {
     kpromote_model::workload::by_kind(group, kind).map(|w| w.template)
 }
 

@@ -20,13 +20,14 @@ pub struct OwnerReferenceRewrite {
     pub dropped: Vec<OwnerReference>,
 }
 
+#[cfg(test)]
 /// Why a dropped ownerReference is dropped, for the report.
-pub const DROPPED_OWNER_REASON: &str = "the owner is not in the archive or is not restored: an ownerReference to a \
+pub(crate) const DROPPED_OWNER_REASON: &str = "the owner is not in the archive or is not restored: an ownerReference to a \
      UID that does not exist makes the garbage collector delete the object";
 
 /// Sorts `references` by what the target knows of their owners (see [`OwnerReferenceRewrite`]).
 #[must_use]
-pub fn rewrite_owner_references(
+pub(crate) fn rewrite_owner_references(
     references: &[OwnerReference],
     ctx: &TransformContext,
 ) -> OwnerReferenceRewrite {
@@ -48,7 +49,7 @@ pub fn rewrite_owner_references(
 
 /// The result of [`adoption_patch`].
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Adoption {
+pub(crate) struct Adoption {
     /// JSON merge patch setting the full new `metadata.ownerReferences` list, with `live`'s
     /// resourceVersion as precondition; `None` when nothing is to add.
     pub patch: Option<Value>,
@@ -66,7 +67,7 @@ pub struct Adoption {
 /// # Errors
 /// [`TransformError::InvalidField`] when `live`'s ownerReferences are not a list of
 /// ownerReferences.
-pub fn adoption_patch(
+pub(crate) fn adoption_patch(
     live: &Value,
     deferred: &[OwnerReference],
     ctx: &TransformContext,

@@ -351,7 +351,7 @@ impl ArchiveReader {
         };
         let keys = match &inner {
             Inner::Kpromote(state) => match &state.manifest.encryption {
-                Some(encryption) => Keys::Locked(encryption.recipients.clone()),
+                Some(encryption) => Keys::NoIdentity(encryption.recipients.clone()),
                 None => Keys::Plain,
             },
             Inner::Velero { .. } => Keys::Plain,

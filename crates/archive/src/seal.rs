@@ -464,8 +464,9 @@ pub(crate) enum Keys {
     /// The archive seals nothing (its manifest has no `encryption`).
     #[default]
     Plain,
-    /// The archive is sealed and no identity was given (or checked): sealed entries are errors.
-    Locked(Vec<String>),
+    /// The archive is sealed to these recipients and the reader holds none of their identities
+    /// (none was given yet): a sealed entry is [`SealError::NoIdentity`].
+    NoIdentity(Vec<String>),
     /// The archive is sealed and one of these identities is a recipient.
     Open(std::sync::Arc<Identities>),
 }
@@ -485,7 +486,7 @@ impl Keys {
         }
         match self {
             Keys::Open(identities) => Ok(identities.open(entry, &body)?),
-            Keys::Locked(recipients) => Err(SealError::NoIdentity {
+            Keys::NoIdentity(recipients) => Err(SealError::NoIdentity {
                 recipients: recipients.clone(),
             }
             .into()),

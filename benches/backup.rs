@@ -35,14 +35,10 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
-const NS: &str = "bench";
+mod common;
+use common::env_usize;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const NS: &str = "bench";
 
 /// A few hundred bytes of text that varies from object to object, like real configuration.
 fn payload(i: usize, len: usize) -> String {

@@ -29,15 +29,11 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+mod common;
+use common::env_usize;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn build_namespace(client: &Client, kubelet: &FakeKubelet, deployments: usize, replicas: usize) {
     support::apps::create(
@@ -57,18 +53,7 @@ async fn build_namespace(client: &Client, kubelet: &FakeKubelet, deployments: us
             .await
             .expect("create deployment");
     }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
-    let want = deployments * replicas;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let n = pods.list(&ListParams::default()).await.expect("list").items.len();
-        if n >= want {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {n}/{want} pods after 10 minutes");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    kubelet.start_pods("bench", "").await.expect("start pods");
+    support::apps::start_all_pods(client, kubelet, "bench", deployments * replicas).await;
 }
 
 /// Busy and total jiffies of all CPUs, from `/proc/stat`: the restore's share of the machine.

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::measured;
+use common::{kpromote_at, measured};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kpromote_archive::{
@@ -85,17 +85,11 @@ fn main() {
                 .env("KPROMOTE_BENCH_LOAD", format!("lean:{}", path.display())),
         );
         let rollback = |binary: &Path, archive: &Path| {
-            let mut command = Command::new(binary);
-            command
-                .arg("rollback")
-                .arg("--archive")
-                .arg(archive)
-                .arg("--member-kubeconfig")
-                .arg(member.kubeconfig_path())
-                .arg("--kubeconfig")
-                .arg(cp.kubeconfig_path())
-                .args(["--cluster-name", "member", "-o", "json"]);
-            measured(&mut command)
+            measured(
+                kpromote_at(binary, "rollback", member, cp)
+                    .arg("--archive")
+                    .arg(archive),
+            )
         };
         let rolled = rollback(Path::new(env!("CARGO_BIN_EXE_kpromote")), &path);
         eprintln!("{n}: whole {whole:?}, lean {lean:?}, rollback {rolled:?}");

@@ -16,27 +16,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kpromote_testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 mod common;
-use common::measured;
+use common::{env_usize, kpromote_at, measured};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// About `len` bytes of text that varies from object to object, like real configuration.
 fn payload(i: usize, len: usize) -> String {
@@ -133,31 +125,12 @@ async fn build_namespace(
         "{ns}: {configs} ConfigMaps and Secrets in {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let want = deployments * replicas;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let n = pods.list(&ListParams::default()).await.expect("list").items.len();
-        if n >= want {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {n}/{want} pods after 10 minutes");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    kubelet.start_pods(ns, "").await.expect("start pods");
+    support::apps::start_all_pods(client, kubelet, ns, deployments * replicas).await;
 }
 
 /// The kpromote binary with the kubeconfig flags of both clusters.
 fn kpromote(subcommand: &str, member: &Cluster, cp: &Cluster) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kpromote"));
-    command
-        .arg(subcommand)
-        .arg("--member-kubeconfig")
-        .arg(member.kubeconfig_path())
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .args(["--cluster-name", "member", "-o", "json"]);
-    command
+    kpromote_at(Path::new(env!("CARGO_BIN_EXE_kpromote")), subcommand, member, cp)
 }
 
 /// The archive promote wrote in `dir`.

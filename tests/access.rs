@@ -3,7 +3,10 @@
 
 use kpromote_core::access::{AccessError, ClusterClient, KubeconfigPolicy};
 use kpromote_core::kosmos::cluster::{Cluster as KosmosCluster, ClusterSpec};
-use kpromote_testenv::{Binaries, TestEnv};
+use kpromote_testenv::TestEnv;
+
+/// The committed CRDs, as a user applies them.
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml");
 use kube::Api;
 use kube::api::PostParams;
 
@@ -46,16 +49,7 @@ async fn the_member_is_reached_through_its_kosmos_cluster_object() {
     let env = TestEnv::start(&["control-plane", "member"]).await.unwrap();
     let cp = env.cluster("control-plane");
     let member = env.cluster("member");
-    let kubectl = Binaries::locate().unwrap().path("kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-        .args([
-            "apply",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml"),
-        ])
-        .output()
-        .unwrap();
+    let out = cp.kubectl(&["apply", "-f", CRDS]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cp_client = cp.client().await.unwrap();
 

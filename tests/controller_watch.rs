@@ -11,8 +11,8 @@ use std::time::Duration;
 use kpromote_core::controller::http::{self, Health};
 use kpromote_core::controller::metrics::Metrics;
 use kpromote_core::controller::{self, ControllerConfig};
-use kpromote_testenv::{Binaries, Cluster};
-use support::wait_for;
+use kpromote_testenv::Cluster;
+use support::{CRDS, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET path` on the controller's endpoints: the status code and the body.
@@ -73,16 +73,7 @@ async fn a_controller_whose_watch_fails_is_not_ready_and_says_why_until_the_crd_
     assert!(errors >= 1, "{text}");
 
     // The CRD arrives: the watch works again and the controller is ready.
-    let kubectl = Binaries::locate().unwrap().path("kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
-        .args([
-            "apply",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml"),
-        ])
-        .output()
-        .unwrap();
+    let out = cluster.kubectl(&["apply", "-f", CRDS]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("/readyz to pass", Duration::from_secs(90), || async {
         get(port, "/readyz").await.filter(|(code, _)| *code == 200)

@@ -17,23 +17,15 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kpromote_core::policy::PromotePolicy;
-use kpromote_testenv::{Binaries, Cluster};
+use kpromote_testenv::Cluster;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
+use support::CRDS;
 
 /// Installs the committed CRDs the way a user would (`kubectl apply -f deploy/crds.yaml`) and
 /// waits until they are Established.
 async fn install_crds(cluster: &Cluster) -> kube::Client {
-    let kubectl = Binaries::locate().expect("binaries").path("kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
-        .args([
-            "apply",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml"),
-        ])
-        .output()
-        .expect("kubectl runs");
+    let out = cluster.kubectl(&["apply", "-f", CRDS]).expect("kubectl runs");
     assert!(
         out.status.success(),
         "kubectl apply failed: {}",
@@ -101,11 +93,8 @@ async fn the_api_server_accepts_the_designs_policy_and_rejects_invalid_ones() {
     }
 
     // `kubectl get` shows the printer columns.
-    let kubectl = Binaries::locate().expect("binaries").path("kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", cluster.kubeconfig_path().display()))
-        .args(["get", "promotepolicies"])
-        .output()
+    let out = cluster
+        .kubectl(&["get", "promotepolicies"])
         .expect("kubectl runs");
     let header = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
-use kpromote_archive::{ArchiveReader, WriterOptions};
 use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster};
 use kpromote_model::ObjectKey;
 use kube::Api;
 use kube::api::ListParams;
 use support::faults::{FaultProxy, Faults, Refusal};
 use support::pair::Pair;
-use support::promotion::Promotion;
+use support::promotion::{Promotion, damage_frames, frames};
 use support::{apps, wait_for, wait_namespace_gone};
 
 #[tokio::test]
@@ -402,38 +401,22 @@ async fn a_finished_promotion_is_never_resumed_and_two_runs_never_share_an_archi
 async fn rollback_goes_on_past_a_damaged_archive_entry_and_names_it() {
     let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    // One entry per frame, so damaging one frame damages one object.
-    let dir = tempfile::tempdir().unwrap();
-    let one_per_frame = WriterOptions::zstd().frame_size(512);
-    let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
-    let mut run = Promotion {
-        inv: Inventory::for_promote(&path).unwrap(),
-        dir,
-        member: LiveCluster::new("member", pair.member.clone()),
-        cp: LiveCluster::new("control plane", pair.cp.clone()),
-    };
+    let (mut run, path) = Promotion::archive_one_per_frame(&pair, ns).await;
     run.promote(&EngineOptions::default()).await.unwrap();
 
     // After promote, a flipped bit in two entries: the Deployment (an owner rollback must
     // re-create) and the last entry, a Service (which rollback removes from the control plane).
-    let frames = ArchiveReader::open(&path)
-        .unwrap()
-        .manifest()
-        .unwrap()
-        .frames
-        .clone();
+    let frames = frames(&path);
     let deployment = frames
         .iter()
         .find(|f| f.first_path == "resources/deployments.apps/namespaces/nginx-test/nginx.json")
         .cloned()
         .expect("the Deployment's frame");
     let last = frames.last().cloned().expect("frames");
-    let mut bytes = std::fs::read(&path).unwrap();
     for frame in [&deployment, &last] {
         assert_eq!(frame.entries, 1, "{frame:?}");
-        bytes[usize::try_from(frame.offset + frame.length / 2).unwrap()] ^= 0x10;
     }
-    std::fs::write(&path, &bytes).unwrap();
+    damage_frames(&path, &[&deployment, &last]);
     assert!(
         Inventory::for_promote(&path).is_err(),
         "promote refuses a damaged archive"
@@ -570,15 +553,7 @@ async fn a_permanent_error_mid_run_stops_the_run_at_once_naming_it_and_rollback_
 async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves_no_pod_marked() {
     let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
-    let dir = tempfile::tempdir().unwrap();
-    let one_per_frame = WriterOptions::zstd().frame_size(512);
-    let path = support::archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
-    let mut run = Promotion {
-        inv: Inventory::for_promote(&path).unwrap(),
-        dir,
-        member: LiveCluster::new("member", pair.member.clone()),
-        cp: LiveCluster::new("control plane", pair.cp.clone()),
-    };
+    let (mut run, path) = Promotion::archive_one_per_frame(&pair, ns).await;
     run.promote(&EngineOptions::default()).await.unwrap();
 
     // Rollback reads the archive whole, then a pod's entry goes bad before the unmark streams
@@ -586,20 +561,13 @@ async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves
     // its control-plane twin, which teardown removes.
     run.inv = Inventory::for_rollback(&path).unwrap();
     assert!(run.inv.unreadable().is_empty());
-    let frames = ArchiveReader::open(&path)
-        .unwrap()
-        .manifest()
-        .unwrap()
-        .frames
-        .clone();
+    let frames = frames(&path);
     let pod = frames
         .iter()
         .find(|f| f.first_path.starts_with("resources/pods/namespaces/nginx-test/"))
         .cloned()
         .expect("a pod's frame");
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[usize::try_from(pod.offset + pod.length / 2).unwrap()] ^= 0x10;
-    std::fs::write(&path, &bytes).unwrap();
+    damage_frames(&path, &[&pod]);
     let pod_key = kpromote_archive::layout::parse_object_path(&pod.first_path).unwrap();
 
     let err = run

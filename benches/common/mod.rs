@@ -1,6 +1,31 @@
-//! What the benchmarks that run the real CLI share.
+//! What the benchmarks share: their settings from the environment, and running the real CLI.
+// Each bench uses a part of this module.
+#![allow(dead_code)]
 
 use std::process::Command;
+
+use kpromote_testenv::Cluster;
+
+/// The number in environment variable `name`, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `binary` (a kpromote build) running `subcommand` against the two clusters, JSON out.
+pub fn kpromote_at(binary: &std::path::Path, subcommand: &str, member: &Cluster, cp: &Cluster) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg(subcommand)
+        .arg("--member-kubeconfig")
+        .arg(member.kubeconfig_path())
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["--cluster-name", "member", "-o", "json"]);
+    command
+}
 
 /// Runs `command` under `/usr/bin/time`; its peak RSS in MiB and wall seconds. Fails unless it
 /// succeeds.

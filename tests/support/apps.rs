@@ -474,3 +474,22 @@ pub async fn statefulsets(client: &Client, ns: &str) -> BTreeMap<String, String>
         .map(|s| (s.metadata.name.unwrap(), s.metadata.uid.unwrap()))
         .collect()
 }
+
+/// Waits (up to 10 minutes) until namespace `ns` has `want` pods, then starts them all: the
+/// controllers of a large application take a while to create every pod.
+pub async fn start_all_pods(client: &Client, kubelet: &FakeKubelet, ns: &str, want: usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = pods.list(&ListParams::default()).await.unwrap().items.len();
+        if n >= want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n}/{want} pods after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kubelet.start_pods(ns, "").await.unwrap();
+}

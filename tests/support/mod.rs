@@ -4,6 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The committed CRDs (`deploy/crds.yaml`), as a user applies them.
+pub const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml");
+
 /// Applications the tests promote.
 pub mod apps;
 /// Archives written straight from a cluster.

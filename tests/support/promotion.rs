@@ -1,8 +1,10 @@
 //! One archived promotion a test drives: the archive of some namespaces of the member, and the
 //! engine's calls on it, so each test states only what differs.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use kpromote_archive::{ArchiveReader, FrameInfo, WriterOptions};
 use kpromote_core::engine::{EngineError, EngineOptions, Inventory, LiveCluster, Report, SharedJournal};
 use kpromote_core::journal::Journal;
 use kube::Client;
@@ -30,6 +32,21 @@ impl Promotion {
             member: LiveCluster::new("member", pair.member.clone()),
             cp: LiveCluster::new("control plane", pair.cp.clone()),
         }
+    }
+
+    /// Archives namespace `ns` of the pair's member one entry per frame, so that damaging one
+    /// frame ([`damage_frames`]) damages one object. Returns the archive's path too.
+    pub async fn archive_one_per_frame(pair: &Pair, ns: &str) -> (Self, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let one_per_frame = WriterOptions::zstd().frame_size(512);
+        let path = archiving::archive_with(&pair.member, &[ns], &[], dir.path(), one_per_frame).await;
+        let promotion = Self {
+            inv: Inventory::for_promote(&path).unwrap(),
+            dir,
+            member: LiveCluster::new("member", pair.member.clone()),
+            cp: LiveCluster::new("control plane", pair.cp.clone()),
+        };
+        (promotion, path)
     }
 
     /// Archives [`super::apps::rich_namespace`] `ns` with the cluster-scoped objects it depends on.
@@ -84,4 +101,23 @@ impl Promotion {
     fn run<'a>(&'a self, opts: &'a EngineOptions) -> kpromote_core::engine::Run<'a> {
         kpromote_core::engine::Run::new(&self.member, &self.cp, &self.inv, "member", opts)
     }
+}
+
+/// The frames of the archive at `path`, in file order.
+pub fn frames(path: &Path) -> Vec<FrameInfo> {
+    ArchiveReader::open(path)
+        .unwrap()
+        .manifest()
+        .unwrap()
+        .frames
+        .clone()
+}
+
+/// Flips one bit in the middle of each of `frames` of the archive at `path`.
+pub fn damage_frames(path: &Path, frames: &[&FrameInfo]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for frame in frames {
+        bytes[usize::try_from(frame.offset + frame.length / 2).unwrap()] ^= 0x10;
+    }
+    std::fs::write(path, &bytes).unwrap();
 }

@@ -148,16 +148,7 @@ impl Phase {
     /// Phases in which the controller has nothing more to do until the spec changes.
     #[must_use]
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::FailedPrecheck
-                | Self::FailedBackup
-                | Self::FailedDetach
-                | Self::FailedRestore
-                | Self::Completed
-                | Self::FailedRollback
-                | Self::RolledBack
-        )
+        self.is_failure() || matches!(self, Self::Completed | Self::RolledBack)
     }
 
     /// Phases that report a failure (`Failed*`).

@@ -358,6 +358,19 @@ impl Cluster {
         &self.kubeconfig_path
     }
 
+    /// Runs `kubectl` with `args` against this cluster as its admin, the way a user would.
+    ///
+    /// # Errors
+    /// The test binaries are not found, or kubectl cannot be started.
+    pub fn kubectl(&self, args: &[&str]) -> Result<std::process::Output, TestEnvError> {
+        let kubectl = Binaries::locate()?.path("kubectl");
+        std::process::Command::new(&kubectl)
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path.display()))
+            .args(args)
+            .output()
+            .map_err(|e| TestEnvError::io(&kubectl, e))
+    }
+
     /// The kubeconfig as YAML text, e.g. for a Kosmos `Cluster` object's `spec.kubeconfig`.
     #[must_use]
     pub fn kubeconfig_yaml(&self) -> &str {

@@ -151,19 +151,9 @@ impl Reconciliation {
             };
             tx.send_replace(Some(progress("backup", done, total)));
         });
-        let recipients = match sealing(&spec, &ctx.config) {
-            Ok(recipients) => recipients,
-            Err(e) => {
-                let reason = format!("backup failed, nothing was changed in either cluster: {e}");
-                self.transition(Phase::FailedBackup, &reason, None, |s| {
-                    s.failure_reason = Some(reason.clone());
-                })
-                .await?;
-                return Ok(Flow::Continue);
-            }
-        };
-        let location = match self.backup_location() {
-            Ok(location) => location,
+        let settings = sealing(&spec, &ctx.config).and_then(|r| Ok((r, self.backup_location()?)));
+        let (recipients, location) = match settings {
+            Ok(settings) => settings,
             Err(reason) => {
                 let reason = format!("backup failed, nothing was changed in either cluster: {reason}");
                 self.transition(Phase::FailedBackup, &reason, None, |s| {

@@ -77,31 +77,18 @@ pub(crate) struct Cohabiting {
 /// - `deployments`, `daemonsets`, `replicasets`, `networkpolicies`, `ingresses`: the old
 ///   `extensions` group served them until 1.16 (ingresses until 1.22); the GA group is canonical.
 pub(crate) const COHABITING: &[Cohabiting] = &[
-    Cohabiting {
-        resource: "events",
-        groups: &["", "events.k8s.io"],
-    },
-    Cohabiting {
-        resource: "deployments",
-        groups: &["apps", "extensions"],
-    },
-    Cohabiting {
-        resource: "daemonsets",
-        groups: &["apps", "extensions"],
-    },
-    Cohabiting {
-        resource: "replicasets",
-        groups: &["apps", "extensions"],
-    },
-    Cohabiting {
-        resource: "networkpolicies",
-        groups: &["networking.k8s.io", "extensions"],
-    },
-    Cohabiting {
-        resource: "ingresses",
-        groups: &["networking.k8s.io", "extensions"],
-    },
+    family("events", &["", "events.k8s.io"]),
+    family("deployments", &["apps", "extensions"]),
+    family("daemonsets", &["apps", "extensions"]),
+    family("replicasets", &["apps", "extensions"]),
+    family("networkpolicies", &["networking.k8s.io", "extensions"]),
+    family("ingresses", &["networking.k8s.io", "extensions"]),
 ];
+
+/// A [`COHABITING`] entry.
+const fn family(resource: &'static str, groups: &'static [&'static str]) -> Cohabiting {
+    Cohabiting { resource, groups }
+}
 
 /// The cohabiting family `gr` belongs to, if any.
 fn cohabiting_family(gr: &GroupResource) -> Option<&'static Cohabiting> {

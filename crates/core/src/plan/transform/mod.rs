@@ -65,72 +65,65 @@ pub(crate) struct MetadataField {
     pub reason: &'static str,
 }
 
+/// A [`STRIPPED_METADATA`] or [`KEPT_METADATA`] entry.
+const fn metadata_field(field: &'static str, reason: &'static str) -> MetadataField {
+    MetadataField { field, reason }
+}
+
 /// The metadata fields removed from every object. Everything else in `metadata` is kept; see
 /// [`KEPT_METADATA`].
 pub(crate) const STRIPPED_METADATA: &[MetadataField] = &[
-    MetadataField {
-        field: "uid",
-        reason: "assigned by the target's API server; the member's UID survives only as a key of the \
-                 old-to-new UID map",
-    },
-    MetadataField {
-        field: "resourceVersion",
-        reason: "the API server rejects a create that carries one",
-    },
-    MetadataField {
-        field: "generation",
-        reason: "the target counts spec changes from 1; a copied generation would falsify every \
-                 status.observedGeneration comparison",
-    },
-    MetadataField {
-        field: "creationTimestamp",
-        reason: "set by the target's API server",
-    },
-    MetadataField {
-        field: "managedFields",
-        reason: "field ownership of the member's managers, which do not exist in the target; the \
-                 target records its own on create",
-    },
-    MetadataField {
-        field: "selfLink",
-        reason: "deprecated, ignored since Kubernetes 1.20",
-    },
-    MetadataField {
-        field: "deletionTimestamp",
-        reason: "an object being deleted is skipped; the field is never written on create",
-    },
-    MetadataField {
-        field: "deletionGracePeriodSeconds",
-        reason: "belongs to a deletion in the member; never written on create",
-    },
+    metadata_field(
+        "uid",
+        "assigned by the target's API server; the member's UID survives only as a key of the \
+         old-to-new UID map",
+    ),
+    metadata_field(
+        "resourceVersion",
+        "the API server rejects a create that carries one",
+    ),
+    metadata_field(
+        "generation",
+        "the target counts spec changes from 1; a copied generation would falsify every \
+         status.observedGeneration comparison",
+    ),
+    metadata_field("creationTimestamp", "set by the target's API server"),
+    metadata_field(
+        "managedFields",
+        "field ownership of the member's managers, which do not exist in the target; the \
+         target records its own on create",
+    ),
+    metadata_field("selfLink", "deprecated, ignored since Kubernetes 1.20"),
+    metadata_field(
+        "deletionTimestamp",
+        "an object being deleted is skipped; the field is never written on create",
+    ),
+    metadata_field(
+        "deletionGracePeriodSeconds",
+        "belongs to a deletion in the member; never written on create",
+    ),
 ];
 
 #[cfg(test)]
 /// Metadata [`prepare`] keeps, and why.
 pub(crate) const KEPT_METADATA: &[MetadataField] = &[
-    MetadataField {
-        field: "name, namespace",
-        reason: "the identity Kosmos mirrors pods by",
-    },
-    MetadataField {
-        field: "labels, annotations",
-        reason: "selectors, tooling and the Deployment revision live there; a controller matches its \
-                 children by them",
-    },
-    MetadataField {
-        field: "finalizers",
-        reason: "in the member (rollback) all of them; in the control plane only those of \
-                 CONTROL_PLANE_FINALIZERS — every other finalizer's controller runs in the member, and \
-                 in the control plane nobody would ever remove it, so deleting the copy would hang",
-    },
-    MetadataField {
-        field: "generateName",
-        reason: "unused when a name is set; kept as history",
-    },
-    MetadataField {
-        field: "ownerReferences",
-        reason: "rewritten to the owners' new UIDs (see rewrite_owner_references), never just dropped",
-    },
+    metadata_field("name, namespace", "the identity Kosmos mirrors pods by"),
+    metadata_field(
+        "labels, annotations",
+        "selectors, tooling and the Deployment revision live there; a controller matches its \
+         children by them",
+    ),
+    metadata_field(
+        "finalizers",
+        "in the member (rollback) all of them; in the control plane only those of \
+         CONTROL_PLANE_FINALIZERS — every other finalizer's controller runs in the member, and \
+         in the control plane nobody would ever remove it, so deleting the copy would hang",
+    ),
+    metadata_field("generateName", "unused when a name is set; kept as history"),
+    metadata_field(
+        "ownerReferences",
+        "rewritten to the owners' new UIDs (see rewrite_owner_references), never just dropped",
+    ),
 ];
 
 /// A finalizer a control-plane copy may carry, and the control-plane component that removes it.
@@ -142,6 +135,11 @@ pub(crate) struct ControlPlaneFinalizer {
     pub remover: &'static str,
 }
 
+/// A [`CONTROL_PLANE_FINALIZERS`] entry.
+const fn finalizer(name: &'static str, remover: &'static str) -> ControlPlaneFinalizer {
+    ControlPlaneFinalizer { name, remover }
+}
+
 /// The finalizers a copy in the control plane keeps; [`prepare`] drops every other one and
 /// reports it ([`Creation::dropped_finalizers`]). A finalizer is a promise that some controller
 /// will clean up and remove it; an operator's or a CSI driver's controller runs in the member
@@ -149,18 +147,18 @@ pub(crate) struct ControlPlaneFinalizer {
 /// finalizer would block the copy's deletion forever — the namespace of a rollback with it.
 /// Rollback also removes the finalizers kpromote copied when it deletes its own copies.
 pub(crate) const CONTROL_PLANE_FINALIZERS: &[ControlPlaneFinalizer] = &[
-    ControlPlaneFinalizer {
-        name: "kubernetes.io/pvc-protection",
-        remover: "kube-controller-manager's pvc-protection controller (the control plane's admission adds it anyway)",
-    },
-    ControlPlaneFinalizer {
-        name: "kubernetes.io/pv-protection",
-        remover: "kube-controller-manager's pv-protection controller (the control plane's admission adds it anyway)",
-    },
-    ControlPlaneFinalizer {
-        name: "customresourcecleanup.apiextensions.k8s.io",
-        remover: "the control plane's apiextensions server, once the CRD's instances are gone",
-    },
+    finalizer(
+        "kubernetes.io/pvc-protection",
+        "kube-controller-manager's pvc-protection controller (the control plane's admission adds it anyway)",
+    ),
+    finalizer(
+        "kubernetes.io/pv-protection",
+        "kube-controller-manager's pv-protection controller (the control plane's admission adds it anyway)",
+    ),
+    finalizer(
+        "customresourcecleanup.apiextensions.k8s.io",
+        "the control plane's apiextensions server, once the CRD's instances are gone",
+    ),
 ];
 
 /// Removes from `object` the finalizers not in [`CONTROL_PLANE_FINALIZERS`]; returns them.

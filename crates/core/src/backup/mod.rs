@@ -55,7 +55,7 @@ mod error;
 pub mod lister;
 mod report;
 mod request;
-pub mod trusted;
+pub(crate) mod trusted;
 mod write;
 
 pub use error::BackupError;

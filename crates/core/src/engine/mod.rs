@@ -22,7 +22,7 @@ pub(crate) mod inventory;
 pub mod live;
 pub mod promote;
 pub mod rollback;
-pub mod wait;
+pub(crate) mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -34,7 +34,7 @@ pub(crate) enum Poll<T> {
 
 /// How far awaited work is: what tells a slow wait from a stuck one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     /// Items still to go (dependents still owned, objects left in a namespace): the work
     /// advances when fewer are left than ever before.
     Left(u64),

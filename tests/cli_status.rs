@@ -75,12 +75,7 @@ async fn status_follows_a_crashed_promote_and_rollback_to_their_ends() {
     let s = status(&archive);
     assert_eq!(s["state"], "Promoting", "{s:#}");
     assert_eq!(s["resumable"], true);
-    assert!(
-        s["next"]
-            .as_str()
-            .unwrap()
-            .starts_with("kpromote promote --archive")
-    );
+    support::assert_next(&s, "kpromote promote");
     for name in ["detach", "mark"] {
         let st = step(&s["promote"], name);
         assert!(complete(st), "{name} finished before restore began: {st}");
@@ -101,23 +96,13 @@ async fn status_follows_a_crashed_promote_and_rollback_to_their_ends() {
     for name in ["detach", "mark", "restore"] {
         assert!(complete(step(&s["promote"], name)), "{name}");
     }
-    assert!(
-        s["next"]
-            .as_str()
-            .unwrap()
-            .starts_with("kpromote rollback --archive")
-    );
+    support::assert_next(&s, "kpromote rollback");
 
     // A rollback killed as its first teardown begins.
     run(&pair, "rollback", &archive, Some("teardown:1:begun"));
     let s = status(&archive);
     assert_eq!(s["state"], "RollingBack", "{s:#}");
-    assert!(
-        s["next"]
-            .as_str()
-            .unwrap()
-            .starts_with("kpromote rollback --archive")
-    );
+    support::assert_next(&s, "kpromote rollback");
     assert!(complete(step(&s["rollback"], "unmark")));
     assert!(complete(step(&s["rollback"], "recreate")));
     let teardown = step(&s["rollback"], "teardown");

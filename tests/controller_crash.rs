@@ -80,6 +80,18 @@ fn phase_of(policy: &kpromote_core::policy::PromotePolicy) -> Option<Phase> {
     policy.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Applies policy `name` (`rollback: "true"` when `rollback`) to a controller killed at
+/// `failpoint` of its `direction`, and waits until it died there.
+async fn apply_killed(env: &Env, name: &str, direction: &str, failpoint: &str, rollback: bool) {
+    let mut doomed = env.controller(
+        &format!("{name}-{direction}-killed"),
+        &[],
+        &[(kpromote_core::journal::FAILPOINT_ENV, failpoint)],
+    );
+    env.apply(&policy_yaml(name, rollback));
+    crash(env, &mut doomed, failpoint).await;
+}
+
 #[tokio::test]
 async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
     let env = Env::start().await;
@@ -88,13 +100,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
     for (i, cycle) in CYCLES.iter().enumerate() {
         let name = format!("crash-{i}");
         // Promote, killed.
-        let mut doomed = env.controller(
-            &format!("{name}-promote-killed"),
-            &[],
-            &[(kpromote_core::journal::FAILPOINT_ENV, cycle.promote_failpoint)],
-        );
-        env.apply(&policy_yaml(&name, false));
-        crash(&env, &mut doomed, cycle.promote_failpoint).await;
+        apply_killed(&env, &name, "promote", cycle.promote_failpoint, false).await;
         let policy = env.policies().get(&name).await.unwrap();
         assert_eq!(
             phase_of(&policy),
@@ -147,13 +153,7 @@ async fn a_controller_killed_in_every_working_phase_resumes_and_finishes() {
         drop(controller);
 
         // Rollback, killed.
-        let mut doomed = env.controller(
-            &format!("{name}-rollback-killed"),
-            &[],
-            &[(kpromote_core::journal::FAILPOINT_ENV, cycle.rollback_failpoint)],
-        );
-        env.apply(&policy_yaml(&name, true));
-        crash(&env, &mut doomed, cycle.rollback_failpoint).await;
+        apply_killed(&env, &name, "rollback", cycle.rollback_failpoint, true).await;
         let policy = env.policies().get(&name).await.unwrap();
         assert_eq!(
             phase_of(&policy),

@@ -117,11 +117,7 @@ async fn a_failed_restore_is_rolled_back_automatically_even_across_a_crash() {
         "the restarted controller must resume the rollback, never the promote:\n{metrics}"
     );
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    apps::snapshot(&env.member, "nginx-test")
-        .await
-        .assert_rolled_back_to(&original, "rollback");
-    support::wait_namespace_gone(&env.cp, "nginx-test").await;
+    assert_rolled_back(&env, &original).await;
     let out = env.kubectl_cp(&["describe", "promotepolicy", DESIGN_POLICY_NAME]);
     let described = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -175,11 +171,7 @@ async fn a_policy_deleted_mid_promotion_is_rolled_back_before_it_goes_away() {
         "{events}"
     );
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    apps::snapshot(&env.member, "nginx-test")
-        .await
-        .assert_rolled_back_to(&original, "rollback");
-    support::wait_namespace_gone(&env.cp, "nginx-test").await;
+    assert_rolled_back(&env, &original).await;
 }
 
 #[tokio::test]
@@ -220,9 +212,15 @@ async fn deleting_a_completed_policy_leaves_the_promotion_and_its_archive_rolls_
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_rolled_back(&env, &original).await;
+}
+
+/// The member as it was before the policy (once its controllers have seen everything the
+/// rollback wrote), and the promoted namespace gone from the control plane.
+async fn assert_rolled_back(env: &Env, original: &apps::Snapshot) {
+    support::controllers_caught_up(&[(&env.member, "nginx-test")]).await;
     apps::snapshot(&env.member, "nginx-test")
         .await
-        .assert_rolled_back_to(&original, "rollback");
+        .assert_rolled_back_to(original, "rollback");
     support::wait_namespace_gone(&env.cp, "nginx-test").await;
 }

@@ -85,12 +85,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
     );
     wait_holder(&env, "replica-a", Duration::from_secs(30)).await;
     let b = env.controller("replica-b", ELECTION, &[]);
-    wait_for("b to stand by", Duration::from_secs(30), || async {
-        b.log()
-            .contains("another replica leads; standing by")
-            .then_some(())
-    })
-    .await;
+    stands_by(&b, "b").await;
     assert_eq!(leader_gauge(&b).await.as_deref(), Some("0"));
     assert_eq!(leader_gauge(&a).await.as_deref(), Some("1"));
 
@@ -142,12 +137,7 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
 
     // `c` stands by; `b` is stopped gracefully and releases the lease: `c` takes over at once.
     let c = env.controller("replica-c", ELECTION, &[]);
-    wait_for("c to stand by", Duration::from_secs(30), || async {
-        c.log()
-            .contains("another replica leads; standing by")
-            .then_some(())
-    })
-    .await;
+    stands_by(&c, "c").await;
     let mut b = b;
     let stopped = Instant::now();
     assert!(b.terminate().success(), "{}", b.log());
@@ -172,4 +162,19 @@ async fn two_replicas_never_both_act_and_the_standby_finishes_what_the_leader_st
         apps::snapshot(&env.member, "nginx-test").await.pods,
         original.pods
     );
+}
+
+/// Waits until replica `name` says another replica leads and it stands by.
+async fn stands_by(replica: &ControllerProcess, name: &str) {
+    wait_for(
+        &format!("{name} to stand by"),
+        Duration::from_secs(30),
+        || async {
+            replica
+                .log()
+                .contains("another replica leads; standing by")
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -47,6 +47,16 @@ fn assert_ok(out: &std::process::Output, what: &str) {
     );
 }
 
+/// Runs `subcommand` killed at `failpoint`, then again to its end.
+fn crash_and_resume(pair: &Pair, subcommand: &str, archive: &Path, failpoint: &str, cycle: usize) {
+    assert_crashed(&kpromote(pair, subcommand, archive, Some(failpoint)), failpoint);
+    let out = kpromote(pair, subcommand, archive, None);
+    assert_ok(
+        &out,
+        &format!("cycle {cycle}: {subcommand} resumed after {failpoint}"),
+    );
+}
+
 #[tokio::test]
 async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
     let (pair, original) = Pair::start_with_nginx().await;
@@ -56,13 +66,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
         let dir = tempfile::tempdir().unwrap();
         let archive = archiving::archive(&member_client, &["nginx-test"], &[], dir.path()).await;
 
-        let out = kpromote(&pair, "promote", &archive, Some(promote_fp));
-        assert_crashed(&out, promote_fp);
-        let out = kpromote(&pair, "promote", &archive, None);
-        assert_ok(
-            &out,
-            &format!("cycle {cycle}: promote resumed after {promote_fp}"),
-        );
+        crash_and_resume(&pair, "promote", &archive, promote_fp, cycle);
         support::controllers_caught_up(&[(&member_client, "nginx-test"), (&cp_client, "nginx-test")]).await;
         let member_snap = apps::snapshot(&member_client, "nginx-test").await;
         assert_eq!(
@@ -75,13 +79,7 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
             .assert_promoted_from(&original, &format!("cycle {cycle} ({promote_fp})"));
         assert!(support::has_deployment(&cp_client, "nginx-test", "nginx").await);
 
-        let out = kpromote(&pair, "rollback", &archive, Some(rollback_fp));
-        assert_crashed(&out, rollback_fp);
-        let out = kpromote(&pair, "rollback", &archive, None);
-        assert_ok(
-            &out,
-            &format!("cycle {cycle}: rollback resumed after {rollback_fp}"),
-        );
+        crash_and_resume(&pair, "rollback", &archive, rollback_fp, cycle);
         support::controllers_caught_up(&[(&member_client, "nginx-test")]).await;
         apps::snapshot(&member_client, "nginx-test")
             .await

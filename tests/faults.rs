@@ -496,14 +496,7 @@ async fn a_permanent_error_mid_run_stops_the_run_at_once_naming_it_and_rollback_
     let run = Promotion::archive(&pair, &[ns], &[])
         .await
         .through(member_proxy.client(), pair.cp.clone());
-    let started = std::time::Instant::now();
-    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
-    let message = err.to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}: {message}",
-        started.elapsed()
-    );
+    let message = fails_at_once(&run).await;
     assert!(
         message.contains("HTTP 401") && message.contains("renew the token"),
         "{message}"
@@ -522,14 +515,7 @@ async fn a_permanent_error_mid_run_stops_the_run_at_once_naming_it_and_rollback_
     let run = Promotion::archive(&pair, &[ns], &[])
         .await
         .through(pair.member.clone(), cp_proxy.client());
-    let started = std::time::Instant::now();
-    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
-    let message = err.to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}: {message}",
-        started.elapsed()
-    );
+    let message = fails_at_once(&run).await;
     assert!(
         message.contains("not the Kubernetes API") && message.contains("server URL"),
         "{message}"
@@ -667,6 +653,19 @@ async fn an_adoption_that_keeps_conflicting_fails_and_is_done_when_resumed() {
             pod.metadata.name
         );
     }
+}
+
+/// Promotes `run`, which must fail within a minute (not after minutes of retries); its message.
+async fn fails_at_once(run: &Promotion) -> String {
+    let started = std::time::Instant::now();
+    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}: {message}",
+        started.elapsed()
+    );
+    message
 }
 
 #[tokio::test]

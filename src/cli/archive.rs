@@ -285,13 +285,7 @@ fn summary_text(reader: &ArchiveReader, path: &Path, file_bytes: u64, out: &mut 
     if let Some(sha) = reader.manifest_sha256() {
         let _ = writeln!(out, "Manifest:     sha256:{sha}");
     }
-    let width = summary
-        .by_resource
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(8)
-        .max(9);
+    let width = column_width(summary.by_resource.keys());
     let _ = writeln!(out, "\n{:<width$}  {:>7}  {:>10}", "RESOURCE", "OBJECTS", "BYTES");
     for (gr, tally) in &summary.by_resource {
         let _ = writeln!(
@@ -301,13 +295,7 @@ fn summary_text(reader: &ArchiveReader, path: &Path, file_bytes: u64, out: &mut 
             human(tally.bytes)
         );
     }
-    let width = summary
-        .by_namespace
-        .keys()
-        .map(String::len)
-        .max()
-        .unwrap_or(9)
-        .max(9);
+    let width = column_width(summary.by_namespace.keys());
     let _ = writeln!(
         out,
         "\n{:<width$}  {:>7}  {:>10}",
@@ -764,6 +752,11 @@ fn print_json(value: &Value) -> anyhow::Result<ExitCode> {
 pub(super) fn print_str(text: &str) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     finish_output(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
+}
+
+/// The width of a column of `names` under a header of up to 9 characters.
+fn column_width<'a>(names: impl Iterator<Item = &'a String>) -> usize {
+    names.map(String::len).max().unwrap_or(0).max(9)
 }
 
 #[cfg(test)]

@@ -18,6 +18,16 @@ pub mod pair;
 /// One archived promotion a test drives.
 pub mod promotion;
 
+/// Asserts that `kpromote status -o json` output `status` tells the operator to run `command`
+/// (`kpromote promote --archive …`) next.
+pub fn assert_next(status: &serde_json::Value, command: &str) {
+    let next = status["next"].as_str().unwrap_or_default();
+    assert!(
+        next.starts_with(&format!("{command} --archive")),
+        "next: {next:?}, wanted {command}: {status:#}"
+    );
+}
+
 /// Waits until the kube-controller-manager of each cluster has seen everything written in its
 /// namespace so far — the engine's own observed barrier ([`kpromote_core::engine::barrier`]) —
 /// rather than sleeping a fixed time before asserting that nothing changed: whatever those

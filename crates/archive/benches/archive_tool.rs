@@ -15,11 +15,12 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "../tests/archive_support/mod.rs"]
+mod archive_support;
+
 use kpromote_archive::{
-    ArchiveFacts, ArchiveReader, ArchiveWriter, Inclusion, NewObject, PolicyFacts, SourceCluster,
-    WriterOptions, layout,
+    ArchiveFacts, ArchiveReader, ArchiveWriter, Inclusion, NewObject, WriterOptions, layout,
 };
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -99,19 +100,10 @@ impl Rng {
 }
 
 fn facts() -> ArchiveFacts {
-    ArchiveFacts {
-        created_at: "2024-03-11T10:49:07Z".to_owned(),
-        source: SourceCluster {
-            name: "member-cluster1".to_owned(),
-            server_version: "v1.35.0".to_owned(),
-        },
-        policy: PolicyFacts {
-            name: "bench".to_owned(),
-            included_namespaces: (0..50).map(|i| format!("team-{i:02}")).collect(),
-            excluded_resources: vec!["events".to_owned()],
-        },
-        list_resource_versions: BTreeMap::new(),
-    }
+    let mut facts = archive_support::facts();
+    facts.policy.name = "bench".to_owned();
+    facts.policy.included_namespaces = (0..50).map(|i| format!("team-{i:02}")).collect();
+    facts
 }
 
 /// Object `i` of a corpus: a mix of Pods, ConfigMaps, Secrets, Deployments, ReplicaSets,
@@ -225,13 +217,7 @@ fn object(i: u64) -> NewObject {
             "secrets": [{"name": format!("{app}-token-{}", r.alnum(5))}], "imagePullSecrets": [{"name": "registry"}]}),
         ),
     };
-    NewObject::from_json(
-        resource,
-        group,
-        Inclusion::Namespaced,
-        serde_json::to_vec(&value).unwrap(),
-    )
-    .unwrap()
+    archive_support::namespaced(resource, group, &value)
 }
 
 /// Index `k` of a pseudo-random permutation of 0..n (n > 0): objects arrive in no useful order.

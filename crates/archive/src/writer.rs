@@ -354,9 +354,28 @@ impl ArchiveWriter {
                 .map_err(|e| ArchiveError::io(temp.path(), e))?;
         }
         let spill_dir = options.spill_dir.clone().unwrap_or(dir);
-        Ok(ArchiveWriter {
+        Ok(Self::start(
             path,
-            target: Target::File(temp),
+            Target::File(temp),
+            facts,
+            mtime,
+            spill_dir,
+            options,
+        ))
+    }
+
+    /// The writer of `target`, its preparing thread started.
+    fn start(
+        path: PathBuf,
+        target: Target,
+        facts: ArchiveFacts,
+        mtime: u64,
+        spill_dir: PathBuf,
+        options: WriterOptions,
+    ) -> Self {
+        ArchiveWriter {
+            path,
+            target,
             facts,
             mtime,
             prepare: Prepare::spawn(
@@ -364,7 +383,7 @@ impl ArchiveWriter {
                 options.encrypt_to.clone(),
             ),
             options,
-        })
+        }
     }
 
     /// Prepares to write an archive into `sink` (an upload); `name` is what errors and
@@ -382,17 +401,14 @@ impl ArchiveWriter {
         options.validate()?;
         let mtime = mtime_of(&facts)?;
         let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-        Ok(ArchiveWriter {
-            path: name.into(),
-            target: Target::Sink(sink),
+        Ok(Self::start(
+            name.into(),
+            Target::Sink(sink),
             facts,
             mtime,
-            prepare: Prepare::spawn(
-                ExternalSorter::new(options.sort_memory, spill_dir),
-                options.encrypt_to.clone(),
-            ),
+            spill_dir,
             options,
-        })
+        ))
     }
 
     /// Adds one object. Objects may come in any order.

@@ -8,7 +8,7 @@ mod archive_support;
 mod exercise;
 
 use kpromote_archive::{
-    ArchiveReader, ArchiveWriter, Codec, Inclusion, NewObject, ReaderOptions, WriterOptions, verify_stream,
+    ArchiveReader, ArchiveWriter, Codec, NewObject, ReaderOptions, WriterOptions, verify_stream,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -43,13 +43,7 @@ fn object(kind: u8, ns: Option<String>, name: String, filler: usize) -> NewObjec
         "metadata": metadata,
         "data": {"k": "v".repeat(filler)},
     });
-    NewObject::from_json(
-        resource,
-        group,
-        Inclusion::Namespaced,
-        serde_json::to_vec(&value).unwrap(),
-    )
-    .unwrap()
+    archive_support::namespaced(resource, group, &value)
 }
 
 fn objects_strategy() -> impl Strategy<Value = Vec<NewObject>> {

@@ -107,6 +107,19 @@ pub struct DirectionStatus {
 }
 
 impl DirectionStatus {
+    /// The status of each of `plans` (a step and its planned objects, in the run's order) by
+    /// `records`, the journal at `journal`.
+    fn of(journal: PathBuf, records: &[Record], plans: [(&str, Option<&[ObjectKey]>); 4]) -> Self {
+        Self {
+            journal,
+            started: started(records),
+            steps: plans
+                .into_iter()
+                .map(|(name, planned)| step(name, planned, records))
+                .collect(),
+        }
+    }
+
     fn is_complete(&self) -> bool {
         self.steps.iter().all(StepStatus::is_complete)
     }
@@ -271,16 +284,13 @@ fn promote_status(
             restore.extend(keys(inv, |k| k.is(group, resource))?);
         }
     }
-    Ok(DirectionStatus {
-        journal,
-        started: started(records),
-        steps: vec![
-            step(STEP_DETACH, Some(&detach), records),
-            step(STEP_MARK, Some(&mark), records),
-            step(STEP_RESTORE, Some(&restore), records),
-            step(STEP_ADOPT, None, records),
-        ],
-    })
+    let plans = [
+        (STEP_DETACH, Some(&detach[..])),
+        (STEP_MARK, Some(&mark[..])),
+        (STEP_RESTORE, Some(&restore[..])),
+        (STEP_ADOPT, None),
+    ];
+    Ok(DirectionStatus::of(journal, records, plans))
 }
 
 /// The keys of the archived objects `wanted` accepts, read from the index.
@@ -335,16 +345,13 @@ fn rollback_status(
                 .map(|a| a.record.key),
         );
     }
-    Ok(DirectionStatus {
-        journal,
-        started: started(records),
-        steps: vec![
-            step(STEP_UNMARK, Some(&unmark), records),
-            step(STEP_RECREATE, Some(&recreate), records),
-            step(STEP_ADOPT, None, records),
-            step(STEP_TEARDOWN, Some(&teardown), records),
-        ],
-    })
+    let plans = [
+        (STEP_UNMARK, Some(&unmark[..])),
+        (STEP_RECREATE, Some(&recreate[..])),
+        (STEP_ADOPT, None),
+        (STEP_TEARDOWN, Some(&teardown[..])),
+    ];
+    Ok(DirectionStatus::of(journal, records, plans))
 }
 
 /// Whether a journal holds any step beyond its run record (promote opens the rollback journal

@@ -211,6 +211,17 @@ pub fn nginx_objects() -> Vec<NewObject> {
     .collect()
 }
 
+/// The namespaced object `value` of `resource` in `group`, as the writer takes it.
+pub fn namespaced(resource: &str, group: &str, value: &Value) -> NewObject {
+    NewObject::from_json(
+        resource,
+        group,
+        Inclusion::Namespaced,
+        serde_json::to_vec(value).unwrap(),
+    )
+    .unwrap()
+}
+
 /// A synthetic ConfigMap of about `size` bytes, named by `i`.
 pub fn configmap(ns: &str, name: &str, size: usize) -> NewObject {
     let value = json!({
@@ -219,13 +230,7 @@ pub fn configmap(ns: &str, name: &str, size: usize) -> NewObject {
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
         "data": {"payload": "x".repeat(size)}
     });
-    NewObject::from_json(
-        "configmaps",
-        "",
-        Inclusion::Namespaced,
-        serde_json::to_vec(&value).unwrap(),
-    )
-    .unwrap()
+    namespaced("configmaps", "", &value)
 }
 
 // ---------------------------------------------------------------------------------------------

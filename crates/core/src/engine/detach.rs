@@ -445,8 +445,9 @@ async fn read(
     })
 }
 
-/// Marks one pod (taking it off `owner_uids` in the same patch), journals and reports it;
-/// `uid` and `archived` are its archived UID and body.
+/// Marks one member pod, taking it off its owners of `owner_uids` in the same patch, then
+/// journals and reports it; `uid` and `archived` are its archived UID and body, `prefetched`
+/// its listed state, read again on a conflict.
 #[allow(clippy::too_many_arguments)]
 async fn mark_and_report(
     member: &LiveCluster,
@@ -460,7 +461,62 @@ async fn mark_and_report(
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
     let name = key.to_string();
-    if mark_one(member, twins, key, uid, archived, owner_uids, prefetched).await? {
+    // `false`: gone (or replaced) since the backup.
+    let marked: bool = {
+        let inv = twins.inv;
+        let api = &member.api_for(key, archived)?;
+        let first = &Mutex::new(prefetched);
+        // The patch replaces the toleration list (and the ownerReferences) under the pod's
+        // resourceVersion: a concurrent change — the garbage collector orphaning it too, labels
+        // moving — is read again.
+        on_conflict(&member.role, key, "mark it", |_| async move {
+            let Some(live) = read(member, api, key, first).await? else {
+                return Ok(false);
+            };
+            if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
+                return Ok(false);
+            }
+            let patch =
+                member_mark_patch(&live, inv.archive_id()).map_err(|source| EngineError::Transform {
+                    key: key.clone(),
+                    source,
+                })?;
+            let patch = match (patch, without_owners(&live, owner_uids)) {
+                (patch, None) => patch,
+                (Some(mut patch), Some(kept)) => {
+                    patch["metadata"]["ownerReferences"] = kept;
+                    Some(patch)
+                }
+                (None, Some(kept)) => Some(json!({ "metadata": {
+                    "ownerReferences": kept,
+                    "resourceVersion": live.pointer("/metadata/resourceVersion"),
+                } })),
+            };
+            let marked = match patch {
+                None => live,
+                Some(patch) => match member.merge_patch(api, key, &patch).await {
+                    Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
+                    Err(LiveError::NotFound { .. }) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let twin = twins.twin(key, archived)?;
+            let differences = clustertree_differences(&marked, &twin);
+            if !differences.is_empty() {
+                return Err(EngineError::ChangedSinceBackup {
+                    key: key.clone(),
+                    detail: format!(
+                        "it differs from its archived copy in {}, so its control-plane copy would too and \
+                         Kosmos would try to update the running pod forever",
+                        differences.join(", ")
+                    ),
+                });
+            }
+            Ok(true)
+        })
+        .await?
+    };
+    if marked {
         lock(report).marked.add(name.clone());
     } else {
         lock(report).warnings.push(format!(
@@ -556,71 +612,6 @@ pub async fn mark_pods(
     }
     lock(journal).sync()?;
     Ok(())
-}
-
-/// Marks one member pod and takes it off its owners of `owner_uids` in the same patch; `false`
-/// when it is gone (or replaced) since the backup. `prefetched` is its listed state, read again
-/// on a conflict.
-async fn mark_one(
-    member: &LiveCluster,
-    twins: &TwinFactory<'_>,
-    key: &ObjectKey,
-    uid: Option<&str>,
-    archived: &Value,
-    owner_uids: &HashSet<String>,
-    prefetched: Option<Option<Value>>,
-) -> Result<bool, EngineError> {
-    let inv = twins.inv;
-    let api = &member.api_for(key, archived)?;
-    let first = &Mutex::new(prefetched);
-    // The patch replaces the toleration list (and the ownerReferences) under the pod's
-    // resourceVersion: a concurrent change — the garbage collector orphaning it too, labels
-    // moving — is read again.
-    on_conflict(&member.role, key, "mark it", |_| async move {
-        let Some(live) = read(member, api, key, first).await? else {
-            return Ok(false);
-        };
-        if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
-            return Ok(false);
-        }
-        let patch = member_mark_patch(&live, inv.archive_id()).map_err(|source| EngineError::Transform {
-            key: key.clone(),
-            source,
-        })?;
-        let patch = match (patch, without_owners(&live, owner_uids)) {
-            (patch, None) => patch,
-            (Some(mut patch), Some(kept)) => {
-                patch["metadata"]["ownerReferences"] = kept;
-                Some(patch)
-            }
-            (None, Some(kept)) => Some(json!({ "metadata": {
-                "ownerReferences": kept,
-                "resourceVersion": live.pointer("/metadata/resourceVersion"),
-            } })),
-        };
-        let marked = match patch {
-            None => live,
-            Some(patch) => match member.merge_patch(api, key, &patch).await {
-                Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
-                Err(LiveError::NotFound { .. }) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            },
-        };
-        let twin = twins.twin(key, archived)?;
-        let differences = clustertree_differences(&marked, &twin);
-        if !differences.is_empty() {
-            return Err(EngineError::ChangedSinceBackup {
-                key: key.clone(),
-                detail: format!(
-                    "it differs from its archived copy in {}, so its control-plane copy would too and \
-                     Kosmos would try to update the running pod forever",
-                    differences.join(", ")
-                ),
-            });
-        }
-        Ok(true)
-    })
-    .await
 }
 
 /// The archive being promoted, and the control-plane twin of each of its pods exactly as the

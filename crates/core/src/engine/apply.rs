@@ -12,7 +12,7 @@ use super::inventory::{Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
-use crate::plan::order::{Level, RestorePlan, WaitPoint};
+use crate::plan::order::{Level, RestorePlan, WaitPoint, is_builtin_group};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
 use crate::plan::twin::admission_changes;
 use kpromote_model::object_key::ObjectKey;
@@ -36,7 +36,7 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
 }
 
 /// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`]): its
-/// ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
+/// UID, ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
 /// keeps this much of each, not the pods.
 fn adoption_view(live: kube::api::DynamicObject) -> Value {
     use kpromote_model::kosmos::STAMP_ANNOTATION;
@@ -54,6 +54,9 @@ fn adoption_view(live: kube::api::DynamicObject) -> Value {
     }
     if let Some(rv) = &live.metadata.resource_version {
         metadata.insert("resourceVersion".to_owned(), Value::String(rv.clone()));
+    }
+    if let Some(uid) = &live.metadata.uid {
+        metadata.insert("uid".to_owned(), Value::String(uid.clone()));
     }
     if let Some(stamp) = stamp {
         metadata.insert("annotations".to_owned(), json!({ STAMP_ANNOTATION: stamp }));
@@ -503,39 +506,36 @@ impl<'a> Restorer<'a> {
         if adopting.is_empty() {
             return Ok(());
         }
-        // A batch at a time: a level of ReplicaSets may have tens of thousands of pods.
-        let mut dependents = self.inv.dependents_of(&adopting)?;
-        loop {
-            let batch = dependents
+        // What is left to adopt, and its live state in one LIST per type and namespace for the
+        // whole level (a LIST per batch would serialize a namespace of 8,000 pods eight times);
+        // the patches go a batch at a time.
+        let mut pairs = Vec::new();
+        for pair in self.inv.dependents_of(&adopting)? {
+            let (dependent, owner) = pair?;
+            let owner_uid = self.inv.uid(&owner).unwrap_or_default();
+            let refs: Vec<OwnerReference> = dependent
+                .owner_references
+                .iter()
+                .filter(|o| o.uid == owner_uid)
+                .cloned()
+                .collect();
+            if !refs.is_empty()
+                && !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, &owner))
+            {
+                pairs.push((dependent, owner, refs));
+            }
+        }
+        let mut prefetched = prefetch(
+            self.cluster,
+            pairs.iter().map(|(dependent, _, _)| dependent),
+            adoption_view,
+        )
+        .await?;
+        let mut pairs = pairs.into_iter().peekable();
+        while pairs.peek().is_some() {
+            let adoptions: Vec<_> = pairs
                 .by_ref()
                 .take(ADOPT_BATCH)
-                .collect::<Result<Vec<_>, _>>()?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let mut pairs = Vec::new();
-            for (dependent, owner) in batch {
-                let owner_uid = self.inv.uid(&owner).unwrap_or_default();
-                let refs: Vec<OwnerReference> = dependent
-                    .owner_references
-                    .iter()
-                    .filter(|o| o.uid == owner_uid)
-                    .cloned()
-                    .collect();
-                if !refs.is_empty()
-                    && !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, &owner))
-                {
-                    pairs.push((dependent, owner, refs));
-                }
-            }
-            let mut prefetched = prefetch(
-                self.cluster,
-                pairs.iter().map(|(dependent, _, _)| dependent),
-                adoption_view,
-            )
-            .await?;
-            let adoptions: Vec<_> = pairs
-                .into_iter()
                 .map(|(dependent, owner, refs)| {
                     let live = prefetched.remove(&dependent.key);
                     async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
@@ -543,6 +543,7 @@ impl<'a> Restorer<'a> {
                 .collect();
             super::every(STEP_ADOPT, adoptions, self.opts.concurrency).await?;
         }
+        Ok(())
     }
 
     /// Points `dependent` at `owner`'s new UID unless it already is; `prefetched` is its live
@@ -586,17 +587,40 @@ impl<'a> Restorer<'a> {
                         // It existed before promote: left as it was.
                         return Ok((false, Vec::new()));
                     }
-                    let adoption =
-                        adoption_patch(&live, refs, ctx).map_err(|source| EngineError::Transform {
+                    let strategic = is_builtin_group(&dependent.group);
+                    let adoption = adoption_patch(&live, refs, ctx, strategic).map_err(|source| {
+                        EngineError::Transform {
                             key: dependent.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                     let Some(patch) = adoption.patch else {
                         return Ok((false, adoption.conflicts));
                     };
-                    // A controller adopting it between our read and write makes this conflict: the
+                    // A controller adopting it between our read and write merges with the
+                    // strategic patch; it makes a custom resource's merge patch conflict, and the
                     // helper reads again.
-                    self.cluster.merge_patch(api, dependent, &patch).await?;
+                    if !strategic {
+                        self.cluster.merge_patch(api, dependent, &patch).await?;
+                        return Ok((true, adoption.conflicts));
+                    }
+                    match self.cluster.strategic_patch(api, dependent, &patch).await {
+                        Ok(_) => {}
+                        // Another controller adopted it meanwhile: a second controller reference
+                        // is invalid. Read again to name the conflict, or fail with the refusal.
+                        Err(refused @ LiveError::Refused { code: 422, .. }) => {
+                            let again = self.cluster.get_opt(api, dependent).await?;
+                            let again = again.map(|l| serde_json::to_value(&l).unwrap_or(Value::Null));
+                            let Some(again) = again else {
+                                return Ok((false, Vec::new()));
+                            };
+                            return match adoption_patch(&again, refs, ctx, true).ok() {
+                                Some(a) if a.patch.is_none() => Ok((false, a.conflicts)),
+                                _ => Err(refused.into()),
+                            };
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     Ok((true, adoption.conflicts))
                 }
             })

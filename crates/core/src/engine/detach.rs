@@ -25,7 +25,7 @@ use super::inventory::{Archived, Inventory, stamp};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
-use crate::plan::order::DetachPlan;
+use crate::plan::order::{DetachPlan, is_builtin_group};
 use crate::plan::transform::{Prepared, Target, TransformContext, prepare};
 use crate::plan::twin::{clustertree_differences, member_mark_patch};
 use kpromote_model::object_key::ObjectKey;
@@ -391,9 +391,25 @@ fn without_owners(live: &Value, owner_uids: &HashSet<String>) -> Option<Value> {
     (kept.len() != refs.len()).then(|| json!(kept))
 }
 
-/// Takes one dependent that is not marked off its owners of `owner_uids`, under its
-/// resourceVersion (the list is replaced whole). `prefetched` is its listed state, read again on
-/// a conflict.
+/// Strategic-merge directives deleting `live`'s ownerReferences to `owner_uids`, by UID (the
+/// list's merge key): a concurrent change to the other references, the garbage collector
+/// removing the same ones, merges instead of conflicting. `None` when it has none of them.
+fn owner_deletions(live: &Value, owner_uids: &HashSet<String>) -> Option<Value> {
+    let deletions: Vec<Value> = live
+        .pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["uid"].as_str())
+        .filter(|u| owner_uids.contains(*u))
+        .map(|u| json!({ "$patch": "delete", "uid": u }))
+        .collect();
+    (!deletions.is_empty()).then(|| json!(deletions))
+}
+
+/// Takes one dependent that is not marked off its owners of `owner_uids`: a strategic merge
+/// patch deleting those references for the types kube-apiserver serves, else (custom resources
+/// take no strategic patch) the kept list under its resourceVersion. `prefetched` is its listed
+/// state, read again on a conflict.
 async fn orphan_one(
     member: &LiveCluster,
     inv: &Inventory,
@@ -410,14 +426,26 @@ async fn orphan_one(
         if live.pointer("/metadata/uid").and_then(Value::as_str) != inv.uid(key) {
             return Ok(());
         }
-        let Some(kept) = without_owners(&live, owner_uids) else {
-            return Ok(());
+        let patched = if is_builtin_group(&key.group) {
+            let Some(deletions) = owner_deletions(&live, owner_uids) else {
+                return Ok(());
+            };
+            let patch = json!({ "metadata": {
+                "ownerReferences": deletions,
+                "uid": live.pointer("/metadata/uid"),
+            } });
+            member.strategic_patch(api, key, &patch).await
+        } else {
+            let Some(kept) = without_owners(&live, owner_uids) else {
+                return Ok(());
+            };
+            let patch = json!({ "metadata": {
+                "ownerReferences": kept,
+                "resourceVersion": live.pointer("/metadata/resourceVersion"),
+            } });
+            member.merge_patch(api, key, &patch).await
         };
-        let patch = json!({ "metadata": {
-            "ownerReferences": kept,
-            "resourceVersion": live.pointer("/metadata/resourceVersion"),
-        } });
-        match member.merge_patch(api, key, &patch).await {
+        match patched {
             Ok(_) | Err(LiveError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -466,9 +494,8 @@ async fn mark_and_report(
         let inv = twins.inv;
         let api = &member.api_for(key, archived)?;
         let first = &Mutex::new(prefetched);
-        // The patch replaces the toleration list (and the ownerReferences) under the pod's
-        // resourceVersion: a concurrent change — the garbage collector orphaning it too, labels
-        // moving — is read again.
+        // One strategic merge patch under the pod's UID (see `member_mark_patch`); the
+        // garbage collector orphaning it at the same moment deletes the same references.
         on_conflict(&member.role, key, "mark it", |_| async move {
             let Some(live) = read(member, api, key, first).await? else {
                 return Ok(false);
@@ -481,20 +508,20 @@ async fn mark_and_report(
                     key: key.clone(),
                     source,
                 })?;
-            let patch = match (patch, without_owners(&live, owner_uids)) {
+            let patch = match (patch, owner_deletions(&live, owner_uids)) {
                 (patch, None) => patch,
-                (Some(mut patch), Some(kept)) => {
-                    patch["metadata"]["ownerReferences"] = kept;
+                (Some(mut patch), Some(deletions)) => {
+                    patch["metadata"]["ownerReferences"] = deletions;
                     Some(patch)
                 }
-                (None, Some(kept)) => Some(json!({ "metadata": {
-                    "ownerReferences": kept,
-                    "resourceVersion": live.pointer("/metadata/resourceVersion"),
+                (None, Some(deletions)) => Some(json!({ "metadata": {
+                    "ownerReferences": deletions,
+                    "uid": live.pointer("/metadata/uid"),
                 } })),
             };
             let marked = match patch {
                 None => live,
-                Some(patch) => match member.merge_patch(api, key, &patch).await {
+                Some(patch) => match member.strategic_patch(api, key, &patch).await {
                     Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
                     Err(LiveError::NotFound { .. }) => return Ok(false),
                     Err(e) => return Err(e.into()),
@@ -774,5 +801,12 @@ mod tests {
         assert_eq!(without_owners(&orphaned, &deleted), None);
         assert_eq!(without_owners(&json!({ "metadata": {} }), &deleted), None);
         assert_eq!(without_owners(&live, &HashSet::new()), None);
+        // The strategic form names only what goes, by UID.
+        assert_eq!(
+            owner_deletions(&live, &deleted),
+            Some(json!([{ "$patch": "delete", "uid": "rs" }]))
+        );
+        assert_eq!(owner_deletions(&orphaned, &deleted), None);
+        assert_eq!(owner_deletions(&live, &HashSet::new()), None);
     }
 }

@@ -351,6 +351,29 @@ impl LiveCluster {
         self.merge(api, key, patch, false).await
     }
 
+    /// Strategic merge patch of a type kube-apiserver serves itself (see
+    /// [`crate::plan::order::is_builtin_group`]): lists with a merge key (ownerReferences, by
+    /// UID) merge item by item, so two writers adding or removing different items — the restore
+    /// and a controller adopting, detach and the garbage collector orphaning — do not conflict
+    /// and need no resourceVersion. A `metadata.uid` in the patch keeps it to that object.
+    ///
+    /// # Errors
+    /// Refusals, unavailability, not found.
+    pub(crate) async fn strategic_patch(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        patch: &Value,
+    ) -> Result<DynamicObject, LiveError> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Strategic(patch);
+        self.retry("patch", key, || api.patch(&key.name, &pp, &patch))
+            .await
+    }
+
     /// JSON merge patch of the status subresource.
     ///
     /// # Errors

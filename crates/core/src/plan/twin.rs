@@ -165,11 +165,14 @@ fn tolerates(toleration: &Value, key: &str, value: &str, effect: &str) -> bool {
     }
 }
 
-/// The JSON merge patch detach sends to a running member pod: the Kosmos label, the archive
+/// The strategic merge patch detach sends to a running member pod: the Kosmos label, the archive
 /// stamp and the virtual node's toleration, so it equals its control-plane twin in every
-/// [`CLUSTERTREE_COMPARED`] field. The patch carries `live`'s resourceVersion (the toleration
-/// list is replaced whole, so a concurrent change must fail it, not be lost). `None` when `live`
-/// carries all three already.
+/// [`CLUSTERTREE_COMPARED`] field. It carries `live`'s UID, not its resourceVersion: labels and
+/// annotations merge key by key, and the toleration list, replaced whole, may only grow on a
+/// running pod — the API server refuses a patch that would drop a toleration added since `live`
+/// was read, so such a change fails the patch rather than being lost. Without a resourceVersion
+/// the garbage collector orphaning the pod at the same moment does not make it conflict. `None`
+/// when `live` carries all three already.
 ///
 /// # Errors
 /// [`TransformError::InvalidField`] when the pod's tolerations are not a list.
@@ -192,8 +195,8 @@ pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option
     if metadata.is_empty() && tolerations.is_none() {
         return Ok(None);
     }
-    if let Some(rv) = live.pointer("/metadata/resourceVersion") {
-        metadata.insert("resourceVersion".to_owned(), rv.clone());
+    if let Some(uid) = live.pointer("/metadata/uid") {
+        metadata.insert("uid".to_owned(), uid.clone());
     }
     let mut patch = json!({ "metadata": metadata });
     if let Some(Some(list)) = tolerations {

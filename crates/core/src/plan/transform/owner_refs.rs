@@ -50,8 +50,9 @@ pub(crate) fn rewrite_owner_references(
 /// The result of [`adoption_patch`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Adoption {
-    /// JSON merge patch setting the full new `metadata.ownerReferences` list, with `live`'s
-    /// resourceVersion as precondition; `None` when nothing is to add.
+    /// The patch adding the references: strategic (only the added references, merged by UID,
+    /// under `live`'s UID) or JSON merge (the full new list under `live`'s resourceVersion), as
+    /// asked; `None` when nothing is to add.
     pub patch: Option<Value>,
     /// Deferred references whose owner is still not created; call again later.
     pub waiting: Vec<OwnerReference>,
@@ -63,6 +64,9 @@ pub(crate) struct Adoption {
 /// Adds the `deferred` references (from [`OwnerReferenceRewrite::deferred`]) whose owners now
 /// exist to `live`, the object as it is in the target. A reference already present — same UID,
 /// or same kind, group and name (its controller adopted it first) — is not added twice.
+/// `strategic` asks for a strategic merge patch (types kube-apiserver serves): the target's
+/// controller adopting the same object at the same moment then merges with it instead of making
+/// it conflict.
 ///
 /// # Errors
 /// [`TransformError::InvalidField`] when `live`'s ownerReferences are not a list of
@@ -71,6 +75,7 @@ pub(crate) fn adoption_patch(
     live: &Value,
     deferred: &[OwnerReference],
     ctx: &TransformContext,
+    strategic: bool,
 ) -> Result<Adoption, TransformError> {
     let mut refs = owner_references_of(live)?;
     let mut out = Adoption::default();
@@ -99,14 +104,19 @@ pub(crate) fn adoption_patch(
         });
     }
     if refs.len() != before {
-        let refs = serde_json::to_value(&refs).map_err(|_| TransformError::InvalidField {
+        let (refs, precondition) = if strategic {
+            (&refs[before..], ("uid", live.pointer("/metadata/uid")))
+        } else {
+            (&refs[..], ("resourceVersion", live.pointer("/metadata/resourceVersion")))
+        };
+        let refs = serde_json::to_value(refs).map_err(|_| TransformError::InvalidField {
             field: "metadata.ownerReferences",
             expected: "serializable ownerReferences",
         })?;
         let mut metadata = Map::new();
         metadata.insert("ownerReferences".to_owned(), refs);
-        if let Some(rv) = live.pointer("/metadata/resourceVersion") {
-            metadata.insert("resourceVersion".to_owned(), rv.clone());
+        if let (field, Some(value)) = precondition {
+            metadata.insert(field.to_owned(), value.clone());
         }
         out.patch = Some(json!({ "metadata": metadata }));
     }

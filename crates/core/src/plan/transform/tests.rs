@@ -235,11 +235,11 @@ fn adoption_patch_cases() {
     let live = json!({"metadata": {"name": "p", "resourceVersion": "100"}});
 
     // Owner not created yet: nothing to patch, still waiting.
-    let a = adoption_patch(&live, &deferred, &ctx).expect("adoption");
+    let a = adoption_patch(&live, &deferred, &ctx, false).expect("adoption");
     assert_eq!((a.patch, a.waiting.len(), a.conflicts.len()), (None, 1, 0));
 
     ctx.record_created("rs-old", "rs-new");
-    let a = adoption_patch(&live, &deferred, &ctx).expect("adoption");
+    let a = adoption_patch(&live, &deferred, &ctx, false).expect("adoption");
     assert_eq!(
         a.patch,
         Some(json!({"metadata": {"resourceVersion": "100", "ownerReferences": [
@@ -251,20 +251,20 @@ fn adoption_patch_cases() {
     let adopted = json!({"metadata": {"resourceVersion": "101", "ownerReferences": [
         {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "rs-new", "controller": true}]}});
     assert_eq!(
-        adoption_patch(&adopted, &deferred, &ctx).expect("adoption"),
+        adoption_patch(&adopted, &deferred, &ctx, false).expect("adoption"),
         Adoption::default()
     );
 
     // Another controller owns it: the controller reference is a conflict, not a second controller.
     let other = json!({"metadata": {"ownerReferences": [
         {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "w-uid", "controller": true}]}});
-    let a = adoption_patch(&other, &deferred, &ctx).expect("adoption");
+    let a = adoption_patch(&other, &deferred, &ctx, false).expect("adoption");
     assert_eq!((a.patch, a.conflicts.len()), (None, 1));
 
     // A non-controller reference is appended to the live list.
     ctx.record_created("other-old", "other-new");
     let extra = [reference("Deployment", "web", "other-old", false)];
-    let a = adoption_patch(&adopted, &extra, &ctx).expect("adoption");
+    let a = adoption_patch(&adopted, &extra, &ctx, false).expect("adoption");
     let refs = a
         .patch
         .as_ref()
@@ -272,9 +272,21 @@ fn adoption_patch_cases() {
         .and_then(Value::as_array);
     assert_eq!(refs.map(Vec::len), Some(2));
 
+    // The strategic form names only the added reference, under the object's UID: a controller
+    // adopting it at the same moment merges instead of conflicting.
+    let mut with_uid = adopted.clone();
+    with_uid["metadata"]["uid"] = json!("pod-uid");
+    let a = adoption_patch(&with_uid, &extra, &ctx, true).expect("adoption");
+    assert_eq!(
+        a.patch,
+        Some(json!({"metadata": {"uid": "pod-uid", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "other-new",
+             "controller": false, "blockOwnerDeletion": true}]}}))
+    );
+
     let broken = json!({"metadata": {"ownerReferences": "no"}});
     assert!(matches!(
-        adoption_patch(&broken, &deferred, &ctx),
+        adoption_patch(&broken, &deferred, &ctx, false),
         Err(TransformError::InvalidField { .. })
     ));
 }

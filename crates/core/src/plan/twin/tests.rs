@@ -89,12 +89,13 @@ fn marked_member_pod_equals_its_twin_where_clustertree_looks() {
 }
 
 #[test]
-fn mark_patch_carries_the_resource_version_and_is_idempotent() {
+fn mark_patch_carries_the_uid_and_is_idempotent() {
     let archived = member_pod(json!({"app": "web"}), None, None);
     let patch = member_mark_patch(&archived, ARCHIVE)
         .expect("patch")
         .expect("something to add");
-    assert_eq!(patch["metadata"]["resourceVersion"], "7");
+    assert_eq!(patch["metadata"]["uid"], archived["metadata"]["uid"]);
+    assert!(patch["metadata"].get("resourceVersion").is_none());
     assert_eq!(patch["metadata"]["labels"]["kosmos-io/pod"], "true");
     assert_eq!(patch["metadata"]["annotations"][STAMP_ANNOTATION], ARCHIVE);
     assert_eq!(patch["spec"]["tolerations"].as_array().map(Vec::len), Some(1));

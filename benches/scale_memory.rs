@@ -5,7 +5,10 @@
 //! peak.
 //!
 //! `cargo bench --bench scale_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=2000,20000`; the
-//! Deployments: `KPROMOTE_BENCH_DEPLOYMENTS=10`, `KPROMOTE_BENCH_REPLICAS=2`).
+//! Deployments: `KPROMOTE_BENCH_DEPLOYMENTS=10`, `KPROMOTE_BENCH_REPLICAS=2`). With
+//! `KPROMOTE_BENCH_CONTROLLER=1` each namespace then goes through the controller too: a
+//! `kpromote controller` process of its own per size, a PromotePolicy promoting the namespace
+//! and then rolling it back, the process's peak RSS read before it is stopped.
 //!
 //! Each namespace is what a platform team's looks like: mostly ConfigMaps and Secrets of about
 //! 2 KiB each (Helm keeps a Secret per release revision), half and half, plus a few Deployments
@@ -19,7 +22,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use kpromote_testenv::{Cluster, FakeKubelet, TestEnv, register_virtual_node};
+use kpromote_core::policy::Phase;
+use kpromote_testenv::{Cluster, FakeKubelet};
 use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -29,6 +33,9 @@ use common::{env_usize, kpromote_at, measured};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "../tests/controller_env/mod.rs"]
+mod controller_env;
 
 /// About `len` bytes of text that varies from object to object, like real configuration.
 fn payload(i: usize, len: usize) -> String {
@@ -157,6 +164,47 @@ struct Row {
     backup: (f64, f64),
     promote: (f64, f64),
     rollback: (f64, f64),
+    /// The controller process through the policy's promote and rollback: (peak MiB, promote
+    /// s, rollback s).
+    controller: Option<(f64, f64, f64)>,
+}
+
+/// A PromotePolicy `name` promoting namespace `ns` of member `member`, or rolling it back.
+fn policy(name: &str, ns: &str, rollback: bool) -> String {
+    format!(
+        "apiVersion: kosmos.io/v1alpha1\nkind: PromotePolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         rollback: \"{rollback}\"\n  includedNamespaces: [{ns}]\n  clusterName: member\n  \
+         excludedNamespaceScopedResources: [events, events.events.k8s.io, endpoints, \
+         endpointslices.discovery.k8s.io]\n"
+    )
+}
+
+/// Namespace `ns` promoted and rolled back by a controller process of its own, the promise
+/// checked after each against `before`: (peak MiB, promote s, rollback s).
+async fn through_controller(
+    env: &controller_env::Env,
+    ns: &str,
+    before: &support::apps::Snapshot,
+) -> (f64, f64, f64) {
+    let name = format!("policy-{ns}");
+    let controller = env.controller(ns, &[], &[]);
+    let t = Instant::now();
+    env.apply(&policy(&name, ns, false));
+    env.wait_for(&controller, &name, Phase::Completed, 7200).await;
+    let promote = t.elapsed().as_secs_f64();
+    let after = support::apps::snapshot(&env.member, ns).await;
+    assert_eq!(after.pods, before.pods, "{ns}: the member's pods after the controller's promote");
+    support::apps::snapshot(&env.cp, ns)
+        .await
+        .assert_promoted_from(before, ns);
+    let t = Instant::now();
+    env.apply(&policy(&name, ns, true));
+    env.wait_for(&controller, &name, Phase::RolledBack, 7200).await;
+    let rollback = t.elapsed().as_secs_f64();
+    support::apps::snapshot(&env.member, ns)
+        .await
+        .assert_rolled_back_to(before, ns);
+    (controller.peak_rss_mib(), promote, rollback)
 }
 
 fn main() {
@@ -167,31 +215,25 @@ fn main() {
         .collect();
     let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 10);
     let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 2);
+    let via_controller = std::env::var_os("KPROMOTE_BENCH_CONTROLLER").is_some();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let env = runtime
-        .block_on(TestEnv::start(&["control-plane", "member"]))
-        .expect("clusters");
-    let (member, cp) = (env.cluster("member"), env.cluster("control-plane"));
-    let member_client = runtime.block_on(member.client()).expect("client");
-    let cp_client = runtime.block_on(cp.client()).expect("client");
-    runtime
-        .block_on(register_virtual_node(&cp_client, "member"))
-        .expect("virtual node");
-    let kubelet = runtime
-        .block_on(FakeKubelet::register(&member_client, "member-node-1"))
-        .expect("kubelet");
+    // The controller's environment: the clusters, the virtual node, the CRDs and the member
+    // registered as a Kosmos Cluster (the CLI needs only the first two).
+    let ctl = runtime.block_on(controller_env::Env::start());
+    let (member, cp) = (ctl.env.cluster("member"), ctl.env.cluster("control-plane"));
+    let (member_client, cp_client, kubelet) = (&ctl.member, &ctl.cp, &ctl.kubelet);
     let mut rows = Vec::new();
     for &n in &sizes {
         let ns = format!("scale-{n}");
         runtime.block_on(build_namespace(
-            &member_client,
-            &kubelet,
+            member_client,
+            kubelet,
             &ns,
             n,
             deployments,
             replicas,
         ));
-        let before = runtime.block_on(support::apps::snapshot(&member_client, &ns));
+        let before = runtime.block_on(support::apps::snapshot(member_client, &ns));
         let dir = tempfile::tempdir().expect("tempdir");
 
         let (backup_dir, promote_dir) = (dir.path().join("backup"), dir.path().join("promote"));
@@ -216,9 +258,9 @@ fn main() {
         );
         eprintln!("{ns}: promote {promote:?}");
         runtime.block_on(async {
-            let after = support::apps::snapshot(&member_client, &ns).await;
+            let after = support::apps::snapshot(member_client, &ns).await;
             assert_eq!(after.pods, before.pods, "{ns}: the member's pods after promote");
-            support::apps::snapshot(&cp_client, &ns)
+            support::apps::snapshot(cp_client, &ns)
                 .await
                 .assert_promoted_from(&before, &ns);
         });
@@ -227,15 +269,21 @@ fn main() {
         let rollback = measured(kpromote("rollback", member, cp).arg("--archive").arg(&archive));
         eprintln!("{ns}: rollback {rollback:?}");
         runtime.block_on(async {
-            support::apps::snapshot(&member_client, &ns)
+            support::apps::snapshot(member_client, &ns)
                 .await
                 .assert_rolled_back_to(&before, &ns);
+        });
+        let controller = via_controller.then(|| {
+            let through = runtime.block_on(through_controller(&ctl, &ns, &before));
+            eprintln!("{ns}: controller {through:?}");
+            through
         });
         rows.push(Row {
             objects,
             backup,
             promote,
             rollback,
+            controller,
         });
     }
     println!(
@@ -257,6 +305,17 @@ fn main() {
             row.rollback.1
         );
     }
+    if via_controller {
+        println!(
+            "\n| archived objects | `kpromote controller` peak MiB | policy promote s | policy rollback s |"
+        );
+        println!("|---|---|---|---|");
+        for row in &rows {
+            if let Some((peak, promote, rollback)) = row.controller {
+                println!("| {} | {peak:.0} | {promote:.1} | {rollback:.1} |", row.objects);
+            }
+        }
+    }
     if let [first, .., last] = rows.as_slice() {
         let ratio = |f: fn(&Row) -> (f64, f64)| f(last).0 / f(first).0;
         println!(
@@ -267,5 +326,8 @@ fn main() {
             ratio(|r| r.promote),
             ratio(|r| r.rollback)
         );
+        if let (Some(a), Some(b)) = (first.controller, last.controller) {
+            println!("controller process: {:.2}x", b.0 / a.0);
+        }
     }
 }

@@ -350,6 +350,17 @@ impl ControllerProcess {
         child.wait().unwrap()
     }
 
+    /// Peak resident memory of the process so far, in MiB (`VmHWM`).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.lock().unwrap().id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
     /// The exit status if the process has exited.
     pub fn exited(&self) -> Option<std::process::ExitStatus> {
         self.child.lock().unwrap().try_wait().unwrap()

@@ -435,23 +435,6 @@ impl LiveCluster {
         }
     }
 
-    /// DELETE of every object of `api`'s type in its namespace, one request (the API server
-    /// deletes them one by one). `key` names the request in errors.
-    ///
-    /// # Errors
-    /// Refusals, unavailability.
-    pub(crate) async fn delete_collection(
-        &self,
-        api: &Api<DynamicObject>,
-        key: &ObjectKey,
-        params: &DeleteParams,
-    ) -> Result<(), LiveError> {
-        let all = ListParams::default();
-        self.retry("delete every", key, || api.delete_collection(params, &all))
-            .await
-            .map(|_| ())
-    }
-
     /// Waits until `key` is gone, or holds another UID than `uid` (it was deleted and re-made).
     /// While it is there, the objects of `dependents` it still owns are counted: the wait fails
     /// only once that count has not dropped for `stall` (with no `dependents`, once `stall` has

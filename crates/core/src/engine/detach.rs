@@ -1,9 +1,8 @@
-//! Detach: delete the workload owners in the member top-down with orphan propagation, and take
-//! their dependents off them — the pods in the same patch that marks them Kosmos-managed — then
-//! wait for the garbage collector to let the owners go. The pods keep running: nothing but their
-//! ownerReferences and marks changes.
+//! Detach: delete the workload owners in the member top-down, and take their dependents off
+//! them — the pods in the same patch that marks them Kosmos-managed — then wait for the owners to
+//! go. The pods keep running: nothing but their ownerReferences and marks changes.
 //!
-//! # Why detach orphans the dependents itself
+//! # Why detach orphans the dependents itself, and holds each owner while it does
 //! With orphan propagation the garbage collector removes the owner's reference from each
 //! dependent, one request per dependent at the controller manager's client rate (20 requests/s
 //! by default: 8,300 pods take seven minutes). Detach sends the same change itself, at its own
@@ -11,9 +10,23 @@
 //! its deletionTimestamp: from then on its controller neither adopts nor creates (the ReplicaSet,
 //! StatefulSet and DaemonSet controllers manage replicas only of owners not being deleted, and
 //! re-check the owner with a live read before adopting an orphan), exactly as when the garbage
-//! collector does it. The owner keeps the `orphan` finalizer: a dependent the archive does not
-//! know (a pod made after the backup) is still orphaned by the garbage collector, which lets the
-//! owner go once it finds none left.
+//! collector does it.
+//!
+//! Deleted with orphan propagation at once, the owner would set the collector to orphan every
+//! dependent it knows at that moment, racing detach and patching each a second time. So an owner
+//! is deleted in three moves:
+//! 1. **held**: [`HOLD_FINALIZER`] is put on it, then it is deleted with background propagation
+//!    — it is being deleted (its controller stops), yet the collector does nothing while it
+//!    exists;
+//! 2. its dependents are taken off it by detach;
+//! 3. **released** ([`release`]): deleted again, with orphan propagation, which puts the
+//!    collector's `orphan` finalizer on it — a dependent the archive does not know (a pod made
+//!    after the backup) is still orphaned by the collector — and only then is the hold taken off.
+//!    The collector lets the owner go once it finds nothing left to orphan.
+//!
+//! The hold is never taken off an owner being deleted before the `orphan` finalizer is on it: an
+//! owner gone under background propagation would take every dependent still referencing it along.
+//! A crashed detach leaves owners held; the next attempt, or rollback, releases them.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
@@ -102,6 +115,8 @@ pub async fn detach(
             let batch: Vec<Archived> = batch.into_iter().filter(|p| orphaned(p)).collect();
             mark_batch(member, twins, &batch, &deleted_uids, journal, opts, report).await?;
         }
+        // Their dependents off them, the level's owners are let go.
+        release_held(member, inv, &level.objects, opts).await?;
     }
     // The garbage collector removes each owner's `orphan` finalizer once it finds no dependent
     // left to orphan.
@@ -110,9 +125,14 @@ pub async fn detach(
     Ok(())
 }
 
-/// Finalizers the garbage collector itself handles; any other finalizer on an owner belongs to a
-/// controller (an operator) that runs its own cleanup when the owner is deleted.
-const GC_FINALIZERS: &[&str] = &["orphan", "foregroundDeletion"];
+/// The finalizer that holds an owner detach deleted until its dependents are off it (see the
+/// module docs).
+pub(crate) const HOLD_FINALIZER: &str = "kpromote.io/detach";
+
+/// Finalizers the garbage collector itself handles, and detach's hold; any other finalizer on an
+/// owner belongs to a controller (an operator) that runs its own cleanup when the owner is
+/// deleted.
+const GC_FINALIZERS: &[&str] = &["orphan", "foregroundDeletion", HOLD_FINALIZER];
 
 /// Before anything is deleted: an owner carrying a finalizer of its own controller cannot be
 /// detached. Deleting it — even with orphan propagation — makes that controller run its cleanup
@@ -153,12 +173,13 @@ async fn refuse_owners_with_finalizers(
     }
 }
 
-/// What detach reads of a live owner: its UID, generation and finalizers, and whether it is
-/// being deleted.
+/// What detach reads of a live owner: its UID, resourceVersion, generation and finalizers, and
+/// whether it is being deleted.
 fn owner_view(live: kube::api::DynamicObject) -> Value {
     let meta = live.metadata;
     json!({
         "uid": meta.uid,
+        "resourceVersion": meta.resource_version,
         "generation": meta.generation,
         "deleting": meta.deletion_timestamp.is_some(),
         "finalizers": meta.finalizers.unwrap_or_default(),
@@ -185,9 +206,9 @@ async fn owner_states(
     Ok(states)
 }
 
-/// Deletes one owner with orphan propagation, after checking it is the archived one, unchanged;
-/// `live` is its state read with its level ([`owner_states`]). An owner already being deleted
-/// (by an earlier attempt) is left to finish.
+/// Holds and deletes one owner (see the module docs), after checking it is the archived one,
+/// unchanged; `live` is its state read with its level ([`owner_states`]). An owner already being
+/// deleted (by an earlier attempt) is left to its level's [`release`].
 async fn delete_owner(
     member: &LiveCluster,
     inv: &Inventory,
@@ -227,9 +248,121 @@ async fn delete_owner(
         });
     }
     lock(journal).begin(STEP_DETACH, &name, json!({ "uid": uid }))?;
+    hold(member, &api, key, &live).await?;
     // The UID precondition refuses an owner replaced since it was read.
-    member.delete(&api, key, uid, DeleteParams::orphan()).await?;
+    member.delete(&api, key, uid, DeleteParams::background()).await?;
     Ok(())
+}
+
+/// Whether the owner `live` (an [`owner_view`]) carries detach's hold.
+fn is_held(live: &Value) -> bool {
+    live["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == HOLD_FINALIZER))
+}
+
+/// Puts [`HOLD_FINALIZER`] on owner `key`, whose state `live` was read: a strategic merge patch
+/// under its UID for the types kube-apiserver serves, else the finalizer list under its
+/// resourceVersion.
+async fn hold(
+    member: &LiveCluster,
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+    live: &Value,
+) -> Result<(), EngineError> {
+    if is_held(live) {
+        return Ok(());
+    }
+    if is_builtin_group(&key.group) {
+        let patch = json!({ "metadata": { "uid": live["uid"], "finalizers": [HOLD_FINALIZER] } });
+        member.strategic_patch(api, key, &patch).await?;
+    } else {
+        let mut finalizers = live["finalizers"].as_array().cloned().unwrap_or_default();
+        finalizers.push(json!(HOLD_FINALIZER));
+        let patch = json!({ "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": live["resourceVersion"],
+        } });
+        member.merge_patch(api, key, &patch).await?;
+    }
+    Ok(())
+}
+
+/// Releases owner `key` detach held (see the module docs): when it is being deleted, a second
+/// DELETE with orphan propagation first puts the garbage collector's `orphan` finalizer on it
+/// (whatever still references it, the collector orphans), then the hold comes off. An owner held
+/// but not deleted (a detach that stopped in between) only loses the hold. `uid` is the owner's:
+/// an object replaced meanwhile is left alone.
+///
+/// # Errors
+/// API errors.
+pub(crate) async fn release(
+    member: &LiveCluster,
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+    uid: Option<&str>,
+    deleting: bool,
+) -> Result<(), EngineError> {
+    if deleting {
+        member.delete(api, key, uid, DeleteParams::orphan()).await?;
+    }
+    if is_builtin_group(&key.group) {
+        let patch = json!({ "metadata": {
+            "uid": uid,
+            "$deleteFromPrimitiveList/finalizers": [HOLD_FINALIZER],
+        } });
+        return match member.strategic_patch(api, key, &patch).await {
+            Ok(_) | Err(LiveError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    on_conflict(&member.role, key, "take detach's hold off it", |_| async move {
+        let Some(live) = member.get_opt(api, key).await? else {
+            return Ok(());
+        };
+        if live.metadata.uid.as_deref() != uid {
+            return Ok(());
+        }
+        let finalizers = live.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == HOLD_FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != HOLD_FINALIZER).collect();
+        let patch = json!({ "metadata": {
+            "finalizers": kept,
+            "resourceVersion": live.metadata.resource_version,
+        } });
+        match member.merge_patch(api, key, &patch).await {
+            Ok(_) | Err(LiveError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+/// Releases every owner of `owners` that carries detach's hold (their state listed a type and
+/// namespace at a time), at `opts.concurrency`; every failure is reported.
+async fn release_held(
+    member: &LiveCluster,
+    inv: &Inventory,
+    owners: &[ObjectKey],
+    opts: &EngineOptions,
+) -> Result<(), EngineError> {
+    let keys: Vec<&ObjectKey> = owners.iter().collect();
+    let states = owner_states(member, inv, &keys).await?;
+    let releases = keys
+        .into_iter()
+        .filter_map(|key| {
+            let live = states.get(key)?.as_ref().filter(|live| is_held(live))?;
+            let deleting = live["deleting"] == true;
+            let uid = live["uid"].as_str().map(str::to_owned);
+            Some(async move {
+                let api = inv.api(member, key)?;
+                release(member, &api, key, uid.as_deref(), deleting).await
+            })
+        })
+        .collect();
+    super::every(STEP_DETACH, releases, opts.concurrency).await
 }
 
 /// Waits until the garbage collector has let every deleted owner of `plan` go, and journals
@@ -702,7 +835,19 @@ pub(crate) async fn detached_owners(
     let mut absent = std::collections::BTreeSet::new();
     for key in plan.objects() {
         let api = inv.api(member, key)?;
-        match member.get_opt(&api, key).await? {
+        let mut live = member.get_opt(&api, key).await?;
+        // A detach that stopped before letting its owners go left them held: released, an
+        // owner being deleted goes (whatever still references it orphaned first), one not yet
+        // deleted stays as it is.
+        if let Some(held) = live
+            .as_ref()
+            .filter(|l| l.metadata.finalizers.iter().flatten().any(|f| f == HOLD_FINALIZER))
+        {
+            let deleting = held.metadata.deletion_timestamp.is_some();
+            release(member, &api, key, held.metadata.uid.as_deref(), deleting).await?;
+            live = member.get_opt(&api, key).await?;
+        }
+        match live {
             None => {}
             Some(live) if live.metadata.deletion_timestamp.is_some() => {
                 member

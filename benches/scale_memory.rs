@@ -193,7 +193,10 @@ async fn through_controller(
     env.wait_for(&controller, &name, Phase::Completed, 7200).await;
     let promote = t.elapsed().as_secs_f64();
     let after = support::apps::snapshot(&env.member, ns).await;
-    assert_eq!(after.pods, before.pods, "{ns}: the member's pods after the controller's promote");
+    assert_eq!(
+        after.pods, before.pods,
+        "{ns}: the member's pods after the controller's promote"
+    );
     support::apps::snapshot(&env.cp, ns)
         .await
         .assert_promoted_from(before, ns);

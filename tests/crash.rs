@@ -88,3 +88,57 @@ async fn a_run_killed_at_every_step_boundary_resumes_to_the_same_end_state() {
         support::wait_namespace_gone(&cp_client, "nginx-test").await;
     }
 }
+
+/// A promote killed while detach holds the ReplicaSet (being deleted, its pods partly taken off
+/// it), then rolled back instead of resumed: rollback lets the held owner go — the garbage
+/// collector orphans what still references it first — and re-creates it; nothing in the member
+/// is left held, and no pod restarted or was replaced.
+#[tokio::test]
+async fn a_promote_killed_while_detach_holds_an_owner_rolls_back_cleanly() {
+    let (pair, original) = Pair::start_with_nginx().await;
+    let member_client = pair.member.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archiving::archive(&member_client, &["nginx-test"], &[], dir.path()).await;
+    assert_crashed(&kpromote(&pair, "promote", &archive, Some("mark:1")), "mark:1");
+    let held = held_in(&member_client, "nginx-test").await;
+    assert!(!held.is_empty(), "the killed detach left no owner held");
+
+    assert_ok(
+        &kpromote(&pair, "rollback", &archive, None),
+        "rollback after a killed promote",
+    );
+    support::controllers_caught_up(&[(&member_client, "nginx-test")]).await;
+    apps::snapshot(&member_client, "nginx-test")
+        .await
+        .assert_rolled_back_to(&original, "rollback after a promote killed mid-detach");
+    assert_eq!(held_in(&member_client, "nginx-test").await, Vec::<String>::new());
+}
+
+/// The Deployments and ReplicaSets of `ns` that carry detach's hold finalizer.
+async fn held_in(client: &kube::Client, ns: &str) -> Vec<String> {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use kube::api::{Api, ListParams};
+    let held = |finalizers: Option<&Vec<String>>| {
+        finalizers.is_some_and(|f| f.iter().any(|f| f == "kpromote.io/detach"))
+    };
+    let mut out = Vec::new();
+    for d in Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        if held(d.metadata.finalizers.as_ref()) {
+            out.push(format!("deployment {}", d.metadata.name.unwrap_or_default()));
+        }
+    }
+    for rs in Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        if held(rs.metadata.finalizers.as_ref()) {
+            out.push(format!("replicaset {}", rs.metadata.name.unwrap_or_default()));
+        }
+    }
+    out
+}

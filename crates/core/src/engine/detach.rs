@@ -839,10 +839,13 @@ pub(crate) async fn detached_owners(
         // A detach that stopped before letting its owners go left them held: released, an
         // owner being deleted goes (whatever still references it orphaned first), one not yet
         // deleted stays as it is.
-        if let Some(held) = live
-            .as_ref()
-            .filter(|l| l.metadata.finalizers.iter().flatten().any(|f| f == HOLD_FINALIZER))
-        {
+        if let Some(held) = live.as_ref().filter(|l| {
+            l.metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == HOLD_FINALIZER)
+        }) {
             let deleting = held.metadata.deletion_timestamp.is_some();
             release(member, &api, key, held.metadata.uid.as_deref(), deleting).await?;
             live = member.get_opt(&api, key).await?;

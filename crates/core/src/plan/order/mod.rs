@@ -40,9 +40,9 @@ mod restore;
 mod teardown;
 mod tiers;
 
-pub(crate) use detach::{DetachPlan, is_builtin_group};
 #[cfg(test)]
 use detach::is_detached_workload;
+pub(crate) use detach::{DetachPlan, is_builtin_group};
 pub(crate) use restore::{Level, RestorePlan, WaitPoint};
 pub(crate) use teardown::{TeardownPlan, TeardownStep};
 #[cfg(test)]

@@ -107,7 +107,10 @@ pub(crate) fn adoption_patch(
         let (refs, precondition) = if strategic {
             (&refs[before..], ("uid", live.pointer("/metadata/uid")))
         } else {
-            (&refs[..], ("resourceVersion", live.pointer("/metadata/resourceVersion")))
+            (
+                &refs[..],
+                ("resourceVersion", live.pointer("/metadata/resourceVersion")),
+            )
         };
         let refs = serde_json::to_value(refs).map_err(|_| TransformError::InvalidField {
             field: "metadata.ownerReferences",

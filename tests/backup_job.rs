@@ -193,6 +193,18 @@ async fn a_real_api_server_accepts_the_manifests_and_the_job_backs_up_with_them(
     ] {
         apps::create(&client, obj).await;
     }
+    // The backup follows the claim to its volume only once the volume controller has bound it
+    // (`spec.volumeName`): on a loaded machine that takes a moment.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "shop");
+    support::wait_for(
+        "claim shop/data bound",
+        std::time::Duration::from_secs(90),
+        || async {
+            let claim = claims.get("data").await.unwrap();
+            (claim.status.and_then(|s| s.phase).as_deref() == Some("Bound")).then_some(())
+        },
+    )
+    .await;
 
     // The API server accepts every manifest (server-side dry run first, then for real; the
     // namespace must exist for a dry run of what goes in it).

@@ -69,6 +69,12 @@ impl Promoted {
             self.edited.push((key.clone(), generation));
         }
     }
+
+    /// Adds what `other` gathered.
+    fn merge(&mut self, other: Self) {
+        self.edited.extend(other.edited);
+        self.uids.extend(other.uids);
+    }
 }
 
 /// A UID as 128 bits: its value when it is a UUID (what Kubernetes assigns), else two
@@ -187,29 +193,25 @@ pub(crate) async fn detect(
         async move {
             let probe = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, "");
             let mut found = Listed::default();
+            // Promote's objects are folded into `mine` as they are listed (a UID's 128 bits
+            // each); only the others are kept, until every list is in.
+            let mine = &mut found.promoted;
             let kept = cp
                 .list_kept(&api, &probe, None, |object| {
                     let name = object.metadata.name.clone()?;
                     let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
                     // Cannot fail (string keys); a Null would be reported as added, not skipped.
                     let value = serde_json::to_value(&object).unwrap_or(Value::Null);
-                    Some(if ours(&key, &value) {
-                        Seen::Ours(key, Created::of(&value))
+                    if ours(&key, &value) {
+                        mine.add(&key, Created::of(&value));
+                        None
                     } else {
-                        Seen::Other(Candidate::of(key, &value))
-                    })
+                        Candidate::of(key, &value)
+                    }
                 })
                 .await;
             match kept {
-                Ok(kept) => {
-                    for seen in kept.into_values() {
-                        match seen {
-                            Seen::Ours(key, created) => found.ours.push((key, created)),
-                            Seen::Other(Some(candidate)) => found.others.push(candidate),
-                            Seen::Other(None) => {}
-                        }
-                    }
-                }
+                Ok(kept) => found.others.extend(kept.into_values()),
                 // A type this process may not list (the controller never lists Secrets, and
                 // is granted no custom resources by default): not checked, and said so.
                 Err(LiveError::Refused { code: 403, .. }) => {
@@ -226,9 +228,7 @@ pub(crate) async fn detect(
     let mut others = Vec::new();
     let mut unchecked = Vec::new();
     for found in listed {
-        for (key, created) in found.ours {
-            promoted.add(&key, created);
-        }
+        promoted.merge(found.promoted);
         others.extend(found.others);
         unchecked.extend(found.unchecked);
     }
@@ -247,19 +247,13 @@ pub(crate) async fn detect(
     Ok(drift)
 }
 
-/// What one type of one namespace holds, as drift keeps it.
+/// What one type of one namespace holds, as drift keeps it: promote's objects folded into a
+/// [`Promoted`], the others that may be someone's work as [`Candidate`]s.
 #[derive(Default)]
 struct Listed {
-    ours: Vec<(ObjectKey, Created)>,
+    promoted: Promoted,
     others: Vec<Candidate>,
     unchecked: Option<String>,
-}
-
-/// A listed object, classified.
-enum Seen {
-    Ours(ObjectKey, Created),
-    /// Not promote's: someone's work, or nothing (see [`Candidate::of`]).
-    Other(Option<Candidate>),
 }
 
 /// An object promote did not create that may be someone's work: its key and its owners' UIDs,

@@ -614,9 +614,17 @@ impl<'a> Restorer<'a> {
                             let Some(again) = again else {
                                 return Ok((false, Vec::new()));
                             };
-                            return match adoption_patch(&again, refs, ctx, true).ok() {
-                                Some(a) if a.patch.is_none() => Ok((false, a.conflicts)),
-                                _ => Err(refused.into()),
+                            // Unreadable references fail the step naming them; still something
+                            // to add: the refusal stands.
+                            let again = adoption_patch(&again, refs, ctx, true).map_err(|source| {
+                                EngineError::Transform {
+                                    key: dependent.clone(),
+                                    source,
+                                }
+                            })?;
+                            return match again.patch {
+                                None => Ok((false, again.conflicts)),
+                                Some(_) => Err(refused.into()),
                             };
                         }
                         Err(e) => return Err(e.into()),

@@ -30,7 +30,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 mod common;
-use common::env_usize;
+use common::{Requests, api_requests, both_between, both_requests, describe, env_usize, requests_between};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -73,69 +73,6 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// Requests the API server behind `client` has served so far, by verb (its
-/// `apiserver_request_total`; WATCH and CONNECT left out): every client's, the controller
-/// manager's included, so a difference is the whole work a phase caused.
-async fn api_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
-    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(request).await.expect("metrics");
-    let mut by_verb = std::collections::BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let verb = line
-            .split("verb=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_default();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if !matches!(verb, "WATCH" | "CONNECT" | "") {
-            *by_verb.entry(verb.to_owned()).or_insert(0.0) += value;
-        }
-    }
-    by_verb
-}
-
-/// Requests by verb.
-type Requests = std::collections::BTreeMap<String, f64>;
-
-/// [`api_requests`] of the member's API server and the control plane's.
-async fn both_requests(member: &LiveCluster, cp: &LiveCluster) -> (Requests, Requests) {
-    (api_requests(&member.client).await, api_requests(&cp.client).await)
-}
-
-/// [`requests_between`] of both clusters.
-fn both_between(before: &(Requests, Requests), after: &(Requests, Requests)) -> (Requests, Requests) {
-    (
-        requests_between(&before.0, &after.0),
-        requests_between(&before.1, &after.1),
-    )
-}
-
-/// `GET 12, PATCH 3, …`, and the total.
-fn describe(requests: &Requests) -> String {
-    let total: f64 = requests.values().sum();
-    if total == 0.0 {
-        return "0".to_owned();
-    }
-    let verbs: Vec<String> = requests.iter().map(|(v, n)| format!("{v} {n:.0}")).collect();
-    format!("{total:.0} ({})", verbs.join(", "))
-}
-
-/// `after - before`, verb by verb.
-fn requests_between(
-    before: &std::collections::BTreeMap<String, f64>,
-    after: &std::collections::BTreeMap<String, f64>,
-) -> std::collections::BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(verb, n)| (verb.clone(), n - before.get(verb).copied().unwrap_or(0.0)))
-        .filter(|(_, n)| *n > 0.0)
-        .collect()
-}
-
 /// CPU time this process has used, in clock ticks (utime + stime of `/proc/self/stat`).
 fn own_cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -173,7 +110,7 @@ async fn promote_timed(
         Journal::open(&dir.join("promote.journal"), run).expect("journal"),
     ));
     let report = Mutex::new(Report::default());
-    let before = both_requests(member, cp).await;
+    let before = both_requests(&member.client, &cp.client).await;
     let t = Instant::now();
     let progress = timeline(t);
     let twins = TwinFactory::new(inv, "member");
@@ -192,7 +129,7 @@ async fn promote_timed(
         .await
         .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
-    let detach_requests = both_between(&before, &both_requests(member, cp).await);
+    let detach_requests = both_between(&before, &both_requests(&member.client, &cp.client).await);
     let plan = inv.restore_plan();
     let mut ctx = inv.control_plane_context();
     let restorer = Restorer::into_control_plane(cp, "member", inv, &journal, opts);
@@ -386,7 +323,7 @@ fn main() {
         // processes).
         let dir = tempfile::tempdir().expect("tempdir");
         reset_peak_rss();
-        let requests0 = both_requests(&member, &cp).await;
+        let requests0 = both_requests(&member.client, &cp.client).await;
         let t = Instant::now();
         let request = kpromote_core::backup::BackupRequest::new("bench", vec!["bench".to_owned()])
             .excluded(kpromote_core::resources::DEFAULT_EXCLUDED_RESOURCES.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>())
@@ -394,7 +331,7 @@ fn main() {
             .cluster_name("member");
         let backup = kpromote_core::backup::run(&member_client, &request).await.expect("backup");
         let backup_s = t.elapsed().as_secs_f64();
-        let backup_requests = both_between(&requests0, &both_requests(&member, &cp).await);
+        let backup_requests = both_between(&requests0, &both_requests(&member.client, &cp.client).await);
         let backup_rss = peak_rss_mib();
         reset_peak_rss();
         let t = Instant::now();
@@ -418,14 +355,14 @@ fn main() {
         drop(inv);
         let journal = Arc::new(Mutex::new(Journal::open(&dir.path().join("rb.journal"), "rollback").expect("journal")));
         reset_peak_rss();
-        let requests0 = both_requests(&member, &cp).await;
+        let requests0 = both_requests(&member.client, &cp.client).await;
         let t = Instant::now();
         let lean = Inventory::for_rollback(&backup.path).expect("rollback inventory");
         let progress = timeline(t);
         let run = Run::new(&member, &cp, &lean, "member", &opts).reporting(&progress);
         rollback(&run, &journal).await.expect("rollback");
         let rollback_s = t.elapsed().as_secs_f64();
-        let rollback_requests = both_between(&requests0, &both_requests(&member, &cp).await);
+        let rollback_requests = both_between(&requests0, &both_requests(&member.client, &cp.client).await);
         let rollback_rss = peak_rss_mib();
         drop(lean);
         support::apps::snapshot(&member_client, "bench")

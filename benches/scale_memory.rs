@@ -5,7 +5,9 @@
 //! peak.
 //!
 //! `cargo bench --bench scale_memory` (sizes: `KPROMOTE_BENCH_OBJECTS=2000,20000`; the
-//! Deployments: `KPROMOTE_BENCH_DEPLOYMENTS=10`, `KPROMOTE_BENCH_REPLICAS=2`). With
+//! workloads: `KPROMOTE_BENCH_DEPLOYMENTS=10`, `KPROMOTE_BENCH_STATEFULSETS=0`, each of
+//! `KPROMOTE_BENCH_REPLICAS=2` pods). Each phase's API requests on both clusters (every client's,
+//! the controller managers' included) are reported per archived object. With
 //! `KPROMOTE_BENCH_CONTROLLER=1` each namespace then goes through the controller too: a
 //! `kpromote controller` process of its own per size, a PromotePolicy promoting the namespace
 //! and then rolling it back, the process's peak RSS read before it is stopped.
@@ -29,7 +31,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 mod common;
-use common::{env_usize, kpromote_at, measured};
+use common::{Requests, both_between, both_requests, describe, env_usize, kpromote_at, measured};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -78,9 +80,13 @@ async fn build_namespace(
     kubelet: &FakeKubelet,
     ns: &str,
     objects: usize,
-    deployments: usize,
-    replicas: usize,
+    workloads: Workloads,
 ) {
+    let Workloads {
+        deployments,
+        statefulsets,
+        replicas,
+    } = workloads;
     support::apps::create(
         client,
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
@@ -99,9 +105,33 @@ async fn build_namespace(
             .await
             .expect("create deployment");
     }
-    // The namespace's own ServiceAccount and root CA ConfigMap, and each Deployment's
-    // ReplicaSet and pods, count too.
-    let configs = objects.saturating_sub(2 + deployments * (2 + replicas));
+    // Pods started all at once (the fake kubelet makes them ready only when told), each behind
+    // a headless Service of its name.
+    for s in 0..statefulsets {
+        let app = format!("db-{s:02}");
+        support::apps::create(
+            client,
+            json!({ "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": app, "namespace": ns },
+                "spec": { "clusterIP": "None", "selector": { "app": app },
+                          "ports": [{ "port": 5432 }] } }),
+        )
+        .await;
+        support::apps::create(
+            client,
+            json!({ "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": { "name": app, "namespace": ns },
+                "spec": { "replicas": replicas, "serviceName": app,
+                          "podManagementPolicy": "Parallel",
+                          "selector": { "matchLabels": { "app": app } },
+                          "template": { "metadata": { "labels": { "app": app } },
+                                        "spec": { "containers": [{ "name": "main", "image": "postgres:16" }] } } } }),
+        )
+        .await;
+    }
+    // The namespace's own ServiceAccount and root CA ConfigMap, each Deployment's ReplicaSet
+    // and pods, and each StatefulSet's Service, revision and pods count too.
+    let configs = objects.saturating_sub(2 + deployments * (2 + replicas) + statefulsets * (3 + replicas));
     let t = Instant::now();
     let resource = |plural: &str, kind: &str| {
         kube::api::ApiResource::from_gvk_with_plural(
@@ -132,7 +162,15 @@ async fn build_namespace(
         "{ns}: {configs} ConfigMaps and Secrets in {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    support::apps::start_all_pods(client, kubelet, ns, deployments * replicas).await;
+    support::apps::start_all_pods(client, kubelet, ns, (deployments + statefulsets) * replicas).await;
+}
+
+/// The namespace's workloads (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Workloads {
+    deployments: usize,
+    statefulsets: usize,
+    replicas: usize,
 }
 
 /// The kpromote binary with the kubeconfig flags of both clusters.
@@ -167,6 +205,8 @@ struct Row {
     /// The controller process through the policy's promote and rollback: (peak MiB, promote
     /// s, rollback s).
     controller: Option<(f64, f64, f64)>,
+    /// Each phase's API requests: (phase, member's, control plane's).
+    requests: Vec<(&'static str, Requests, Requests)>,
 }
 
 /// A PromotePolicy `name` promoting namespace `ns` of member `member`, or rolling it back.
@@ -185,13 +225,17 @@ async fn through_controller(
     env: &controller_env::Env,
     ns: &str,
     before: &support::apps::Snapshot,
+    requests: &mut Vec<(&'static str, Requests, Requests)>,
 ) -> (f64, f64, f64) {
     let name = format!("policy-{ns}");
     let controller = env.controller(ns, &[], &[]);
     let t = Instant::now();
+    let counted = both_requests(&env.member, &env.cp).await;
     env.apply(&policy(&name, ns, false));
     env.wait_for(&controller, &name, Phase::Completed, 7200).await;
     let promote = t.elapsed().as_secs_f64();
+    let (member, cp) = both_between(&counted, &both_requests(&env.member, &env.cp).await);
+    requests.push(("controller: backup + promote", member, cp));
     let after = support::apps::snapshot(&env.member, ns).await;
     assert_eq!(
         after.pods, before.pods,
@@ -201,9 +245,12 @@ async fn through_controller(
         .await
         .assert_promoted_from(before, ns);
     let t = Instant::now();
+    let counted = both_requests(&env.member, &env.cp).await;
     env.apply(&policy(&name, ns, true));
     env.wait_for(&controller, &name, Phase::RolledBack, 7200).await;
     let rollback = t.elapsed().as_secs_f64();
+    let (member, cp) = both_between(&counted, &both_requests(&env.member, &env.cp).await);
+    requests.push(("controller: rollback", member, cp));
     support::apps::snapshot(&env.member, ns)
         .await
         .assert_rolled_back_to(before, ns);
@@ -216,8 +263,11 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("a number of objects"))
         .collect();
-    let deployments = env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 10);
-    let replicas = env_usize("KPROMOTE_BENCH_REPLICAS", 2);
+    let workloads = Workloads {
+        deployments: env_usize("KPROMOTE_BENCH_DEPLOYMENTS", 10),
+        statefulsets: env_usize("KPROMOTE_BENCH_STATEFULSETS", 0),
+        replicas: env_usize("KPROMOTE_BENCH_REPLICAS", 2),
+    };
     let via_controller = std::env::var_os("KPROMOTE_BENCH_CONTROLLER").is_some();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // The controller's environment: the clusters, the virtual node, the CRDs and the member
@@ -228,14 +278,9 @@ fn main() {
     let mut rows = Vec::new();
     for &n in &sizes {
         let ns = format!("scale-{n}");
-        runtime.block_on(build_namespace(
-            member_client,
-            kubelet,
-            &ns,
-            n,
-            deployments,
-            replicas,
-        ));
+        runtime.block_on(build_namespace(member_client, kubelet, &ns, n, workloads));
+        let mut requests = Vec::new();
+        let count = || runtime.block_on(both_requests(member_client, cp_client));
         let before = runtime.block_on(support::apps::snapshot(member_client, &ns));
         let dir = tempfile::tempdir().expect("tempdir");
 
@@ -243,6 +288,7 @@ fn main() {
         for dir in [&backup_dir, &promote_dir] {
             std::fs::create_dir(dir).expect("directory");
         }
+        let counted = count();
         let backup = measured(
             Command::new(env!("CARGO_BIN_EXE_kpromote"))
                 .arg("backup")
@@ -251,14 +297,19 @@ fn main() {
                 .args(["-n", &ns, "--cluster-name", "member", "--output-dir"])
                 .arg(&backup_dir),
         );
+        let (member_requests, cp_requests) = both_between(&counted, &count());
+        requests.push(("backup", member_requests, cp_requests));
         let objects = archived_objects(&archive_in(&backup_dir));
         eprintln!("{ns}: backup of {objects} objects: {backup:?}");
 
+        let counted = count();
         let promote = measured(
             kpromote("promote", member, cp)
                 .args(["-n", &ns, "--backup-dir"])
                 .arg(&promote_dir),
         );
+        let (member_requests, cp_requests) = both_between(&counted, &count());
+        requests.push(("backup + promote", member_requests, cp_requests));
         eprintln!("{ns}: promote {promote:?}");
         runtime.block_on(async {
             let after = support::apps::snapshot(member_client, &ns).await;
@@ -269,7 +320,10 @@ fn main() {
         });
 
         let archive = archive_in(&promote_dir);
+        let counted = count();
         let rollback = measured(kpromote("rollback", member, cp).arg("--archive").arg(&archive));
+        let (member_requests, cp_requests) = both_between(&counted, &count());
+        requests.push(("rollback", member_requests, cp_requests));
         eprintln!("{ns}: rollback {rollback:?}");
         runtime.block_on(async {
             support::apps::snapshot(member_client, &ns)
@@ -277,7 +331,7 @@ fn main() {
                 .assert_rolled_back_to(&before, &ns);
         });
         let controller = via_controller.then(|| {
-            let through = runtime.block_on(through_controller(&ctl, &ns, &before));
+            let through = runtime.block_on(through_controller(&ctl, &ns, &before, &mut requests));
             eprintln!("{ns}: controller {through:?}");
             through
         });
@@ -287,10 +341,17 @@ fn main() {
             promote,
             rollback,
             controller,
+            requests,
         });
     }
+    let Workloads {
+        deployments,
+        statefulsets,
+        replicas,
+    } = workloads;
     println!(
-        "\n{deployments} Deployments x {replicas} pods, the rest ConfigMaps and Secrets of about 2 KiB\n"
+        "\n{deployments} Deployments and {statefulsets} StatefulSets x {replicas} pods, the rest ConfigMaps and \
+         Secrets of about 2 KiB\n"
     );
     println!(
         "| archived objects | `kpromote backup`: peak MiB, s | `kpromote promote`: peak MiB, s | `kpromote rollback`: peak MiB, s |"
@@ -317,6 +378,22 @@ fn main() {
             if let Some((peak, promote, rollback)) = row.controller {
                 println!("| {} | {peak:.0} | {promote:.1} | {rollback:.1} |", row.objects);
             }
+        }
+    }
+    println!(
+        "\n| archived objects | phase | member requests | control-plane requests | per archived object |"
+    );
+    println!("|---|---|---|---|---|");
+    for row in &rows {
+        for (phase, member, cp) in &row.requests {
+            let total: f64 = member.values().chain(cp.values()).sum();
+            println!(
+                "| {} | {phase} | {} | {} | {:.2} |",
+                row.objects,
+                describe(member),
+                describe(cp),
+                total / row.objects as f64
+            );
         }
     }
     if let [first, .., last] = rows.as_slice() {

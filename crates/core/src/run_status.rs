@@ -346,9 +346,9 @@ fn rollback_status(
         );
     }
     let plans = [
-        (STEP_UNMARK, Some(&unmark[..])),
         (STEP_RECREATE, Some(&recreate[..])),
         (STEP_ADOPT, None),
+        (STEP_UNMARK, Some(&unmark[..])),
         (STEP_TEARDOWN, Some(&teardown[..])),
     ];
     Ok(DirectionStatus::of(journal, records, plans))

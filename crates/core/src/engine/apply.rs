@@ -8,15 +8,50 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::inventory::{Inventory, not_archived, stamp, stamped_by};
+use super::inventory::{Bodies, Inventory, not_archived, stamp, stamped_by};
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::plan::order::{Level, RestorePlan, WaitPoint, is_builtin_group};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
-use crate::plan::twin::admission_changes;
+use crate::plan::twin::{admission_changes, archived_marks, unmark_patch};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnerReference};
+
+/// What adopting one dependent adds to it.
+#[derive(Debug)]
+struct Adopting {
+    /// Its archived references to the owner, with the owner's archived UID.
+    refs: Vec<OwnerReference>,
+    /// For a member pod on rollback, the marks its archived self carried ([`archived_marks`]):
+    /// the patch pointing it at its re-created owner takes detach's marks off too, one request
+    /// instead of two. `None` for every other dependent.
+    unmark: Option<Value>,
+}
+
+impl Adopting {
+    /// `pointing` (the strategic adoption patch, if any reference is to add) with the unmarking
+    /// of `live` merged in, and whether it unmarks. Only pods are unmarked, and they always take
+    /// a strategic patch, under `live`'s UID.
+    fn with_unmark(&self, live: &Value, pointing: Option<Value>) -> (Option<Value>, bool) {
+        let Some(unmark) = self
+            .unmark
+            .as_ref()
+            .and_then(|archived| unmark_patch(archived, live))
+        else {
+            return (pointing, false);
+        };
+        let mut patch =
+            pointing.unwrap_or_else(|| json!({ "metadata": { "uid": live.pointer("/metadata/uid") } }));
+        if let (Some(metadata), Some(Value::Object(marks))) = (
+            patch.get_mut("metadata").and_then(Value::as_object_mut),
+            unmark.get("metadata"),
+        ) {
+            metadata.extend(marks.clone());
+        }
+        (Some(patch), true)
+    }
+}
 
 /// Journal step that points a dependent's ownerReference at its re-created owner.
 pub(crate) const STEP_ADOPT: &str = "adopt";
@@ -35,17 +70,26 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
     format!("{dependent}<-{owner}")
 }
 
-/// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`]): its
-/// UID, ownerReferences, resourceVersion and archive stamp. A prefetched level of thousands of pods
-/// keeps this much of each, not the pods.
+/// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`],
+/// [`unmark_patch`]): its UID, ownerReferences, resourceVersion, archive stamp and Kosmos mark
+/// labels. A prefetched level of thousands of pods keeps this much of each, not the pods.
 fn adoption_view(live: kube::api::DynamicObject) -> Value {
-    use kpromote_model::kosmos::STAMP_ANNOTATION;
+    use kpromote_model::kosmos::{POD_LABEL, STAMP_ANNOTATION, SYNCED_LABEL};
     let stamp = live
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(STAMP_ANNOTATION));
     let mut metadata = serde_json::Map::new();
+    if let Some(labels) = &live.metadata.labels {
+        let marks: serde_json::Map<String, Value> = [POD_LABEL, SYNCED_LABEL]
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), Value::String(labels.get(key)?.clone()))))
+            .collect();
+        if !marks.is_empty() {
+            metadata.insert("labels".to_owned(), Value::Object(marks));
+        }
+    }
     if let Some(refs) = &live.metadata.owner_references {
         metadata.insert(
             "ownerReferences".to_owned(),
@@ -509,20 +553,30 @@ impl<'a> Restorer<'a> {
         // What is left to adopt, and its live state in one LIST per type and namespace for the
         // whole level (a LIST per batch would serialize a namespace of 8,000 pods eight times);
         // the patches go a batch at a time.
+        // Rollback's adoption of a member pod also takes detach's marks off it (see
+        // [`Adopting::unmark`]): it reads what the archived pod carried of them.
+        let unmarks = matches!(self.target, Target::Member);
+        let bodies = if unmarks { Bodies::Yes } else { Bodies::No };
         let mut pairs = Vec::new();
-        for pair in self.inv.dependents_of(&adopting)? {
+        for pair in self.inv.dependents_of(&adopting, bodies)? {
             let (dependent, owner) = pair?;
             let owner_uid = self.inv.uid(&owner).unwrap_or_default();
             let refs: Vec<OwnerReference> = dependent
+                .record
                 .owner_references
                 .iter()
                 .filter(|o| o.uid == owner_uid)
                 .cloned()
                 .collect();
             if !refs.is_empty()
-                && !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(&dependent.key, &owner))
+                && !lock(self.journal).is_done(STEP_ADOPT, &adoption_name(dependent.key(), &owner))
             {
-                pairs.push((dependent, owner, refs));
+                let adoption = Adopting {
+                    refs,
+                    unmark: (unmarks && dependent.key().is("", "pods"))
+                        .then(|| archived_marks(&dependent.object)),
+                };
+                pairs.push((dependent.record, owner, adoption));
             }
         }
         let mut prefetched = prefetch(
@@ -536,9 +590,9 @@ impl<'a> Restorer<'a> {
             let adoptions: Vec<_> = pairs
                 .by_ref()
                 .take(ADOPT_BATCH)
-                .map(|(dependent, owner, refs)| {
+                .map(|(dependent, owner, adoption)| {
                     let live = prefetched.remove(&dependent.key);
-                    async move { self.adopt(&dependent, &owner, &refs, ctx, report, live).await }
+                    async move { self.adopt(&dependent, &owner, &adoption, ctx, report, live).await }
                 })
                 .collect();
             super::every(STEP_ADOPT, adoptions, self.opts.concurrency).await?;
@@ -546,17 +600,19 @@ impl<'a> Restorer<'a> {
         Ok(())
     }
 
-    /// Points `dependent` at `owner`'s new UID unless it already is; `prefetched` is its live
-    /// state from [`Self::prefetch`], read again only if a patch based on it conflicts.
+    /// Points `dependent` at `owner`'s new UID unless it already is, and takes the marks off a
+    /// member pod in the same patch; `prefetched` is its live state from [`prefetch`], read
+    /// again only if a patch based on it conflicts.
     async fn adopt(
         &self,
         dependent: &ObjectRecord,
         owner: &ObjectKey,
-        refs: &[OwnerReference],
+        adoption: &Adopting,
         ctx: &TransformContext,
         report: &Mutex<Report>,
         prefetched: Option<Option<Value>>,
     ) -> Result<(), EngineError> {
+        let refs = &adoption.refs[..];
         let api = self
             .cluster
             .api(&dependent.key, &dependent.api_version, &dependent.kind);
@@ -588,26 +644,29 @@ impl<'a> Restorer<'a> {
                         return Ok((false, Vec::new()));
                     }
                     let strategic = is_builtin_group(&dependent.group);
-                    let adoption = adoption_patch(&live, refs, ctx, strategic).map_err(|source| {
+                    let pointing = adoption_patch(&live, refs, ctx, strategic).map_err(|source| {
                         EngineError::Transform {
                             key: dependent.clone(),
                             source,
                         }
                     })?;
-                    let Some(patch) = adoption.patch else {
-                        return Ok((false, adoption.conflicts));
+                    let adds = pointing.patch.is_some();
+                    let (patch, unmarking) = adoption.with_unmark(&live, pointing.patch);
+                    let Some(patch) = patch else {
+                        return Ok((false, pointing.conflicts));
                     };
                     // A controller adopting it between our read and write merges with the
                     // strategic patch; it makes a custom resource's merge patch conflict, and the
                     // helper reads again.
                     if !strategic {
                         self.cluster.merge_patch(api, dependent, &patch).await?;
-                        return Ok((true, adoption.conflicts));
+                        return Ok((adds, pointing.conflicts));
                     }
                     match self.cluster.strategic_patch(api, dependent, &patch).await {
                         Ok(_) => {}
                         // Another controller adopted it meanwhile: a second controller reference
                         // is invalid. Read again to name the conflict, or fail with the refusal.
+                        // Marks left on a member pod here are taken off by rollback's unmarking.
                         Err(refused @ LiveError::Refused { code: 422, .. }) => {
                             let again = self.cluster.get_opt(api, dependent).await?;
                             let again = again.map(|l| serde_json::to_value(&l).unwrap_or(Value::Null));
@@ -629,7 +688,10 @@ impl<'a> Restorer<'a> {
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    Ok((true, adoption.conflicts))
+                    if unmarking {
+                        lock(report).unmarked.add(dependent.to_string());
+                    }
+                    Ok((adds, pointing.conflicts))
                 }
             })
             .await?;
@@ -718,5 +780,51 @@ impl<'a> Restorer<'a> {
             })
         })
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpromote_model::kosmos::{POD_LABEL, STAMP_ANNOTATION};
+
+    fn marked_pod() -> Value {
+        json!({"metadata": {"uid": "u1", "labels": {"app": "web", POD_LABEL: "true"},
+                            "annotations": {STAMP_ANNOTATION: "a1"}}})
+    }
+
+    #[test]
+    fn a_member_pods_adoption_takes_its_marks_off_in_the_same_patch() {
+        let adopting = Adopting {
+            refs: Vec::new(),
+            unmark: Some(Value::Null),
+        };
+        let pointing = json!({"metadata": {"uid": "u1", "ownerReferences": [{"uid": "r1"}]}});
+        let (patch, unmarks) = adopting.with_unmark(&marked_pod(), Some(pointing));
+        assert!(unmarks);
+        assert_eq!(
+            patch,
+            Some(
+                json!({"metadata": {"uid": "u1", "ownerReferences": [{"uid": "r1"}],
+                                     "labels": {POD_LABEL: null},
+                                     "annotations": {STAMP_ANNOTATION: null}}})
+            )
+        );
+        // Already adopted (its controller was first): the unmarking alone, under its UID.
+        let (patch, unmarks) = adopting.with_unmark(&marked_pod(), None);
+        assert!(unmarks);
+        assert_eq!(
+            patch,
+            Some(json!({"metadata": {"uid": "u1", "labels": {POD_LABEL: null},
+                                     "annotations": {STAMP_ANNOTATION: null}}}))
+        );
+        // Nothing marked: the adoption as it was; not a member pod: never unmarked.
+        let plain = json!({"metadata": {"uid": "u1", "labels": {"app": "web"}}});
+        assert_eq!(adopting.with_unmark(&plain, None), (None, false));
+        let other = Adopting {
+            refs: Vec::new(),
+            unmark: None,
+        };
+        assert_eq!(other.with_unmark(&marked_pod(), None), (None, false));
     }
 }

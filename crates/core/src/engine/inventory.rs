@@ -645,30 +645,30 @@ impl Inventory {
     }
 
     /// The archived dependents of `owners` (objects of the graph), each with the owner it names:
-    /// those of the graph, then the others as they stream from the archive.
+    /// those of the graph, then the others as they stream from the archive, with `bodies` as
+    /// [`Inventory::scan`] reads them.
     ///
     /// # Errors
     /// As [`Inventory::scan`]; an item is an error when the archive cannot be read further.
     pub(crate) fn dependents_of<'a>(
         &'a self,
         owners: &'a BTreeSet<ObjectKey>,
-    ) -> Result<
-        impl Iterator<Item = Result<(ObjectRecord, ObjectKey), InventoryError>> + Send + 'a,
-        InventoryError,
-    > {
+        bodies: Bodies,
+    ) -> Result<impl Iterator<Item = Result<(Archived, ObjectKey), InventoryError>> + Send + 'a, InventoryError>
+    {
         let in_graph = owners.iter().flat_map(move |owner| {
             self.graph
                 .dependents(owner)
-                .filter_map(|dependent| self.graph.record(dependent))
-                .map(move |record| Ok((record.clone(), owner.clone())))
+                .filter_map(move |dependent| self.of_graph(dependent, bodies))
+                .map(move |archived| Ok((archived, owner.clone())))
         });
-        let streamed = self.rest(|_| true, Bodies::No)?.items.flat_map(move |item| {
-            let pairs: Vec<Result<(ObjectRecord, ObjectKey), InventoryError>> = match item {
+        let streamed = self.rest(|_| true, bodies)?.items.flat_map(move |item| {
+            let pairs: Vec<Result<(Archived, ObjectKey), InventoryError>> = match item {
                 Ok(archived) => self
                     .graph
                     .owners_of(&archived.record)
                     .filter(|owner| owners.contains(*owner))
-                    .map(|owner| Ok((archived.record.clone(), owner.clone())))
+                    .map(|owner| Ok((archived.clone(), owner.clone())))
                     .collect(),
                 Err(e) => vec![Err(e)],
             };
@@ -1006,11 +1006,11 @@ mod tests {
             ObjectKey::namespaced("apps", "deployments", "shop", "web"),
         ]);
         let mut dependents: Vec<(ObjectKey, ObjectKey)> = lean
-            .dependents_of(&owners)
+            .dependents_of(&owners, Bodies::No)
             .unwrap()
             .map(|pair| {
-                let (record, owner) = pair.unwrap();
-                (record.key, owner)
+                let (archived, owner) = pair.unwrap();
+                (archived.record.key, owner)
             })
             .collect();
         dependents.sort();

@@ -2,10 +2,12 @@
 //! promote created — from the archive and live state alone.
 //!
 //! Order, and why:
-//! 1. **Unmark** the member pods: Kosmos deletes a member pod with its control-plane twin only
-//!    while the pod carries `kosmos-io/pod=true`, so the mark goes first.
-//! 2. **Re-create** the detached owners in the member, bottom-up, and point the pods (and other
-//!    dependents) at them: the member's controllers manage the same pods again.
+//! 1. **Re-create** the detached owners in the member, bottom-up, and point the pods (and other
+//!    dependents) at them: the member's controllers manage the same pods again. The patch that
+//!    points a pod at its owner also takes detach's marks off it.
+//! 2. **Unmark** every member pod still marked (a pod whose owner was not re-created, or that a
+//!    controller adopted first): Kosmos deletes a member pod with its control-plane twin only
+//!    while the pod carries `kosmos-io/pod=true`, so no pod may carry it at teardown.
 //! 3. **Tear down** in the control plane every object stamped with this archive: a namespace
 //!    promote created goes whole (its pods with grace period 0: no kubelet answers for a virtual
 //!    node), with no request per object inside it; elsewhere owners top-down with orphan
@@ -55,9 +57,6 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
         cluster_name,
     };
     check_drift(control_plane, &ours, journal, opts, &report).await?;
-    unmark_member_pods(member, inv, journal, opts, &report).await?;
-    lock(journal).sync()?;
-    progress(on_progress, "unmark", 1, 1);
 
     let detach_plan = inv.detach_plan();
     let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
@@ -78,6 +77,9 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     restorer
         .run(&plan, Scope::Planned, &mut ctx, &report, on_progress)
         .await?;
+    unmark_member_pods(member, inv, journal, opts, &report).await?;
+    lock(journal).sync()?;
+    progress(on_progress, "unmark", 1, 1);
 
     teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
     lock(&report).retried_calls = member.retried() + control_plane.retried();
@@ -128,8 +130,9 @@ async fn check_drift(
     Ok(())
 }
 
-/// Unmarks the member's archived pods, a batch at a time as they stream from the archive, then
-/// every member pod of the archive's namespaces that still carries the Kosmos mark and this
+/// Unmarks the member's archived pods still marked once their owners are back (adoption took
+/// the marks off the others in its patch), a batch at a time as they stream from the archive,
+/// then every member pod of the archive's namespaces that still carries the Kosmos mark and this
 /// archive's stamp: a pod left marked is deleted by Kosmos with its control-plane twin, so what
 /// the archive names is not trusted to be all. A scan that cannot be read stops the step.
 ///
@@ -628,7 +631,9 @@ async fn remove(
             // API server works through it one object at a time (`--delete-collection-workers`
             // is 1 by default): 7 s for 1,000 pods, while the namespace controller, syncing 5 s
             // after the deletion, finds pods left and waits a further 16 s before it looks again.
+            let started = std::time::Instant::now();
             delete_pods_now(cp, &key.name, opts).await?;
+            let pods_deleted = started.elapsed();
             let types = namespace_types(ours.inv, &key.name)?;
             let apis: Vec<_> = types.values().map(|probe| probe.api(cp)).collect();
             let emptied = Throttled::default();
@@ -647,6 +652,12 @@ async fn remove(
                 Ok(Poll::Pending(Progress::Left(left)))
             })
             .await;
+            tracing::debug!(
+                namespace = %key.name,
+                pods_ms = pods_deleted.as_millis() as u64,
+                namespace_ms = (started.elapsed() - pods_deleted).as_millis() as u64,
+                "promoted namespace torn down"
+            );
             match gone {
                 Ok(()) => {}
                 Err(super::LiveError::Stalled { waited, .. }) => {

@@ -205,6 +205,12 @@ pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option
     Ok(Some(patch))
 }
 
+/// The metadata maps and keys of the marks promote puts on a pod (besides the toleration).
+const MARKS: [(&str, &[&str]); 2] = [
+    ("labels", &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL]),
+    ("annotations", &[STAMP_ANNOTATION]),
+];
+
 /// The JSON merge patch rollback sends to a pod (member or control plane) to take kpromote's
 /// marks off: each mark label and the stamp go back to their archived value, or away when the
 /// archived pod did not have them. The toleration stays (see [`POD_CHANGES`]). `None` when
@@ -215,10 +221,7 @@ pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option
 #[must_use]
 pub(crate) fn unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
     let mut metadata = Map::new();
-    for (field, keys) in [
-        ("labels", &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL][..]),
-        ("annotations", &[STAMP_ANNOTATION][..]),
-    ] {
+    for (field, keys) in MARKS {
         let mut changes = Map::new();
         for key in keys {
             let path = format!("/metadata/{field}/{}", escape(key));
@@ -232,6 +235,30 @@ pub(crate) fn unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
         }
     }
     (!metadata.is_empty()).then(|| json!({ "metadata": metadata }))
+}
+
+/// What [`unmark_patch`] reads of an archived pod: its mark labels and stamp, `Null` when it had
+/// none (most pods). Rollback keeps this of each pod it adopts, not the pod.
+#[must_use]
+pub(crate) fn archived_marks(archived: &Value) -> Value {
+    let mut metadata = Map::new();
+    for (field, keys) in MARKS {
+        let kept: Map<String, Value> = keys
+            .iter()
+            .filter_map(|key| {
+                let value = archived.pointer(&format!("/metadata/{field}/{}", escape(key)))?;
+                Some(((*key).to_owned(), value.clone()))
+            })
+            .collect();
+        if !kept.is_empty() {
+            metadata.insert((*field).to_owned(), Value::Object(kept));
+        }
+    }
+    if metadata.is_empty() {
+        Value::Null
+    } else {
+        json!({ "metadata": metadata })
+    }
 }
 
 /// The [`CLUSTERTREE_COMPARED`] fields in which `member` and `control_plane` differ: empty when

@@ -229,3 +229,23 @@ proptest! {
         prop_assert!(len(&back) == len(&archived) || len(&back) == len(&archived) + 1);
     }
 }
+
+#[test]
+fn the_archived_marks_unmark_as_the_whole_pod_does() {
+    let plain = member_pod(json!({"app": "web"}), Some(json!({"keep": "me"})), None);
+    assert_eq!(archived_marks(&plain), Value::Null, "most pods carried no mark");
+    let mut was_kosmos = plain.clone();
+    was_kosmos["metadata"]["labels"]["kosmos-io/pod"] = json!("true");
+    assert_eq!(
+        archived_marks(&was_kosmos),
+        json!({"metadata": {"labels": {"kosmos-io/pod": "true"}}})
+    );
+    for archived in [plain, was_kosmos] {
+        let mut live = marked(&archived);
+        live["metadata"]["labels"]["kosmos-io/synced"] = json!("true");
+        assert_eq!(
+            unmark_patch(&archived_marks(&archived), &live),
+            unmark_patch(&archived, &live)
+        );
+    }
+}

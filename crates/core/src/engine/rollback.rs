@@ -21,17 +21,16 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 use super::apply::{Restorer, Scope};
-use super::detach::{HOLD_FINALIZER, detached_owners};
+use super::detach::detached_owners;
 use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
-use super::live::{LiveCluster, LiveError};
+use super::live::LiveCluster;
 use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
 use crate::plan::twin::unmark_patch;
 use kpromote_model::kosmos;
-use kpromote_model::object_key::{ObjectKey, group_of};
-use kpromote_model::workload;
+use kpromote_model::object_key::ObjectKey;
 
 /// Journal step of one member pod's unmarking.
 pub(crate) const STEP_UNMARK: &str = "unmark";
@@ -622,8 +621,9 @@ async fn remove(
             .await?;
         }
         TeardownStep::Namespaces => {
-            // Its pods' controllers are stopped first (see `stop_pod_controllers`), then the
-            // namespace deleted: terminating, it admits no new pod; the namespace controller deletes the
+            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
+                .await?;
+            // Terminating, the namespace admits no new pod; the namespace controller deletes the
             // rest of its content. Its pods are bound to the virtual node, where no kubelet
             // confirms a graceful deletion (and clustertree leaves the control-plane pod alone
             // once its member pod is unmarked): they go with grace period 0, a DELETE each at
@@ -631,14 +631,10 @@ async fn remove(
             // API server works through it one object at a time (`--delete-collection-workers`
             // is 1 by default): 7 s for 1,000 pods, while the namespace controller, syncing 5 s
             // after the deletion, finds pods left and waits a further 16 s before it looks again.
-            let types = namespace_types(ours.inv, &key.name)?;
             let started = std::time::Instant::now();
-            let stopped = stop_pod_controllers(cp, &key.name, opts).await?;
-            cp.delete(&api, key, uid.as_deref(), DeleteParams::background())
-                .await?;
             delete_pods_now(cp, &key.name, opts).await?;
-            release_pod_controllers(cp, &key.name, &types, opts).await?;
             let pods_deleted = started.elapsed();
+            let types = namespace_types(ours.inv, &key.name)?;
             let apis: Vec<_> = types.values().map(|probe| probe.api(cp)).collect();
             let emptied = Throttled::default();
             let awaited = Awaited {
@@ -658,7 +654,6 @@ async fn remove(
             .await;
             tracing::debug!(
                 namespace = %key.name,
-                controllers = stopped,
                 pods_ms = pods_deleted.as_millis() as u64,
                 namespace_ms = (started.elapsed() - pods_deleted).as_millis() as u64,
                 "promoted namespace torn down"
@@ -702,87 +697,6 @@ async fn remove(
     lock(journal).done(STEP_TEARDOWN, &name, Value::Null)?;
     lock(report).deleted.add(name);
     Ok(())
-}
-
-/// Stops the controllers of control-plane namespace `ns`'s pods before teardown deletes the
-/// pods: each built-in owner controlling a pod there is held ([`HOLD_FINALIZER`]) and deleted.
-/// Being deleted, it is no longer managed: its controller neither tries to replace each pod
-/// teardown deletes (refused in a terminating namespace, and tried again) nor writes its status
-/// for each — at 8,300 pods the control plane's ReplicaSet controller sent 10,445 requests doing
-/// so. Held, it stays until [`release_pod_controllers`], so the garbage collector, which would
-/// delete its pods gracefully, has nothing to do. An owner already being deleted (a run resumed)
-/// takes no new finalizer and is left as it is. How many were stopped.
-async fn stop_pod_controllers(cp: &LiveCluster, ns: &str, opts: &EngineOptions) -> Result<usize, EngineError> {
-    let probe = ObjectKey::namespaced("", "pods", ns, "");
-    let api = cp.api(&probe, "v1", "Pod");
-    let controllers = cp
-        .list_kept(&api, &probe, None, |pod| {
-            let reference = pod.metadata.owner_references?.into_iter().find(|r| r.controller == Some(true))?;
-            Some((reference.api_version, reference.kind, reference.name, reference.uid))
-        })
-        .await?;
-    let owners: BTreeSet<_> = controllers
-        .into_values()
-        .filter_map(|(api_version, kind, name, uid)| {
-            let workload = workload::by_kind(group_of(&api_version), &kind)?;
-            let key = ObjectKey::namespaced(workload.group, workload.resource, ns, &name);
-            Some((key, api_version, kind, uid))
-        })
-        .collect();
-    let stopped = owners.len();
-    let stops = owners
-        .into_iter()
-        .map(|(key, api_version, kind, uid)| async move {
-            let api = cp.api(&key, &api_version, &kind);
-            let hold = json!({ "metadata": { "uid": uid, "finalizers": [HOLD_FINALIZER] } });
-            match cp.strategic_patch(&api, &key, &hold).await {
-                Ok(_) => {}
-                // Gone, replaced, or being deleted already (no finalizer may be added then).
-                Err(LiveError::NotFound { .. } | LiveError::Conflict { .. } | LiveError::Refused { code: 422, .. }) => {
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-            match cp.delete(&api, &key, Some(&uid), DeleteParams::background()).await {
-                Ok(_) | Err(LiveError::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .collect();
-    super::every(STEP_TEARDOWN, stops, opts.concurrency).await?;
-    Ok(stopped)
-}
-
-/// Takes the hold off every owner of control-plane namespace `ns` that carries it, once its
-/// pods are gone: deleted already, each goes at once, with nothing left for the garbage
-/// collector to delete. Found by a LIST of each workload type the archive has there, so owners
-/// held by an attempt that stopped before this are released too.
-async fn release_pod_controllers(
-    cp: &LiveCluster,
-    ns: &str,
-    types: &BTreeMap<(String, String), Archived>,
-    opts: &EngineOptions,
-) -> Result<(), EngineError> {
-    let mut held = Vec::new();
-    for probe in types.values().filter(|p| workload::is_controlled(&p.key().group, &p.key().resource)) {
-        let api = probe.api(cp);
-        let found = cp
-            .list_kept(&api, probe.key(), None, |owner| {
-                let holds = owner.metadata.finalizers.iter().flatten().any(|f| f == HOLD_FINALIZER);
-                holds.then_some(owner.metadata.uid).flatten()
-            })
-            .await?;
-        held.extend(found.into_iter().map(|(name, uid)| (probe, name, uid)));
-    }
-    let releases = held
-        .into_iter()
-        .map(|(probe, name, uid)| async move {
-            let key = ObjectKey::namespaced(&probe.key().group, &probe.key().resource, ns, &name);
-            let api = cp.api(&key, &probe.record.api_version, &probe.record.kind);
-            super::detach::release(cp, &api, &key, Some(&uid), false).await
-        })
-        .collect();
-    super::every(STEP_TEARDOWN, releases, opts.concurrency).await
 }
 
 /// Deletes every pod of control-plane namespace `ns` with grace period 0 (UID precondition), as

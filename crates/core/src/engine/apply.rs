@@ -34,15 +34,15 @@ impl Adopting {
     /// of `live` merged in, and whether it unmarks. Only pods are unmarked, and they always take
     /// a strategic patch, under `live`'s UID.
     fn with_unmark(&self, live: &Value, pointing: Option<Value>) -> (Option<Value>, bool) {
-        let Some(unmark) = self
+        let unmark = self
             .unmark
             .as_ref()
-            .and_then(|archived| unmark_patch(archived, live))
-        else {
+            .and_then(|archived| unmark_patch(archived, live));
+        // Without the UID to send as its precondition, the unmarking is left to rollback's own.
+        let (Some(unmark), Some(uid)) = (unmark, live.pointer("/metadata/uid")) else {
             return (pointing, false);
         };
-        let mut patch =
-            pointing.unwrap_or_else(|| json!({ "metadata": { "uid": live.pointer("/metadata/uid") } }));
+        let mut patch = pointing.unwrap_or_else(|| json!({ "metadata": { "uid": uid } }));
         if let (Some(metadata), Some(Value::Object(marks))) = (
             patch.get_mut("metadata").and_then(Value::as_object_mut),
             unmark.get("metadata"),

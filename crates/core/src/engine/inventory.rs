@@ -19,7 +19,7 @@ use super::live::{LiveCluster, LiveError};
 use crate::plan::order::{DetachPlan, Level, Phase, RestorePlan, Tier};
 use crate::plan::transform::{TransformContext, restore_skip};
 use kpromote_archive::Identities;
-use kpromote_model::kosmos::{self, STAMP_ANNOTATION};
+use kpromote_model::kosmos::STAMP_ANNOTATION;
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnershipError, OwnershipGraph};
 
@@ -779,31 +779,16 @@ fn object_record(record: &kpromote_archive::IndexRecord) -> ObjectRecord {
 #[must_use]
 pub(crate) fn slim(object: &Value) -> Value {
     let meta = |field: &str| object.pointer(&format!("/metadata/{field}")).cloned();
-    let only = |field: &str, keys: &[&str]| -> Option<Value> {
-        let map = object.pointer(&format!("/metadata/{field}"))?.as_object()?;
-        let kept: serde_json::Map<String, Value> = map
-            .iter()
-            .filter(|(k, _)| keys.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        (!kept.is_empty()).then_some(Value::Object(kept))
-    };
     let mut metadata = serde_json::Map::new();
-    for (field, value) in [
-        ("name", meta("name")),
-        ("namespace", meta("namespace")),
-        ("uid", meta("uid")),
-        ("finalizers", meta("finalizers")),
-        ("deletionTimestamp", meta("deletionTimestamp")),
-        (
-            "labels",
-            only("labels", &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL]),
-        ),
-        ("annotations", only("annotations", &[STAMP_ANNOTATION])),
-    ] {
-        if let Some(value) = value {
+    for field in ["name", "namespace", "uid", "finalizers", "deletionTimestamp"] {
+        if let Some(value) = meta(field) {
             metadata.insert(field.to_owned(), value);
         }
+    }
+    if let Value::Object(mut marks) = crate::plan::twin::archived_marks(object)
+        && let Some(Value::Object(marks)) = marks.remove("metadata")
+    {
+        metadata.extend(marks);
     }
     serde_json::json!({
         "apiVersion": object.get("apiVersion"),

@@ -702,3 +702,102 @@ async fn an_owner_edited_since_the_backup_stops_the_detach_before_it_is_deleted(
     assert!(deployment.metadata.deletion_timestamp.is_none());
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
+
+/// A rollback whose owners the member refuses to re-create (an admission policy added since
+/// promote denies every ReplicaSet) fails naming the refusal — and still leaves no member pod
+/// marked: Kosmos deletes a marked member pod with its control-plane twin, and the twins stay
+/// until a rollback finishes. Once the policy is gone the rollback resumes to the original state.
+#[tokio::test]
+async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_marked() {
+    let (pair, before) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+    run.promote(&EngineOptions::default()).await.unwrap();
+    let marked = || async {
+        Api::<Pod>::namespaced(pair.member.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(kpromote_model::kosmos::POD_LABEL))
+            })
+            .count()
+    };
+    assert!(marked().await > 0, "promote marks the member pods");
+
+    apps::create(
+        &pair.member,
+        serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": "no-replicasets" },
+            "spec": { "failurePolicy": "Fail",
+                      "matchConstraints": { "resourceRules": [{ "apiGroups": ["apps"], "apiVersions": ["v1"],
+                          "operations": ["CREATE"], "resources": ["replicasets"] }] },
+                      "validations": [{ "expression": "false", "message": "no ReplicaSet may be created" }] } }),
+    )
+    .await;
+    apps::create(
+        &pair.member,
+        serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": "no-replicasets" },
+            "spec": { "policyName": "no-replicasets", "validationActions": ["Deny"] } }),
+    )
+    .await;
+    // The API server loads the policy within a few seconds: a dry run shows when it denies.
+    let replicasets: Api<ReplicaSet> = Api::namespaced(pair.member.clone(), ns);
+    let probe: ReplicaSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "probe" },
+        "spec": { "selector": { "matchLabels": { "probe": "x" } },
+                  "template": { "metadata": { "labels": { "probe": "x" } },
+                                "spec": { "containers": [{ "name": "c", "image": "busybox" }] } } } }))
+    .unwrap();
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for(
+        "the admission policy to deny ReplicaSets",
+        Duration::from_secs(60),
+        || async { replicasets.create(&dry_run, &probe).await.is_err().then_some(()) },
+    )
+    .await;
+
+    let err = run
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .expect_err("the member refuses the ReplicaSet");
+    assert!(err.to_string().contains("no ReplicaSet may be created"), "{err}");
+    assert_eq!(
+        marked().await,
+        0,
+        "a failed re-creation leaves no member pod marked"
+    );
+    let cp_pods = Api::<Pod>::namespaced(pair.cp.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(cp_pods.items.len(), before.pods.len(), "nothing was torn down");
+
+    let bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
+        Api::all(pair.member.clone());
+    bindings
+        .delete("no-replicasets", &Default::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the admission policy to be gone",
+        Duration::from_secs(60),
+        || async { replicasets.create(&dry_run, &probe).await.is_ok().then_some(()) },
+    )
+    .await;
+    run.rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the rollback resumes once the policy is gone: {e}"));
+    pair.assert_rolled_back(ns, &before, "rollback after the policy went")
+        .await;
+}

@@ -32,7 +32,7 @@ struct Adopting {
 impl Adopting {
     /// `pointing` (the strategic adoption patch, if any reference is to add) with the unmarking
     /// of `live` merged in, and whether it unmarks. Only pods are unmarked, and they always take
-    /// a strategic patch, under `live`'s UID.
+    /// a strategic patch, under `live`'s UID; a `live` without one is not unmarked here.
     fn with_unmark(&self, live: &Value, pointing: Option<Value>) -> (Option<Value>, bool) {
         let unmark = self
             .unmark
@@ -71,9 +71,10 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
 }
 
 /// What adopting a dependent reads of its live state ([`adoption_patch`], [`stamped_by`],
-/// [`unmark_patch`]): its UID, ownerReferences, resourceVersion, archive stamp and Kosmos mark
-/// labels. A prefetched level of thousands of pods keeps this much of each, not the pods.
-fn adoption_view(live: kube::api::DynamicObject) -> Value {
+/// [`unmark_patch`]): its UID, ownerReferences, resourceVersion, archive stamp and — when the
+/// adoption `unmarks` (rollback's) — its Kosmos mark labels. A prefetched level of thousands of
+/// pods keeps this much of each, not the pods.
+fn adoption_view(live: kube::api::DynamicObject, unmarks: bool) -> Value {
     use kpromote_model::kosmos::{POD_LABEL, STAMP_ANNOTATION, SYNCED_LABEL};
     let stamp = live
         .metadata
@@ -81,7 +82,7 @@ fn adoption_view(live: kube::api::DynamicObject) -> Value {
         .as_ref()
         .and_then(|a| a.get(STAMP_ANNOTATION));
     let mut metadata = serde_json::Map::new();
-    if let Some(labels) = &live.metadata.labels {
+    if let Some(labels) = live.metadata.labels.as_ref().filter(|_| unmarks) {
         let marks: serde_json::Map<String, Value> = [POD_LABEL, SYNCED_LABEL]
             .into_iter()
             .filter_map(|key| Some((key.to_owned(), Value::String(labels.get(key)?.clone()))))
@@ -582,7 +583,7 @@ impl<'a> Restorer<'a> {
         let mut prefetched = prefetch(
             self.cluster,
             pairs.iter().map(|(dependent, _, _)| dependent),
-            adoption_view,
+            |live| adoption_view(live, unmarks),
         )
         .await?;
         let mut pairs = pairs.into_iter().peekable();

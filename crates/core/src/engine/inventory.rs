@@ -645,24 +645,41 @@ impl Inventory {
     }
 
     /// The archived dependents of `owners` (objects of the graph), each with the owner it names:
-    /// those of the graph, then the others as they stream from the archive, with `bodies` as
-    /// [`Inventory::scan`] reads them.
+    /// those of the graph, then the others as they stream from the archive. `pod_bodies` asks
+    /// for the pods' bodies as [`Inventory::scan`] reads them; other dependents come without
+    /// (a namespace's thousands of ConfigMaps are not parsed for nothing).
     ///
     /// # Errors
     /// As [`Inventory::scan`]; an item is an error when the archive cannot be read further.
     pub(crate) fn dependents_of<'a>(
         &'a self,
         owners: &'a BTreeSet<ObjectKey>,
-        bodies: Bodies,
+        pod_bodies: Bodies,
     ) -> Result<impl Iterator<Item = Result<(Archived, ObjectKey), InventoryError>> + Send + 'a, InventoryError>
     {
+        let bodies = move |key: &ObjectKey| {
+            if key.is("", "pods") {
+                pod_bodies
+            } else {
+                Bodies::No
+            }
+        };
         let in_graph = owners.iter().flat_map(move |owner| {
             self.graph
                 .dependents(owner)
-                .filter_map(move |dependent| self.of_graph(dependent, bodies))
+                .filter_map(move |dependent| self.of_graph(dependent, bodies(dependent)))
                 .map(move |archived| Ok((archived, owner.clone())))
         });
-        let streamed = self.rest(|_| true, bodies)?.items.flat_map(move |item| {
+        let pods = |k: &ObjectKey| k.is("", "pods");
+        let streamed = match pod_bodies {
+            Bodies::No => self.rest(|_| true, Bodies::No)?.items,
+            Bodies::Yes => Box::new(
+                self.rest(pods, Bodies::Yes)?
+                    .items
+                    .chain(self.rest(move |k| !pods(k), Bodies::No)?.items),
+            ),
+        };
+        let streamed = streamed.flat_map(move |item| {
             let pairs: Vec<Result<(Archived, ObjectKey), InventoryError>> = match item {
                 Ok(archived) => self
                     .graph

@@ -7,7 +7,8 @@
 //!    points a pod at its owner also takes detach's marks off it.
 //! 2. **Unmark** every member pod still marked (a pod whose owner was not re-created, or that a
 //!    controller adopted first): Kosmos deletes a member pod with its control-plane twin only
-//!    while the pod carries `kosmos-io/pod=true`, so no pod may carry it at teardown.
+//!    while the pod carries `kosmos-io/pod=true`, so no pod may carry it at teardown — nor once
+//!    rollback stops: this runs even when re-creation failed.
 //! 3. **Tear down** in the control plane every object stamped with this archive: a namespace
 //!    promote created goes whole (its pods with grace period 0: no kubelet answers for a virtual
 //!    node), with no request per object inside it; elsewhere owners top-down with orphan
@@ -57,14 +58,38 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
         cluster_name,
     };
     check_drift(control_plane, &ours, journal, opts, &report).await?;
+    let recreated = recreate_owners(run, journal, &report).await;
+    // Whether or not every owner came back, no member pod stays marked once rollback stops: a
+    // control-plane twin deleted later (by hand, by an eviction) would take a marked member pod
+    // along. A failed re-creation leaves the pods unmarked, as they were when unmarking came
+    // first; both failures are reported.
+    let unmarked = unmark_member_pods(member, inv, journal, opts, &report).await;
+    let failures: Vec<EngineError> = [recreated.err(), unmarked.err()].into_iter().flatten().collect();
+    super::all_failures(STEP_RECREATE, failures)?;
+    lock(journal).sync()?;
+    progress(on_progress, "unmark", 1, 1);
 
+    teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
+    lock(&report).retried_calls = member.retried() + control_plane.retried();
+    lock(journal).close(super::ROLLED_BACK)?;
+    Ok(Report::finish(report))
+}
+
+/// Re-creates the owners detach deleted, bottom-up, and points their dependents at them; a
+/// member pod's adoption also takes detach's marks off it.
+async fn recreate_owners(
+    run: &Run<'_>,
+    journal: &SharedJournal,
+    report: &Mutex<Report>,
+) -> Result<(), EngineError> {
+    let (member, inv, opts) = (run.member, run.inventory, run.options);
     let detach_plan = inv.detach_plan();
     let mut recreate = detached_owners(member, inv, &detach_plan, opts).await?;
     // An owner whose entry is damaged cannot be re-created; everything else still can.
     for (key, why) in inv.unreadable() {
         if recreate.remove(key) {
             tracing::error!(object = %key, reason = %why, "archived owner unreadable; not re-created");
-            lock(&report).unreadable.push(format!(
+            lock(report).unreadable.push(format!(
                 "{key} was not re-created: {why}; its pods run on in the member without it, re-create it from \
                  its manifest"
             ));
@@ -75,16 +100,8 @@ pub async fn rollback(run: &Run<'_>, journal: &SharedJournal) -> Result<Report, 
     let mut ctx = inv.facts().for_member_from(uids, &recreate);
     let restorer = Restorer::into_member(member, inv, journal, opts);
     restorer
-        .run(&plan, Scope::Planned, &mut ctx, &report, on_progress)
-        .await?;
-    unmark_member_pods(member, inv, journal, opts, &report).await?;
-    lock(journal).sync()?;
-    progress(on_progress, "unmark", 1, 1);
-
-    teardown(control_plane, &ours, journal, opts, &report, on_progress).await?;
-    lock(&report).retried_calls = member.retried() + control_plane.retried();
-    lock(journal).close(super::ROLLED_BACK)?;
-    Ok(Report::finish(report))
+        .run(&plan, Scope::Planned, &mut ctx, report, run.on_progress)
+        .await
 }
 
 /// Before rollback changes anything: refuses (or, with `discard_changes`, records) what changed

@@ -216,8 +216,8 @@ const MARKS: [(&str, &[&str]); 2] = [
 /// archived pod did not have them. The toleration stays (see [`POD_CHANGES`]). `None` when
 /// nothing is to change.
 ///
-/// Taking the label off the member pod first is what keeps the control-plane pod's deletion from
-/// reaching it: Kosmos deletes a member pod only when it carries the label.
+/// Taking the label off the member pod before the control-plane pod is deleted is what keeps that
+/// deletion from reaching it: Kosmos deletes a member pod only when it carries the label.
 #[must_use]
 pub(crate) fn unmark_patch(archived: &Value, live: &Value) -> Option<Value> {
     let mut metadata = Map::new();

@@ -573,18 +573,11 @@ async fn an_entry_that_stops_reading_during_rollback_stops_the_unmark_and_leaves
         .await
         .unwrap();
     wait_namespace_gone(&pair.cp, ns).await;
-    for pod in Api::<Pod>::namespaced(pair.member.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        let labels = pod.metadata.labels.unwrap_or_default();
-        assert!(
-            !labels.contains_key(kpromote_model::kosmos::POD_LABEL),
-            "{:?} is still marked",
-            pod.metadata.name
-        );
-    }
+    assert_eq!(
+        marked_pods(&pair.member, ns).await,
+        Vec::<String>::new(),
+        "still marked"
+    );
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
 
@@ -713,21 +706,10 @@ async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_m
     let ns = "nginx-test";
     let run = Promotion::archive(&pair, &[ns], &[]).await;
     run.promote(&EngineOptions::default()).await.unwrap();
-    let marked = || async {
-        Api::<Pod>::namespaced(pair.member.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|pod| {
-                pod.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(kpromote_model::kosmos::POD_LABEL))
-            })
-            .count()
-    };
-    assert!(marked().await > 0, "promote marks the member pods");
+    assert!(
+        !marked_pods(&pair.member, ns).await.is_empty(),
+        "promote marks the member pods"
+    );
 
     apps::create(
         &pair.member,
@@ -773,8 +755,8 @@ async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_m
         .expect_err("the member refuses the ReplicaSet");
     assert!(err.to_string().contains("no ReplicaSet may be created"), "{err}");
     assert_eq!(
-        marked().await,
-        0,
+        marked_pods(&pair.member, ns).await,
+        Vec::<String>::new(),
         "a failed re-creation leaves no member pod marked"
     );
     let cp_pods = Api::<Pod>::namespaced(pair.cp.clone(), ns)
@@ -800,4 +782,21 @@ async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_m
         .unwrap_or_else(|e| panic!("the rollback resumes once the policy is gone: {e}"));
     pair.assert_rolled_back(ns, &before, "rollback after the policy went")
         .await;
+}
+
+/// The pods of member namespace `ns` that carry the Kosmos mark detach puts on them.
+async fn marked_pods(member: &kube::Client, ns: &str) -> Vec<String> {
+    Api::<Pod>::namespaced(member.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(kpromote_model::kosmos::POD_LABEL))
+        })
+        .filter_map(|pod| pod.metadata.name)
+        .collect()
 }

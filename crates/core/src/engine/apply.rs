@@ -14,7 +14,7 @@ use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
 use crate::plan::order::{Level, RestorePlan, WaitPoint, is_builtin_group};
 use crate::plan::transform::{Prepared, Target, TransformContext, adoption_patch, prepare};
-use crate::plan::twin::{admission_changes, archived_marks, unmark_patch};
+use crate::plan::twin::{MARK_LABELS, admission_changes, archived_marks, unmark_patch};
 use kpromote_model::object_key::ObjectKey;
 use kpromote_model::ownership::{ObjectRecord, OwnerReference};
 
@@ -75,7 +75,7 @@ fn adoption_name(dependent: &ObjectKey, owner: &ObjectKey) -> String {
 /// adoption `unmarks` (rollback's) — its Kosmos mark labels. A prefetched level of thousands of
 /// pods keeps this much of each, not the pods.
 fn adoption_view(live: kube::api::DynamicObject, unmarks: bool) -> Value {
-    use kpromote_model::kosmos::{POD_LABEL, STAMP_ANNOTATION, SYNCED_LABEL};
+    use kpromote_model::kosmos::STAMP_ANNOTATION;
     let stamp = live
         .metadata
         .annotations
@@ -83,7 +83,7 @@ fn adoption_view(live: kube::api::DynamicObject, unmarks: bool) -> Value {
         .and_then(|a| a.get(STAMP_ANNOTATION));
     let mut metadata = serde_json::Map::new();
     if let Some(labels) = live.metadata.labels.as_ref().filter(|_| unmarks) {
-        let marks: serde_json::Map<String, Value> = [POD_LABEL, SYNCED_LABEL]
+        let marks: serde_json::Map<String, Value> = MARK_LABELS
             .into_iter()
             .filter_map(|key| Some((key.to_owned(), Value::String(labels.get(key)?.clone()))))
             .collect();

@@ -205,11 +205,11 @@ pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option
     Ok(Some(patch))
 }
 
+/// The labels promote puts on a pod.
+pub(crate) const MARK_LABELS: [&str; 2] = [kosmos::POD_LABEL, kosmos::SYNCED_LABEL];
+
 /// The metadata maps and keys of the marks promote puts on a pod (besides the toleration).
-const MARKS: [(&str, &[&str]); 2] = [
-    ("labels", &[kosmos::POD_LABEL, kosmos::SYNCED_LABEL]),
-    ("annotations", &[STAMP_ANNOTATION]),
-];
+const MARKS: [(&str, &[&str]); 2] = [("labels", &MARK_LABELS), ("annotations", &[STAMP_ANNOTATION])];
 
 /// The JSON merge patch rollback sends to a pod (member or control plane) to take kpromote's
 /// marks off: each mark label and the stamp go back to their archived value, or away when the

@@ -696,6 +696,63 @@ async fn an_owner_edited_since_the_backup_stops_the_detach_before_it_is_deleted(
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
 
+/// A member pod that gained a toleration since the backup (a running pod may gain them) is marked
+/// from a patch built from its archived copy first, which would drop the toleration: the member
+/// refuses it, detach reads the pod, and the promote stops naming the pod and the field — Kosmos
+/// would otherwise try to update the running pod forever — and rolls back to the original.
+#[tokio::test]
+async fn a_pod_that_gained_a_toleration_since_the_backup_stops_the_promote_naming_it() {
+    let (pair, before) = Pair::start_with_nginx().await;
+    let ns = "nginx-test";
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+    let pods: Api<Pod> = Api::namespaced(pair.member.clone(), ns);
+    let pod = pods.list(&ListParams::default()).await.unwrap().items[0].clone();
+    let name = pod.metadata.name.clone().unwrap();
+    let mut tolerations = pod.spec.unwrap().tolerations.unwrap_or_default();
+    tolerations.push(k8s_openapi::api::core::v1::Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Exists".into()),
+        ..Default::default()
+    });
+    pods.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&serde_json::json!({ "spec": { "tolerations": tolerations } })),
+    )
+    .await
+    .unwrap();
+
+    let err = run.promote(&EngineOptions::default()).await.unwrap_err();
+    let message = err.to_string();
+    let kpromote_core::engine::EngineError::RolledBack { cause, rollback } = err else {
+        panic!("promote rolls back automatically: {message}");
+    };
+    assert!(rollback.is_ok(), "{message}");
+    // Named as a change since the backup, not as the member's refusal of the guessed patch.
+    assert!(
+        matches!(
+            *cause,
+            kpromote_core::engine::EngineError::ChangedSinceBackup { .. }
+        ),
+        "{message}"
+    );
+    assert!(message.contains(&format!("pods/{ns}/{name}")), "{message}");
+    assert!(message.contains("tolerations"), "{message}");
+    let pod = pods.get(&name).await.unwrap();
+    assert!(
+        pod.spec
+            .unwrap()
+            .tolerations
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("dedicated")),
+        "the toleration added since the backup is kept"
+    );
+    assert_eq!(marked_pods(&pair.member, ns).await, Vec::<String>::new());
+    pair.assert_rolled_back(ns, &before, "rollback after the changed pod")
+        .await;
+}
+
 /// A rollback whose owners the member refuses to re-create (an admission policy added since
 /// promote denies every ReplicaSet) fails naming the refusal — and still leaves no member pod
 /// marked: Kosmos deletes a marked member pod with its control-plane twin, and the twins stay

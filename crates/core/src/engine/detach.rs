@@ -73,7 +73,8 @@ pub async fn detach(
     let detached: BTreeSet<&ObjectKey> = plan.objects().collect();
     let mut deleted: BTreeSet<&ObjectKey> = BTreeSet::new();
     let mut deleted_uids: HashSet<String> = HashSet::new();
-    for level in &plan.levels {
+    for (index, level) in plan.levels.iter().enumerate() {
+        let started = std::time::Instant::now();
         let keys: Vec<&ObjectKey> = level.objects.iter().collect();
         let mut states = owner_states(member, inv, &keys).await?;
         let deletes = keys
@@ -85,6 +86,7 @@ pub async fn detach(
             .collect();
         super::every(STEP_DETACH, deletes, opts.concurrency).await?;
         lock(journal).sync()?;
+        let deleted_at = started.elapsed();
         deleted.extend(level.objects.iter());
         deleted_uids.extend(level.objects.iter().filter_map(|k| inv.uid(k)).map(str::to_owned));
         // The dependents every detached owner of which is now being deleted.
@@ -100,6 +102,7 @@ pub async fn detach(
             })
             .collect();
         orphan_dependents(member, twins, &dependents, &deleted_uids, journal, opts, report).await?;
+        let orphaned_at = started.elapsed();
         // The pods outside the inventory's graph stream from the archive.
         let level_owners: BTreeSet<&ObjectKey> = level.objects.iter().collect();
         let orphaned = |pod: &Archived| {
@@ -115,12 +118,28 @@ pub async fn detach(
             let batch: Vec<Archived> = batch.into_iter().filter(|p| orphaned(p)).collect();
             mark_batch(member, twins, &batch, &deleted_uids, journal, opts, report).await?;
         }
+        let marked_at = started.elapsed();
         // Their dependents off them, the level's owners are let go.
         release_held(member, inv, &level.objects, opts).await?;
+        tracing::debug!(
+            level = index,
+            owners = level.objects.len(),
+            dependents = dependents.len(),
+            delete_ms = deleted_at.as_millis() as u64,
+            orphan_ms = (orphaned_at - deleted_at).as_millis() as u64,
+            mark_ms = (marked_at - orphaned_at).as_millis() as u64,
+            release_ms = (started.elapsed() - marked_at).as_millis() as u64,
+            "level detached"
+        );
     }
     // The garbage collector removes each owner's `orphan` finalizer once it finds no dependent
     // left to orphan.
+    let started = std::time::Instant::now();
     await_owners_gone(member, inv, plan, journal, opts, report, on_progress).await?;
+    tracing::debug!(
+        gc_ms = started.elapsed().as_millis() as u64,
+        "detached owners gone"
+    );
     lock(journal).sync()?;
     Ok(())
 }
@@ -462,8 +481,9 @@ async fn orphan_dependents(
                     if key.is("", "pods") && !skipped.contains(*key) {
                         let archived = inv.body(key).ok_or_else(|| super::inventory::not_archived(key))?;
                         let uid = inv.uid(key);
+                        let known = live.map_or(Known::Unread, Known::Listed);
                         mark_and_report(
-                            member, twins, key, uid, &archived, owner_uids, live, journal, report,
+                            member, twins, key, uid, &archived, owner_uids, known, journal, report,
                         )
                         .await
                     } else {
@@ -606,9 +626,22 @@ async fn read(
     })
 }
 
+/// What detach knows of a member pod's state before marking it.
+enum Known {
+    /// Listed with its level: its view ([`mark_view`]), `None` when not in the member.
+    Listed(Option<Value>),
+    /// Not read: it is read first.
+    Unread,
+    /// Not read, and its archived copy stands in for it: a pod unchanged since the backup — the
+    /// case of almost every pod — is marked in one request, with no LIST of the namespace's pods
+    /// before it. A patch built from the copy that the member refuses (the pod was replaced, or
+    /// gained a toleration the patch would drop) or that conflicts makes detach read the pod and
+    /// decide on what it is, as for an unread one.
+    Archived,
+}
+
 /// Marks one member pod, taking it off its owners of `owner_uids` in the same patch, then
-/// journals and reports it; `uid` and `archived` are its archived UID and body, `prefetched`
-/// its listed state, read again on a conflict.
+/// journals and reports it; `uid` and `archived` are its archived UID and body.
 #[allow(clippy::too_many_arguments)]
 async fn mark_and_report(
     member: &LiveCluster,
@@ -617,64 +650,32 @@ async fn mark_and_report(
     uid: Option<&str>,
     archived: &Value,
     owner_uids: &HashSet<String>,
-    prefetched: Option<Option<Value>>,
+    known: Known,
     journal: &SharedJournal,
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
     let name = key.to_string();
+    let api = &member.api_for(key, archived)?;
+    let mark = |live| mark_one(member, twins, api, key, uid, archived, owner_uids, live);
+    let (first, guessed) = match known {
+        Known::Listed(view) => (Some(view), None),
+        Known::Unread => (None, None),
+        Known::Archived => (None, Some(mark(archived.clone()).await)),
+    };
     // `false`: gone (or replaced) since the backup.
-    let marked: bool = {
-        let inv = twins.inv;
-        let api = &member.api_for(key, archived)?;
-        let first = &Mutex::new(prefetched);
-        // One strategic merge patch under the pod's UID (see `member_mark_patch`); the
-        // garbage collector orphaning it at the same moment deletes the same references.
-        on_conflict(&member.role, key, "mark it", |_| async move {
-            let Some(live) = read(member, api, key, first).await? else {
-                return Ok(false);
-            };
-            if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
-                return Ok(false);
-            }
-            let patch =
-                member_mark_patch(&live, inv.archive_id()).map_err(|source| EngineError::Transform {
-                    key: key.clone(),
-                    source,
-                })?;
-            let patch = match (patch, owner_deletions(&live, owner_uids)) {
-                (patch, None) => patch,
-                (Some(mut patch), Some(deletions)) => {
-                    patch["metadata"]["ownerReferences"] = deletions;
-                    Some(patch)
+    let marked: bool = match guessed {
+        Some(Err(EngineError::Live(LiveError::Conflict { .. } | LiveError::Refused { code: 422, .. })))
+        | None => {
+            let first = &Mutex::new(first);
+            on_conflict(&member.role, key, "mark it", |_| async move {
+                match read(member, api, key, first).await? {
+                    Some(live) => mark(live).await,
+                    None => Ok(false),
                 }
-                (None, Some(deletions)) => Some(json!({ "metadata": {
-                    "ownerReferences": deletions,
-                    "uid": live.pointer("/metadata/uid"),
-                } })),
-            };
-            let marked = match patch {
-                None => live,
-                Some(patch) => match member.strategic_patch(api, key, &patch).await {
-                    Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
-                    Err(LiveError::NotFound { .. }) => return Ok(false),
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            let twin = twins.twin(key, archived)?;
-            let differences = clustertree_differences(&marked, &twin);
-            if !differences.is_empty() {
-                return Err(EngineError::ChangedSinceBackup {
-                    key: key.clone(),
-                    detail: format!(
-                        "it differs from its archived copy in {}, so its control-plane copy would too and \
-                         Kosmos would try to update the running pod forever",
-                        differences.join(", ")
-                    ),
-                });
-            }
-            Ok(true)
-        })
-        .await?
+            })
+            .await?
+        }
+        Some(outcome) => outcome?,
     };
     if marked {
         lock(report).marked.add(name.clone());
@@ -687,9 +688,66 @@ async fn mark_and_report(
     Ok(())
 }
 
+/// Marks the member pod `key` whose state is `live`, in one strategic merge patch under its UID
+/// (see [`member_mark_patch`]) that also deletes its references to `owner_uids` (the garbage
+/// collector orphaning it at the same moment deletes the same references), then checks the
+/// marked pod against its control-plane twin. `false`: `live` is another pod (replaced since the
+/// backup), or the pod is gone.
+#[allow(clippy::too_many_arguments)]
+async fn mark_one(
+    member: &LiveCluster,
+    twins: &TwinFactory<'_>,
+    api: &kube::Api<kube::api::DynamicObject>,
+    key: &ObjectKey,
+    uid: Option<&str>,
+    archived: &Value,
+    owner_uids: &HashSet<String>,
+    live: Value,
+) -> Result<bool, EngineError> {
+    if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
+        return Ok(false);
+    }
+    let patch =
+        member_mark_patch(&live, twins.inv.archive_id()).map_err(|source| EngineError::Transform {
+            key: key.clone(),
+            source,
+        })?;
+    let patch = match (patch, owner_deletions(&live, owner_uids)) {
+        (patch, None) => patch,
+        (Some(mut patch), Some(deletions)) => {
+            patch["metadata"]["ownerReferences"] = deletions;
+            Some(patch)
+        }
+        (None, Some(deletions)) => Some(json!({ "metadata": {
+            "ownerReferences": deletions,
+            "uid": live.pointer("/metadata/uid"),
+        } })),
+    };
+    let marked = match patch {
+        None => live,
+        Some(patch) => match member.strategic_patch(api, key, &patch).await {
+            Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
+            Err(LiveError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let twin = twins.twin(key, archived)?;
+    let differences = clustertree_differences(&marked, &twin);
+    if !differences.is_empty() {
+        return Err(EngineError::ChangedSinceBackup {
+            key: key.clone(),
+            detail: format!(
+                "it differs from its archived copy in {}, so its control-plane copy would too and \
+                 Kosmos would try to update the running pod forever",
+                differences.join(", ")
+            ),
+        });
+    }
+    Ok(true)
+}
+
 /// Marks the pods of `batch` the restore re-creates and no earlier attempt marked, taking each
-/// off its owners of `owner_uids` in the same patch; their live state is listed a type and
-/// namespace at a time.
+/// off its owners of `owner_uids` in the same patch; nothing is read first ([`Known::Archived`]).
 async fn mark_batch(
     member: &LiveCluster,
     twins: &TwinFactory<'_>,
@@ -704,26 +762,21 @@ async fn mark_batch(
         .iter()
         .filter(|p| inv.restores(p) && !lock(journal).is_done(STEP_MARK, &p.key().to_string()))
         .collect();
-    let mut prefetched = super::apply::prefetch(member, pending.iter().map(|p| &p.record), mark_view).await?;
     // The futures are made before streaming them (see `Restorer::run`).
     let marks: Vec<_> = pending
         .iter()
         .map(|pod| {
-            let live = prefetched.remove(pod.key());
-            async move {
-                mark_and_report(
-                    member,
-                    twins,
-                    pod.key(),
-                    pod.uid(),
-                    &pod.object,
-                    owner_uids,
-                    live,
-                    journal,
-                    report,
-                )
-                .await
-            }
+            mark_and_report(
+                member,
+                twins,
+                pod.key(),
+                pod.uid(),
+                &pod.object,
+                owner_uids,
+                Known::Archived,
+                journal,
+                report,
+            )
         })
         .collect();
     super::every(STEP_MARK, marks, opts.concurrency).await?;

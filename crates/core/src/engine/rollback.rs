@@ -274,6 +274,12 @@ async fn unmark(
         }
         // Gone, or replaced by a pod of the same name (the UID precondition): not this pod.
         Err(super::LiveError::NotFound { .. } | super::LiveError::Conflict { .. }) => Ok(false),
+        // A UID in the body that is not the pod's is refused as a change of an immutable field
+        // (422), not as a conflict: whether that was the cause, a read tells.
+        Err(e @ super::LiveError::Refused { code: 422, .. }) => match member.get_opt(&api, key).await? {
+            Some(now) if now.metadata.uid.as_deref() == uid_of(live) => Err(e.into()),
+            _ => Ok(false),
+        },
         Err(e) => Err(e.into()),
     }
 }

@@ -656,11 +656,13 @@ async fn mark_and_report(
 ) -> Result<(), EngineError> {
     let name = key.to_string();
     let api = &member.api_for(key, archived)?;
-    let mark = |live| mark_one(member, twins, api, key, uid, archived, owner_uids, live);
     let (first, guessed) = match known {
         Known::Listed(view) => (Some(view), None),
         Known::Unread => (None, None),
-        Known::Archived => (None, Some(mark(archived.clone()).await)),
+        Known::Archived => {
+            let marked = mark_one(member, twins, api, key, uid, archived, owner_uids, archived).await;
+            (None, Some(marked))
+        }
     };
     // `false`: gone (or replaced) since the backup.
     let marked: bool = match guessed {
@@ -669,7 +671,7 @@ async fn mark_and_report(
             let first = &Mutex::new(first);
             on_conflict(&member.role, key, "mark it", |_| async move {
                 match read(member, api, key, first).await? {
-                    Some(live) => mark(live).await,
+                    Some(live) => mark_one(member, twins, api, key, uid, archived, owner_uids, &live).await,
                     None => Ok(false),
                 }
             })
@@ -702,17 +704,16 @@ async fn mark_one(
     uid: Option<&str>,
     archived: &Value,
     owner_uids: &HashSet<String>,
-    live: Value,
+    live: &Value,
 ) -> Result<bool, EngineError> {
     if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
         return Ok(false);
     }
-    let patch =
-        member_mark_patch(&live, twins.inv.archive_id()).map_err(|source| EngineError::Transform {
-            key: key.clone(),
-            source,
-        })?;
-    let patch = match (patch, owner_deletions(&live, owner_uids)) {
+    let patch = member_mark_patch(live, twins.inv.archive_id()).map_err(|source| EngineError::Transform {
+        key: key.clone(),
+        source,
+    })?;
+    let patch = match (patch, owner_deletions(live, owner_uids)) {
         (patch, None) => patch,
         (Some(mut patch), Some(deletions)) => {
             patch["metadata"]["ownerReferences"] = deletions;
@@ -723,16 +724,20 @@ async fn mark_one(
             "uid": live.pointer("/metadata/uid"),
         } })),
     };
+    let patched;
     let marked = match patch {
         None => live,
         Some(patch) => match member.strategic_patch(api, key, &patch).await {
-            Ok(marked) => serde_json::to_value(&marked).unwrap_or(Value::Null),
+            Ok(marked) => {
+                patched = serde_json::to_value(&marked).unwrap_or(Value::Null);
+                &patched
+            }
             Err(LiveError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         },
     };
     let twin = twins.twin(key, archived)?;
-    let differences = clustertree_differences(&marked, &twin);
+    let differences = clustertree_differences(marked, &twin);
     if !differences.is_empty() {
         return Err(EngineError::ChangedSinceBackup {
             key: key.clone(),

@@ -420,7 +420,7 @@ impl<'a> Restorer<'a> {
                 let api = self.cluster.api_for(key, archived)?;
                 let live = self.wait_exists(&api, key).await?;
                 let uid = live.metadata.uid.clone().unwrap_or_default();
-                let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                let live = super::live::json_of(&live);
                 if let Some(patch) = merge.patch_for(&live) {
                     self.cluster.merge_patch(&api, key, &patch).await?;
                 }
@@ -438,7 +438,7 @@ impl<'a> Restorer<'a> {
                     match self.cluster.create(&api, key, &object).await {
                         Ok(created) => (
                             Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
-                            serde_json::to_value(&created).unwrap_or(Value::Null),
+                            super::live::json_of(&created),
                         ),
                         Err(LiveError::AlreadyExists { .. }) => {
                             let live = self.cluster.get_opt(&api, key).await?.ok_or_else(|| {
@@ -448,7 +448,7 @@ impl<'a> Restorer<'a> {
                                 }
                             })?;
                             let uid = live.metadata.uid.clone().unwrap_or_default();
-                            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                            let live = super::live::json_of(&live);
                             if self.stamps() && stamped_by(&live, self.inv.archive_id()) {
                                 (Outcome::Created(uid), live)
                             } else {
@@ -634,7 +634,7 @@ impl<'a> Restorer<'a> {
                             .cluster
                             .get_opt(api, dependent)
                             .await?
-                            .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+                            .map(|live| super::live::json_of(&live)),
                     };
                     // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
                     let Some(live) = live else {
@@ -670,7 +670,7 @@ impl<'a> Restorer<'a> {
                         // Marks left on a member pod here are taken off by rollback's unmarking.
                         Err(refused @ LiveError::Refused { code: 422, .. }) => {
                             let again = self.cluster.get_opt(api, dependent).await?;
-                            let again = again.map(|l| serde_json::to_value(&l).unwrap_or(Value::Null));
+                            let again = again.map(|l| super::live::json_of(&l));
                             let Some(again) = again else {
                                 return Ok((false, Vec::new()));
                             };
@@ -756,7 +756,7 @@ impl<'a> Restorer<'a> {
         };
         until(awaited, self.opts.object_wait, || async move {
             Ok(match self.cluster.get_opt(api, key).await? {
-                Some(obj) if ready(&serde_json::to_value(&obj).unwrap_or(Value::Null)) => Poll::Ready(()),
+                Some(obj) if ready(&super::live::json_of(&obj)) => Poll::Ready(()),
                 _ => Poll::Pending(Progress::Unmeasured),
             })
         })

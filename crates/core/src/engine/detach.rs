@@ -622,7 +622,7 @@ async fn read(
         None => member
             .get_opt(api, key)
             .await?
-            .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+            .map(|live| super::live::json_of(&live)),
     })
 }
 
@@ -729,7 +729,7 @@ async fn mark_one(
         None => live,
         Some(patch) => match member.strategic_patch(api, key, &patch).await {
             Ok(marked) => {
-                patched = serde_json::to_value(&marked).unwrap_or(Value::Null);
+                patched = super::live::json_of(&marked);
                 &patched
             }
             Err(LiveError::NotFound { .. }) => return Ok(false),

@@ -201,7 +201,7 @@ pub(crate) async fn detect(
                     let name = object.metadata.name.clone()?;
                     let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
                     // Cannot fail (string keys); a Null would be reported as added, not skipped.
-                    let value = serde_json::to_value(&object).unwrap_or(Value::Null);
+                    let value = super::live::json_of(&object);
                     if ours(&key, &value) {
                         mine.add(&key, Created::of(&value));
                         None

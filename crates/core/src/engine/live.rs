@@ -13,6 +13,15 @@ use serde_json::Value;
 use super::wait::{Awaited, Poll, Progress, Throttled, until};
 use kpromote_model::object_key::ObjectKey;
 
+/// `object` as JSON, the form the engine compares live objects in. A `DynamicObject` is JSON
+/// already (string keys, JSON values), so serializing it does not fail; were it to, `Null` stands
+/// in, which every comparison reads as a difference (a change, a pod not ready), never as
+/// agreement.
+#[must_use]
+pub(crate) fn json_of(object: &DynamicObject) -> Value {
+    serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
 /// Field manager of every write kpromote makes, visible in `managedFields`.
 pub(crate) const FIELD_MANAGER: &str = "kpromote";
 

@@ -316,7 +316,7 @@ impl Ours<'_> {
 /// The control plane's object of `archived`, if it serves the type and holds one.
 async fn look_up(cp: &LiveCluster, archived: &Archived) -> Result<Option<Value>, EngineError> {
     match cp.get_opt(&archived.api(cp), archived.key()).await {
-        Ok(live) => Ok(live.map(|live| serde_json::to_value(&live).unwrap_or(Value::Null))),
+        Ok(live) => Ok(live.map(|live| super::live::json_of(&live))),
         // A type the control plane does not serve (its CRD is gone): nothing of it there.
         Err(super::LiveError::Refused { code: 404, .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -606,7 +606,7 @@ async fn remove(
         return Ok(());
     };
     let uid = live.metadata.uid.clone();
-    let live_json = serde_json::to_value(&live).unwrap_or(Value::Null);
+    let live_json = super::live::json_of(&live);
     if !ours.owns(key, &live_json, namespaces) {
         return Ok(());
     }
@@ -686,8 +686,7 @@ async fn remove(
                 Err(super::LiveError::Stalled { waited, .. }) => {
                     let why = match cp.get_opt(&api, key).await? {
                         Some(ns) => {
-                            let mut why =
-                                namespace_blockers(&serde_json::to_value(&ns).unwrap_or(Value::Null));
+                            let mut why = namespace_blockers(&super::live::json_of(&ns));
                             let held = held_by_finalizers(cp, &types, &key.name).await?;
                             if !held.is_empty() {
                                 why.push_str(&format!("; held by finalizers: {}", held.join(", ")));
@@ -763,7 +762,7 @@ async fn remove_copied_finalizers(
                 live.clone()
             } else {
                 match cp.get_opt(api, key).await? {
-                    Some(fresh) => serde_json::to_value(&fresh).unwrap_or(Value::Null),
+                    Some(fresh) => super::live::json_of(&fresh),
                     None => return Ok(()),
                 }
             };

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Toleration};
 use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster};
 use kpromote_model::ObjectKey;
 use kube::Api;
@@ -696,12 +696,50 @@ async fn an_owner_edited_since_the_backup_stops_the_detach_before_it_is_deleted(
     assert_eq!(apps::snapshot(&pair.member, ns).await.pods, before.pods);
 }
 
-/// A member pod that gained a toleration since the backup (a running pod may gain them) is marked
-/// from a patch built from its archived copy first, which would drop the toleration: the member
-/// refuses it, detach reads the pod, and the promote stops naming the pod and the field — Kosmos
-/// would otherwise try to update the running pod forever — and rolls back to the original.
+/// A member pod that gained a toleration since the backup (a running pod may gain them) stops the
+/// promote naming the pod and the field — Kosmos would otherwise try to update the running pod
+/// forever — keeps its toleration, and the automatic rollback restores the original. Detach's
+/// patch is built from the archived copy: it would drop the toleration, and the member refuses it.
 #[tokio::test]
 async fn a_pod_that_gained_a_toleration_since_the_backup_stops_the_promote_naming_it() {
+    promote_after_a_toleration_change(|tolerations| {
+        tolerations.push(Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        });
+        |t: &Toleration| t.key.as_deref() == Some("dedicated")
+    })
+    .await;
+}
+
+/// The same for a `tolerationSeconds` changed since the backup — which the API server lets a
+/// running pod change, so a patch built from the archived copy would be accepted and put the old
+/// value back silently, and the pod would then equal its twin: the patch is pinned to the
+/// archived resourceVersion, the member refuses it, and the pod is judged on what it is.
+#[tokio::test]
+async fn a_pod_whose_toleration_seconds_changed_since_the_backup_stops_the_promote_and_keeps_them() {
+    promote_after_a_toleration_change(|tolerations| {
+        let timed = tolerations
+            .iter_mut()
+            .find(|t| t.toleration_seconds.is_some())
+            .expect("the API server's DefaultTolerationSeconds gives every pod timed tolerations");
+        timed.toleration_seconds = Some(3600);
+        let key = timed.key.clone();
+        move |t: &Toleration| t.key == key && t.toleration_seconds == Some(3600)
+    })
+    .await;
+}
+
+/// Changes the tolerations of one member pod of the nginx example after its backup with
+/// `change` (which returns how to recognise the changed toleration), promotes, and checks that
+/// the promote stopped naming the pod's tolerations, the pod kept the change, no member pod is
+/// left marked and the automatic rollback restored the original.
+async fn promote_after_a_toleration_change<F, K>(change: F)
+where
+    F: FnOnce(&mut Vec<Toleration>) -> K,
+    K: Fn(&Toleration) -> bool,
+{
     let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
     let run = Promotion::archive(&pair, &[ns], &[]).await;
@@ -709,11 +747,7 @@ async fn a_pod_that_gained_a_toleration_since_the_backup_stops_the_promote_namin
     let pod = pods.list(&ListParams::default()).await.unwrap().items[0].clone();
     let name = pod.metadata.name.clone().unwrap();
     let mut tolerations = pod.spec.unwrap().tolerations.unwrap_or_default();
-    tolerations.push(k8s_openapi::api::core::v1::Toleration {
-        key: Some("dedicated".into()),
-        operator: Some("Exists".into()),
-        ..Default::default()
-    });
+    let changed = change(&mut tolerations);
     pods.patch(
         &name,
         &kube::api::PatchParams::default(),
@@ -728,7 +762,7 @@ async fn a_pod_that_gained_a_toleration_since_the_backup_stops_the_promote_namin
         panic!("promote rolls back automatically: {message}");
     };
     assert!(rollback.is_ok(), "{message}");
-    // Named as a change since the backup, not as the member's refusal of the guessed patch.
+    // Named as a change since the backup, not as the member's refusal of the pinned patch.
     assert!(
         matches!(
             *cause,
@@ -745,8 +779,8 @@ async fn a_pod_that_gained_a_toleration_since_the_backup_stops_the_promote_namin
             .tolerations
             .unwrap_or_default()
             .iter()
-            .any(|t| t.key.as_deref() == Some("dedicated")),
-        "the toleration added since the backup is kept"
+            .any(changed),
+        "the change made since the backup is kept"
     );
     assert_eq!(marked_pods(&pair.member, ns).await, Vec::<String>::new());
     pair.assert_rolled_back(ns, &before, "rollback after the changed pod")

@@ -580,13 +580,9 @@ async fn orphan_one(
             return Ok(());
         }
         let patched = if is_builtin_group(&key.group) {
-            let Some(deletions) = owner_deletions(&live, owner_uids) else {
+            let Some(patch) = owner_deletion_patch(&live, owner_uids) else {
                 return Ok(());
             };
-            let patch = json!({ "metadata": {
-                "ownerReferences": deletions,
-                "uid": live.pointer("/metadata/uid"),
-            } });
             member.strategic_patch(api, key, &patch).await
         } else {
             let Some(kept) = without_owners(&live, owner_uids) else {
@@ -630,13 +626,14 @@ async fn read(
 enum Known {
     /// Listed with its level: its view ([`mark_view`]), `None` when not in the member.
     Listed(Option<Value>),
-    /// Not read: it is read first.
+    /// Nothing read yet: it is read first.
     Unread,
-    /// Not read, and its archived copy stands in for it: a pod unchanged since the backup — the
-    /// case of almost every pod — is marked in one request, with no LIST of the namespace's pods
-    /// before it. A patch built from the copy that the member refuses (the pod was replaced, or
-    /// gained a toleration the patch would drop) or that conflicts makes detach read the pod and
-    /// decide on what it is, as for an unread one.
+    /// Nothing read, and its archived copy stands in for it: the patch is built from the copy and
+    /// pinned to the copy's UID and resourceVersion, so it applies only to the pod exactly as it
+    /// was backed up — the case of almost every pod, marked in one request with no LIST of the
+    /// namespace's pods. A pod changed in any way since (its tolerations' `tolerationSeconds`, a
+    /// label, its status), replaced or gone makes the member refuse it, and the pod is then read
+    /// and judged on what it is, as an unread one. A copy without both is read first.
     Archived,
 }
 
@@ -656,28 +653,31 @@ async fn mark_and_report(
 ) -> Result<(), EngineError> {
     let name = key.to_string();
     let api = &member.api_for(key, archived)?;
-    let (first, guessed) = match known {
-        Known::Listed(view) => (Some(view), None),
-        Known::Unread => (None, None),
-        Known::Archived => {
-            let marked = mark_one(member, twins, api, key, uid, archived, owner_uids, archived).await;
-            (None, Some(marked))
-        }
+    let pinnable = uid.is_some() && archived.pointer("/metadata/resourceVersion").is_some();
+    let read_and_mark = |listed: Option<Option<Value>>| async move {
+        let first = &Mutex::new(listed);
+        on_conflict(&member.role, key, "mark it", |_| async move {
+            match read(member, api, key, first).await? {
+                Some(live) => {
+                    mark_one(member, twins, api, key, uid, archived, owner_uids, &live, false).await
+                }
+                None => Ok(false),
+            }
+        })
+        .await
     };
     // `false`: gone (or replaced) since the backup.
-    let marked: bool = match guessed {
-        Some(Err(EngineError::Live(LiveError::Conflict { .. } | LiveError::Refused { code: 422, .. })))
-        | None => {
-            let first = &Mutex::new(first);
-            on_conflict(&member.role, key, "mark it", |_| async move {
-                match read(member, api, key, first).await? {
-                    Some(live) => mark_one(member, twins, api, key, uid, archived, owner_uids, &live).await,
-                    None => Ok(false),
+    let marked: bool = match known {
+        Known::Archived if pinnable => {
+            match mark_one(member, twins, api, key, uid, archived, owner_uids, archived, true).await {
+                Err(EngineError::Live(LiveError::Conflict { .. } | LiveError::Refused { code: 422, .. })) => {
+                    read_and_mark(None).await?
                 }
-            })
-            .await?
+                outcome => outcome?,
+            }
         }
-        Some(outcome) => outcome?,
+        Known::Archived | Known::Unread => read_and_mark(None).await?,
+        Known::Listed(view) => read_and_mark(Some(view)).await?,
     };
     if marked {
         lock(report).marked.add(name.clone());
@@ -690,11 +690,23 @@ async fn mark_and_report(
     Ok(())
 }
 
+/// The strategic merge patch deleting `live`'s ownerReferences to `owner_uids` under its UID;
+/// `None` when it has none of them.
+fn owner_deletion_patch(live: &Value, owner_uids: &HashSet<String>) -> Option<Value> {
+    let deletions = owner_deletions(live, owner_uids)?;
+    Some(json!({ "metadata": {
+        "ownerReferences": deletions,
+        "uid": live.pointer("/metadata/uid"),
+    } }))
+}
+
 /// Marks the member pod `key` whose state is `live`, in one strategic merge patch under its UID
 /// (see [`member_mark_patch`]) that also deletes its references to `owner_uids` (the garbage
 /// collector orphaning it at the same moment deletes the same references), then checks the
-/// marked pod against its control-plane twin. `false`: `live` is another pod (replaced since the
-/// backup), or the pod is gone.
+/// marked pod against its control-plane twin. `pinned`: `live` is the archived copy, not a read
+/// ([`Known::Archived`]) — the patch carries its resourceVersion too, and is sent even when the
+/// copy needs no change, so the member checks the pod is still that copy and returns it.
+/// `false`: `live` is another pod (replaced since the backup), or the pod is gone.
 #[allow(clippy::too_many_arguments)]
 async fn mark_one(
     member: &LiveCluster,
@@ -705,6 +717,7 @@ async fn mark_one(
     archived: &Value,
     owner_uids: &HashSet<String>,
     live: &Value,
+    pinned: bool,
 ) -> Result<bool, EngineError> {
     if live.pointer("/metadata/uid").and_then(Value::as_str) != uid {
         return Ok(false);
@@ -713,17 +726,20 @@ async fn mark_one(
         key: key.clone(),
         source,
     })?;
-    let patch = match (patch, owner_deletions(live, owner_uids)) {
-        (patch, None) => patch,
+    let mut patch = match (patch, owner_deletions(live, owner_uids)) {
         (Some(mut patch), Some(deletions)) => {
             patch["metadata"]["ownerReferences"] = deletions;
             Some(patch)
         }
-        (None, Some(deletions)) => Some(json!({ "metadata": {
-            "ownerReferences": deletions,
-            "uid": live.pointer("/metadata/uid"),
-        } })),
+        (None, Some(_)) => owner_deletion_patch(live, owner_uids),
+        (patch, None) => patch,
     };
+    if pinned {
+        let mut pin = patch.unwrap_or_else(|| json!({ "metadata": {} }));
+        pin["metadata"]["uid"] = json!(uid);
+        pin["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+        patch = Some(pin);
+    }
     let patched;
     let marked = match patch {
         None => live,

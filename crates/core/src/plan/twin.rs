@@ -168,11 +168,12 @@ fn tolerates(toleration: &Value, key: &str, value: &str, effect: &str) -> bool {
 /// The strategic merge patch detach sends to a running member pod: the Kosmos label, the archive
 /// stamp and the virtual node's toleration, so it equals its control-plane twin in every
 /// [`CLUSTERTREE_COMPARED`] field. It carries `live`'s UID, not its resourceVersion: labels and
-/// annotations merge key by key, and the toleration list, replaced whole, may only grow on a
-/// running pod — the API server refuses a patch that would drop a toleration added since `live`
-/// was read, so such a change fails the patch rather than being lost. Without a resourceVersion
-/// the garbage collector orphaning the pod at the same moment does not make it conflict. `None`
-/// when `live` carries all three already.
+/// annotations merge key by key, and the toleration list is replaced whole — the API server
+/// refuses a patch that would drop a toleration added since `live` was read, but not one that
+/// puts back a `tolerationSeconds` changed in between, so `live` must be a read made just before
+/// (a patch built from an older copy is pinned to its resourceVersion by the caller, see
+/// `detach::Known::Archived`). Without a resourceVersion the garbage collector orphaning the pod
+/// at the same moment does not make it conflict. `None` when `live` carries all three already.
 ///
 /// # Errors
 /// [`TransformError::InvalidField`] when the pod's tolerations are not a list.

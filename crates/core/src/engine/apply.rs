@@ -9,6 +9,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::inventory::{Bodies, Inventory, not_archived, stamp, stamped_by};
+use super::live::json_of;
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
@@ -420,7 +421,7 @@ impl<'a> Restorer<'a> {
                 let api = self.cluster.api_for(key, archived)?;
                 let live = self.wait_exists(&api, key).await?;
                 let uid = live.metadata.uid.clone().unwrap_or_default();
-                let live = super::live::json_of(&live);
+                let live = json_of(&live);
                 if let Some(patch) = merge.patch_for(&live) {
                     self.cluster.merge_patch(&api, key, &patch).await?;
                 }
@@ -438,7 +439,7 @@ impl<'a> Restorer<'a> {
                     match self.cluster.create(&api, key, &object).await {
                         Ok(created) => (
                             Outcome::Created(created.metadata.uid.clone().unwrap_or_default()),
-                            super::live::json_of(&created),
+                            json_of(&created),
                         ),
                         Err(LiveError::AlreadyExists { .. }) => {
                             let live = self.cluster.get_opt(&api, key).await?.ok_or_else(|| {
@@ -448,7 +449,7 @@ impl<'a> Restorer<'a> {
                                 }
                             })?;
                             let uid = live.metadata.uid.clone().unwrap_or_default();
-                            let live = super::live::json_of(&live);
+                            let live = json_of(&live);
                             if self.stamps() && stamped_by(&live, self.inv.archive_id()) {
                                 (Outcome::Created(uid), live)
                             } else {
@@ -630,11 +631,7 @@ impl<'a> Restorer<'a> {
                 async move {
                     let live = match prefetched {
                         Some(view) => view,
-                        None => self
-                            .cluster
-                            .get_opt(api, dependent)
-                            .await?
-                            .map(|live| super::live::json_of(&live)),
+                        None => self.cluster.get_opt(api, dependent).await?.as_ref().map(json_of),
                     };
                     // A skipped dependent (a completed pod) is not in the target: nothing to adopt.
                     let Some(live) = live else {
@@ -670,7 +667,7 @@ impl<'a> Restorer<'a> {
                         // Marks left on a member pod here are taken off by rollback's unmarking.
                         Err(refused @ LiveError::Refused { code: 422, .. }) => {
                             let again = self.cluster.get_opt(api, dependent).await?;
-                            let again = again.map(|l| super::live::json_of(&l));
+                            let again = again.map(|l| json_of(&l));
                             let Some(again) = again else {
                                 return Ok((false, Vec::new()));
                             };
@@ -756,7 +753,7 @@ impl<'a> Restorer<'a> {
         };
         until(awaited, self.opts.object_wait, || async move {
             Ok(match self.cluster.get_opt(api, key).await? {
-                Some(obj) if ready(&super::live::json_of(&obj)) => Poll::Ready(()),
+                Some(obj) if ready(&json_of(&obj)) => Poll::Ready(()),
                 _ => Poll::Pending(Progress::Unmeasured),
             })
         })

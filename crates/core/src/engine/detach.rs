@@ -35,6 +35,7 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
 use super::inventory::{Archived, Inventory, stamp};
+use super::live::json_of;
 use super::live::{LiveCluster, LiveError};
 use super::wait::{Awaited, Poll, Progress, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, SharedJournal, lock, progress};
@@ -580,10 +581,12 @@ async fn orphan_one(
             return Ok(());
         }
         let patched = if is_builtin_group(&key.group) {
-            let Some(patch) = owner_deletion_patch(&live, owner_uids) else {
+            let Some(deletions) = owner_deletions(&live, owner_uids) else {
                 return Ok(());
             };
-            member.strategic_patch(api, key, &patch).await
+            member
+                .strategic_patch(api, key, &owner_deletion_patch(&live, deletions))
+                .await
         } else {
             let Some(kept) = without_owners(&live, owner_uids) else {
                 return Ok(());
@@ -615,10 +618,7 @@ async fn read(
         .take();
     Ok(match prefetched {
         Some(view) => view,
-        None => member
-            .get_opt(api, key)
-            .await?
-            .map(|live| super::live::json_of(&live)),
+        None => member.get_opt(api, key).await?.as_ref().map(json_of),
     })
 }
 
@@ -690,14 +690,13 @@ async fn mark_and_report(
     Ok(())
 }
 
-/// The strategic merge patch deleting `live`'s ownerReferences to `owner_uids` under its UID;
-/// `None` when it has none of them.
-fn owner_deletion_patch(live: &Value, owner_uids: &HashSet<String>) -> Option<Value> {
-    let deletions = owner_deletions(live, owner_uids)?;
-    Some(json!({ "metadata": {
+/// The strategic merge patch making the `deletions` of [`owner_deletions`] to `live`, under its
+/// UID.
+fn owner_deletion_patch(live: &Value, deletions: Value) -> Value {
+    json!({ "metadata": {
         "ownerReferences": deletions,
         "uid": live.pointer("/metadata/uid"),
-    } }))
+    } })
 }
 
 /// Marks the member pod `key` whose state is `live`, in one strategic merge patch under its UID
@@ -731,12 +730,12 @@ async fn mark_one(
             patch["metadata"]["ownerReferences"] = deletions;
             Some(patch)
         }
-        (None, Some(_)) => owner_deletion_patch(live, owner_uids),
+        (None, Some(deletions)) => Some(owner_deletion_patch(live, deletions)),
         (patch, None) => patch,
     };
     if pinned {
-        let mut pin = patch.unwrap_or_else(|| json!({ "metadata": {} }));
-        pin["metadata"]["uid"] = json!(uid);
+        // Both patches above carry the UID already.
+        let mut pin = patch.unwrap_or_else(|| json!({ "metadata": { "uid": uid } }));
         pin["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
         patch = Some(pin);
     }
@@ -745,7 +744,7 @@ async fn mark_one(
         None => live,
         Some(patch) => match member.strategic_patch(api, key, &patch).await {
             Ok(marked) => {
-                patched = super::live::json_of(&marked);
+                patched = json_of(&marked);
                 &patched
             }
             Err(LiveError::NotFound { .. }) => return Ok(false),

@@ -11,6 +11,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::live::LiveCluster;
+use super::live::json_of;
 use super::{EngineError, LiveError};
 use crate::resources::{ApiSurface, DEFAULT_EXCLUDED_RESOURCES, GroupResource};
 use kpromote_model::object_key::ObjectKey;
@@ -201,7 +202,7 @@ pub(crate) async fn detect(
                     let name = object.metadata.name.clone()?;
                     let key = ObjectKey::namespaced(gr.group(), gr.resource(), &ns, &name);
                     // Cannot fail (string keys); a Null would be reported as added, not skipped.
-                    let value = super::live::json_of(&object);
+                    let value = json_of(&object);
                     if ours(&key, &value) {
                         mine.add(&key, Created::of(&value));
                         None

@@ -26,6 +26,7 @@ use super::detach::detached_owners;
 use super::drift::{Created, Promoted};
 use super::inventory::{Archived, Bodies, Inventory, stamped_by};
 use super::live::LiveCluster;
+use super::live::json_of;
 use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
@@ -316,7 +317,7 @@ impl Ours<'_> {
 /// The control plane's object of `archived`, if it serves the type and holds one.
 async fn look_up(cp: &LiveCluster, archived: &Archived) -> Result<Option<Value>, EngineError> {
     match cp.get_opt(&archived.api(cp), archived.key()).await {
-        Ok(live) => Ok(live.map(|live| super::live::json_of(&live))),
+        Ok(live) => Ok(live.as_ref().map(json_of)),
         // A type the control plane does not serve (its CRD is gone): nothing of it there.
         Err(super::LiveError::Refused { code: 404, .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -606,7 +607,7 @@ async fn remove(
         return Ok(());
     };
     let uid = live.metadata.uid.clone();
-    let live_json = super::live::json_of(&live);
+    let live_json = json_of(&live);
     if !ours.owns(key, &live_json, namespaces) {
         return Ok(());
     }
@@ -686,7 +687,7 @@ async fn remove(
                 Err(super::LiveError::Stalled { waited, .. }) => {
                     let why = match cp.get_opt(&api, key).await? {
                         Some(ns) => {
-                            let mut why = namespace_blockers(&super::live::json_of(&ns));
+                            let mut why = namespace_blockers(&json_of(&ns));
                             let held = held_by_finalizers(cp, &types, &key.name).await?;
                             if !held.is_empty() {
                                 why.push_str(&format!("; held by finalizers: {}", held.join(", ")));
@@ -762,7 +763,7 @@ async fn remove_copied_finalizers(
                 live.clone()
             } else {
                 match cp.get_opt(api, key).await? {
-                    Some(fresh) => super::live::json_of(&fresh),
+                    Some(fresh) => json_of(&fresh),
                     None => return Ok(()),
                 }
             };

@@ -875,6 +875,83 @@ async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_m
         .await;
 }
 
+#[tokio::test]
+async fn a_member_pod_replaced_under_its_name_with_the_marks_is_unmarked_by_rollback() {
+    let pair = Pair::start().await;
+    let ns = "solo-test";
+    apps::namespace(&pair.member, ns).await;
+    apps::create(
+        &pair.member,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "solo", "namespace": ns, "labels": { "app": "solo" } },
+            "spec": { "containers": [{ "name": "main", "image": "nginx:1.27" }] } }),
+    )
+    .await;
+    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=solo", 1).await;
+    let run = Promotion::archive(&pair, &[ns], &[]).await;
+    run.promote(&EngineOptions::default()).await.unwrap();
+
+    // The bare pod has no owner to re-create, so only rollback's sweep can unmark it. A pod
+    // re-created under its name (a copy of the marked pod, as a tool restoring it would make)
+    // carries the Kosmos label and this archive's stamp under another UID.
+    let pods: Api<Pod> = Api::namespaced(pair.member.clone(), ns);
+    let marked = pods.get("solo").await.unwrap();
+    let old_uid = marked.metadata.uid.clone().unwrap();
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(old_uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    pods.delete("solo", &now).await.unwrap();
+    wait_for("the marked pod to be gone", Duration::from_secs(60), || async {
+        pods.get_opt("solo").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let copy = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "solo", "namespace": ns,
+                      "labels": marked.metadata.labels, "annotations": marked.metadata.annotations },
+        "spec": marked.spec });
+    apps::create(&pair.member, copy).await;
+    let replacement = pods.get("solo").await.unwrap();
+    assert_ne!(replacement.metadata.uid.as_deref(), Some(old_uid.as_str()));
+    assert_eq!(marked_pods(&pair.member, ns).await, vec!["solo".to_owned()]);
+
+    let report = run
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap();
+    wait_namespace_gone(&pair.cp, ns).await;
+    assert_eq!(
+        marked_pods(&pair.member, ns).await,
+        Vec::<String>::new(),
+        "the replacement is left marked"
+    );
+    let after = pods.get("solo").await.unwrap();
+    assert_eq!(
+        after.metadata.uid, replacement.metadata.uid,
+        "the replacement is not touched otherwise"
+    );
+    let stamped = after
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .contains_key(kpromote_model::kosmos::STAMP_ANNOTATION);
+    assert!(!stamped, "the stamp is taken off too");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("solo-test/solo") && w.contains("replaced the archived pod")),
+        "{:?}",
+        report.warnings
+    );
+}
+
 /// The pods of member namespace `ns` that carry the Kosmos mark detach puts on them.
 async fn marked_pods(member: &kube::Client, ns: &str) -> Vec<String> {
     Api::<Pod>::namespaced(member.clone(), ns)

@@ -171,13 +171,18 @@ async fn unmark_member_pods(
         let unmarks: Vec<_> = batch
             .iter()
             .map(|archived| {
-                let live = marked.remove(archived.key());
+                // A pod of this name but another UID is not the archived pod: it stays in
+                // `marked` for the last pass, which unmarks it if this promotion marked it.
+                let live = match marked.get(archived.key()) {
+                    Some(live) if uid_of(live) == archived.uid() => marked.remove(archived.key()),
+                    _ => None,
+                };
                 async move {
                     let name = archived.key().to_string();
                     if lock(journal).is_done(STEP_UNMARK, &name) {
                         return Ok(());
                     }
-                    if let Some(live) = live.filter(|live| uid_of(live) == archived.uid()) {
+                    if let Some(live) = live {
                         unmark(member, archived.key(), &archived.object, &live, report).await?;
                     }
                     lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
@@ -187,7 +192,8 @@ async fn unmark_member_pods(
             .collect();
         super::every(STEP_UNMARK, unmarks, opts.concurrency).await?;
     }
-    // What no archived pod accounted for: still marked by this promotion, its entry unread.
+    // What no archived pod accounted for — its entry unread, or a pod re-created under an
+    // archived pod's name — and still marked by this promotion.
     for (key, live) in marked {
         let labelled = live
             .pointer(&format!(
@@ -202,8 +208,9 @@ async fn unmark_member_pods(
         {
             tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
             lock(report).warnings.push(format!(
-                "{key} still carried the Kosmos mark after the archive's pods were unmarked (its archive entry \
-                 was not read); unmarked from its live state"
+                "{key} still carried the Kosmos mark and this archive's stamp after the archive's pods were \
+                 unmarked (not the archived pod: its entry was not read, or it replaced the archived pod of its \
+                 name); unmarked from its live state"
             ));
         }
     }

@@ -37,8 +37,7 @@ async fn promote_and_rollback_ride_out_throttling_outages_and_dropped_connection
         drop_every: 13,
         outage_on,
         unavailable: Duration::from_secs(12),
-        refuse_from: None,
-        conflict_on: None,
+        ..Faults::default()
     };
     let member_proxy = FaultProxy::start(pair.member.clone(), faults(vec!["DELETE"])).await;
     let cp_proxy = FaultProxy::start(pair.cp.clone(), faults(vec!["POST", "DELETE"])).await;
@@ -480,12 +479,8 @@ async fn a_permanent_error_mid_run_stops_the_run_at_once_naming_it_and_rollback_
     let (pair, before) = Pair::start_with_nginx().await;
     let ns = "nginx-test";
     let permanent = |from, refusal| Faults {
-        throttle_every: 0,
-        drop_every: 0,
-        outage_on: Vec::new(),
-        unavailable: Duration::ZERO,
         refuse_from: Some((from, refusal)),
-        conflict_on: None,
+        ..Faults::default()
     };
 
     // The member's token is revoked right after detach (the first PATCH marks a pod): promote
@@ -597,12 +592,8 @@ async fn an_adoption_that_keeps_conflicting_fails_and_is_done_when_resumed() {
     let cp_proxy = FaultProxy::start(
         pair.cp.clone(),
         Faults {
-            throttle_every: 0,
-            drop_every: 0,
-            outage_on: Vec::new(),
-            unavailable: Duration::ZERO,
-            refuse_from: None,
             conflict_on: Some("/pods/"),
+            ..Faults::default()
         },
     )
     .await;
@@ -878,64 +869,99 @@ async fn a_rollback_that_cannot_recreate_the_owners_still_leaves_no_member_pod_m
 #[tokio::test]
 async fn a_member_pod_replaced_under_its_name_with_the_marks_is_unmarked_by_rollback() {
     let pair = Pair::start().await;
-    let ns = "solo-test";
-    apps::namespace(&pair.member, ns).await;
-    apps::create(
-        &pair.member,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": "solo", "namespace": ns, "labels": { "app": "solo" } },
-            "spec": { "containers": [{ "name": "main", "image": "nginx:1.27" }] } }),
+    let run = promote_a_bare_pod(&pair).await;
+    // A pod re-created under its name before rollback lists the pods.
+    let pods: Api<Pod> = Api::namespaced(pair.member.clone(), BARE_NS);
+    let old = pods.get("solo").await.unwrap();
+    let proxy = FaultProxy::start(
+        pair.member.clone(),
+        Faults {
+            replace_pod_before_patch: Some("/namespaces/solo-test/pods/solo"),
+            ..Faults::default()
+        },
     )
     .await;
-    apps::run_pods(&pair.member, &pair.kubelet, ns, "app=solo", 1).await;
-    let run = Promotion::archive(&pair, &[ns], &[]).await;
-    run.promote(&EngineOptions::default()).await.unwrap();
-
-    // The bare pod has no owner to re-create, so only rollback's sweep can unmark it. A pod
-    // re-created under its name (a copy of the marked pod, as a tool restoring it would make)
-    // carries the Kosmos label and this archive's stamp under another UID.
-    let pods: Api<Pod> = Api::namespaced(pair.member.clone(), ns);
-    let marked = pods.get("solo").await.unwrap();
-    let old_uid = marked.metadata.uid.clone().unwrap();
-    let now = kube::api::DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(kube::api::Preconditions {
-            uid: Some(old_uid.clone()),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    pods.delete("solo", &now).await.unwrap();
-    wait_for("the marked pod to be gone", Duration::from_secs(60), || async {
-        pods.get_opt("solo").await.unwrap().is_none().then_some(())
-    })
-    .await;
-    let copy = serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "solo", "namespace": ns,
-                      "labels": marked.metadata.labels, "annotations": marked.metadata.annotations },
-        "spec": marked.spec });
-    apps::create(&pair.member, copy).await;
-    let replacement = pods.get("solo").await.unwrap();
-    assert_ne!(replacement.metadata.uid.as_deref(), Some(old_uid.as_str()));
-    assert_eq!(marked_pods(&pair.member, ns).await, vec!["solo".to_owned()]);
-
+    // Through the proxy, the replacement is made by the first PATCH of the pod (this one).
+    Api::<Pod>::namespaced(proxy.client(), BARE_NS)
+        .patch(
+            "solo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    assert_ne!(pods.get("solo").await.unwrap().metadata.uid, old.metadata.uid);
     let report = run
         .rollback("rollback.journal", &EngineOptions::default())
         .await
         .unwrap();
-    wait_namespace_gone(&pair.cp, ns).await;
+    assert_replacement_unmarked(&pair, &old, &report).await;
+}
+
+#[tokio::test]
+async fn a_member_pod_replaced_while_rollback_unmarks_it_is_unmarked_under_its_new_uid() {
+    let pair = Pair::start().await;
+    let run = promote_a_bare_pod(&pair).await;
+    let old = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
+        .get("solo")
+        .await
+        .unwrap();
+    // The pod is replaced between rollback's LIST and its unmarking patch, which carries the
+    // listed UID: the member refuses it (422), and the pod is listed again.
+    let proxy = FaultProxy::start(
+        pair.member.clone(),
+        Faults {
+            replace_pod_before_patch: Some("/namespaces/solo-test/pods/solo"),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let report = run
+        .through(proxy.client(), pair.cp.clone())
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap();
+    assert_replacement_unmarked(&pair, &old, &report).await;
+}
+
+/// The namespace of [`promote_a_bare_pod`].
+const BARE_NS: &str = "solo-test";
+
+/// Promotes namespace [`BARE_NS`], whose one pod `solo` has no owner: rollback re-creates no
+/// owner whose adoption would unmark it, so its unmarking is the sweep's alone. A copy of the
+/// marked pod, as a tool re-creating it would make, carries the Kosmos label and this archive's
+/// stamp under another UID.
+async fn promote_a_bare_pod(pair: &Pair) -> Promotion {
+    apps::namespace(&pair.member, BARE_NS).await;
+    apps::create(
+        &pair.member,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "solo", "namespace": BARE_NS, "labels": { "app": "solo" } },
+            "spec": { "containers": [{ "name": "main", "image": "nginx:1.27" }] } }),
+    )
+    .await;
+    apps::run_pods(&pair.member, &pair.kubelet, BARE_NS, "app=solo", 1).await;
+    let run = Promotion::archive(pair, &[BARE_NS], &[]).await;
+    run.promote(&EngineOptions::default()).await.unwrap();
+    assert_eq!(marked_pods(&pair.member, BARE_NS).await, ["solo"]);
+    run
+}
+
+/// After rollback: the control plane's copy is gone, and member pod `solo`, a replacement of
+/// `old`, is left in place without the marks, the rollback saying so.
+async fn assert_replacement_unmarked(pair: &Pair, old: &Pod, report: &kpromote_core::engine::Report) {
+    wait_namespace_gone(&pair.cp, BARE_NS).await;
     assert_eq!(
-        marked_pods(&pair.member, ns).await,
+        marked_pods(&pair.member, BARE_NS).await,
         Vec::<String>::new(),
         "the replacement is left marked"
     );
-    let after = pods.get("solo").await.unwrap();
-    assert_eq!(
-        after.metadata.uid, replacement.metadata.uid,
-        "the replacement is not touched otherwise"
-    );
+    let after = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
+        .get("solo")
+        .await
+        .unwrap();
+    assert_ne!(after.metadata.uid, old.metadata.uid, "the replacement is there");
     let stamped = after
         .metadata
         .annotations

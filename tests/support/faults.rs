@@ -16,8 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
-/// What the proxy does to the requests passing through it.
-#[derive(Debug, Clone)]
+/// What the proxy does to the requests passing through it (by default, nothing).
+#[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Every `n`-th request is answered 429 with `Retry-After: 1`.
     pub throttle_every: u64,
@@ -34,6 +34,10 @@ pub struct Faults {
     /// Every PATCH of an object (not its status) whose path holds this is answered 409
     /// Conflict, until [`FaultProxy::heal`]: an object some controller keeps changing.
     pub conflict_on: Option<&'static str>,
+    /// The first PATCH of a pod (not its status) whose path holds this replaces the pod before
+    /// it goes through: deleted and created again under its name with its labels, annotations
+    /// and spec — another UID — as if re-created between kpromote's read of it and its write.
+    pub replace_pod_before_patch: Option<&'static str>,
 }
 
 /// A permanent fault: retrying it cannot help.
@@ -64,6 +68,8 @@ struct State {
     injected: Arc<Injected>,
     /// The refusal in force (see [`Faults::refuse_from`]), and whether it was healed.
     refusing: Mutex<(Option<Refusal>, bool)>,
+    /// Whether [`Faults::replace_pod_before_patch`] has replaced its pod.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 /// A running proxy; it stops when dropped.
@@ -94,6 +100,7 @@ impl FaultProxy {
             outages_opened: Mutex::new(Vec::new()),
             injected: injected.clone(),
             refusing: Mutex::new((None, false)),
+            replaced: std::sync::atomic::AtomicBool::new(false),
         });
         let accepting = state.clone();
         let task = tokio::spawn(async move {
@@ -143,6 +150,7 @@ impl FaultProxy {
 
 enum Verdict {
     Refuse(Refusal),
+    ReplaceThenForward,
     Conflict,
     Forward,
     Throttle,
@@ -187,6 +195,14 @@ async fn decide(state: &State, method: &str, target: &str) -> Verdict {
             return Verdict::Unavailable;
         }
     }
+    if method == "PATCH"
+        && let Some(path) = state.faults.replace_pod_before_patch
+        && target.contains(path)
+        && !target.split('?').next().unwrap_or_default().ends_with("/status")
+        && !state.replaced.swap(true, Ordering::Relaxed)
+    {
+        return Verdict::ReplaceThenForward;
+    }
     if state.faults.drop_every > 0 && n.is_multiple_of(state.faults.drop_every) {
         Verdict::Drop
     } else if state.faults.throttle_every > 0 && n.is_multiple_of(state.faults.throttle_every) {
@@ -230,7 +246,11 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         let mut body = vec![0; length];
         reader.read_exact(&mut body).await?;
 
-        let (status, content_type, retry_after, payload) = match decide(&state, &method, &target).await {
+        let verdict = decide(&state, &method, &target).await;
+        if let Verdict::ReplaceThenForward = verdict {
+            replace_pod(&state.upstream, &target).await;
+        }
+        let (status, content_type, retry_after, payload) = match verdict {
             Verdict::Drop => {
                 state.injected.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -270,7 +290,7 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                     status_body(503, "ServiceUnavailable", 0),
                 )
             }
-            Verdict::Forward => {
+            Verdict::Forward | Verdict::ReplaceThenForward => {
                 state.injected.forwarded.fetch_add(1, Ordering::Relaxed);
                 let mut request = Request::builder().method(method.as_str()).uri(target.as_str());
                 for (name, value) in &headers {
@@ -302,6 +322,47 @@ async fn serve(socket: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         write.write_all(&payload).await?;
         write.flush().await?;
     }
+}
+
+/// Replaces the pod `target` (a pod's API path) by a copy under its name: the copy carries its
+/// labels, annotations and spec, and a new UID.
+async fn replace_pod(upstream: &Client, target: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let path = target.split('?').next().unwrap_or_default();
+    let mut segments = path.rsplit('/');
+    let (Some(name), Some("pods"), Some(ns)) = (segments.next(), segments.next(), segments.next()) else {
+        panic!("not a pod's path: {target}");
+    };
+    let pods: kube::Api<Pod> = kube::Api::namespaced(upstream.clone(), ns);
+    let old = pods.get(name).await.unwrap();
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: old.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    pods.delete(name, &now).await.unwrap();
+    for _ in 0..600 {
+        if pods.get_opt(name).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let copy = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: old.metadata.name,
+            labels: old.metadata.labels,
+            annotations: old.metadata.annotations,
+            ..Default::default()
+        },
+        spec: old.spec,
+        status: None,
+    };
+    pods.create(&kube::api::PostParams::default(), &copy)
+        .await
+        .unwrap();
 }
 
 async fn forward(

@@ -330,6 +330,19 @@ pub enum EngineError {
         /// Each change, described.
         changes: Vec<String>,
     },
+    /// Member pods carrying this promotion's Kosmos mark were re-created under their names each
+    /// time rollback unmarked what it had listed.
+    #[error(
+        "member pods were re-created under their names with this promotion's Kosmos mark during each of {passes} \
+         passes to unmark them: {}; stop what re-creates them and run rollback again",
+        .pods.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    MarkedPodsKeepComing {
+        /// The pods replaced during the last pass.
+        pods: Vec<ObjectKey>,
+        /// How many passes were made.
+        passes: usize,
+    },
     /// A deletion in the control plane waits on something outside kpromote (a finalizer whose
     /// controller does not run there, for one).
     #[error("{key} is not going away: {why}")]

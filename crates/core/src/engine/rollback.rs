@@ -156,7 +156,9 @@ async fn check_drift(
 ///
 /// The member's pods are read by one paged LIST per namespace, keeping only the pods that carry
 /// a mark (a few fields each), not by a GET per archived pod; each patch carries the listed UID
-/// as its precondition, so a pod replaced since is never touched.
+/// as its precondition, so a pod replaced since is never touched. When one was (re-created under
+/// its name between the LIST and its patch), the pods are listed again and what carries this
+/// promotion's marks is unmarked under its own UID, until a pass meets no such pod.
 async fn unmark_member_pods(
     member: &LiveCluster,
     inv: &Inventory,
@@ -165,6 +167,7 @@ async fn unmark_member_pods(
     report: &Mutex<Report>,
 ) -> Result<(), EngineError> {
     let mut marked = marked_member_pods(member, inv).await?;
+    let replaced = Mutex::new(Vec::new());
     let mut pods = inv.scan(|k| k.is("", "pods"), Bodies::Yes)?;
     while let Some(batch) = pods.next_batch(LOOKUP_BATCH)? {
         // The futures are made before streaming them (see `Restorer::run`).
@@ -177,13 +180,17 @@ async fn unmark_member_pods(
                     Some(live) if uid_of(live) == archived.uid() => marked.remove(archived.key()),
                     _ => None,
                 };
+                let replaced = &replaced;
                 async move {
                     let name = archived.key().to_string();
                     if lock(journal).is_done(STEP_UNMARK, &name) {
                         return Ok(());
                     }
-                    if let Some(live) = live {
-                        unmark(member, archived.key(), &archived.object, &live, report).await?;
+                    if let Some(live) = live
+                        && unmark(member, archived.key(), &archived.object, &live, report).await?
+                            == Unmarked::NotThisPod
+                    {
+                        lock(replaced).push(archived.key().clone());
                     }
                     lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
                     Ok(())
@@ -192,8 +199,40 @@ async fn unmark_member_pods(
             .collect();
         super::every(STEP_UNMARK, unmarks, opts.concurrency).await?;
     }
-    // What no archived pod accounted for — its entry unread, or a pod re-created under an
-    // archived pod's name — and still marked by this promotion.
+    let mut replaced = replaced
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..UNMARK_PASSES {
+        replaced.extend(unmark_unaccounted(member, inv, marked, report).await?);
+        if replaced.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            pods = replaced.len(),
+            "member pods replaced while being unmarked; listing again"
+        );
+        replaced.clear();
+        marked = marked_member_pods(member, inv).await?;
+    }
+    Err(EngineError::MarkedPodsKeepComing {
+        pods: replaced,
+        passes: UNMARK_PASSES,
+    })
+}
+
+/// How many times [`unmark_member_pods`] lists the pods again after meeting a replaced one.
+const UNMARK_PASSES: usize = 3;
+
+/// Unmarks the pods of `marked` (listed, see [`marked_member_pods`]) that carry the Kosmos mark
+/// and this archive's stamp: what no archived pod accounted for — its entry unread, or a pod
+/// re-created under an archived pod's name. The ones replaced in turn since listed.
+async fn unmark_unaccounted(
+    member: &LiveCluster,
+    inv: &Inventory,
+    marked: std::collections::HashMap<ObjectKey, Value>,
+    report: &Mutex<Report>,
+) -> Result<Vec<ObjectKey>, EngineError> {
+    let mut replaced = Vec::new();
     for (key, live) in marked {
         let labelled = live
             .pointer(&format!(
@@ -202,19 +241,23 @@ async fn unmark_member_pods(
             ))
             .and_then(Value::as_str)
             == Some(kosmos::POD_LABEL_VALUE);
-        if labelled
-            && stamped_by(&live, inv.archive_id())
-            && unmark(member, &key, &json!({}), &live, report).await?
-        {
-            tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
-            lock(report).warnings.push(format!(
-                "{key} still carried the Kosmos mark and this archive's stamp after the archive's pods were \
-                 unmarked (not the archived pod: its entry was not read, or it replaced the archived pod of its \
-                 name); unmarked from its live state"
-            ));
+        if !labelled || !stamped_by(&live, inv.archive_id()) {
+            continue;
+        }
+        match unmark(member, &key, &json!({}), &live, report).await? {
+            Unmarked::Yes => {
+                tracing::warn!(pod = %key, "member pod still marked after the archive's pods were unmarked; unmarked");
+                lock(report).warnings.push(format!(
+                    "{key} still carried the Kosmos mark and this archive's stamp after the archive's pods were \
+                     unmarked (not the archived pod: its entry was not read, or it replaced the archived pod of \
+                     its name); unmarked from its live state"
+                ));
+            }
+            Unmarked::NotThisPod => replaced.push(key),
+            Unmarked::Nothing => {}
         }
     }
-    Ok(())
+    Ok(replaced)
 }
 
 /// The member pods of the archive's namespaces that carry any mark promote sets (the Kosmos
@@ -261,32 +304,45 @@ fn uid_of(live: &Value) -> Option<&str> {
     live.pointer("/metadata/uid").and_then(Value::as_str)
 }
 
+/// What [`unmark`] found of a member pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmarked {
+    /// Its marks were taken off.
+    Yes,
+    /// It carried nothing to take off.
+    Nothing,
+    /// It is gone, or a pod of the same name with another UID replaced it since it was listed.
+    NotThisPod,
+}
+
 /// Takes the marks off member pod `key` back to `archived`'s, with its listed UID as the patch's
-/// precondition. Whether it changed anything (a pod gone since the LIST has nothing to unmark).
+/// precondition.
 async fn unmark(
     member: &LiveCluster,
     key: &ObjectKey,
     archived: &Value,
     live: &Value,
     report: &Mutex<Report>,
-) -> Result<bool, EngineError> {
+) -> Result<Unmarked, EngineError> {
     let Some(mut patch) = unmark_patch(archived, live) else {
-        return Ok(false);
+        return Ok(Unmarked::Nothing);
     };
     patch["metadata"]["uid"] = json!(uid_of(live));
     let api = member.api(key, "v1", "Pod");
     match member.merge_patch(&api, key, &patch).await {
         Ok(_) => {
             lock(report).unmarked.add(key.to_string());
-            Ok(true)
+            Ok(Unmarked::Yes)
         }
         // Gone, or replaced by a pod of the same name (the UID precondition): not this pod.
-        Err(super::LiveError::NotFound { .. } | super::LiveError::Conflict { .. }) => Ok(false),
+        Err(super::LiveError::NotFound { .. } | super::LiveError::Conflict { .. }) => {
+            Ok(Unmarked::NotThisPod)
+        }
         // A UID in the body that is not the pod's is refused as a change of an immutable field
         // (422), not as a conflict: whether that was the cause, a read tells.
         Err(e @ super::LiveError::Refused { code: 422, .. }) => match member.get_opt(&api, key).await? {
             Some(now) if now.metadata.uid.as_deref() == uid_of(live) => Err(e.into()),
-            _ => Ok(false),
+            _ => Ok(Unmarked::NotThisPod),
         },
         Err(e) => Err(e.into()),
     }

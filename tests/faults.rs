@@ -876,7 +876,7 @@ async fn a_member_pod_replaced_under_its_name_with_the_marks_is_unmarked_by_roll
     let proxy = FaultProxy::start(
         pair.member.clone(),
         Faults {
-            replace_pod_before_patch: Some("/namespaces/solo-test/pods/solo"),
+            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 1)),
             ..Faults::default()
         },
     )
@@ -911,7 +911,7 @@ async fn a_member_pod_replaced_while_rollback_unmarks_it_is_unmarked_under_its_n
     let proxy = FaultProxy::start(
         pair.member.clone(),
         Faults {
-            replace_pod_before_patch: Some("/namespaces/solo-test/pods/solo"),
+            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 1)),
             ..Faults::default()
         },
     )
@@ -921,6 +921,52 @@ async fn a_member_pod_replaced_while_rollback_unmarks_it_is_unmarked_under_its_n
         .rollback("rollback.journal", &EngineOptions::default())
         .await
         .unwrap();
+    assert_replacement_unmarked(&pair, &old, &report).await;
+}
+
+#[tokio::test]
+async fn a_member_pod_replaced_at_every_unmark_stops_rollback_naming_it_before_teardown() {
+    let pair = Pair::start().await;
+    let run = promote_a_bare_pod(&pair).await;
+    let old = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
+        .get("solo")
+        .await
+        .unwrap();
+    // Something re-creates the pod, marks and all, before each of rollback's patches of it.
+    let proxy = FaultProxy::start(
+        pair.member.clone(),
+        Faults {
+            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 100)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let run = run.through(proxy.client(), pair.cp.clone());
+    let err = run
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .expect_err("a pod re-created marked at every pass stops rollback");
+    let kpromote_core::engine::EngineError::MarkedPodsKeepComing { pods, passes } = &err else {
+        panic!("not the marked pods' error: {err}");
+    };
+    assert_eq!(
+        pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["pods/solo-test/solo"]
+    );
+    assert!(*passes > 1, "{err}");
+    assert!(err.to_string().contains("solo-test/solo"), "{err}");
+    // No teardown while a member pod carries the mark: Kosmos would delete it with its twin.
+    Api::<Pod>::namespaced(pair.cp.clone(), BARE_NS)
+        .get("solo")
+        .await
+        .expect("the control plane's pod stays while the member's is marked");
+    assert_eq!(marked_pods(&pair.member, BARE_NS).await, ["solo"]);
+    // Once nothing re-creates it, rollback resumes and unmarks what stands under the name.
+    let report = run
+        .through(pair.member.clone(), pair.cp.clone())
+        .rollback("rollback.journal", &EngineOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("rollback resumes once the pod stays: {e}"));
     assert_replacement_unmarked(&pair, &old, &report).await;
 }
 
@@ -968,6 +1014,7 @@ async fn assert_replacement_unmarked(pair: &Pair, old: &Pod, report: &kpromote_c
         .unwrap_or_default()
         .contains_key(kpromote_model::kosmos::STAMP_ANNOTATION);
     assert!(!stamped, "the stamp is taken off too");
+    // The sweep's warning names the pod (its text covers both of the cases it handles).
     assert!(
         report
             .warnings

@@ -34,10 +34,11 @@ pub struct Faults {
     /// Every PATCH of an object (not its status) whose path holds this is answered 409
     /// Conflict, until [`FaultProxy::heal`]: an object some controller keeps changing.
     pub conflict_on: Option<&'static str>,
-    /// The first PATCH of a pod (not its status) whose path holds this replaces the pod before
-    /// it goes through: deleted and created again under its name with its labels, annotations
-    /// and spec — another UID — as if re-created between kpromote's read of it and its write.
-    pub replace_pod_before_patch: Option<&'static str>,
+    /// The first PATCHes (as many as the number) of a pod, not of its status, whose path holds
+    /// the text replace the pod before they go through: deleted and created again under its name
+    /// with its labels, annotations and spec — another UID — as if re-created between
+    /// kpromote's read of it and its write.
+    pub replace_pod_before_patch: Option<(&'static str, u32)>,
 }
 
 /// A permanent fault: retrying it cannot help.
@@ -68,8 +69,8 @@ struct State {
     injected: Arc<Injected>,
     /// The refusal in force (see [`Faults::refuse_from`]), and whether it was healed.
     refusing: Mutex<(Option<Refusal>, bool)>,
-    /// Whether [`Faults::replace_pod_before_patch`] has replaced its pod.
-    replaced: std::sync::atomic::AtomicBool,
+    /// How many times [`Faults::replace_pod_before_patch`] has replaced its pod.
+    replaced: std::sync::atomic::AtomicU32,
 }
 
 /// A running proxy; it stops when dropped.
@@ -100,7 +101,7 @@ impl FaultProxy {
             outages_opened: Mutex::new(Vec::new()),
             injected: injected.clone(),
             refusing: Mutex::new((None, false)),
-            replaced: std::sync::atomic::AtomicBool::new(false),
+            replaced: std::sync::atomic::AtomicU32::new(0),
         });
         let accepting = state.clone();
         let task = tokio::spawn(async move {
@@ -196,10 +197,10 @@ async fn decide(state: &State, method: &str, target: &str) -> Verdict {
         }
     }
     if method == "PATCH"
-        && let Some(path) = state.faults.replace_pod_before_patch
+        && let Some((path, times)) = state.faults.replace_pod_before_patch
         && target.contains(path)
         && !target.split('?').next().unwrap_or_default().ends_with("/status")
-        && !state.replaced.swap(true, Ordering::Relaxed)
+        && state.replaced.fetch_add(1, Ordering::Relaxed) < times
     {
         return Verdict::ReplaceThenForward;
     }
@@ -344,10 +345,13 @@ async fn replace_pod(upstream: &Client, target: &str) {
         ..Default::default()
     };
     pods.delete(name, &now).await.unwrap();
-    for _ in 0..600 {
-        if pods.get_opt(name).await.unwrap().is_none() {
-            break;
-        }
+    let mut polls = 0;
+    while pods.get_opt(name).await.unwrap().is_some() {
+        polls += 1;
+        assert!(
+            polls < 600,
+            "pod {target} is not gone 60 s after its deletion with grace 0"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let copy = Pod {

@@ -330,15 +330,15 @@ pub enum EngineError {
         /// Each change, described.
         changes: Vec<String>,
     },
-    /// Member pods carrying this promotion's Kosmos mark were re-created under their names each
-    /// time rollback unmarked what it had listed.
+    /// Member pods carrying this promotion's Kosmos mark were still there after rollback's last
+    /// pass to unmark them, each pass having met pods gone or re-created under their names.
     #[error(
-        "member pods were re-created under their names with this promotion's Kosmos mark during each of {passes} \
-         passes to unmark them: {}; stop what re-creates them and run rollback again",
+        "member pods still carry this promotion's Kosmos mark after {passes} passes to unmark them, each meeting \
+         pods gone or re-created under their names: {}; stop what re-creates them and run rollback again",
         .pods.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     )]
     MarkedPodsKeepComing {
-        /// The pods replaced during the last pass.
+        /// The pods the last LIST showed marked.
         pods: Vec<ObjectKey>,
         /// How many passes were made.
         passes: usize,

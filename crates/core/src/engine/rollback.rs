@@ -155,10 +155,12 @@ async fn check_drift(
 /// the archive names is not trusted to be all. A scan that cannot be read stops the step.
 ///
 /// The member's pods are read by one paged LIST per namespace, keeping only the pods that carry
-/// a mark (a few fields each), not by a GET per archived pod; each patch carries the listed UID
-/// as its precondition, so a pod replaced since is never touched. When one was (re-created under
-/// its name between the LIST and its patch), the pods are listed again and what carries this
-/// promotion's marks is unmarked under its own UID, until a pass meets no such pod.
+/// a mark (a few fields each), not by a GET per archived pod; each patch carries the listed UID,
+/// which the member refuses for another pod of the name, so a pod replaced since is never
+/// touched by a patch meant for another. When one was (gone or re-created under its name between
+/// the LIST and its patch), the pods are listed again and what carries this promotion's marks is
+/// unmarked under its own UID, for up to [`UNMARK_PASSES`] passes; what the last LIST still shows
+/// marked stops the step, named.
 async fn unmark_member_pods(
     member: &LiveCluster,
     inv: &Inventory,
@@ -190,7 +192,9 @@ async fn unmark_member_pods(
                         && unmark(member, archived.key(), &archived.object, &live, report).await?
                             == Unmarked::NotThisPod
                     {
+                        // Not journaled: a resume judges what stands under the name then.
                         lock(replaced).push(archived.key().clone());
+                        return Ok(());
                     }
                     lock(journal).done(STEP_UNMARK, &name, Value::Null)?;
                     Ok(())
@@ -209,23 +213,45 @@ async fn unmark_member_pods(
         }
         tracing::debug!(
             pods = replaced.len(),
-            "member pods replaced while being unmarked; listing again"
+            "member pods gone or replaced while being unmarked; listing again"
         );
         replaced.clear();
         marked = marked_member_pods(member, inv).await?;
     }
+    let mut left: Vec<ObjectKey> = marked
+        .into_iter()
+        .filter(|(_, live)| carries_our_mark(live, inv))
+        .map(|(key, _)| key)
+        .collect();
+    left.sort();
+    if left.is_empty() {
+        return Ok(());
+    }
     Err(EngineError::MarkedPodsKeepComing {
-        pods: replaced,
+        pods: left,
         passes: UNMARK_PASSES,
     })
 }
 
-/// How many times [`unmark_member_pods`] lists the pods again after meeting a replaced one.
+/// How many times [`unmark_member_pods`] lists the pods again after meeting one gone or replaced.
 const UNMARK_PASSES: usize = 3;
+
+/// Whether listed member pod `live` carries the Kosmos mark and this archive's stamp: what
+/// rollback must take off, whichever pod it is.
+fn carries_our_mark(live: &Value, inv: &Inventory) -> bool {
+    let labelled = live
+        .pointer(&format!(
+            "/metadata/labels/{}",
+            kosmos::POD_LABEL.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        == Some(kosmos::POD_LABEL_VALUE);
+    labelled && stamped_by(live, inv.archive_id())
+}
 
 /// Unmarks the pods of `marked` (listed, see [`marked_member_pods`]) that carry the Kosmos mark
 /// and this archive's stamp: what no archived pod accounted for — its entry unread, or a pod
-/// re-created under an archived pod's name. The ones replaced in turn since listed.
+/// re-created under an archived pod's name. The ones gone or replaced in turn since listed.
 async fn unmark_unaccounted(
     member: &LiveCluster,
     inv: &Inventory,
@@ -234,14 +260,7 @@ async fn unmark_unaccounted(
 ) -> Result<Vec<ObjectKey>, EngineError> {
     let mut replaced = Vec::new();
     for (key, live) in marked {
-        let labelled = live
-            .pointer(&format!(
-                "/metadata/labels/{}",
-                kosmos::POD_LABEL.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-            == Some(kosmos::POD_LABEL_VALUE);
-        if !labelled || !stamped_by(&live, inv.archive_id()) {
+        if !carries_our_mark(&live, inv) {
             continue;
         }
         match unmark(member, &key, &json!({}), &live, report).await? {
@@ -311,7 +330,8 @@ enum Unmarked {
     Yes,
     /// It carried nothing to take off.
     Nothing,
-    /// It is gone, or a pod of the same name with another UID replaced it since it was listed.
+    /// Gone, or replaced by a pod of the same name with another UID, since it was listed (a 409
+    /// counts as that too: the next LIST tells).
     NotThisPod,
 }
 

@@ -872,15 +872,7 @@ async fn a_member_pod_replaced_under_its_name_with_the_marks_is_unmarked_by_roll
     let run = promote_a_bare_pod(&pair).await;
     // A pod re-created under its name before rollback lists the pods.
     let pods: Api<Pod> = Api::namespaced(pair.member.clone(), BARE_NS);
-    let old = pods.get("solo").await.unwrap();
-    let proxy = FaultProxy::start(
-        pair.member.clone(),
-        Faults {
-            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 1)),
-            ..Faults::default()
-        },
-    )
-    .await;
+    let (old, proxy) = replacing_proxy(&pair, 1).await;
     // Through the proxy, the replacement is made by the first PATCH of the pod (this one).
     Api::<Pod>::namespaced(proxy.client(), BARE_NS)
         .patch(
@@ -902,20 +894,9 @@ async fn a_member_pod_replaced_under_its_name_with_the_marks_is_unmarked_by_roll
 async fn a_member_pod_replaced_while_rollback_unmarks_it_is_unmarked_under_its_new_uid() {
     let pair = Pair::start().await;
     let run = promote_a_bare_pod(&pair).await;
-    let old = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
-        .get("solo")
-        .await
-        .unwrap();
     // The pod is replaced between rollback's LIST and its unmarking patch, which carries the
     // listed UID: the member refuses it (422), and the pod is listed again.
-    let proxy = FaultProxy::start(
-        pair.member.clone(),
-        Faults {
-            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 1)),
-            ..Faults::default()
-        },
-    )
-    .await;
+    let (old, proxy) = replacing_proxy(&pair, 1).await;
     let report = run
         .through(proxy.client(), pair.cp.clone())
         .rollback("rollback.journal", &EngineOptions::default())
@@ -928,19 +909,8 @@ async fn a_member_pod_replaced_while_rollback_unmarks_it_is_unmarked_under_its_n
 async fn a_member_pod_replaced_at_every_unmark_stops_rollback_naming_it_before_teardown() {
     let pair = Pair::start().await;
     let run = promote_a_bare_pod(&pair).await;
-    let old = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
-        .get("solo")
-        .await
-        .unwrap();
     // Something re-creates the pod, marks and all, before each of rollback's patches of it.
-    let proxy = FaultProxy::start(
-        pair.member.clone(),
-        Faults {
-            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", 100)),
-            ..Faults::default()
-        },
-    )
-    .await;
+    let (old, proxy) = replacing_proxy(&pair, 100).await;
     let run = run.through(proxy.client(), pair.cp.clone());
     let err = run
         .rollback("rollback.journal", &EngineOptions::default())
@@ -992,6 +962,24 @@ async fn promote_a_bare_pod(pair: &Pair) -> Promotion {
     run.promote(&EngineOptions::default()).await.unwrap();
     assert_eq!(marked_pods(&pair.member, BARE_NS).await, ["solo"]);
     run
+}
+
+/// Member pod `solo` as promote left it, and a proxy to the member that replaces it (a copy with
+/// its labels, annotations and spec, another UID) before each of its first `times` patches.
+async fn replacing_proxy(pair: &Pair, times: u32) -> (Pod, FaultProxy) {
+    let old = Api::<Pod>::namespaced(pair.member.clone(), BARE_NS)
+        .get("solo")
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(
+        pair.member.clone(),
+        Faults {
+            replace_pod_before_patch: Some(("/namespaces/solo-test/pods/solo", times)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    (old, proxy)
 }
 
 /// After rollback: the control plane's copy is gone, and member pod `solo`, a replacement of

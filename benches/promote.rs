@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kpromote_core::engine::apply::{Restorer, Scope};
-use kpromote_core::engine::detach::{TwinFactory, await_owners_gone, detach, mark_pods};
+use kpromote_core::engine::detach::{TwinFactory, detach, mark_pods};
 use kpromote_core::engine::{EngineOptions, Inventory, LiveCluster, Report, Run, rollback::rollback};
 use kpromote_core::journal::Journal;
 use kpromote_core::plan::transform::{Target, TransformContext};
@@ -84,12 +84,11 @@ fn own_cpu_ticks() -> u64 {
     fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
 }
 
-/// What one promote cost: detach s (to the owners' release), mark + restore s (the garbage
-/// collector letting the owners go beside it, as promote runs them), restored objects, machine CPU busy during
+/// What one promote cost: detach+mark s, restore s, restored objects, machine CPU busy during
 /// the restore (0..1), this process's share of the machine's busy time during the restore.
 struct Timings {
     detach_s: f64,
-    /// Requests served during detach by the member's API server and the control plane's.
+    /// Requests served during detach + mark by the member's API server and the control plane's.
     detach_requests: (Requests, Requests),
     restore_s: f64,
     restored: usize,
@@ -98,7 +97,7 @@ struct Timings {
     restore_requests: std::collections::BTreeMap<String, f64>,
 }
 
-/// Detach, then mark + restore beside the garbage collector's end, timed separately.
+/// Detach + mark + restore, timed separately.
 async fn promote_timed(
     member: &LiveCluster,
     cp: &LiveCluster,
@@ -115,11 +114,10 @@ async fn promote_timed(
     let t = Instant::now();
     let progress = timeline(t);
     let twins = TwinFactory::new(inv, "member");
-    let detach_plan = inv.detach_plan();
     detach(
         member,
         &twins,
-        &detach_plan,
+        &inv.detach_plan(),
         &journal,
         opts,
         &report,
@@ -127,6 +125,9 @@ async fn promote_timed(
     )
     .await
     .expect("detach");
+    mark_pods(member, &twins, &journal, opts, &report, Some(&progress))
+        .await
+        .expect("mark");
     let detach_s = t.elapsed().as_secs_f64();
     let detach_requests = both_between(&before, &both_requests(&member.client, &cp.client).await);
     let plan = inv.restore_plan();
@@ -136,17 +137,10 @@ async fn promote_timed(
     let own0 = own_cpu_ticks();
     let requests0 = api_requests(&cp.client).await;
     let t = Instant::now();
-    let (gone, restored) = tokio::join!(
-        await_owners_gone(member, inv, &detach_plan, &journal, opts, &report, None),
-        async {
-            mark_pods(member, &twins, &journal, opts, &report, Some(&progress)).await?;
-            restorer
-                .run(&plan, Scope::Archive, &mut ctx, &report, Some(&progress))
-                .await
-        }
-    );
-    gone.expect("the detached owners go");
-    restored.expect("mark + restore");
+    restorer
+        .run(&plan, Scope::Archive, &mut ctx, &report, Some(&progress))
+        .await
+        .expect("restore");
     let restore_s = t.elapsed().as_secs_f64();
     let (busy1, total1) = cpu_jiffies();
     let own1 = own_cpu_ticks();
@@ -396,9 +390,9 @@ fn main() {
         };
         row("backup (real, 6 lists at once)", backup_s, objects, &backup_requests, backup_rss);
         row("inventory (read + verify + graph)", load_s, objects, &none, load_rss);
-        row("detach (to the owners' release)", timings.detach_s, objects, &timings.detach_requests, promote_rss);
+        row("detach + mark", timings.detach_s, objects, &timings.detach_requests, promote_rss);
         let restore_requests = (Requests::new(), timings.restore_requests.clone());
-        row("mark + restore (the owners' going beside it)", timings.restore_s, timings.restored, &restore_requests, promote_rss);
+        row("restore", timings.restore_s, timings.restored, &restore_requests, promote_rss);
         let promote_s = backup_s + load_s + timings.detach_s + timings.restore_s;
         row(
             "promote end to end (backup + inventory + detach + restore)",

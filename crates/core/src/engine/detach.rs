@@ -1,7 +1,6 @@
 //! Detach: delete the workload owners in the member top-down, and take their dependents off
-//! them — the pods in the same patch that marks them Kosmos-managed — then let the owners go
-//! ([`await_owners_gone`] waits for the garbage collector, beside the restore). The pods keep
-//! running: nothing but their ownerReferences and marks changes.
+//! them — the pods in the same patch that marks them Kosmos-managed — then wait for the owners to
+//! go. The pods keep running: nothing but their ownerReferences and marks changes.
 //!
 //! # Why detach orphans the dependents itself, and holds each owner while it does
 //! With orphan propagation the garbage collector removes the owner's reference from each
@@ -53,8 +52,7 @@ pub(crate) const STEP_MARK: &str = "mark";
 /// Deletes every owner of `plan`, level by level (highest first), each with
 /// `propagationPolicy: Orphan` and its archived UID as precondition; right after each level,
 /// takes the level's archived dependents off it (marking the pods the restore re-creates, see
-/// [`mark_pods`]) and releases it to the garbage collector, whose end [`await_owners_gone`]
-/// awaits.
+/// [`mark_pods`]); then waits until the garbage collector has let every owner go.
 ///
 /// # Errors
 /// [`EngineError::ChangedSinceBackup`] when an owner's spec changed or it was replaced since the
@@ -135,6 +133,14 @@ pub async fn detach(
             "level detached"
         );
     }
+    // The garbage collector removes each owner's `orphan` finalizer once it finds no dependent
+    // left to orphan.
+    let started = std::time::Instant::now();
+    await_owners_gone(member, inv, plan, journal, opts, report, on_progress).await?;
+    tracing::debug!(
+        gc_ms = started.elapsed().as_millis() as u64,
+        "detached owners gone"
+    );
     lock(journal).sync()?;
     Ok(())
 }
@@ -379,13 +385,11 @@ async fn release_held(
     super::every(STEP_DETACH, releases, opts.concurrency).await
 }
 
-/// Waits until the garbage collector has let every owner of `plan` that [`detach`] released go
-/// (it removes each owner's `orphan` finalizer once it finds no dependent left to orphan, at the
-/// controller manager's client rate), and journals each detached. One look lists each type of
-/// owner in each namespace (metadata only) and counts the owners still there: the wait fails
-/// once that count has not dropped for `opts.gc_stall`, however many owners a large namespace
-/// holds.
-pub async fn await_owners_gone(
+/// Waits until the garbage collector has let every deleted owner of `plan` go, and journals
+/// each detached. One look lists each type of owner in each namespace (metadata only) and counts
+/// the owners still there: the wait fails once that count has not dropped for `opts.gc_stall`,
+/// however many owners a large namespace holds.
+async fn await_owners_gone(
     member: &LiveCluster,
     inv: &Inventory,
     plan: &DetachPlan,
@@ -394,7 +398,6 @@ pub async fn await_owners_gone(
     report: &Mutex<Report>,
     on_progress: Option<&ProgressFn>,
 ) -> Result<(), EngineError> {
-    let started = std::time::Instant::now();
     let total = plan.objects().count() as u64;
     let pending: Vec<&ObjectKey> = plan
         .objects()
@@ -443,11 +446,6 @@ pub async fn await_owners_gone(
         lock(journal).done(STEP_DETACH, &name, json!({ "uid": inv.uid(key) }))?;
         lock(report).detached.add(name);
     }
-    lock(journal).sync()?;
-    tracing::debug!(
-        gc_ms = started.elapsed().as_millis() as u64,
-        "detached owners gone"
-    );
     Ok(())
 }
 

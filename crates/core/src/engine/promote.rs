@@ -1,11 +1,10 @@
 //! Promote: detach, mark, restore — and, when a step after detach fails, the automatic rollback.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::apply::{Restorer, Scope};
-use super::detach::{TwinFactory, await_owners_gone, detach, mark_pods};
-use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock};
+use super::detach::{TwinFactory, detach, mark_pods};
+use super::{EngineError, EngineOptions, Report, Run, SharedJournal, lock};
 
 /// Journal step of one object's restore in the control plane.
 pub(crate) const STEP_RESTORE: &str = "restore";
@@ -91,66 +90,25 @@ pub async fn promote(
 async fn steps(run: &Run<'_>, journal: &SharedJournal, report: &Mutex<Report>) -> Result<(), EngineError> {
     let Run {
         member,
-        inventory: inv,
-        cluster_name,
-        options: opts,
-        on_progress,
-        ..
-    } = *run;
-    let twins = TwinFactory::new(inv, cluster_name);
-    let detach_plan = inv.detach_plan();
-    detach(member, &twins, &detach_plan, journal, opts, report, on_progress).await?;
-    // The garbage collector lets the released owners go at the controller manager's client rate
-    // (20 requests/s by default: a minute and more for a thousand owners). Nothing the restore
-    // does depends on their going — their pods are off them and their controllers stopped — so
-    // the wait runs beside it, saying its progress once the restore is done.
-    let restoring = Arc::new(AtomicBool::new(true));
-    let after_restore: Option<ProgressFn> = on_progress.map(|f| {
-        let (f, restoring) = (f.clone(), restoring.clone());
-        Arc::new(move |step: &str, done: u64, total: u64| {
-            if !restoring.load(Ordering::Relaxed) {
-                f(step, done, total);
-            }
-        }) as ProgressFn
-    });
-    let (gone, restored) = tokio::join!(
-        await_owners_gone(
-            member,
-            inv,
-            &detach_plan,
-            journal,
-            opts,
-            report,
-            after_restore.as_ref()
-        ),
-        async {
-            let restored = mark_and_restore(run, &twins, journal, report).await;
-            restoring.store(false, Ordering::Relaxed);
-            restored
-        }
-    );
-    super::all_failures(
-        "promote",
-        [gone, restored].into_iter().filter_map(Result::err).collect(),
-    )
-}
-
-/// Marks the pods detach left unmarked, then restores the archive into the control plane.
-async fn mark_and_restore(
-    run: &Run<'_>,
-    twins: &TwinFactory<'_>,
-    journal: &SharedJournal,
-    report: &Mutex<Report>,
-) -> Result<(), EngineError> {
-    let Run {
-        member,
         control_plane,
         inventory: inv,
         cluster_name,
         options: opts,
         on_progress,
     } = *run;
-    mark_pods(member, twins, journal, opts, report, on_progress).await?;
+    let twins = TwinFactory::new(inv, cluster_name);
+    detach(
+        member,
+        &twins,
+        &inv.detach_plan(),
+        journal,
+        opts,
+        report,
+        on_progress,
+    )
+    .await?;
+    mark_pods(member, &twins, journal, opts, report, on_progress).await?;
+
     let plan = inv.restore_plan();
     let mut ctx = inv.control_plane_context();
     // Owners an earlier attempt already created keep their UIDs.

@@ -30,7 +30,7 @@ use super::live::json_of;
 use super::wait::{Awaited, Poll, Progress, Throttled, on_conflict, until};
 use super::{EngineError, EngineOptions, ProgressFn, Report, Run, SharedJournal, lock, progress};
 use crate::plan::order::{RestorePlan, TeardownPlan, TeardownStep};
-use crate::plan::twin::unmark_patch;
+use crate::plan::twin::{kosmos_managed, unmark_patch};
 use kpromote_model::kosmos;
 use kpromote_model::object_key::ObjectKey;
 
@@ -239,14 +239,7 @@ const UNMARK_PASSES: usize = 3;
 /// Whether listed member pod `live` carries the Kosmos mark and this archive's stamp: what
 /// rollback must take off, whichever pod it is.
 fn carries_our_mark(live: &Value, inv: &Inventory) -> bool {
-    let labelled = live
-        .pointer(&format!(
-            "/metadata/labels/{}",
-            kosmos::POD_LABEL.replace('/', "~1")
-        ))
-        .and_then(Value::as_str)
-        == Some(kosmos::POD_LABEL_VALUE);
-    labelled && stamped_by(live, inv.archive_id())
+    kosmos_managed(live) && stamped_by(live, inv.archive_id())
 }
 
 /// Unmarks the pods of `marked` (listed, see [`marked_member_pods`]) that carry the Kosmos mark

@@ -179,7 +179,7 @@ fn tolerates(toleration: &Value, key: &str, value: &str, effect: &str) -> bool {
 /// [`TransformError::InvalidField`] when the pod's tolerations are not a list.
 pub(crate) fn member_mark_patch(live: &Value, archive_id: &str) -> Result<Option<Value>, TransformError> {
     let mut metadata = Map::new();
-    if label(live, kosmos::POD_LABEL) != Some(kosmos::POD_LABEL_VALUE) {
+    if !kosmos_managed(live) {
         metadata.insert(
             "labels".to_owned(),
             json!({ kosmos::POD_LABEL: kosmos::POD_LABEL_VALUE }),
@@ -395,6 +395,12 @@ fn diff_paths(a: Option<&Value>, b: Option<&Value>, path: &str, out: &mut Vec<St
         (a, b) if a == b => {}
         _ => out.push(path.to_owned()),
     }
+}
+
+/// Whether member pod `pod` carries the Kosmos label: Kosmos mirrors it, and deletes it with its
+/// control-plane twin.
+pub(crate) fn kosmos_managed(pod: &Value) -> bool {
+    label(pod, kosmos::POD_LABEL) == Some(kosmos::POD_LABEL_VALUE)
 }
 
 fn label<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
